@@ -1,0 +1,35 @@
+# Two commands matter: `make run` and `make test` (see README.md). Both set up .venv/ on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+EXTRAS  := export,local,whisper-base,test,bench
+STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+MODEL   ?= whisper-tiny.en
+CONFIG  ?= deploy/local.yaml
+
+.PHONY: setup system-packages run test models clean-engines
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*; touch $@
+
+setup: $(STAMP) system-packages
+
+# SIPp (Debian `sip-tester`) is the real SIP peer the tests and the demo use.
+system-packages:
+	@command -v sipp >/dev/null || { apt-get update -qq && apt-get install -y -qq sip-tester; }
+
+models: setup
+	$(BIN)/asr-stream models prepare $(MODEL)
+
+run: setup models
+	$(BIN)/asr-stream run --config $(CONFIG)
+
+test: setup
+	$(BIN)/asr-stream models prepare whisper-tiny.en
+	$(BIN)/python -m pytest -q -ra
+
+clean-engines:
+	rm -rf engines/*/
