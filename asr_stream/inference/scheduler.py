@@ -1,0 +1,225 @@
+"""Dynamic batching of transcription work across every channel of every call.
+
+Why a scheduler: an engine call costs nearly the same for one utterance as for several (a GPU
+batch, or a CPU encoder over a fixed 30 s window), so the daemon gathers requests from all calls
+into batches. Its rules, in order of importance:
+
+1. Finals before partials. A final is what downstream ticketing consumes; a partial is a preview.
+2. A partial is only worth its latest version: a newer partial for the same segment replaces the
+   queued older one, which is answered with `Shed`.
+3. When the backlog predicts that a final would miss `final_deadline_s`, partials are shed (at
+   submission and from the queue) and `saturated` turns on, so the SIP side answers new INVITEs
+   with 503 + Retry-After before latency breaks. Finals are never shed: their number is bounded
+   by the channels already admitted.
+4. Every queue is bounded: past `max_queue` waiting requests, new partials are shed.
+
+Batches only mix requests of the same bucket (e.g. the same encoder window length), as an engine
+runs one input shape per call. The engine work itself runs in a thread pool, so the event loop
+never blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Generic, TypeVar
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+
+class Priority(IntEnum):
+    FINAL = 0
+    PARTIAL = 1
+
+
+class Shed(Exception):
+    """A partial request dropped because a newer one superseded it or the system is loaded."""
+
+
+@dataclass
+class _Job(Generic[P, R]):
+    key: Hashable
+    payload: P
+    priority: Priority
+    bucket: Hashable
+    submitted: float
+    future: asyncio.Future[R]
+
+
+@dataclass
+class SchedulerStats:
+    """Counters for metrics and logs; `ema_batch_s` is the smoothed wall time of one batch."""
+
+    batches: int = 0
+    items: int = 0
+    shed_partials: int = 0
+    ema_batch_s: float = 0.0
+    batch_sizes: list[int] = field(default_factory=list)  # the last few, for metrics
+
+
+class BatchScheduler(Generic[P, R]):
+    """Batches `payload`s into calls of `run_batch(list[P]) -> list[R]` on worker threads."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[Sequence[P]], Sequence[R]],
+        *,
+        max_batch: int = 8,
+        max_wait_s: float = 0.03,
+        max_queue: int = 256,
+        final_deadline_s: float = 1.5,
+        bucket: Callable[[P], Hashable] = lambda payload: None,
+        workers: int = 1,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_queue = max_queue
+        self.final_deadline_s = final_deadline_s
+        self._bucket = bucket
+        self._workers = workers
+        self._queues: dict[Priority, list[_Job[P, R]]] = {Priority.FINAL: [], Priority.PARTIAL: []}
+        self._partial_by_key: dict[Hashable, _Job[P, R]] = {}
+        self._wakeup = asyncio.Event()
+        self._in_flight = 0
+        self._saturated = False
+        self._executor: ThreadPoolExecutor | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self.stats = SchedulerStats()
+
+    # -- lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="engine")
+        self._tasks = [asyncio.create_task(self._worker(), name=f"scheduler-{i}") for i in range(self._workers)]
+
+    async def stop(self) -> None:
+        """Finish queued finals, shed queued partials, then stop the workers."""
+        for job in self._queues[Priority.PARTIAL]:
+            self._shed(job)
+        self._queues[Priority.PARTIAL].clear()
+        self._partial_by_key.clear()
+        while self._queues[Priority.FINAL] or self._in_flight:
+            await asyncio.sleep(0.01)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # -- submission ----------------------------------------------------------------------
+    async def submit(self, key: Hashable, payload: P, priority: Priority) -> R:
+        """Queue one request and wait for its result. Partials may raise `Shed`."""
+        loop = asyncio.get_running_loop()
+        job: _Job[P, R] = _Job(key, payload, priority, self._bucket(payload), time.monotonic(), loop.create_future())
+        if priority is Priority.PARTIAL:
+            if self._shedding_partials() or self.queued() >= self.max_queue:
+                self._shed(job)
+                return await job.future
+            older = self._partial_by_key.pop(key, None)
+            if older is not None:
+                self._queues[Priority.PARTIAL].remove(older)
+                self._shed(older)
+            self._partial_by_key[key] = job
+        self._queues[priority].append(job)
+        self._update_saturation()
+        self._wakeup.set()
+        return await job.future
+
+    def queued(self, priority: Priority | None = None) -> int:
+        if priority is None:
+            return sum(len(q) for q in self._queues.values())
+        return len(self._queues[priority])
+
+    # -- load prediction -----------------------------------------------------------------
+    def predicted_final_wait_s(self) -> float:
+        """How long a final submitted now would wait: batches ahead of it times batch time."""
+        batches_ahead = self.queued(Priority.FINAL) // self.max_batch + 1 + self._in_flight
+        return batches_ahead * self.stats.ema_batch_s
+
+    @property
+    def saturated(self) -> bool:
+        """True while new calls should be refused (503) to protect the finals deadline."""
+        return self._saturated
+
+    def _shedding_partials(self) -> bool:
+        return self.predicted_final_wait_s() > 0.5 * self.final_deadline_s
+
+    def _update_saturation(self) -> None:
+        wait = self.predicted_final_wait_s()
+        if self._saturated:
+            self._saturated = wait > 0.5 * self.final_deadline_s
+        else:
+            self._saturated = wait > 0.8 * self.final_deadline_s or self.queued() >= self.max_queue
+
+    def _shed(self, job: _Job[P, R]) -> None:
+        self.stats.shed_partials += 1
+        if not job.future.done():
+            job.future.set_exception(Shed(job.key))
+
+    # -- batching ------------------------------------------------------------------------
+    def _take_batch(self) -> list[_Job[P, R]]:
+        """The oldest highest-priority job's bucket, filled finals first, up to max_batch."""
+        if self._shedding_partials():
+            for job in self._queues[Priority.PARTIAL]:
+                self._shed(job)
+            self._queues[Priority.PARTIAL].clear()
+            self._partial_by_key.clear()
+        head = next((q[0] for q in self._queues.values() if q), None)
+        if head is None:
+            return []
+        batch: list[_Job[P, R]] = []
+        for priority in (Priority.FINAL, Priority.PARTIAL):
+            queue = self._queues[priority]
+            keep = []
+            for job in queue:
+                if len(batch) < self.max_batch and job.bucket == head.bucket and not job.future.done():
+                    batch.append(job)
+                    if priority is Priority.PARTIAL:
+                        self._partial_by_key.pop(job.key, None)
+                elif not job.future.done():
+                    keep.append(job)
+            queue[:] = keep
+        return batch
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            oldest = min((q[0].submitted for q in self._queues.values() if q), default=None)
+            if oldest is None:
+                self._wakeup.clear()
+                continue
+            remaining = self.max_wait_s - (time.monotonic() - oldest)
+            if self.queued() < self.max_batch and remaining > 0:
+                await asyncio.sleep(remaining)
+            batch = self._take_batch()
+            if not batch:
+                continue
+            self._in_flight += 1
+            started = time.monotonic()
+            try:
+                results = await loop.run_in_executor(self._executor, self._run_batch, [job.payload for job in batch])
+            except Exception as exc:  # the engine failed: every caller in the batch learns why
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(exc)
+            else:
+                for job, result in zip(batch, results, strict=True):
+                    if not job.future.done():
+                        job.future.set_result(result)
+            finally:
+                self._in_flight -= 1
+            self._record(len(batch), time.monotonic() - started)
+
+    def _record(self, size: int, seconds: float) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.items += size
+        stats.ema_batch_s = seconds if stats.batches == 1 else 0.8 * stats.ema_batch_s + 0.2 * seconds
+        stats.batch_sizes = (stats.batch_sizes + [size])[-64:]
+        self._update_saturation()

@@ -1,0 +1,103 @@
+"""The batch scheduler's policy: batching, priorities, superseded partials, saturation."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
+
+
+def _recording_engine(calls: list[list[str]], seconds_per_batch: float = 0.0):
+    """An engine stand-in is the unit's own input here: the scheduler is tested for its policy."""
+
+    def run(batch):
+        calls.append(list(batch))
+        time.sleep(seconds_per_batch)
+        return [item.upper() for item in batch]
+
+    return run
+
+
+async def test_batches_requests_and_returns_each_result():
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls), max_batch=4, max_wait_s=0.05)
+    await scheduler.start()
+    try:
+        results = await asyncio.gather(*(scheduler.submit(f"k{i}", f"item{i}", Priority.FINAL) for i in range(10)))
+    finally:
+        await scheduler.stop()
+    assert results == [f"ITEM{i}" for i in range(10)]
+    assert all(len(batch) <= 4 for batch in calls)
+    assert len(calls) <= 4, calls  # batched, not one call per item
+
+
+async def test_finals_go_before_partials():
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls), max_batch=2, max_wait_s=0.05)
+    await scheduler.start()
+    try:
+        partials = [asyncio.create_task(scheduler.submit(f"p{i}", f"partial{i}", Priority.PARTIAL)) for i in range(2)]
+        finals = [asyncio.create_task(scheduler.submit(f"f{i}", f"final{i}", Priority.FINAL)) for i in range(2)]
+        await asyncio.gather(*partials, *finals)
+    finally:
+        await scheduler.stop()
+    assert calls[0] == ["final0", "final1"]
+
+
+async def test_newer_partial_supersedes_queued_one():
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls), max_batch=8, max_wait_s=0.1)
+    await scheduler.start()
+    try:
+        first = asyncio.create_task(scheduler.submit("seg", "old", Priority.PARTIAL))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(scheduler.submit("seg", "new", Priority.PARTIAL))
+        with pytest.raises(Shed):
+            await first
+        assert await second == "NEW"
+    finally:
+        await scheduler.stop()
+    assert ["old"] not in calls and all("old" not in batch for batch in calls)
+
+
+async def test_batches_never_mix_buckets():
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls), max_batch=8, max_wait_s=0.05, bucket=len)
+    await scheduler.start()
+    try:
+        await asyncio.gather(*(scheduler.submit(i, "x" * (1 + i % 2), Priority.FINAL) for i in range(6)))
+    finally:
+        await scheduler.stop()
+    assert all(len({len(item) for item in batch}) == 1 for batch in calls)
+
+
+async def test_slow_engine_saturates_and_sheds_partials():
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls, 0.2), max_batch=1, max_wait_s=0.0, final_deadline_s=0.5)
+    await scheduler.start()
+    try:
+        finals = [asyncio.create_task(scheduler.submit(f"f{i}", f"f{i}", Priority.FINAL)) for i in range(4)]
+        await asyncio.sleep(0.5)  # two batches done: the scheduler now knows a batch takes ~0.2 s
+        assert scheduler.saturated
+        with pytest.raises(Shed):
+            await scheduler.submit("p", "partial", Priority.PARTIAL)
+        assert await asyncio.gather(*finals) == ["F0", "F1", "F2", "F3"]  # finals are never shed
+    finally:
+        await scheduler.stop()
+    assert not scheduler.saturated
+
+
+async def test_engine_failure_reaches_every_caller_in_the_batch():
+    def broken(batch):
+        raise RuntimeError("engine fell over")
+
+    scheduler = BatchScheduler(broken, max_batch=4, max_wait_s=0.02)
+    await scheduler.start()
+    try:
+        outcomes = await asyncio.gather(*(scheduler.submit(i, i, Priority.FINAL) for i in range(3)), return_exceptions=True)
+    finally:
+        await scheduler.stop()
+    assert all(isinstance(o, RuntimeError) for o in outcomes)
