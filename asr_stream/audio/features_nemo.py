@@ -1,0 +1,141 @@
+"""NeMo's log-mel features (AudioToMelSpectrogramPreprocessor) in numpy, so CPU serving needs no torch.
+
+NeMo Conformer-CTC and Parakeet models are trained on `FilterbankFeatures`; a model only
+transcribes well when serving reproduces that recipe exactly:
+
+1. pre-emphasis x[n] - 0.97 x[n-1] (the first sample kept as is);
+2. centred STFT, zero ("constant") padding of n_fft // 2 on both sides, a symmetric Hann window of
+   `win_length` samples centred inside n_fft (torch.stft's convention), |X|^2;
+3. Slaney mel filters (librosa's default), natural log of (mel + 2^-24);
+4. per-feature normalisation: each mel band minus its mean over the *valid* frames, divided by its
+   unbiased standard deviation + 1e-5.
+
+Dither is off: NeMo adds it only while training. Only the settings the published Conformer and
+Parakeet configs use are accepted; anything else is refused at import time rather than silently
+transcribing with the wrong features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from asr_stream.audio.features import mel_filters
+
+# NeMo's CONSTANT added to the standard deviation in `normalize_batch`.
+_NORMALIZE_EPSILON = 1e-5
+
+
+@dataclass(frozen=True)
+class NemoMelSettings:
+    """The preprocessor settings that change the features, in NeMo's units."""
+
+    sample_rate: int = 16_000
+    n_fft: int = 512
+    window_size_s: float = 0.025
+    window_stride_s: float = 0.01
+    n_mels: int = 80
+    preemph: float | None = 0.97
+    log: bool = True
+    log_zero_guard_type: str = "add"
+    log_zero_guard_value: float = 2.0**-24
+    normalize: str | None = "per_feature"
+    mag_power: float = 2.0
+
+    @property
+    def win_length(self) -> int:
+        return round(self.window_size_s * self.sample_rate)
+
+    @property
+    def hop_length(self) -> int:
+        return round(self.window_stride_s * self.sample_rate)
+
+    @classmethod
+    def from_nemo_config(cls, section: Mapping[str, Any]) -> NemoMelSettings:
+        """Read the `preprocessor:` section of a NeMo model_config.yaml; refuse what we cannot reproduce."""
+        supported = {
+            "window": ("hann",),
+            "frame_splicing": (1,),
+            "lowfreq": (0, 0.0),
+            "highfreq": (None,),
+            "mel_norm": ("slaney",),
+            "exact_pad": (False,),
+            "pad_to": (0, 16),  # padding the tail changes nothing in the valid frames
+            "log_zero_guard_type": ("add", "clamp"),
+            "normalize": ("per_feature", "NA", None),
+        }
+        for key, allowed in supported.items():
+            if key in section and section[key] not in allowed:
+                raise ValueError(f"NeMo preprocessor {key}={section[key]!r} is not supported (supported: {allowed})")
+        guard = section.get("log_zero_guard_value", 2.0**-24)
+        normalize = section.get("normalize", "per_feature")
+        return cls(
+            sample_rate=int(section.get("sample_rate", 16_000)),
+            n_fft=int(section.get("n_fft") or 512),
+            window_size_s=float(section.get("window_size", 0.025)),
+            window_stride_s=float(section.get("window_stride", 0.01)),
+            n_mels=int(section.get("features", section.get("nfilt", 80))),
+            preemph=section.get("preemph", 0.97),
+            log=bool(section.get("log", True)),
+            log_zero_guard_type=section.get("log_zero_guard_type", "add"),
+            log_zero_guard_value=float(2.0**-24 if guard == "tiny" else guard),
+            normalize=None if normalize == "NA" else normalize,
+            mag_power=float(section.get("mag_power", 2.0)),
+        )
+
+
+@lru_cache(maxsize=4)
+def _centred_hann(win_length: int, n_fft: int) -> np.ndarray:
+    """Symmetric Hann (torch.hann_window(periodic=False), as NeMo builds it), zero-padded to n_fft."""
+    window = np.hanning(win_length).astype(np.float32)
+    left = (n_fft - win_length) // 2
+    return np.pad(window, (left, n_fft - win_length - left))
+
+
+def num_frames(n_samples: int, settings: NemoMelSettings) -> int:
+    """Valid feature frames for `n_samples` of audio (NeMo's `get_seq_len` without exact_pad)."""
+    return n_samples // settings.hop_length + 1
+
+
+def nemo_log_mel(audio: np.ndarray, settings: NemoMelSettings = NemoMelSettings()) -> np.ndarray:
+    """Features [n_mels, num_frames(len(audio))] of one utterance of mono float audio at settings.sample_rate."""
+    audio = np.asarray(audio, dtype=np.float32)
+    if settings.preemph is not None:
+        audio = np.concatenate([audio[:1], audio[1:] - settings.preemph * audio[:-1]])
+    padded = np.pad(audio, settings.n_fft // 2)
+    n_frames = num_frames(audio.shape[0], settings)
+    frames = np.lib.stride_tricks.as_strided(
+        padded,
+        shape=(n_frames, settings.n_fft),
+        strides=(padded.strides[0] * settings.hop_length, padded.strides[0]),
+        writeable=False,
+    )
+    spectrum = np.fft.rfft(frames * _centred_hann(settings.win_length, settings.n_fft), axis=-1)
+    magnitude = np.abs(spectrum).astype(np.float32)
+    mel = mel_filters(settings.n_mels, settings.sample_rate, settings.n_fft) @ (magnitude**settings.mag_power).T
+    if settings.log:
+        if settings.log_zero_guard_type == "add":
+            mel = np.log(mel + settings.log_zero_guard_value)
+        else:
+            mel = np.log(np.maximum(mel, settings.log_zero_guard_value))
+    if settings.normalize == "per_feature":
+        mean = mel.mean(axis=1, keepdims=True)
+        std = mel.std(axis=1, ddof=1, keepdims=True) if n_frames > 1 else np.zeros_like(mean)
+        mel = (mel - mean) / (std + _NORMALIZE_EPSILON)
+    return mel.astype(np.float32)
+
+
+def batch_features(features: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Stack [n_mels, T_i] features into a zero-padded [B, n_mels, max T] batch and its int64 lengths [B].
+
+    Zero is NeMo's pad value after normalisation, so a padded batch sees what NeMo's own does.
+    """
+    lengths = np.array([f.shape[1] for f in features], dtype=np.int64)
+    batch = np.zeros((len(features), features[0].shape[0], int(lengths.max())), dtype=np.float32)
+    for row, feature in zip(batch, features):
+        row[:, : feature.shape[1]] = feature
+    return batch, lengths
