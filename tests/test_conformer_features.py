@@ -4,8 +4,9 @@ The reference below follows NeMo's code path (torch.stft with a symmetric Hann w
 padding, magnitude then power, log(x + 2^-24), normalize_batch per_feature with a masked batch),
 so it checks our framing, window placement, pre-emphasis and normalisation independently. The mel
 filterbank is shared: `asr_stream.audio.features.mel_filters` is already pinned to librosa's.
-Tolerance: 2e-3 absolute on normalised features (values of order 1); float32 FFTs in two
-libraries differ by ~1e-4 in the quietest bins, where log() magnifies the difference.
+Tolerance: 2e-4 absolute on normalised features (values of order 1). Measured on five clips: at
+most 3.4e-5; float32 FFTs in two libraries differ slightly in the quietest bins, where log()
+magnifies the difference.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ def test_matches_nemo_recipe_on_a_padded_batch_of_real_clips() -> None:
     ours, our_lengths = batch_features([nemo_log_mel(c, settings) for c in clips])
     assert our_lengths.tolist() == [num_frames(len(c), settings) for c in clips]
     for i, n in enumerate(our_lengths):
-        np.testing.assert_allclose(ours[i, :, :n], reference[i, :, :n], atol=2e-3)
+        np.testing.assert_allclose(ours[i, :, :n], reference[i, :, :n], atol=2e-4)
         assert not ours[i, :, n:].any()
 
 

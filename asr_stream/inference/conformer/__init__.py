@@ -1,0 +1,1 @@
+"""inference/conformer: NeMo-compatible Conformer-CTC (SentencePiece, greedy CTC)."""

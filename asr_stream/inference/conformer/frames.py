@@ -1,0 +1,18 @@
+"""Subsampling arithmetic shared by the PyTorch definition and the torch-free runner."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+Lengths = TypeVar("Lengths")  # int, numpy int array or torch int tensor: only `-` and `//` are used
+
+
+def subsampled_lengths(lengths: Lengths, factor: int) -> Lengths:
+    """Frames left after log2(factor) convs of kernel 3, stride 2, padding 1 (NeMo's calc_length).
+
+    NeMo's exported graphs emit only log-probs, so the runner derives each utterance's valid
+    output frames from its input frames with this same formula.
+    """
+    for _ in range(factor.bit_length() - 1):
+        lengths = (lengths - 1) // 2 + 1
+    return lengths
