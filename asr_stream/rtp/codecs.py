@@ -1,0 +1,60 @@
+"""Audio decoders by SDP encoding name, and what this build can receive.
+
+The SIP layer answers only with encodings listed by `supported_encodings()`; the receiver
+asks `make_decoder` for one decoder per channel (Opus keeps state between packets).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from asr_stream.rtp.g711 import alaw_decode, ulaw_decode
+
+TELEPHONE_EVENT = "telephone-event"  # RFC 4733 DTMF, same clock as the audio codec
+
+
+class AudioDecoder(Protocol):
+    """RTP payload -> int16 mono PCM at `clock_rate` (the RTP timestamp rate)."""
+
+    clock_rate: int
+
+    def sample_count(self, payload: bytes) -> int:
+        """Duration of the payload in samples, known before decoding (to place it on the timeline)."""
+        ...
+
+    def decode(self, payload: bytes) -> np.ndarray: ...
+
+
+@dataclass(frozen=True, slots=True)
+class G711Decoder:
+    """Stateless: one octet per sample at 8 kHz."""
+
+    decode: Callable[[bytes], np.ndarray]
+    clock_rate: int = 8000
+
+    def sample_count(self, payload: bytes) -> int:
+        return len(payload)
+
+
+_G711 = {"PCMU": G711Decoder(ulaw_decode), "PCMA": G711Decoder(alaw_decode)}
+
+
+class UnsupportedEncoding(ValueError):
+    """An SDP encoding this build cannot decode."""
+
+
+def supported_encodings() -> dict[str, int]:
+    """Encoding name -> RTP clock rate, in order of preference for an SDP answer."""
+    return {name: decoder.clock_rate for name, decoder in _G711.items()}
+
+
+def make_decoder(encoding: str) -> AudioDecoder:
+    """A decoder for one channel; `encoding` is the SDP rtpmap name (case-insensitive)."""
+    decoder = _G711.get(encoding.upper())
+    if decoder is None:
+        raise UnsupportedEncoding(encoding)
+    return decoder
