@@ -1,0 +1,121 @@
+"""Parsing, validating and answering SIP messages.
+
+Parsing and serialisation are aiosipua's (`SipMessage.parse`, `bytes(message)`): it unfolds
+headers, expands compact forms, splits multi-value headers and caps the header count. It is
+lenient on purpose (a CSeq of "abc" parses as 0), so this module adds the strict checks of
+RFC 3261 §8.2 that decide between serving a request, answering 400, and dropping it: a request we
+cannot address a response to (no usable Via) must be dropped, anything else gets an answer.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from aiosipua import SipMessage, SipRequest, SipResponse, generate_tag
+
+REASONS: dict[int, str] = {
+    100: "Trying",
+    200: "OK",
+    400: "Bad Request",
+    405: "Method Not Allowed",
+    415: "Unsupported Media Type",
+    481: "Call/Transaction Does Not Exist",
+    482: "Loop Detected",
+    487: "Request Terminated",
+    488: "Not Acceptable Here",
+    500: "Server Internal Error",
+    503: "Service Unavailable",
+}
+
+_METHOD = re.compile(r"^[A-Za-z]{1,32}$")
+_CSEQ = re.compile(r"^(\d{1,10})\s+([A-Za-z]{1,32})$")
+# sent-protocol SP sent-by [; params] (RFC 3261 §20.42); the host part may be an IPv6 reference.
+_VIA = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.\-]+)(:\d{1,5})?\s*(;.*)?$")
+_REQUIRED = ("from", "to", "call-id", "cseq")
+
+
+class MalformedMessage(ValueError):
+    """A message we cannot serve. `request` is set when a 400 can still be addressed."""
+
+    def __init__(self, reason: str, request: SipRequest | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.request = request
+
+
+def parse(data: bytes) -> SipRequest | SipResponse:
+    """Parse one datagram or TCP-framed message; raise `MalformedMessage` on anything invalid."""
+    start_line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        message = SipMessage.parse(data)
+    except (ValueError, IndexError) as exc:
+        raise MalformedMessage(f"unparseable: {exc}") from exc
+    if isinstance(message, SipResponse):
+        if not 100 <= message.status_code <= 699 or not message.headers.get("via"):
+            raise MalformedMessage("invalid response")
+        return message
+    _validate_request(message, start_line)
+    return message
+
+
+def _validate_request(request: SipRequest, start_line: bytes) -> None:
+    if not has_valid_via(request):
+        raise MalformedMessage("missing or invalid Via")
+    # aiosipua does not keep the protocol version, so it is checked on the raw start line.
+    if not _METHOD.match(request.method) or not start_line.endswith(b" SIP/2.0"):
+        raise MalformedMessage("invalid request line", request)
+    missing = [name for name in _REQUIRED if not request.headers.get_first(name)]
+    if missing:
+        raise MalformedMessage(f"missing {', '.join(missing)}", request)
+    cseq = _CSEQ.match(request.headers.get_first("cseq") or "")
+    if cseq is None or cseq.group(2) != request.method:
+        raise MalformedMessage("invalid CSeq", request)
+    declared = request.headers.get_first("content-length")
+    if declared is not None:
+        if not declared.strip().isdigit():
+            raise MalformedMessage("invalid Content-Length", request)
+        if int(declared) > len(request.body):
+            raise MalformedMessage("body shorter than Content-Length", request)
+
+
+def has_valid_via(message: SipMessage) -> bool:
+    """Whether every Via is well formed: the top one is where a response must go."""
+    vias = message.headers.get("via")
+    return bool(vias) and all(_VIA.match(via) for via in vias)
+
+
+def build_response(
+    request: SipRequest,
+    status: int,
+    reason: str | None = None,
+    *,
+    to_tag: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    body: bytes = b"",
+    content_type: str | None = None,
+) -> SipResponse:
+    """A response that mirrors the request's Via/From/To/Call-ID/CSeq (RFC 3261 §8.2.6.2).
+
+    `to_tag` is added to To unless the request already carries one (in-dialog requests); a
+    final response outside a dialog needs some tag, so one is generated if none is given.
+    """
+    response = SipResponse(status_code=status, reason_phrase=reason or REASONS.get(status, ""))
+    for via in request.headers.get("via"):
+        response.headers.append("Via", via)
+    for name in ("From", "Call-ID", "CSeq"):
+        value = request.headers.get_first(name)
+        if value is not None:
+            response.headers.set_single(name, value)
+    to = request.headers.get_first("to")
+    if to is not None:
+        if status > 100 and ";tag=" not in to.replace(" ", "").lower():
+            to += f";tag={to_tag or generate_tag()}"
+        response.headers.set_single("To", to)
+    for name, value in (headers or {}).items():
+        response.headers.set_single(name, value)
+    if content_type is not None:
+        response.headers.set_single("Content-Type", content_type)
+    response.body = body
+    return response
+
