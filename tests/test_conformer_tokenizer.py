@@ -23,12 +23,12 @@ def english_transcripts() -> list[str]:
     return [row["text"].lower() for row in rows if row["lang"] == "en"]
 
 
-def train_tokenizer(directory: Path) -> Path:
-    prefix = directory / "tokenizer"
+def train_tokenizer(directory: Path, vocab_size: int = VOCAB_SIZE) -> Path:
+    prefix = directory / f"tokenizer{vocab_size}"
     sentencepiece.SentencePieceTrainer.train(
         sentence_iterator=iter(english_transcripts()),
         model_prefix=str(prefix),
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         model_type="unigram",
         character_coverage=1.0,
         minloglevel=2,

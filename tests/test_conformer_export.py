@@ -1,0 +1,118 @@
+"""Export -> ONNX Runtime -> CTC, and the bring-your-own importer -> runner path, on real clips.
+
+The model is small and randomly initialised (no public Conformer weights are in reach), so the
+text is meaningless; what is checked is that the exported graph computes what PyTorch computes,
+with dynamic batch and time, and that an installed model transcribes with consistent timings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import yaml
+from test_conformer_features import read_clip
+from test_conformer_tokenizer import VOCAB_SIZE, train_tokenizer
+
+from asr_stream.audio.features_nemo import NemoMelSettings, batch_features, nemo_log_mel
+from asr_stream.inference.conformer.ctc import greedy_ctc
+from asr_stream.inference.conformer.export import export_onnx
+from asr_stream.inference.conformer.frames import subsampled_lengths
+from asr_stream.inference.conformer.importer import add_conformer
+from asr_stream.inference.conformer.manifest import ConformerManifest
+from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
+from asr_stream.inference.conformer.runner import ConformerRunner, ConformerTranscript
+
+pytestmark = pytest.mark.slow  # one ONNX export, ~10 s
+
+PREPROCESSOR = {
+    "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+    "sample_rate": 16000,
+    "normalize": "per_feature",
+    "window_size": 0.025,
+    "window_stride": 0.01,
+    "window": "hann",
+    "features": 80,
+    "n_fft": 512,
+    "log": True,
+    "frame_splicing": 1,
+    "dither": 1.0e-05,
+    "pad_to": 0,
+    "pad_value": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ConformerCTC, Path, Path, Path]:
+    """(model, graph, tokenizer, preprocessor YAML) as a NeMo user would hand them over."""
+    directory = tmp_path_factory.mktemp("conformer")
+    torch.manual_seed(0)
+    model = ConformerCTC(ConformerConfig(vocab_size=VOCAB_SIZE))
+    graph = export_onnx(model, directory / "exported.onnx")
+    preprocessor = directory / "model_config.yaml"
+    preprocessor.write_text(yaml.safe_dump({"preprocessor": PREPROCESSOR, "encoder": {"subsampling_factor": 4}}))
+    return model, graph, train_tokenizer(directory), preprocessor
+
+
+def test_onnx_runtime_matches_pytorch_on_a_padded_batch(exported) -> None:
+    model, graph, _, _ = exported
+    features, lengths = batch_features([nemo_log_mel(read_clip(i)) for i in range(3)])
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    ours = session.run(None, {"audio_signal": features, "length": lengths})[0]
+    with torch.no_grad():
+        reference = model(torch.from_numpy(features), torch.from_numpy(lengths)).numpy()
+    np.testing.assert_allclose(ours, reference, atol=1e-4)
+    frames = subsampled_lengths(lengths, 4)
+    ours_ids, reference_ids = (greedy_ctc(lp, frames, VOCAB_SIZE, 40) for lp in (ours, reference))
+    assert [[t.token_id for t in u] for u in ours_ids] == [[t.token_id for t in u] for u in reference_ids]
+    assert all(ours_ids)
+
+
+@pytest.mark.parametrize(("batch", "frames"), [(1, 50), (5, 3000)])
+def test_graph_has_dynamic_batch_and_time(exported, batch: int, frames: int) -> None:
+    _, graph, _, _ = exported
+    session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    feeds = {"audio_signal": np.zeros((batch, 80, frames), np.float32), "length": np.full(batch, frames, np.int64)}
+    assert session.run(None, feeds)[0].shape == (batch, subsampled_lengths(frames, 4), VOCAB_SIZE + 1)
+
+
+def test_imported_model_transcribes_with_consistent_timings(exported, tmp_path: Path) -> None:
+    _, graph, tokenizer, preprocessor = exported
+    engine_dir = add_conformer("tiny-random", graph, tokenizer, preprocessor, tmp_path / "engines")
+    manifest = ConformerManifest.read(engine_dir)
+    assert (manifest.subsampling_factor, manifest.vocab_size, manifest.frame_ms) == (4, VOCAB_SIZE, 40.0)
+    assert manifest.features == NemoMelSettings()
+    assert set(manifest.sha256) == {"model.onnx", "tokenizer.model", "preprocessor.yaml"}
+
+    runner = ConformerRunner(engine_dir)
+    clips = [read_clip(i) for i in range(3)] + [read_clip(1)[:8000]]
+    results = runner.transcribe_batch(clips)
+    assert len(results) == len(clips) and all(isinstance(r, ConformerTranscript) for r in results)
+    assert [r.tokens for r in results] == [runner.transcribe_batch([clip])[0].tokens for clip in clips]
+    for clip, result in zip(clips, results):
+        assert result.tokens and result.text == runner.tokenizer.decode([t.token_id for t in result.tokens])
+        # The centred STFT adds one feature hop, the last model frame rounds up: at most frame + hop past the end.
+        limit_ms = len(clip) / 16 + manifest.frame_ms + 10
+        for timed in result.tokens + result.words:
+            assert 0 <= timed.start_ms < timed.end_ms <= limit_ms
+        for earlier, later in zip(result.tokens, result.tokens[1:]):
+            assert earlier.end_ms <= later.start_ms
+        assert " ".join(w.text for w in result.words) == " ".join(result.text.split())
+
+
+def test_importer_refuses_mismatches(exported, tmp_path: Path) -> None:
+    _, graph, tokenizer, preprocessor = exported
+    engines = tmp_path / "engines"
+    add_conformer("taken", graph, tokenizer, preprocessor, engines)
+    with pytest.raises(FileExistsError):
+        add_conformer("taken", graph, tokenizer, preprocessor, engines)
+    wrong_mels = tmp_path / "preprocessor.yaml"
+    wrong_mels.write_text(yaml.safe_dump({**PREPROCESSOR, "window": "hamming"}))
+    with pytest.raises(ValueError, match="window"):
+        add_conformer("hamming", graph, tokenizer, wrong_mels, engines)
+    with pytest.raises(ValueError, match="97 classes"):
+        add_conformer("smaller-vocab", graph, train_tokenizer(tmp_path, vocab_size=64), preprocessor, engines)
+    assert sorted(p.name for p in engines.iterdir()) == ["taken"]
