@@ -1,0 +1,91 @@
+"""Per-segment transcript state: successive hypotheses in, partial and final events out.
+
+The daemon re-transcribes an open segment every `partial_interval` and transcribes it once more
+when it closes. This module decides what of that reaches consumers:
+
+- a partial is published only when its text differs from the last published one, with a
+  revision that grows by one each time;
+- the final carries the last revision + 1, is published exactly once, and anything that arrives
+  for the segment after it (a partial that was still in flight) is dropped: finals never change;
+- `stable_prefix` is the part of the text that two consecutive hypotheses agree on, word by
+  word: Whisper rewrites the tail of a growing utterance far more often than its head, so an
+  agent-assist UI can show the stable part as settled and the rest as provisional.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+
+
+def agreed_prefix(previous: str, current: str) -> str:
+    """The longest run of leading words two hypotheses share, as it appears in `current`."""
+    shared = 0
+    for old, new in zip(previous.split(), current.split(), strict=False):
+        if old != new:
+            break
+        shared += 1
+    return " ".join(current.split()[:shared])
+
+
+@dataclass(frozen=True)
+class Labels:
+    """What every event of a call repeats: which model and engine produced the text."""
+
+    call_id: str
+    model: str
+    engine: str
+
+
+@dataclass
+class SegmentTranscript:
+    """One segment of one channel, from its first partial to its final."""
+
+    labels: Labels
+    channel: str
+    index: int
+    start_ms: int
+    revision: int = -1  # the last published revision; -1 before the first event
+    last_text: str | None = None
+    stable_prefix: str = ""
+    finalized: bool = False
+    _previous_hypothesis: str = field(default="", repr=False)
+
+    def partial(self, text: str, end_ms: int, language: str | None, latency_ms: int) -> SegmentPartial | None:
+        """The partial event for a new hypothesis, or None when nothing consumers see changed."""
+        text = " ".join(text.split())
+        if self.finalized:
+            return None
+        self.stable_prefix = agreed_prefix(self._previous_hypothesis, text)
+        self._previous_hypothesis = text
+        if text == self.last_text or not text:
+            return None
+        self.revision += 1
+        self.last_text = text
+        return SegmentPartial(**self._fields(text, end_ms, language, latency_ms))
+
+    def final(self, text: str, end_ms: int, language: str | None, latency_ms: int) -> SegmentFinal:
+        """The one final event of this segment (revision = last partial + 1)."""
+        if self.finalized:
+            raise RuntimeError(f"segment {self.labels.call_id}/{self.channel}/{self.index} already has its final")
+        self.finalized = True
+        self.revision += 1
+        self.last_text = " ".join(text.split())
+        self.stable_prefix = self.last_text
+        return SegmentFinal(**self._fields(self.last_text, end_ms, language, latency_ms))
+
+    def _fields(self, text: str, end_ms: int, language: str | None, latency_ms: int) -> dict[str, object]:
+        return {
+            "call_id": self.labels.call_id,
+            "model": self.labels.model,
+            "engine": self.labels.engine,
+            "language": language,
+            "channel": self.channel,
+            "index": self.index,
+            "revision": self.revision,
+            "text": text,
+            "start_ms": self.start_ms,
+            "end_ms": max(end_ms, self.start_ms),
+            "latency_ms": max(0, latency_ms),
+        }
