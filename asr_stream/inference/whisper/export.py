@@ -1,0 +1,92 @@
+"""Export the PyTorch Whisper (`model.py`) to the ONNX graphs named in `graphs.py`.
+
+The only module, with `model.py`, that imports torch and onnx: serving never needs them.
+torch 2.13's exporter is dynamo-based; dynamic dims are declared with example sizes >= 2 because
+`torch.export` pins a dim whose example is 0 or 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.export import Dim
+
+from asr_stream.inference.whisper import graphs
+from asr_stream.inference.whisper.model import Whisper
+
+ONNX_OPSET = 18
+
+
+class EncoderGraph(nn.Module):
+    """mel -> every decoder layer's cross-attention K/V, so the decoder never sees raw audio features."""
+
+    def __init__(self, model: Whisper) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, mel: Tensor) -> Tensor:
+        return self.model.decoder.cross_kv(self.model.encoder(mel))
+
+
+class DecoderGraph(nn.Module):
+    def __init__(self, model: Whisper) -> None:
+        super().__init__()
+        self.decoder = model.decoder
+
+    def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross_kv: Tensor) -> tuple[Tensor, Tensor]:
+        return self.decoder(tokens, offset, self_kv, cross_kv)
+
+
+def _export(module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: dict, input_names: tuple[str, ...], output_names: tuple[str, ...], path: Path) -> None:
+    # The exporter logs and warns about things irrelevant here (torchvision ops, deprecations);
+    # an operator running `models prepare` should see only real errors.
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module,
+            args,
+            dynamo=True,
+            dynamic_shapes=dynamic_shapes,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=ONNX_OPSET,
+            external_data=False,
+            verbose=False,
+        )
+    program.save(str(path))
+
+
+def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
+    """Write encoder.onnx and decoder.onnx into `out_dir`; returns graph name -> path."""
+    dims = model.dims
+    batch = Dim("batch", min=1, max=1024)
+    # conv2 has stride 2, so an even frame count keeps T/2 exact; the window is the maximum.
+    half_frames = Dim("half_frames", min=1, max=dims.n_audio_ctx)
+    new_tokens = Dim("new_tokens", min=1, max=dims.n_text_ctx)
+    capacity = Dim("capacity", min=1, max=dims.n_text_ctx)
+    audio_ctx = Dim("audio_ctx", min=1, max=dims.n_audio_ctx)
+    example_batch, example_frames = 2, dims.n_frames
+    kv_shape = (dims.n_text_layer, 2, example_batch, dims.n_text_head)
+    paths = {name: out_dir / filename for name, filename in graphs.GRAPH_FILES.items()}
+    with torch.no_grad():
+        mel = torch.zeros(example_batch, dims.n_mels, example_frames)
+        _export(EncoderGraph(model).eval(), (mel,), {"mel": {0: batch, 2: 2 * half_frames}}, graphs.ENCODER_INPUTS, graphs.ENCODER_OUTPUTS, paths[graphs.ENCODER])
+        decoder_args = (
+            torch.zeros(example_batch, 3, dtype=torch.int64),
+            torch.zeros(example_batch, dtype=torch.int64),
+            torch.zeros(*kv_shape, 8, dims.head_dim),
+            torch.zeros(*kv_shape, dims.n_audio_ctx, dims.head_dim),
+        )
+        decoder_dynamic = {
+            "tokens": {0: batch, 1: new_tokens},
+            "offset": {0: batch},
+            "self_kv": {2: batch, 4: capacity},
+            "cross_kv": {2: batch, 4: audio_ctx},
+        }
+        _export(DecoderGraph(model).eval(), decoder_args, decoder_dynamic, graphs.DECODER_INPUTS, graphs.DECODER_OUTPUTS, paths[graphs.DECODER])
+    return paths
