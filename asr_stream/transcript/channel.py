@@ -1,0 +1,158 @@
+"""Live transcription of one channel: 16 kHz audio in, partial and final events out.
+
+Per channel the audio goes through its own VAD state and segmenter; the model work goes through
+the shared `BatchScheduler`, which batches it with every other channel's. While a segment is
+open it is re-transcribed every `partial_interval_s` at low priority (at most one partial in
+flight per channel: a newer one would only supersede it); when it closes, its final goes in at
+high priority. Finals are emitted strictly in segment order even if batches finish out of order.
+
+Latency is measured from the wall time at which the end of speech arrived (a final: the segment's
+end less its post-speech pad; a partial: the newest audio it covers) to the moment the event is
+emitted. It therefore includes the segmenter's wait for closing silence (`min_silence_ms`), then
+queueing, batching and the model: what a consumer waiting for the words actually experiences.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from asr_stream.audio.features import SAMPLE_RATE
+from asr_stream.audio.segmenter import SegmentClosed, SegmentEvent, Segmenter, SegmenterConfig, SegmentOpened, samples_to_ms
+from asr_stream.audio.vad import Vad
+from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
+from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.state import Labels, SegmentTranscript
+
+log = logging.getLogger(__name__)
+
+
+class Hypothesis(Protocol):
+    """What a model runner returns per utterance (Whisper and Conformer runners alike)."""
+
+    text: str
+    language: str | None
+
+
+SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
+
+
+@dataclass
+class _OpenSegment:
+    transcript: SegmentTranscript
+    last_partial_at: float
+
+
+class ChannelTranscriber:
+    """Feed it the channel's audio in media order; it emits events through `emit`."""
+
+    def __init__(
+        self,
+        *,
+        labels: Labels,
+        channel: str,
+        scheduler: BatchScheduler[np.ndarray, Hypothesis],
+        emit: SegmentEventSink,
+        segmenter_config: SegmenterConfig = SegmenterConfig(),
+        partial_interval_s: float = 1.0,
+        vad: Vad | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.labels = labels
+        self.channel = channel
+        self._scheduler = scheduler
+        self._emit = emit
+        self._segmenter = Segmenter(segmenter_config)
+        self._post_pad_samples = segmenter_config.post_speech_pad_ms * SAMPLE_RATE // 1000
+        self._vad = vad or Vad()
+        self._partial_interval_s = partial_interval_s
+        self._clock = clock
+        self._open: _OpenSegment | None = None
+        self._partial_task: asyncio.Task[None] | None = None
+        self._last_final: asyncio.Task[None] | None = None
+        self._received = 0  # samples received so far
+        self._received_at = clock()  # wall (monotonic) time at which sample `_received` arrived
+        self.finals_emitted = 0
+
+    # -- input -------------------------------------------------------------------------
+    def feed(self, audio: np.ndarray) -> None:
+        """Take the next samples of the channel (16 kHz float32, contiguous media time)."""
+        audio = np.asarray(audio, dtype=np.float32).ravel()
+        self._received += audio.shape[0]
+        self._received_at = self._clock()
+        self._handle(self._segmenter.push(audio, self._vad.process(audio)))
+        self._maybe_partial()
+
+    async def finish(self) -> None:
+        """The channel ended: close the open segment and wait until every final is out."""
+        self._handle(self._segmenter.finish())
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+        if self._last_final is not None:
+            await self._last_final
+
+    # -- segments ----------------------------------------------------------------------
+    def _handle(self, events: list[SegmentEvent]) -> None:
+        for event in events:
+            if isinstance(event, SegmentOpened):
+                transcript = SegmentTranscript(self.labels, self.channel, event.seq, event.start_ms)
+                self._open = _OpenSegment(transcript, last_partial_at=self._clock())
+            elif isinstance(event, SegmentClosed):
+                if self._open is None or self._open.transcript.index != event.seq:
+                    continue
+                transcript, self._open = self._open.transcript, None
+                self._last_final = asyncio.create_task(self._final(transcript, event, self._last_final))
+
+    def _maybe_partial(self) -> None:
+        segment = self._open
+        if segment is None or (self._partial_task is not None and not self._partial_task.done()):
+            return
+        if self._clock() - segment.last_partial_at < self._partial_interval_s:
+            return
+        audio = self._segmenter.open_audio()
+        if audio is None:
+            return
+        segment.last_partial_at = self._clock()
+        end_sample = self._received
+        self._partial_task = asyncio.create_task(self._partial(segment.transcript, np.array(audio), end_sample))
+
+    async def _partial(self, transcript: SegmentTranscript, audio: np.ndarray, end_sample: int) -> None:
+        key = (self.labels.call_id, self.channel)
+        try:
+            hypothesis = await self._scheduler.submit(key, audio, Priority.PARTIAL)
+        except Shed:
+            return
+        except Exception:
+            log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
+            return
+        event = transcript.partial(
+            hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample)
+        )
+        if event is not None:
+            self._emit(event)
+
+    async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
+        try:
+            hypothesis = await self._scheduler.submit((self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL)
+            text, language = hypothesis.text, hypothesis.language
+        except Exception:
+            log.exception("final transcription failed", extra={"call_id": self.labels.call_id})
+            text, language = "", None
+        if previous is not None:
+            await previous  # keep finals in segment order
+        if not text.strip() and transcript.revision < 0:
+            return  # noise that the model heard as nothing: no consumer saw this segment
+        speech_end = max(closed.start, closed.end - self._post_pad_samples)
+        self._emit(transcript.final(text, closed.end_ms, language, self._latency_ms(speech_end)))
+        self.finals_emitted += 1
+
+    def _latency_ms(self, media_sample: int) -> int:
+        """Now minus the wall time at which `media_sample` arrived (estimated from the last frame)."""
+        arrived_at = self._received_at - (self._received - media_sample) / SAMPLE_RATE
+        return int(round((self._clock() - arrived_at) * 1000))
