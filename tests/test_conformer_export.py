@@ -25,6 +25,8 @@ from asr_stream.inference.conformer.importer import add_conformer
 from asr_stream.inference.conformer.manifest import ConformerManifest
 from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
 from asr_stream.inference.conformer.runner import ConformerRunner, ConformerTranscript
+from asr_stream.inference.models import ModelError
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 
 pytestmark = pytest.mark.slow  # one ONNX export, ~10 s
 
@@ -87,7 +89,7 @@ def test_imported_model_transcribes_with_consistent_timings(exported, tmp_path: 
     assert manifest.features == NemoMelSettings()
     assert set(manifest.sha256) == {"model.onnx", "tokenizer.model", "preprocessor.yaml"}
 
-    runner = ConformerRunner(engine_dir)
+    runner = ConformerRunner.load(engine_dir, OnnxRuntimeEngine)
     clips = [read_clip(i) for i in range(3)] + [read_clip(1)[:8000]]
     results = runner.transcribe_batch(clips)
     assert len(results) == len(clips) and all(isinstance(r, ConformerTranscript) for r in results)
@@ -107,12 +109,12 @@ def test_importer_refuses_mismatches(exported, tmp_path: Path) -> None:
     _, graph, tokenizer, preprocessor = exported
     engines = tmp_path / "engines"
     add_conformer("taken", graph, tokenizer, preprocessor, engines)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(ModelError, match="exists"):
         add_conformer("taken", graph, tokenizer, preprocessor, engines)
     wrong_mels = tmp_path / "preprocessor.yaml"
     wrong_mels.write_text(yaml.safe_dump({**PREPROCESSOR, "window": "hamming"}))
-    with pytest.raises(ValueError, match="window"):
+    with pytest.raises(ModelError, match="window"):
         add_conformer("hamming", graph, tokenizer, wrong_mels, engines)
-    with pytest.raises(ValueError, match="97 classes"):
+    with pytest.raises(ModelError, match="97 classes"):
         add_conformer("smaller-vocab", graph, train_tokenizer(tmp_path, vocab_size=64), preprocessor, engines)
     assert sorted(p.name for p in engines.iterdir()) == ["taken"]

@@ -1,7 +1,8 @@
 """engines/<name>/manifest.json of a Conformer-CTC model: what the runner needs besides the files.
 
-Written once by the importer, read by the runner; the sha256s let `models` commands and logs tell
-which exact graph and tokenizer a deployment serves.
+Laid out like the Whisper manifest (`format`, `graphs` and `tokenizer` entries with sha256s) plus
+`family`, so `models` commands can list both; the digests tell which exact graph and tokenizer a
+deployment serves.
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from asr_stream.audio.features_nemo import NemoMelSettings
+from asr_stream.inference.models import MANIFEST, MANIFEST_FORMAT, ModelError
 
-MANIFEST_NAME = "manifest.json"
 FAMILY = "conformer-ctc"
-GRAPH_NAME = "model.onnx"
-TOKENIZER_NAME = "tokenizer.model"
-PREPROCESSOR_NAME = "preprocessor.yaml"
+GRAPH = "model"  # the single graph's key in `graphs`
+GRAPH_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.model"
+PREPROCESSOR_FILE = "preprocessor.yaml"
 
 
 @dataclass(frozen=True)
 class ConformerManifest:
     name: str
     features: NemoMelSettings
-    subsampling_factor: int  # model frames are subsampling_factor feature hops long
+    subsampling_factor: int  # one model frame spans subsampling_factor feature hops
     vocab_size: int  # SentencePiece pieces; the CTC blank is id vocab_size
     sha256: dict[str, str]  # file name in the engine directory -> digest
 
@@ -33,13 +35,35 @@ class ConformerManifest:
         return self.subsampling_factor * self.features.hop_length * 1000 / self.features.sample_rate
 
     def write(self, engine_dir: Path) -> Path:
-        path = engine_dir / MANIFEST_NAME
-        path.write_text(json.dumps({"family": FAMILY, **asdict(self)}, indent=2) + "\n")
+        entry = {file: {"file": file, "sha256": self.sha256[file]} for file in (GRAPH_FILE, TOKENIZER_FILE, PREPROCESSOR_FILE)}
+        document = {
+            "format": MANIFEST_FORMAT,
+            "family": FAMILY,
+            "name": self.name,
+            "graphs": {GRAPH: entry[GRAPH_FILE]},
+            "tokenizer": entry[TOKENIZER_FILE],
+            "preprocessor": entry[PREPROCESSOR_FILE],
+            "features": asdict(self.features),
+            "subsampling_factor": self.subsampling_factor,
+            "vocab_size": self.vocab_size,
+        }
+        path = engine_dir / MANIFEST
+        path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod
     def read(cls, engine_dir: Path) -> ConformerManifest:
-        data = json.loads((engine_dir / MANIFEST_NAME).read_text())
-        if data.pop("family") != FAMILY:
-            raise ValueError(f"{engine_dir} does not hold a {FAMILY} model")
-        return cls(**{**data, "features": NemoMelSettings(**data["features"])})
+        try:
+            document = json.loads((engine_dir / MANIFEST).read_text())
+        except (OSError, ValueError):
+            raise ModelError(f"{engine_dir} holds no readable {MANIFEST}: add the model with `asr-stream models add conformer`") from None
+        if document.get("family") != FAMILY or document.get("format") != MANIFEST_FORMAT:
+            raise ModelError(f"{engine_dir} does not hold a {FAMILY} model of manifest format {MANIFEST_FORMAT}")
+        entries = [document["graphs"][GRAPH], document["tokenizer"], document["preprocessor"]]
+        return cls(
+            name=document["name"],
+            features=NemoMelSettings(**document["features"]),
+            subsampling_factor=document["subsampling_factor"],
+            vocab_size=document["vocab_size"],
+            sha256={entry["file"]: entry["sha256"] for entry in entries},
+        )
