@@ -6,8 +6,8 @@ timestamp drifts. Here every hole is filled with silence of exactly its length (
 `filled`), so sample `n` of the output is always sample `n` of what the sender meant.
 
 Latency policy: in-order audio leaves at once. A packet behind a hole waits for the hole to
-fill until either it has waited `playout_delay_s` of wall time, or `playout_delay_s` of newer
-audio has piled up behind the hole (the same test on the sender's clock, which also works for
+fill until either it has waited `playout_delay_s` of wall time, or the audio held behind the
+hole spans `playout_delay_s` (the same test on the sender's clock, which also works for
 senders faster than real time); then the hole is declared lost and anything for it later is
 late. The very first output waits the same way, so a reordered first packet is not lost.
 """
@@ -109,8 +109,7 @@ class JitterBuffer:
 
     def _hole_expired(self, now: float) -> bool:
         newest_end = max(position + held.samples for position, held in self._held.items())
-        oldest_end = self._next if self._origin is not None else self._order[0]
-        return newest_end - oldest_end >= self._delay_samples or now >= self.deadline()  # type: ignore[operator]
+        return newest_end - self._order[0] >= self._delay_samples or now >= self.deadline()  # type: ignore[operator]
 
     def _discard_first(self) -> _Held:
         return self._held.pop(heapq.heappop(self._order))
