@@ -30,6 +30,8 @@ from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 
 pytestmark = pytest.mark.slow  # one ONNX export, ~10 s
 
+PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "conformer-ctc.yaml"
+
 PREPROCESSOR = {
     "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
     "sample_rate": 16000,
@@ -73,8 +75,19 @@ def test_onnx_runtime_matches_pytorch_on_a_padded_batch(exported) -> None:
     assert all(ours_ids)
 
 
-@pytest.mark.parametrize(("batch", "frames"), [(1, 50), (5, 3000)])
-def test_graph_has_dynamic_batch_and_time(exported, batch: int, frames: int) -> None:
+def profile_corners() -> list[tuple[int, int]]:
+    """(batch, frames) at the profile's min, and its max frames at a small batch (max batch is slow on CPU)."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    signal, length = profile["inputs"]["audio_signal"], profile["inputs"]["length"]
+    for corner in ("min", "opt", "max"):
+        assert signal[corner][0] == length[corner][0] and signal[corner][1] == 80
+    assert [signal[c][2] for c in ("min", "opt", "max")] == [50, 800, 3000]  # 0.5 s, 8 s, 30 s
+    assert signal["max"][0] == profile["max_batch"]
+    return [(signal["min"][0], signal["min"][2]), (3, signal["max"][2])]
+
+
+@pytest.mark.parametrize(("batch", "frames"), profile_corners())
+def test_graph_runs_at_the_profile_corners(exported, batch: int, frames: int) -> None:
     _, graph, _, _ = exported
     session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
     feeds = {"audio_signal": np.zeros((batch, 80, frames), np.float32), "length": np.full(batch, frames, np.int64)}
