@@ -1,0 +1,355 @@
+"""Publish transcript events to Kafka: acknowledged by the broker, or kept in the spool.
+
+Guarantees, per call (record key = call_id, so a call's events share a partition):
+  * order: a call's events reach the topic in the order `publish` saw them;
+  * at-least-once: an event leaves our custody only when the broker acknowledged it
+    (acks=all); anything unacknowledged goes to the on-disk spool and is replayed, oldest
+    first, before any newer event is sent. Duplicates are possible only around a failure
+    (an acknowledgement lost in flight); consumers upsert by (segment_id, revision).
+
+Threading: kafka-python is blocking, so a single "kafka-sink" thread owns the producer and the
+spool. `publish` only serialises the event and puts it on a bounded in-memory queue; the
+asyncio loop never waits on the network or the disk. The thread sends what has queued up as
+one batch and waits for its acknowledgements before sending the next (group commit): at most
+one batch is ever in doubt, which is what makes the spool-ordering rule simple.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+
+from asr_stream.sinks.spool import Spool, SpoolFull, SpoolRecord
+from asr_stream.transcript.events import SegmentPartial, TranscriptEvent
+
+log = logging.getLogger(__name__)
+
+# kafka-python option names accepted from the `security` mapping: TLS and SASL only, so a
+# config typo fails at start instead of being silently ignored.
+SECURITY_OPTIONS = frozenset(
+    {
+        "security_protocol",
+        "ssl_context",
+        "ssl_check_hostname",
+        "ssl_cafile",
+        "ssl_certfile",
+        "ssl_keyfile",
+        "ssl_crlfile",
+        "ssl_password",
+        "ssl_ciphers",
+        "sasl_mechanism",
+        "sasl_plain_username",
+        "sasl_plain_password",
+        "sasl_kerberos_name",
+        "sasl_kerberos_service_name",
+        "sasl_kerberos_domain_name",
+        "sasl_oauth_token_provider",
+    }
+)
+
+# Above this share of the spool's bound, partials are no longer spooled: the final of the same
+# segment supersedes them, and the remaining room is kept for finals and call events.
+PARTIALS_HIGH_WATER = 0.8
+
+
+@dataclass(frozen=True, kw_only=True)
+class KafkaSettings:
+    """Where and how to publish. `security` is passed to kafka-python as is (never logged)."""
+
+    bootstrap_servers: str
+    topic: str = "asr.transcripts"
+    partitions: int = 6  # used only when the sink creates the topic
+    replication_factor: int = 1
+    client_id: str = "asr-stream"
+    spool_dir: Path = Path("spool/kafka")
+    spool_max_bytes: int = 256 * 2**20
+    request_timeout_ms: int = 5_000
+    delivery_timeout_ms: int = 15_000  # how long a send may retry before its event is spooled
+    compression_type: str | None = None
+    security: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        unknown = set(self.security) - SECURITY_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown Kafka security options: {sorted(unknown)}")
+        if self.delivery_timeout_ms < self.request_timeout_ms:
+            raise ValueError("delivery_timeout_ms must be at least request_timeout_ms (Kafka's rule)")
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    record: SpoolRecord
+    supersedable: bool  # a partial: a later revision of its segment replaces it
+
+
+class KafkaSink:
+    """Delivers events to one topic; counters are plain attributes for the metrics stage.
+
+    delivered: acknowledged by the broker and not to be sent again
+    failed:    send attempts the broker did not acknowledge (each was spooled or dropped)
+    spooled:   records written to the spool
+    dropped:   events lost on purpose (queue or spool full), each logged
+    spool_size / spool_bytes: records and bytes waiting in the spool now
+    """
+
+    def __init__(self, settings: KafkaSettings, queue_capacity: int = 10_000, replay_chunk: int = 500) -> None:
+        self.settings = settings
+        self.delivered = 0
+        self.failed = 0
+        self.spooled = 0
+        self.dropped = 0
+        self.spool_size = 0
+        self.spool_bytes = 0
+        self.idempotent: bool | None = None  # known once connected; None: not yet
+        self._queue: queue.Queue[_Outgoing] = queue.Queue(queue_capacity)
+        self._replay_chunk = replay_chunk
+        self._stopping = threading.Event()
+        self._deadline = float("inf")
+        self._thread = threading.Thread(target=self._run, name="kafka-sink", daemon=True)
+        self._producer: KafkaProducer | None = None
+        self._spool: Spool | None = None
+        self._retry_at = 0.0
+        self._backoff_s = 0.5
+        self._spool_full_logged = False
+        self._failed_while_stopping = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, event: TranscriptEvent) -> None:
+        """Hand an event over for delivery; never blocks the calling (event loop) thread."""
+        item = _Outgoing(SpoolRecord(event.call_id.encode(), event.to_json()), isinstance(event, SegmentPartial))
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self.dropped += 1
+            log.error("kafka sink queue full (%d); dropped a %s for call %s", self._queue.maxsize, event.event, event.call_id)
+
+    async def close(self, timeout_s: float = 10.0) -> None:
+        """Deliver what is queued within `timeout_s`; whatever is not acknowledged stays spooled."""
+        self._deadline = time.monotonic() + timeout_s
+        self._stopping.set()
+        if self._thread.is_alive():
+            # The thread exits by itself at the deadline; the margin covers closing the producer.
+            await asyncio.to_thread(self._thread.join, timeout_s + self.settings.request_timeout_ms / 1000 + 5)
+
+    # --- the sink thread -------------------------------------------------------------------
+
+    def _run(self) -> None:
+        self._spool = Spool(self.settings.spool_dir, max_bytes=self.settings.spool_max_bytes)
+        self._update_spool_counters()
+        try:
+            while True:
+                batch = self._take_batch()
+                if len(self._spool) or not self._ensure_producer():
+                    self._spool_items(batch)  # behind the backlog, to keep each call's order
+                    self._replay_chunk_from_spool()
+                else:
+                    self._spool_items(self._deliver(batch))
+                if self._stopping.is_set() and self._finished():
+                    break
+        except Exception:
+            log.exception("kafka sink thread failed; queued events go to the spool")
+        finally:
+            self._spool_items(self._drain_queue())
+            self._drop_producer()
+            if len(self._spool):
+                log.warning("kafka sink stopped with %d events in the spool %s", len(self._spool), self._spool.directory)
+
+    def _finished(self) -> bool:
+        """When stopping: nothing left, the deadline passed, or the broker proved to be away."""
+        nothing_left = self._queue.empty() and not len(self._spool)  # type: ignore[arg-type]
+        return nothing_left or time.monotonic() >= self._deadline or self._failed_while_stopping
+
+    def _take_batch(self) -> list[_Outgoing]:
+        """What has queued up (waiting briefly for the first item when idle)."""
+        try:
+            batch = [self._queue.get(timeout=0 if self._stopping.is_set() else 0.1)]
+        except queue.Empty:
+            return []
+        return batch + self._drain_queue()
+
+    def _drain_queue(self) -> list[_Outgoing]:
+        items = []
+        while True:
+            try:
+                items.append(self._queue.get_nowait())
+            except queue.Empty:
+                return items
+
+    def _deliver(self, batch: list[_Outgoing]) -> list[_Outgoing]:
+        """Send a batch and wait for it; return what must be spooled."""
+        acknowledged = self._send_and_wait([item.record for item in batch])
+        if all(acknowledged):
+            self.delivered += len(batch)
+            return []
+        # From the first failure on, a call's later events are re-sent too, even if the broker
+        # took them, so its events never overtake each other; other calls are unaffected.
+        blocked_keys: set[bytes] = set()
+        to_spool = []
+        for item, ok in zip(batch, acknowledged, strict=True):
+            if not ok or item.record.key in blocked_keys:
+                blocked_keys.add(item.record.key)
+                to_spool.append(item)
+        self.delivered += len(batch) - len(to_spool)
+        return to_spool
+
+    def _replay_chunk_from_spool(self) -> None:
+        """Send the spool's oldest records; remove the acknowledged prefix."""
+        assert self._spool is not None
+        if not len(self._spool) or not self._ensure_producer():
+            return
+        chunk = self._spool.peek(self._replay_chunk)
+        acknowledged = self._send_and_wait(chunk)
+        prefix = next((index for index, ok in enumerate(acknowledged) if not ok), len(chunk))
+        self._spool.acknowledge(prefix)
+        self.delivered += prefix
+        self._update_spool_counters()
+        if prefix == len(chunk) and not len(self._spool):
+            log.info("kafka spool replayed; publishing directly again")
+
+    def _send_and_wait(self, records: Sequence[SpoolRecord]) -> list[bool]:
+        """One acknowledged-or-not flag per record, in order. Drops the producer on any failure."""
+        if not records:
+            return []
+        assert self._producer is not None
+        futures = []
+        send_error: KafkaError | None = None
+        try:
+            for record in records:
+                futures.append(self._producer.send(self.settings.topic, key=record.key, value=record.value))
+            self._producer.flush(timeout=self._wait_budget_s())
+        except KafkaError as error:  # metadata or buffer timeout, or the flush deadline
+            send_error = error
+        acknowledged = [future.succeeded() for future in futures]
+        acknowledged += [False] * (len(records) - len(futures))
+        if not all(acknowledged):
+            self.failed += acknowledged.count(False)
+            errors = [future.exception for future in futures if future.failed()]
+            self._note_failure(errors[0] if errors else send_error)
+        return acknowledged
+
+    def _wait_budget_s(self) -> float:
+        budget = self.settings.delivery_timeout_ms / 1000 + 1
+        if self._stopping.is_set():
+            budget = min(budget, max(0.0, self._deadline - time.monotonic()))
+        return budget
+
+    def _note_failure(self, error: BaseException | None) -> None:
+        """Start over with a fresh producer after a backoff: the simplest state to trust."""
+        if isinstance(error, ClusterAuthorizationFailedError) and self.idempotent:
+            log.warning("broker refuses idempotent writes (no IDEMPOTENT_WRITE permission); continuing without idempotence")
+            self.idempotent = False
+        log.warning("kafka delivery failed (%s); spooling until the broker is back", error or "not acknowledged in time")
+        self._drop_producer()
+        self._schedule_retry()
+
+    # --- connection ------------------------------------------------------------------------
+
+    def _ensure_producer(self) -> bool:
+        """A connected producer, or False while the broker is away (retried with backoff)."""
+        if self._producer is not None:
+            return True
+        if time.monotonic() < self._retry_at and not self._stopping.is_set():
+            return False  # while stopping, one more attempt beats waiting out the backoff
+        try:
+            self._ensure_topic()
+            self._producer = self._new_producer()
+        except (KafkaError, OSError) as error:
+            log.warning("kafka broker %s unavailable (%s); retrying in %.1f s", self.settings.bootstrap_servers, error, self._backoff_s)
+            self._schedule_retry()
+            return False
+        log.info("kafka producer connected to %s (idempotent: %s)", self.settings.bootstrap_servers, self.idempotent)
+        self._backoff_s = 0.5
+        return True
+
+    def _schedule_retry(self) -> None:
+        self._failed_while_stopping = self._stopping.is_set()
+        self._retry_at = time.monotonic() + self._backoff_s
+        self._backoff_s = min(self._backoff_s * 2, 10.0)
+
+    def _client_options(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.settings.bootstrap_servers,
+            "client_id": self.settings.client_id,
+            "request_timeout_ms": self.settings.request_timeout_ms,
+            "bootstrap_timeout_ms": self.settings.request_timeout_ms,
+            # kafka-python's default grows to 30 s between reconnects; a broker back from an
+            # outage should be noticed within a couple of seconds.
+            "reconnect_backoff_max_ms": 2_000,
+            **self.settings.security,
+        }
+
+    def _new_producer(self) -> KafkaProducer:
+        """Idempotent where the broker supports it; otherwise one request in flight keeps order."""
+        options = self._client_options() | {
+            "acks": "all",
+            "delivery_timeout_ms": self.settings.delivery_timeout_ms,
+            "max_block_ms": self.settings.request_timeout_ms,
+            "compression_type": self.settings.compression_type,
+        }
+        if self.idempotent is not False:
+            try:
+                producer = KafkaProducer(**options, enable_idempotence=True, max_in_flight_requests_per_connection=5)
+                self.idempotent = True
+                return producer
+            except KafkaConfigurationError as error:
+                log.warning("idempotent producer not possible (%s); using one request in flight", error)
+                self.idempotent = False
+        return KafkaProducer(**options, enable_idempotence=False, max_in_flight_requests_per_connection=1)
+
+    def _ensure_topic(self) -> None:
+        admin = KafkaAdminClient(**self._client_options())
+        try:
+            if self.settings.topic in admin.list_topics():
+                return
+            topic = NewTopic(self.settings.topic, self.settings.partitions, self.settings.replication_factor)
+            admin.create_topics([topic])
+            log.info("created topic %s with %d partitions", self.settings.topic, self.settings.partitions)
+        except TopicAlreadyExistsError:
+            pass  # another instance created it between our look and our create
+        finally:
+            admin.close()
+
+    def _drop_producer(self) -> None:
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.close(timeout=0)
+
+    # --- spool -----------------------------------------------------------------------------
+
+    def _spool_items(self, items: list[_Outgoing]) -> None:
+        if not items:
+            return
+        assert self._spool is not None
+        if self._spool.size_bytes >= PARTIALS_HIGH_WATER * self._spool.max_bytes:
+            kept = [item for item in items if not item.supersedable]
+            self.dropped += len(items) - len(kept)
+            items = kept
+        try:
+            self._spool.append([item.record for item in items])
+            self.spooled += len(items)
+        except SpoolFull as error:
+            self.dropped += len(items)
+            if not self._spool_full_logged:
+                log.error("kafka spool full, dropping new events until it drains: %s", error)
+                self._spool_full_logged = True
+        self._update_spool_counters()
+
+    def _update_spool_counters(self) -> None:
+        assert self._spool is not None
+        self.spool_size = len(self._spool)
+        self.spool_bytes = self._spool.size_bytes
+        if self.spool_bytes < PARTIALS_HIGH_WATER * self._spool.max_bytes:
+            self._spool_full_logged = False

@@ -1,0 +1,215 @@
+"""KafkaSink against a real Kafka-protocol broker (Tansu): order, outages, spool replay, shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import jsonschema
+import pytest
+from kafka import KafkaConsumer
+from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401
+
+from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
+from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
+from asr_stream.transcript.events import (
+    CallEnded,
+    CallStarted,
+    ChannelInfo,
+    EndReason,
+    Party,
+    SegmentFinal,
+    SegmentPartial,
+    TranscriptEvent,
+    load_schema,
+)
+
+MODEL = {"model": "whisper-tiny.en", "engine": "onnxruntime-cpu", "language": "en"}
+
+
+def call_events(call_id: str, segments: int) -> list[TranscriptEvent]:
+    """A plausible call: start, per segment two partials and a final, end."""
+    events: list[TranscriptEvent] = [
+        CallStarted(
+            call_id=call_id,
+            **MODEL,
+            parties=(Party(role="caller", uri=f"sip:{call_id}@gw.example"), Party(role="callee", uri="sip:hotline@pbx.example")),
+            channels=(ChannelInfo(channel="caller", label="Citizen", codec="PCMU", sample_rate=8000),),
+        )
+    ]
+    for index in range(segments):
+        start = index * 3000
+        for revision in range(2):
+            events.append(SegmentPartial(call_id=call_id, **MODEL, channel="caller", index=index, revision=revision,
+                                         text=f"seg {index} rev {revision}", start_ms=start, end_ms=start + 1000 * (revision + 1), latency_ms=90))
+        events.append(SegmentFinal(call_id=call_id, **MODEL, channel="caller", index=index, revision=2,
+                                   text=f"segment {index} final", start_ms=start, end_ms=start + 2500, latency_ms=300))
+    events.append(CallEnded(call_id=call_id, **MODEL, end_reason=EndReason.HANGUP, duration_ms=segments * 3000, final_segments=segments))
+    return events
+
+
+def interleaved(calls: int, segments: int) -> list[TranscriptEvent]:
+    """Several calls' events interleaved round-robin, as concurrent calls produce them."""
+    per_call = [call_events(f"call-{n}@test", segments) for n in range(calls)]
+    return [event for step in zip(*per_call, strict=True) for event in step]
+
+
+def identity(event: TranscriptEvent | dict) -> tuple[str, str, str | None, int | None]:
+    wire = event if isinstance(event, dict) else event.to_dict()
+    return (wire["call_id"], wire["event"], wire["segment_id"], wire["revision"])
+
+
+def settings_for(broker_servers: str, topic: str, spool_dir: Path, **overrides: object) -> KafkaSettings:
+    fast_failure = {"request_timeout_ms": 1000, "delivery_timeout_ms": 2000, "partitions": 3}
+    return KafkaSettings(bootstrap_servers=broker_servers, topic=topic, spool_dir=spool_dir, **(fast_failure | overrides))  # type: ignore[arg-type]
+
+
+def assert_delivered_once_in_order(records: list, published: list[TranscriptEvent]) -> None:
+    """Per call: exactly the published events, once each, in publish order, on one partition."""
+    expected: dict[str, list] = defaultdict(list)
+    for event in published:
+        expected[event.call_id].append(identity(event))
+    received: dict[str, list] = defaultdict(list)
+    partitions: dict[str, set[int]] = defaultdict(set)
+    for record in records:
+        wire = json.loads(record.value)
+        assert record.key.decode() == wire["call_id"]
+        received[wire["call_id"]].append(identity(wire))
+        partitions[wire["call_id"]].add(record.partition)
+    assert received == expected
+    assert all(len(used) == 1 for used in partitions.values())
+
+
+async def wait_for(condition, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def test_interleaved_calls_arrive_valid_once_and_in_order(kafka_broker: LocalBroker, topic_name: str, tmp_path: Path) -> None:
+    published = interleaved(calls=4, segments=5)
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    for event in published:
+        sink.publish(event)
+        await asyncio.sleep(0)  # let batches form as in the daemon, not one giant batch
+    await sink.close()
+    assert (sink.delivered, sink.failed, sink.spooled, sink.spool_size) == (len(published), 0, 0, 0)
+    assert sink.idempotent is True
+
+    records = consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published))
+    validator = jsonschema.Draft202012Validator(load_schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
+    for record in records:
+        validator.validate(json.loads(record.value))
+    assert_delivered_once_in_order(records, published)
+
+
+async def test_creates_the_topic_with_the_configured_partitions(kafka_broker: LocalBroker, topic_name: str, tmp_path: Path) -> None:
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path, partitions=5))
+    sink.start()
+    sink.publish(call_events("only@test", segments=0)[0])
+    await sink.close()
+    consumer = KafkaConsumer(bootstrap_servers=kafka_broker.bootstrap_servers)
+    try:
+        assert consumer.partitions_for_topic(topic_name) == set(range(5))
+    finally:
+        consumer.close()
+
+
+async def test_broker_down_at_start_spools_then_replays_before_new_events(topic_name: str, tmp_path: Path) -> None:
+    broker = LocalBroker(port=free_tcp_port())
+    first, second = interleaved(calls=3, segments=2), interleaved(calls=3, segments=2)
+    sink = KafkaSink(settings_for(broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    try:
+        for event in first:
+            sink.publish(event)
+        await wait_for(lambda: sink.spool_size == len(first), 10, "the first events to be spooled")
+        broker.start()
+        for event in second:
+            sink.publish(event)
+        await sink.close(timeout_s=20)
+        assert (sink.delivered, sink.spool_size) == (len(first) + len(second), 0)
+        assert list(tmp_path.iterdir()) == [], "a drained spool leaves nothing behind"
+        records = consume_all(broker.bootstrap_servers, topic_name, expected=len(first) + len(second))
+        assert_delivered_once_in_order(records, first + second)
+    finally:
+        broker.stop()
+
+
+async def test_shutdown_while_broker_is_down_keeps_events_for_the_next_start(topic_name: str, tmp_path: Path) -> None:
+    broker = LocalBroker(port=free_tcp_port())
+    published = interleaved(calls=2, segments=3)
+    sink = KafkaSink(settings_for(broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    for event in published:
+        sink.publish(event)
+    await sink.close(timeout_s=2)
+    assert (sink.delivered, sink.spool_size) == (0, len(published))
+
+    broker.start()
+    try:
+        restarted = KafkaSink(settings_for(broker.bootstrap_servers, topic_name, tmp_path))
+        assert restarted.spool_size == 0, "counters start at zero until the thread has opened the spool"
+        restarted.start()
+        await restarted.close(timeout_s=20)
+        assert (restarted.delivered, restarted.spool_size) == (len(published), 0)
+        assert_delivered_once_in_order(consume_all(broker.bootstrap_servers, topic_name, expected=len(published)), published)
+    finally:
+        broker.stop()
+
+
+async def test_close_flushes_a_burst_without_loss(kafka_broker: LocalBroker, topic_name: str, tmp_path: Path) -> None:
+    published = interleaved(calls=20, segments=10)  # 20 calls x 32 events
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    for event in published:
+        sink.publish(event)
+    await sink.close(timeout_s=30)
+    assert (sink.delivered, sink.spool_size, sink.dropped) == (len(published), 0, 0)
+    assert_delivered_once_in_order(consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published)), published)
+
+
+@pytest.mark.slow
+async def test_broker_restart_mid_stream_delivers_every_event_once_in_order(durable_kafka_broker: LocalBroker, topic_name: str, tmp_path: Path) -> None:
+    """The broker stops while events flow, stays away longer than the delivery timeout (so the
+    sink must spool), and comes back on the same port with its data (S3 storage)."""
+    published = interleaved(calls=5, segments=8)  # 5 x 26 events
+    sink = KafkaSink(settings_for(durable_kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    broker_back = asyncio.Event()
+
+    async def publish_steadily() -> None:
+        """Events keep coming through the outage; the last quarter waits for the broker's return."""
+        for number, event in enumerate(published):
+            if number == 3 * len(published) // 4:
+                await broker_back.wait()
+            sink.publish(event)
+            await asyncio.sleep(0.02)
+
+    publisher = asyncio.create_task(publish_steadily())
+    await wait_for(lambda: sink.delivered >= len(published) // 4, 20, "a quarter of the events to be delivered")
+    await asyncio.to_thread(durable_kafka_broker.stop, 0.5)  # SIGTERM, then SIGKILL: a crash-like stop
+    await wait_for(lambda: sink.spooled > 0, 20, "the sink to spool during the outage")
+    await asyncio.to_thread(durable_kafka_broker.start)
+    broker_back.set()
+    await asyncio.wait_for(publisher, 30)
+    await sink.close(timeout_s=30)
+    assert (sink.delivered, sink.spool_size, sink.dropped) == (len(published), 0, 0)
+    records = consume_all(durable_kafka_broker.bootstrap_servers, topic_name, expected=len(published))
+    assert_delivered_once_in_order(records, published)
+
+
+def test_settings_reject_unknown_security_options_and_hide_secrets(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="sasl_plain_pasword"):
+        KafkaSettings(bootstrap_servers="127.0.0.1:9", spool_dir=tmp_path, security={"sasl_plain_pasword": "x"})
+    settings = KafkaSettings(
+        bootstrap_servers="127.0.0.1:9",
+        spool_dir=tmp_path,
+        security={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u", "sasl_plain_password": "hunter2"},
+    )
+    assert "hunter2" not in repr(settings)
