@@ -225,9 +225,9 @@ class Segmenter:
             return []
         onset = self._candidate * WINDOW_SAMPLES
         self._candidate = None
-        return [self._open(max(onset - self._pre_pad, self._last_end, self._audio.first), onset)]
+        return [self._open(max(onset - self._pre_pad, self._last_end, self._audio.first))]
 
-    def _open(self, start: int, onset: int) -> SegmentOpened:
+    def _open(self, start: int) -> SegmentOpened:
         self._seq += 1
         self._open_start = start
         # Energies of the windows already in the segment (pre-pad and the voiced run), so a
@@ -239,7 +239,7 @@ class Segmenter:
         return SegmentOpened(self._seq, start)
 
     def _close(self, end: int, reason: Literal["silence", "max_length", "end_of_stream"]) -> SegmentClosed:
-        assert self._open_start is not None
+        assert self._open_start is not None, "only an open segment can close"
         closed = SegmentClosed(self._seq, self._open_start, end, self._audio.view(self._open_start, end), reason)
         self._open_start = None
         self._last_end = end
@@ -253,7 +253,7 @@ class Segmenter:
         cut = (self._energy_first_window + quietest) * WINDOW_SAMPLES + WINDOW_SAMPLES // 2
         cut = max(cut, self._open_start + 1)
         closed = self._close(cut, "max_length")
-        opened = self._open(cut, cut)
+        opened = self._open(cut)
         return [closed, opened]
 
     def _forget_old_audio(self) -> None:
