@@ -1,0 +1,99 @@
+"""WhisperRunner: 16 kHz audio in, text, tokens, segments and language out, through any two Engines.
+
+Every window is the full 30 s Whisper was trained on (shorter audio is zero-padded): feeding
+tiny.en a shorter mel was measured to loop or stop early on a third of real clips (NOTES.md).
+Audio longer than a window is processed window by window; all utterances of a batch advance
+together, so B calls cost one encoder run and one decoder run per step, not B.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from asr_stream.inference.engine import Engine
+from asr_stream.inference.models import PreparedModel
+from asr_stream.inference.whisper.decode import WhisperDecoder
+from asr_stream.inference.whisper.dims import WhisperDims
+from asr_stream.inference.whisper.graphs import DECODER, ENCODER, KV_BATCH_AXIS
+from asr_stream.inference.whisper.segments import Segment, split_segments
+from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """One utterance's result. `language` is None only for empty audio on a multilingual model."""
+
+    text: str
+    tokens: list[int]
+    segments: list[Segment]
+    language: str | None
+
+
+class WhisperRunner:
+    def __init__(self, encoder: Engine, decoder: WhisperDecoder, dims: WhisperDims) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.dims = dims
+        self.tokenizer = decoder.tokenizer
+
+    @classmethod
+    def from_prepared(cls, prepared: PreparedModel, load_engine: Callable[[Path], Engine]) -> WhisperRunner:
+        """Load both graphs with `load_engine` (e.g. `OnnxRuntimeEngine.load`) and the model's tokenizer and rules."""
+        tokenizer = WhisperTokenizer.from_file(prepared.tokenizer_path, prepared.dims.is_multilingual)
+        decoder = load_engine(prepared.graph_path(DECODER))
+        whisper_decoder = WhisperDecoder(decoder, tokenizer, prepared.suppress_ids, prepared.suppress_ids_begin, prepared.dims.n_text_ctx)
+        return cls(load_engine(prepared.graph_path(ENCODER)), whisper_decoder, prepared.dims)
+
+    def encode(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Cross-attention K/V of up to `max_batch` windows of audio (each fitted to 30 s)."""
+        mel = np.stack([log_mel_spectrogram(window, n_mels=self.dims.n_mels) for window in windows])
+        return self.encoder.run({"mel": mel})["cross_kv"]
+
+    def transcribe_batch(self, audios: Sequence[np.ndarray], language: str | None = None, timestamps: bool = False) -> list[Transcript]:
+        """Transcribe mono 16 kHz float32 utterances together.
+
+        `language` fixes the language of a multilingual model; None detects it from each
+        utterance's first window. English-only models always report "en".
+        """
+        if language is not None and self.tokenizer.multilingual:
+            self.tokenizer.language_token(language)  # fail before any work on an unknown code
+        english_only = None if self.tokenizer.multilingual else "en"
+        languages: list[str | None] = [english_only or language for _ in audios]
+        positions = [0] * len(audios)
+        tokens: list[list[int]] = [[] for _ in audios]
+        segments: list[list[Segment]] = [[] for _ in audios]
+        # Each round consumes at least one timestamp step (20 ms) of every pending utterance.
+        max_rounds = max((len(audio) for audio in audios), default=0) // 320 + 1
+        for _ in range(max_rounds):
+            pending = [i for i, audio in enumerate(audios) if positions[i] < len(audio)]
+            if not pending:
+                break
+            for start in range(0, len(pending), self.encoder.max_batch):
+                self._decode_round(pending[start : start + self.encoder.max_batch], audios, positions, languages, tokens, segments, timestamps)
+        return [
+            Transcript(text=self.tokenizer.decode(tokens[i]).strip(), tokens=tokens[i], segments=segments[i], language=languages[i])
+            for i in range(len(audios))
+        ]
+
+    def _decode_round(self, rows: list[int], audios: Sequence[np.ndarray], positions: list[int], languages: list[str | None], tokens: list[list[int]], segments: list[list[Segment]], timestamps: bool) -> None:
+        """Decode the next window of each utterance in `rows` and advance their positions."""
+        windows = [np.asarray(audios[i][positions[i] : positions[i] + N_SAMPLES], dtype=np.float32) for i in rows]
+        cross_kv = self.encode(windows)
+        undetected = [k for k, i in enumerate(rows) if languages[i] is None]
+        if undetected:
+            detected = self.decoder.detect_languages(np.take(cross_kv, undetected, axis=KV_BATCH_AXIS))
+            for k, language in zip(undetected, detected):
+                languages[rows[k]] = language
+        window_seconds = [len(window) / SAMPLE_RATE for window in windows]
+        hypotheses = self.decoder.decode(cross_kv, [languages[i] or "" for i in rows], window_seconds, timestamps)
+        for i, window, seconds, hypothesis in zip(rows, windows, window_seconds, hypotheses):
+            full_window = len(window) == N_SAMPLES and positions[i] + N_SAMPLES < len(audios[i])
+            window_segments, consumed = split_segments(hypothesis.tokens, self.tokenizer, positions[i] / SAMPLE_RATE, seconds, full_window)
+            tokens[i] += [token for segment in window_segments for token in segment.tokens]
+            segments[i] += [segment for segment in window_segments if segment.text.strip()]
+            positions[i] += max(1, round(consumed * SAMPLE_RATE))
