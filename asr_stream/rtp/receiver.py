@@ -94,17 +94,7 @@ class RtpReceiver:
         self._allocator = allocator
         self._ports = ports
         self._loop = asyncio.get_running_loop()
-        self._decoders: dict[int, AudioDecoder] = {}
-        self._dtmf_payload_types: set[int] = set()
-        for payload_type, encoding in config.payload_types.items():
-            if encoding.lower() == TELEPHONE_EVENT:
-                self._dtmf_payload_types.add(payload_type)
-            else:
-                self._decoders[payload_type] = make_decoder(encoding)
-        rates = {decoder.clock_rate for decoder in self._decoders.values()}
-        if len(rates) != 1:
-            raise ValueError(f"one channel needs audio codecs of one clock rate, got {sorted(rates)}")
-        self.rate = rates.pop()
+        self._decoders, self._dtmf_payload_types, self.rate = self._payload_map(config.payload_types)
         self._timeline = Timeline(self.rate)
         self._jitter = JitterBuffer(self.rate, self._publish_frame, config.playout_delay_s)
         self._dtmf = DtmfDetector(self.rate)
@@ -116,6 +106,7 @@ class RtpReceiver:
         self._events: asyncio.Queue[RtpEvent | None] = asyncio.Queue(256)
         self._peer = config.remote if config.latching is Latching.SDP else None
         self._last_arrival = self._loop.time()
+        self.first_media_at: float | None = None  # loop time of the first accepted audio packet
         self._timed_out = False
         self._poll_timer: asyncio.TimerHandle | None = None
         self._idle_timer = self._loop.call_later(self._idle_check_interval, self._check_idle)
@@ -141,6 +132,28 @@ class RtpReceiver:
         """A re-INVITE moved the peer's media: with SDP latching, accept the new address only."""
         if self.config.latching is Latching.SDP:
             self._peer = remote
+
+    def set_payload_types(self, payload_types: Mapping[int, str]) -> None:
+        """A re-INVITE changed the codec; the new one must share the channel's clock rate."""
+        decoders, dtmf_payload_types, rate = self._payload_map(payload_types)
+        if rate != self.rate:
+            raise ValueError(f"codec change from {self.rate} Hz to {rate} Hz would break the channel clock")
+        self._decoders, self._dtmf_payload_types = decoders, dtmf_payload_types
+
+    @staticmethod
+    def _payload_map(payload_types: Mapping[int, str]) -> tuple[dict[int, AudioDecoder], set[int], int]:
+        """(decoders by payload type, DTMF payload types, the audio clock rate); raises ValueError."""
+        decoders: dict[int, AudioDecoder] = {}
+        dtmf_payload_types: set[int] = set()
+        for payload_type, encoding in payload_types.items():
+            if encoding.lower() == TELEPHONE_EVENT:
+                dtmf_payload_types.add(payload_type)
+            else:
+                decoders[payload_type] = make_decoder(encoding)
+        rates = {decoder.clock_rate for decoder in decoders.values()}
+        if len(rates) != 1:
+            raise ValueError(f"one channel needs audio codecs of one clock rate, got {sorted(rates)}")
+        return decoders, dtmf_payload_types, rates.pop()
 
     async def frames(self) -> AsyncIterator[PcmFrame]:
         """Frames in timeline order, contiguous unless `max_queued_frames` overflowed; ends at `close()`."""
@@ -235,6 +248,8 @@ class RtpReceiver:
             for press in presses:
                 self._publish_event(press)
             return
+        if self.first_media_at is None:
+            self.first_media_at = now
         stats.observe_transit(packet.timestamp, now * self.rate)
         self._jitter.push(position, samples, packet.payload, decoder, now)
         self._schedule_poll()

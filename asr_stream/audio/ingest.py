@@ -1,0 +1,237 @@
+"""Telephony ingest: the SIP server plus one RTP receiver per negotiated channel, as 16 kHz audio.
+
+This is the facade the daemon uses for live calls:
+
+    ingest = TelephonyIngest(IngestConfig(sip=SipServerConfig(port=5060)), admit=scheduler.admit)
+    await ingest.start()
+    async for event in ingest.events():
+        match event:
+            case CallStarted(call, channels):   # one ChannelAudio per Call.channels, same order
+                for channel in channels:
+                    spawn(transcribe(channel.call.call_id, channel.channel.label, channel.frames()))
+            case DtmfPressed(call_id, channel_index, press): ...
+            case CallEnded(call, reason): ...   # every channel's frames() has ended by now
+    await ingest.stop()
+
+Media time: sample 0 of every channel is the moment the call was answered (on_invite); the
+wall-clock delay to a channel's first RTP packet is inserted once as leading silence, and from
+there on the channel advances only by its RTP clock (gaps filled by the jitter buffer), so
+`start_ms` of any frame is sender time since call start, never arrival time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from asr_stream.audio.features import SAMPLE_RATE
+from asr_stream.audio.resample import StreamResampler
+from asr_stream.rtp.codecs import TELEPHONE_EVENT
+from asr_stream.rtp.dtmf import DtmfEvent
+from asr_stream.rtp.ports import PortAllocator, PortsExhausted
+from asr_stream.rtp.receiver import Latching, ReceiverConfig, RtpReceiver, RtpTimeout
+from asr_stream.sip.call import Call, Channel, EndReason, LocalMedia, MediaAnswer, SipReject
+from asr_stream.sip.server import SipServer, SipServerConfig
+
+log = logging.getLogger(__name__)
+
+#: Admission control: given the new call, None admits it, a number refuses it with
+#: 503 Service Unavailable and that many seconds of Retry-After.
+AdmissionHook = Callable[[Call], int | None]
+
+_INT16_SCALE = 1.0 / 32768.0
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    sip: SipServerConfig = SipServerConfig()
+    rtp_host: str = "0.0.0.0"
+    rtp_port_min: int = 16384
+    rtp_port_max: int = 32767
+    latching: Latching = Latching.FIRST
+    playout_delay_s: float = 0.06
+    rtp_timeout_s: float = 30.0  # no media this long on an active channel ends the call ("rtp_timeout")
+    max_pending_events: int = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AudioFrame:
+    """Float32 mono samples at 16 kHz; `start_sample` counts from call start on the sender's clock."""
+
+    start_sample: int
+    samples: np.ndarray
+
+    @property
+    def start_ms(self) -> float:
+        return 1000.0 * self.start_sample / SAMPLE_RATE
+
+    @property
+    def end_sample(self) -> int:
+        return self.start_sample + self.samples.shape[0]
+
+
+class ChannelAudio:
+    """One channel of a call: its SIP description, its RTP receiver, and its audio at 16 kHz."""
+
+    def __init__(self, call: Call, channel: Channel, receiver: RtpReceiver, answered_at: float) -> None:
+        self.call = call
+        self.channel = channel
+        self.receiver = receiver
+        self._answered_at = answered_at
+
+    async def frames(self) -> AsyncIterator[AudioFrame]:
+        """Contiguous frames from sample 0 (call start) until the call ends; iterate once."""
+        resampler = StreamResampler(self.receiver.rate, SAMPLE_RATE)
+        position = 0
+        async for frame in self.receiver.frames():
+            if position == 0 and self.receiver.first_media_at is not None:
+                lead_in = round((self.receiver.first_media_at - self._answered_at) * SAMPLE_RATE)
+                if lead_in > 0:
+                    yield AudioFrame(0, np.zeros(lead_in, np.float32))
+                    position = lead_in
+            samples = resampler.process(frame.samples.astype(np.float32) * _INT16_SCALE)
+            if samples.shape[0]:
+                yield AudioFrame(position, samples)
+                position += samples.shape[0]
+        tail = resampler.flush()
+        if tail.shape[0]:
+            yield AudioFrame(position, tail)
+
+
+@dataclass(frozen=True)
+class CallStarted:
+    call: Call
+    channels: tuple[ChannelAudio, ...]
+
+
+@dataclass(frozen=True)
+class CallEnded:
+    call: Call
+    reason: EndReason
+
+
+@dataclass(frozen=True)
+class DtmfPressed:
+    call_id: str
+    channel_index: int
+    press: DtmfEvent  # times on that channel's RTP clock (codec rate)
+
+
+IngestEvent = CallStarted | CallEnded | DtmfPressed
+
+
+@dataclass
+class _CallState:
+    call: Call
+    channels: tuple[ChannelAudio, ...]
+    watchers: list[asyncio.Task[None]]
+
+
+class TelephonyIngest:
+    """Runs the SIP server with itself as the call handler; see the module docstring."""
+
+    def __init__(self, config: IngestConfig = IngestConfig(), admit: AdmissionHook | None = None) -> None:
+        self.config = config
+        self._admit = admit
+        self._ports = PortAllocator(config.rtp_host, config.rtp_port_min, config.rtp_port_max)
+        self._server = SipServer(self, config.sip)
+        self._calls: dict[str, _CallState] = {}
+        self._events: asyncio.Queue[IngestEvent] = asyncio.Queue(config.max_pending_events)
+
+    @property
+    def sip(self) -> SipServer:
+        """The SIP server (its port, stats, `set_saturated`)."""
+        return self._server
+
+    async def start(self) -> None:
+        await self._server.start()
+
+    async def stop(self) -> None:
+        """BYE every call (each ends with reason "shutdown"), then close the sockets."""
+        await self._server.stop()
+
+    async def events(self) -> AsyncIterator[IngestEvent]:
+        while True:
+            yield await self._events.get()
+
+    async def end_call(self, call_id: str, reason: EndReason = EndReason.LOCAL_BYE) -> bool:
+        return await self._server.end_call(call_id, reason)
+
+    # -- CallHandler, called by the SIP server --------------------------------------------------
+
+    async def on_invite(self, call: Call) -> MediaAnswer:
+        if self._admit is not None and (retry_after := self._admit(call)) is not None:
+            raise SipReject(503, "Service Unavailable", retry_after)
+        answered_at = asyncio.get_running_loop().time()
+        channels: list[ChannelAudio] = []
+        try:
+            for channel in call.channels:
+                receiver = await RtpReceiver.open(self._ports, self._receiver_config(channel))
+                channels.append(ChannelAudio(call, channel, receiver, answered_at))
+        except PortsExhausted as error:
+            for opened in channels:
+                opened.receiver.close()
+            log.warning("call %s refused: %s", call.call_id, error)
+            raise SipReject(503, "Service Unavailable", self.config.sip.retry_after_s) from error
+        watchers = [asyncio.create_task(self._watch(call.call_id, audio)) for audio in channels]
+        self._calls[call.call_id] = _CallState(call, tuple(channels), watchers)
+        await self._events.put(CallStarted(call, tuple(channels)))
+        return MediaAnswer([LocalMedia(self.config.rtp_host, audio.receiver.port) for audio in channels])
+
+    async def on_reinvite(self, call: Call) -> None:
+        state = self._calls.get(call.call_id)
+        if state is None:
+            return
+        updated = [(audio, channel, self._receiver_config(channel)) for audio, channel in zip(state.channels, call.channels, strict=True)]
+        try:
+            for audio, _, config in updated:
+                audio.receiver.set_payload_types(config.payload_types)
+        except ValueError as error:  # e.g. G.711 -> a 48 kHz codec: the channel clock cannot follow
+            raise SipReject(488, f"Not Acceptable Here ({error})") from error
+        for audio, channel, config in updated:
+            audio.channel = channel  # direction (hold) and remote address may have changed too
+            audio.call = call
+            audio.receiver.set_remote(config.remote)  # type: ignore[arg-type]
+        state.call = call
+
+    async def on_call_ended(self, call: Call, reason: EndReason) -> None:
+        state = self._calls.pop(call.call_id, None)
+        if state is None:
+            return
+        for audio in state.channels:
+            audio.receiver.close()
+        for watcher in state.watchers:
+            watcher.cancel()
+        await asyncio.gather(*state.watchers, return_exceptions=True)
+        await self._events.put(CallEnded(state.call, reason))
+
+    # -- per channel -----------------------------------------------------------------------------
+
+    def _receiver_config(self, channel: Channel) -> ReceiverConfig:
+        payload_types = {channel.codec.payload_type: channel.codec.name}
+        if channel.telephone_event_pt is not None:
+            payload_types[channel.telephone_event_pt] = TELEPHONE_EVENT
+        return ReceiverConfig(
+            payload_types,
+            remote=(channel.remote_address, channel.remote_port),
+            latching=self.config.latching,
+            playout_delay_s=self.config.playout_delay_s,
+            inactivity_timeout_s=self.config.rtp_timeout_s,
+        )
+
+    async def _watch(self, call_id: str, audio: ChannelAudio) -> None:
+        """Turn a channel's RTP events into call events: DTMF out, media timeout -> hang up."""
+        async for event in audio.receiver.events():
+            if isinstance(event, DtmfEvent):
+                await self._events.put(DtmfPressed(call_id, audio.channel.index, event))
+            elif isinstance(event, RtpTimeout) and audio.channel.direction != "inactive":
+                log.info("call %s: no RTP on channel %s for %.1f s", call_id, audio.channel.label, event.idle_s)
+                with contextlib.suppress(asyncio.CancelledError):
+                    # Shielded: ending the call cancels this watcher, which must not abort the BYE.
+                    await asyncio.shield(self._server.end_call(call_id, EndReason.RTP_TIMEOUT))
+                return

@@ -1,0 +1,145 @@
+"""CPU cost of the G.711 ingest path per channel-second, and how many channels one core sustains.
+
+Run by hand:  .venv/bin/python bench/ingest.py --channels 100 300 600 --seconds 10
+
+For each channel count, a separate sender process streams real-time 20 ms μ-law packets of a
+speech clip on every channel to 127.0.0.1; this process runs one `RtpReceiver` per channel
+plus a consumer that does what the daemon's ingest does per frame (int16 -> float32,
+8 -> 16 kHz `StreamResampler`). Measured in this process only, over a steady-state window:
+CPU seconds per channel-second (UDP receive + parse + jitter + decode + queue + resample) and
+whether it kept up (every packet turned into audio, no drops). `channels/core` is the
+reciprocal of the cost: the count at which this one-threaded process would use a whole core.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr_stream.audio.resample import StreamResampler, resample
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.rtp.g711 import ulaw_encode
+from asr_stream.rtp.ports import PortAllocator
+from asr_stream.rtp.receiver import ReceiverConfig, RtpReceiver
+
+CLIP = Path(__file__).resolve().parents[1].parent / "shared" / "speech" / "wav16k" / "en_pocketsphinx_goforward.wav"
+PACKET_S = 0.02
+PACKET_SAMPLES = 160
+WARMUP_S = 2.0
+
+
+def speech_payloads() -> list[bytes]:
+    audio, _ = load_audio(CLIP)
+    pcm = np.round(resample(audio[0], 16000, 8000) * 32767).astype(np.int16)
+    encoded = ulaw_encode(pcm[: len(pcm) // PACKET_SAMPLES * PACKET_SAMPLES])
+    return [encoded[i : i + PACKET_SAMPLES] for i in range(0, len(encoded), PACKET_SAMPLES)]
+
+
+def send_streams(ports: list[int], seconds: float, start_at: float) -> None:
+    """Sender process: every 20 ms, one packet per channel, paced on the wall clock (no drift)."""
+    payloads = speech_payloads()
+    header = struct.Struct("!BBHII")
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 * 1024 * 1024)
+    ticks = round(seconds / PACKET_S)
+    for tick in range(ticks):
+        delay = start_at + tick * PACKET_S - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        payload = payloads[tick % len(payloads)]
+        for channel, port in enumerate(ports):
+            packet = header.pack(0x80, 0, tick & 0xFFFF, tick * PACKET_SAMPLES, channel + 1) + payload
+            sock.sendto(packet, ("127.0.0.1", port))
+    sock.close()
+
+
+@dataclass
+class Result:
+    channels: int
+    seconds: float
+    cpu_s: float
+    packets_expected: int
+    packets_received: int
+    samples_16k: int
+    dropped: int
+
+    @property
+    def cost_ms_per_channel_second(self) -> float:
+        return 1000 * self.cpu_s / (self.channels * self.seconds)
+
+    @property
+    def channels_per_core(self) -> float:
+        return 1000 / self.cost_ms_per_channel_second
+
+
+async def consume(receiver: RtpReceiver, totals: list[int]) -> None:
+    """What the ingest facade does per frame: float32, resample to 16 kHz."""
+    resampler = StreamResampler(receiver.rate, 16000)
+    async for frame in receiver.frames():
+        totals[0] += resampler.process(frame.samples.astype(np.float32) / 32768.0).shape[0]
+
+
+async def measure(channels: int, seconds: float) -> Result:
+    allocator = PortAllocator("127.0.0.1", 20000, 20000 + 4 * channels + 1000)
+    config = ReceiverConfig({0: "PCMU"}, inactivity_timeout_s=60)
+    receivers = [await RtpReceiver.open(allocator, config) for _ in range(channels)]
+    totals = [0]
+    consumers = [asyncio.create_task(consume(receiver, totals)) for receiver in receivers]
+    total_s = WARMUP_S + seconds + 0.5
+    start_at = time.time() + 0.5
+    sender = multiprocessing.get_context("spawn").Process(
+        target=send_streams, args=([r.port for r in receivers], total_s, start_at), daemon=True
+    )
+    sender.start()
+    try:
+        await asyncio.sleep(start_at - time.time() + WARMUP_S)
+        cpu_before, packets_before = time.process_time(), sum(r.stats().packets for r in receivers)
+        await asyncio.sleep(seconds)
+        cpu_s = time.process_time() - cpu_before
+        packets_window = sum(r.stats().packets for r in receivers) - packets_before
+        await asyncio.sleep(1.0)  # the rest of the stream lands
+    finally:
+        sender.join(timeout=total_s + 5)
+        if sender.is_alive():
+            sender.kill()
+        for receiver in receivers:
+            receiver.close()
+        await asyncio.gather(*consumers)
+    stats = [receiver.stats() for receiver in receivers]
+    return Result(
+        channels=channels,
+        seconds=seconds,
+        cpu_s=cpu_s,
+        packets_expected=round(seconds / PACKET_S) * channels,
+        packets_received=packets_window,
+        samples_16k=totals[0],
+        dropped=sum(sum(s.dropped.values()) + s.lost + s.late for s in stats),
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--channels", type=int, nargs="+", default=[100, 300, 600])
+    parser.add_argument("--seconds", type=float, default=10.0, help="measured window per run")
+    args = parser.parse_args()
+    print("| channels | CPU ms per channel-second | channels/core | packets in window (expected) | lost+late+dropped |")
+    print("|---:|---:|---:|---:|---:|")
+    for channels in args.channels:
+        result = asyncio.run(measure(channels, args.seconds))
+        print(
+            f"| {result.channels} | {result.cost_ms_per_channel_second:.3f} | {result.channels_per_core:.0f} "
+            f"| {result.packets_received} ({result.packets_expected}) | {result.dropped} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
