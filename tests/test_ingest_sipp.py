@@ -1,0 +1,204 @@
+"""Telephony ingest end to end: real SIPp calls streaming real speech as G.711 RTP.
+
+SIPp (`<exec rtp_stream>`) plays a raw headerless G.711 file made here from a shared clip: the
+clip is resampled to 8 kHz and encoded. What the ingest delivers for the channel, at 16 kHz, must
+match that 8 kHz audio resampled to 16 kHz (SNR >= 25 dB once aligned) and last as long.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.signal import correlate
+
+from asr_stream.audio.features import SAMPLE_RATE
+from asr_stream.audio.ingest import AudioFrame, CallEnded, CallStarted, IngestConfig, TelephonyIngest
+from asr_stream.audio.resample import resample
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
+from asr_stream.sip.call import EndReason
+from asr_stream.sip.server import SipServerConfig
+
+SIPP = shutil.which("sipp")
+SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
+CLIP = "en_librivox_sense_and_sensibility_01_austen_64kb-0880"
+
+pytestmark = [pytest.mark.skipif(SIPP is None, reason="SIPp (Debian sip-tester) is not installed"), pytest.mark.timeout(120)]
+
+# A UAC that streams one G.711 file once, then hangs up. Generated per test because SIPp's
+# rtp_stream attribute takes a literal path (no [keyword] substitution).
+SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="stream speech">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [rtpstream_audio_port] RTP/AVP {payload_type}
+      a=rtpmap:{payload_type} {encoding}/8000
+      a=sendrecv
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send><![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <nop><action><exec rtp_stream="{audio_file},1,{payload_type}"/></action></nop>
+  <pause milliseconds="{pause_ms}"/>
+  <send retrans="500"><![CDATA[
+
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+ENCODINGS = {0: ("PCMU", ulaw_encode), 8: ("PCMA", alaw_encode)}
+
+
+def speech_8k(seconds: float | None = None) -> np.ndarray:
+    """The shared clip at 8 kHz int16, cut to whole 20 ms packets."""
+    audio, _ = load_audio(SPEECH / "wav16k" / f"{CLIP}.wav")
+    pcm = np.round(resample(audio[0], 16000, 8000) * 32767).astype(np.int16)
+    if seconds is not None:
+        pcm = pcm[: round(seconds * 8000)]
+    return pcm[: len(pcm) // 160 * 160]
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+async def ingest() -> AsyncIterator[TelephonyIngest]:
+    config = IngestConfig(sip=SipServerConfig(host="127.0.0.1", port=0), rtp_host="127.0.0.1", rtp_port_min=43000, rtp_port_max=43999)
+    ingest = TelephonyIngest(config)
+    await ingest.start()
+    try:
+        yield ingest
+    finally:
+        await ingest.stop()
+
+
+async def run_sipp(ingest: TelephonyIngest, tmp_path: Path, pcm: np.ndarray, payload_type: int, calls: int = 1) -> str:
+    """Run SIPp streaming `pcm` on `calls` simultaneous calls; bounded, always reaped. Returns its output."""
+    assert SIPP is not None
+    encoding, encode = ENCODINGS[payload_type]
+    audio_file = tmp_path / f"speech.{encoding.lower()}"
+    audio_file.write_bytes(encode(pcm))
+    scenario = tmp_path / f"stream_{encoding}.xml"
+    pause_ms = round(1000 * len(pcm) / 8000) + 600
+    scenario.write_text(SCENARIO.format(payload_type=payload_type, encoding=encoding, audio_file=audio_file, pause_ms=pause_ms))
+    command = [
+        SIPP, f"127.0.0.1:{ingest.sip.port}", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(free_udp_port()),
+        "-m", str(calls), "-l", str(calls), "-r", str(calls), "-nostdin", "-timeout", "60s", "-timeout_error",
+        "-mi", "127.0.0.1", "-mp", str(free_udp_port()),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=70)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
+    return output.decode(errors="replace")
+
+
+async def capture_calls(ingest: TelephonyIngest, calls: int) -> dict[str, list[np.ndarray]]:
+    """Read ingest events until `calls` calls have ended; each call's channels as 16 kHz arrays."""
+    captured: dict[str, list[np.ndarray]] = {}
+    readers: dict[str, list[asyncio.Task[np.ndarray]]] = {}
+    ended = 0
+
+    async def read(frames: AsyncIterator[AudioFrame]) -> np.ndarray:
+        chunks = []
+        async for frame in frames:
+            assert frame.start_sample == sum(chunk.shape[0] for chunk in chunks)
+            chunks.append(frame.samples)
+        return np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+
+    async for event in ingest.events():
+        if isinstance(event, CallStarted):
+            readers[event.call.call_id] = [asyncio.create_task(read(channel.frames())) for channel in event.channels]
+        elif isinstance(event, CallEnded):
+            assert event.reason == EndReason.BYE
+            captured[event.call.call_id] = list(await asyncio.gather(*readers.pop(event.call.call_id)))
+            ended += 1
+            if ended == calls:
+                return captured
+    raise AssertionError("event stream ended early")
+
+
+def assert_matches_source(captured: np.ndarray, pcm_8k: np.ndarray) -> None:
+    reference = resample(pcm_8k.astype(np.float32) / 32768, 8000, SAMPLE_RATE)
+    lag = int(np.argmax(correlate(captured, reference, mode="valid", method="fft")))  # the lead-in before RTP
+    assert lag < SAMPLE_RATE // 2, f"{lag / SAMPLE_RATE:.3f} s between answer and first RTP packet"
+    aligned = captured[lag:]
+    assert abs(aligned.shape[0] - reference.shape[0]) <= 0.040 * SAMPLE_RATE
+    overlap = min(aligned.shape[0], reference.shape[0])
+    error = aligned[:overlap] - reference[:overlap]
+    snr_db = 10 * np.log10(np.sum(reference[:overlap] ** 2) / np.sum(error**2))
+    assert snr_db >= 25, f"SNR {snr_db:.1f} dB"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("payload_type", [0, 8], ids=["PCMU", "PCMA"])
+async def test_a_call_streams_speech_that_arrives_intact(ingest, tmp_path, payload_type):
+    pcm = speech_8k()
+    capture = asyncio.create_task(capture_calls(ingest, calls=1))
+    await run_sipp(ingest, tmp_path, pcm, payload_type)
+    [channels] = (await asyncio.wait_for(capture, 10)).values()
+    [channel] = channels
+    assert_matches_source(channel, pcm)
+
+
+@pytest.mark.slow
+async def test_fifty_simultaneous_calls_are_all_decoded(ingest, tmp_path):
+    pcm = speech_8k(seconds=2.0)
+    capture = asyncio.create_task(capture_calls(ingest, calls=50))
+    await run_sipp(ingest, tmp_path, pcm, payload_type=0, calls=50)
+    captured = await asyncio.wait_for(capture, 20)
+    assert len(captured) == 50
+    for channels in captured.values():
+        [channel] = channels
+        assert_matches_source(channel, pcm)
