@@ -57,7 +57,7 @@ from asr_stream.sip.transport import Peer, SipTransports, TransportLimits
 
 log = logging.getLogger(__name__)
 
-ALLOWED_METHODS = ("INVITE", "ACK", "BYE", "CANCEL", "OPTIONS")
+ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 ACCEPTED_BODIES = "application/sdp, multipart/mixed, application/rs-metadata+xml"
 
 
@@ -223,9 +223,9 @@ class SipServer:
         elif request.method == "BYE":
             self._on_bye(request, transaction)
         elif request.method == "OPTIONS":
-            self._respond(transaction, 200, headers={"Accept": ACCEPTED_BODIES})
+            self._respond(transaction, 200, headers={"Allow": ALLOW, "Accept": ACCEPTED_BODIES})
         else:
-            self._respond(transaction, 405)
+            self._respond(transaction, 405, headers={"Allow": ALLOW})
 
     def _on_ack(self, request: SipRequest) -> None:
         """ACK of a 2xx belongs to the dialog; ACK of an error response to the INVITE transaction."""
@@ -362,7 +362,7 @@ class SipServer:
             transaction.request,
             200,
             to_tag=session.dialog.local_tag,
-            headers={"Contact": self._contact(transaction.request, session.peer), "Allow": ", ".join(ALLOWED_METHODS)},
+            headers={"Contact": self._contact(transaction.request, session.peer), "Allow": ALLOW},
             body=sdp.encode(),
             content_type="application/sdp",
         )

@@ -19,7 +19,7 @@ from asr_stream.sip.call import Transport
 
 log = logging.getLogger(__name__)
 
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\S*)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Peer:
 class TransportLimits:
     """Caps on what one peer can make us buffer."""
 
-    max_message_bytes: int = 64 * 1024  # a SIPREC INVITE is ~5 KiB; 64 KiB is the UDP maximum
+    max_message_bytes: int = 32 * 1024  # a SIPREC INVITE is ~5 KiB; nothing real comes close
     max_tcp_connections: int = 1024
 
 
@@ -62,19 +62,34 @@ class SipTransports:
         return self._port
 
     async def start(self) -> None:
-        """Bind UDP first (so port 0 picks a number), then TCP on the same number."""
+        """Bind UDP first (so port 0 picks a number), then TCP on the same number.
+
+        With port 0 the number the OS gave UDP may be taken for TCP; another is tried then.
+        """
+        attempts = 20 if self._port == 0 else 1
+        for attempt in range(attempts):
+            try:
+                await self._bind(self._port)
+                return
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+
+    async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
         self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self._received_datagram), local_addr=(self._host, self._port)
+            lambda: _UdpProtocol(self._received_datagram), local_addr=(self._host, port)
         )
-        self._port = self._udp.get_extra_info("sockname")[1]
+        bound = self._udp.get_extra_info("sockname")[1]
         try:
             self._tcp_server = await asyncio.start_server(
-                self._serve_tcp, self._host, self._port, limit=self._limits.max_message_bytes
+                self._serve_tcp, self._host, bound, limit=self._limits.max_message_bytes
             )
         except OSError:
             self._udp.close()
+            self._udp = None
             raise
+        self._port = bound
 
     def send(self, data: bytes, peer: Peer) -> bool:
         """Send one message; False when the peer's TCP connection is gone (nothing to do then)."""
