@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import ipaddress
 import logging
 import secrets
@@ -261,6 +262,8 @@ class SipServer:
     # -- INVITE ------------------------------------------------------------------------------
 
     async def _new_call(self, request: SipRequest, peer: Peer, transaction: ServerTransaction) -> None:
+        if transaction.final_status is not None:  # cancelled before this task even started
+            return
         self._respond(transaction, 100)
         call_id = request.call_id or ""
         if call_id in self._sessions:  # same Call-ID, new branch, no To tag: a merged request
@@ -369,9 +372,11 @@ class SipServer:
         data = self._respond_with(transaction, response)
         session.state = "answered"
         session.stop_waiting_for_ack()
-        resend = (lambda: self._transports.send(data, session.peer)) if session.peer.transport == "udp" else (lambda: None)
-        on_give_up = lambda: self._spawn(self._end(session, EndReason.ACK_TIMEOUT, send_bye=True))  # noqa: E731
-        session.ack_wait = retransmit(resend, self._config.timers, on_give_up)
+        resend = functools.partial(self._transports.send, data, session.peer) if session.peer.transport == "udp" else None
+        session.ack_wait = retransmit(resend, self._config.timers, functools.partial(self._ack_timed_out, session))
+
+    def _ack_timed_out(self, session: _Session) -> None:
+        self._spawn(self._end(session, EndReason.ACK_TIMEOUT, send_bye=True))
 
     def _admission_retry_after(self) -> int | None:
         if self._stopping:
@@ -413,8 +418,9 @@ class SipServer:
         branch = parse_via(bye.headers.get("via")[0]).branch or ""
         self._transports.send(data, destination)
         if destination.transport == "udp":
-            give_up = lambda: self._bye_retransmissions.pop(branch, None)  # noqa: E731
-            self._bye_retransmissions[branch] = retransmit(lambda: self._transports.send(data, destination), self._config.timers, give_up)
+            resend = functools.partial(self._transports.send, data, destination)
+            give_up = functools.partial(self._bye_retransmissions.pop, branch, None)
+            self._bye_retransmissions[branch] = retransmit(resend, self._config.timers, give_up)
 
     def _in_dialog_destination(self, session: _Session) -> Peer:
         """The first Route's address when it is a literal IP over UDP; else where the INVITE came from.
@@ -446,9 +452,9 @@ class SipServer:
         data = self._respond_with(transaction, response)
         if status >= 300 and transaction.request.method == "INVITE":
             self.stats.calls_rejected[status] += 1
-            if transaction.peer.transport == "udp":
-                resend = lambda: self._transports.send(data, transaction.peer)  # noqa: E731
-                transaction.retransmission = retransmit(resend, self._config.timers, transaction.stop_retransmitting)
+            if transaction.peer.transport == "udp":  # Timer G: repeat the error until its ACK
+                resend = functools.partial(self._transports.send, data, transaction.peer)
+                transaction.retransmission = retransmit(resend, self._config.timers)
 
     def _respond_with(self, transaction: ServerTransaction, response: SipResponse) -> bytes:
         """Send and remember a response; once a final one went out, the transaction is closed."""

@@ -32,18 +32,26 @@ class SipTimers:
         return 64 * self.t1_s
 
 
-def retransmit(send: Callable[[], None], timers: SipTimers, on_give_up: Callable[[], None]) -> asyncio.Task[None]:
-    """Call `send` at T1, 2*T1, ... (capped at T2) until cancelled; `on_give_up` after 64*T1."""
+def retransmit(
+    send: Callable[[], object] | None, timers: SipTimers, on_give_up: Callable[[], object] | None = None
+) -> asyncio.Task[None]:
+    """Call `send` at T1, 2*T1, ... (capped at T2) until cancelled; `on_give_up` after 64*T1.
+
+    `send` is None on reliable transports (TCP): nothing is repeated, but the 64*T1 deadline
+    for the acknowledgement still applies (RFC 3261 §17.2.1, Timer H).
+    """
 
     async def loop() -> None:
         interval, elapsed = timers.t1_s, 0.0
         while elapsed + interval <= timers.give_up_s:
             await asyncio.sleep(interval)
             elapsed += interval
-            send()
+            if send is not None:
+                send()
             interval = min(interval * 2, timers.t2_s)
         await asyncio.sleep(timers.give_up_s - elapsed)
-        on_give_up()
+        if on_give_up is not None:
+            on_give_up()
 
     return asyncio.get_running_loop().create_task(loop())
 
