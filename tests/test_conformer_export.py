@@ -109,8 +109,8 @@ def test_imported_model_transcribes_with_consistent_timings(exported, tmp_path: 
     assert [r.tokens for r in results] == [runner.transcribe_batch([clip])[0].tokens for clip in clips]
     for clip, result in zip(clips, results):
         assert result.tokens and result.text == runner.tokenizer.decode([t.token_id for t in result.tokens])
-        # The centred STFT adds one feature hop, the last model frame rounds up: at most frame + hop past the end.
-        limit_ms = len(clip) / 16 + manifest.frame_ms + 10
+        # The last model frame may be partly past the audio (its feature frames round up): at most one frame.
+        limit_ms = len(clip) / 16 + manifest.frame_ms
         for timed in result.tokens + result.words:
             assert 0 <= timed.start_ms < timed.end_ms <= limit_ms
         for earlier, later in zip(result.tokens, result.tokens[1:]):

@@ -1,12 +1,17 @@
 """NeMo log-mel in numpy against a torch transcription of NeMo's FilterbankFeatures.forward.
 
-The reference below follows NeMo's code path (torch.stft with a symmetric Hann window, constant
-padding, magnitude then power, log(x + 2^-24), normalize_batch per_feature with a masked batch),
-so it checks our framing, window placement, pre-emphasis and normalisation independently. The mel
-filterbank is shared: `asr_stream.audio.features.mel_filters` is already pinned to librosa's.
-Tolerance: 2e-4 absolute on normalised features (values of order 1). Measured on five clips: at
-most 3.4e-5; float32 FFTs in two libraries differ slightly in the quietest bins, where log()
-magnifies the difference.
+The reference below follows NeMo's code path (time-masked pre-emphasis, torch.stft with a
+symmetric Hann window and constant padding, magnitude then power, log(x + 2^-24), N // hop valid
+frames, per_feature normalisation over them), so it checks our framing, window placement,
+pre-emphasis and normalisation independently. The mel filterbank is shared:
+`asr_stream.audio.features.mel_filters` is already pinned to librosa's.
+
+Tolerances, absolute, on normalised features (values of order 1), measured over all 42 clips:
+- wideband clips: at most 3.4e-5; the test allows 2e-4;
+- narrowband clips (8 kHz telephone audio upsampled to 16 kHz): up to 5.9e-3, in the empty mel
+  bands above 4 kHz. There the power is near zero, and log() and the bands' small standard
+  deviation magnify float32 rounding. torch's float32 result is itself 7.1e-3 away from a
+  float64 computation, so this is float32 noise, not a recipe difference. The test allows 1e-2.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ def read_clip(index: int) -> np.ndarray:
 
 def nemo_reference(batch: torch.Tensor, lengths: torch.Tensor, settings: NemoMelSettings) -> torch.Tensor:
     """NeMo FilterbankFeatures.forward (inference mode) for a zero-padded waveform batch [B, N]."""
-    seq_len = (lengths + 2 * (settings.n_fft // 2) - settings.n_fft) // settings.hop_length + 1
+    seq_len = (lengths + 2 * (settings.n_fft // 2) - settings.n_fft) // settings.hop_length
     time_mask = torch.arange(batch.shape[1])[None, :] < lengths[:, None]
     x = torch.cat([batch[:, :1], batch[:, 1:] - settings.preemph * batch[:, :-1]], dim=1).masked_fill(~time_mask, 0.0)
     spec = torch.stft(
@@ -55,18 +60,21 @@ def nemo_reference(batch: torch.Tensor, lengths: torch.Tensor, settings: NemoMel
     return out
 
 
+WIDEBAND, NARROWBAND = 1, 30  # manifest rows: a LibriVox clip, an 8 kHz Asterisk prompt
+
+
 def test_matches_nemo_recipe_on_a_padded_batch_of_real_clips() -> None:
     settings = NemoMelSettings()
-    clips = [read_clip(0), read_clip(1)]
+    clips = [read_clip(WIDEBAND), read_clip(NARROWBAND)]
     lengths = torch.tensor([len(c) for c in clips])
     padded = torch.zeros(2, int(lengths.max()))
     for i, clip in enumerate(clips):
         padded[i, : len(clip)] = torch.from_numpy(clip)
     reference = nemo_reference(padded, lengths, settings).numpy()
     ours, our_lengths = batch_features([nemo_log_mel(c, settings) for c in clips])
-    assert our_lengths.tolist() == [num_frames(len(c), settings) for c in clips]
-    for i, n in enumerate(our_lengths):
-        np.testing.assert_allclose(ours[i, :, :n], reference[i, :, :n], atol=2e-4)
+    assert our_lengths.tolist() == [len(c) // 160 for c in clips]
+    for i, (n, tolerance) in enumerate(zip(our_lengths, (2e-4, 1e-2))):
+        np.testing.assert_allclose(ours[i, :, :n], reference[i, :, :n], atol=tolerance)
         assert not ours[i, :, n:].any()
 
 
@@ -97,3 +105,9 @@ def test_reads_a_nemo_preprocessor_section() -> None:
     assert (settings.n_mels, settings.win_length, settings.hop_length) == (128, 400, 160)
     with pytest.raises(ValueError, match="window"):
         NemoMelSettings.from_nemo_config({**section, "window": "hamming"})
+
+
+def test_audio_shorter_than_a_hop_gives_one_finite_frame() -> None:
+    for n_samples in (0, 1, 159):
+        features = nemo_log_mel(np.full(n_samples, 0.1, dtype=np.float32))
+        assert features.shape == (80, 1) and np.isfinite(features).all()

@@ -1,18 +1,20 @@
 """NeMo's log-mel features (AudioToMelSpectrogramPreprocessor) in numpy, so CPU serving needs no torch.
 
 NeMo Conformer-CTC and Parakeet models are trained on `FilterbankFeatures`; a model only
-transcribes well when serving reproduces that recipe exactly:
+transcribes well when serving reproduces that recipe exactly. This follows current NeMo (main):
 
 1. pre-emphasis x[n] - 0.97 x[n-1] (the first sample kept as is);
 2. centred STFT, zero ("constant") padding of n_fft // 2 on both sides, a symmetric Hann window of
    `win_length` samples centred inside n_fft (torch.stft's convention), |X|^2;
 3. Slaney mel filters (librosa's default), natural log of (mel + 2^-24);
-4. per-feature normalisation: each mel band minus its mean over the *valid* frames, divided by its
-   unbiased standard deviation + 1e-5.
+4. N // hop valid frames (the STFT's extra last frame is padding to NeMo), and per-feature
+   normalisation: each mel band minus its mean over the valid frames, divided by its unbiased
+   standard deviation + 1e-5.
 
-Dither is off: NeMo adds it only while training. Only the settings the published Conformer and
-Parakeet configs use are accepted; anything else is refused at import time rather than silently
-transcribing with the wrong features.
+NeMo 1.x padded the STFT by reflection and counted one frame more; features differ only at the
+utterance edges. Dither is off: NeMo adds it only while training. Only the settings the published
+Conformer and Parakeet configs use are accepted; anything else is refused at import time rather
+than silently transcribing with the wrong features.
 """
 
 from __future__ import annotations
@@ -97,8 +99,11 @@ def _centred_hann(win_length: int, n_fft: int) -> np.ndarray:
 
 
 def num_frames(n_samples: int, settings: NemoMelSettings) -> int:
-    """Valid feature frames for `n_samples` of audio (NeMo's `get_seq_len` without exact_pad)."""
-    return n_samples // settings.hop_length + 1
+    """Valid feature frames for `n_samples` of audio: NeMo's `get_seq_len` without exact_pad.
+
+    At least one, so that audio shorter than a hop still gives the graph an input.
+    """
+    return max(n_samples // settings.hop_length, 1)
 
 
 def nemo_log_mel(audio: np.ndarray, settings: NemoMelSettings = NemoMelSettings()) -> np.ndarray:
