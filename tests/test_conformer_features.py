@@ -103,11 +103,18 @@ def test_reads_a_nemo_preprocessor_section() -> None:
     }
     settings = NemoMelSettings.from_nemo_config(section)
     assert (settings.n_mels, settings.win_length, settings.hop_length) == (128, 400, 160)
-    with pytest.raises(ValueError, match="window"):
-        NemoMelSettings.from_nemo_config({**section, "window": "hamming"})
+    for unsupported in ({"window": "hamming"}, {"highfreq": 4000}, {"normalize": "all_features"}):
+        with pytest.raises(ValueError, match=next(iter(unsupported))):
+            NemoMelSettings.from_nemo_config({**section, **unsupported})
 
 
 def test_audio_shorter_than_a_hop_gives_one_finite_frame() -> None:
     for n_samples in (0, 1, 159):
         features = nemo_log_mel(np.full(n_samples, 0.1, dtype=np.float32))
         assert features.shape == (80, 1) and np.isfinite(features).all()
+
+
+def test_missing_preprocessor_keys_take_nemo_defaults() -> None:
+    settings = NemoMelSettings.from_nemo_config({"log_zero_guard_value": "tiny"})
+    assert (settings.n_mels, settings.win_length, settings.n_fft) == (64, 320, 512)
+    assert settings.log_zero_guard_value == np.finfo(np.float32).tiny

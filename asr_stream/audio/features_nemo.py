@@ -19,6 +19,7 @@ than silently transcribing with the wrong features.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -58,36 +59,66 @@ class NemoMelSettings:
 
     @classmethod
     def from_nemo_config(cls, section: Mapping[str, Any]) -> NemoMelSettings:
-        """Read the `preprocessor:` section of a NeMo model_config.yaml; refuse what we cannot reproduce."""
-        supported = {
-            "window": ("hann",),
-            "frame_splicing": (1,),
-            "lowfreq": (0, 0.0),
-            "highfreq": (None,),
-            "mel_norm": ("slaney",),
-            "exact_pad": (False,),
-            "pad_to": (0, 16),  # padding the tail changes nothing in the valid frames
-            "log_zero_guard_type": ("add", "clamp"),
-            "normalize": ("per_feature", "NA", None),
-        }
-        for key, allowed in supported.items():
-            if key in section and section[key] not in allowed:
-                raise ValueError(f"NeMo preprocessor {key}={section[key]!r} is not supported (supported: {allowed})")
-        guard = section.get("log_zero_guard_value", 2.0**-24)
-        normalize = section.get("normalize", "per_feature")
+        """Read the `preprocessor:` section of a NeMo model_config.yaml; refuse what we cannot reproduce.
+
+        A key the section leaves out takes AudioToMelSpectrogramPreprocessor's default, as in NeMo.
+        (`pad_to` and `dither` are ignored: one only pads past the valid frames, the other is training-only.)
+        """
+        config = {**_NEMO_DEFAULTS, **section}
+        for key, allowed in _SUPPORTED.items():
+            if config[key] not in allowed:
+                raise ValueError(f"NeMo preprocessor {key}={config[key]!r} is not supported (supported: {allowed})")
+        sample_rate = int(config["sample_rate"])
+        if config["highfreq"] not in (None, sample_rate / 2):
+            raise ValueError(f"NeMo preprocessor highfreq={config['highfreq']!r} is not supported (only the full band)")
+        win_length = round(float(config["window_size"]) * sample_rate)
+        guard = config["log_zero_guard_value"]
+        if isinstance(guard, str) and guard not in ("tiny", "eps"):
+            raise ValueError(f"NeMo preprocessor log_zero_guard_value={guard!r} is not supported (a number, tiny or eps)")
         return cls(
-            sample_rate=int(section.get("sample_rate", 16_000)),
-            n_fft=int(section.get("n_fft") or 512),
-            window_size_s=float(section.get("window_size", 0.025)),
-            window_stride_s=float(section.get("window_stride", 0.01)),
-            n_mels=int(section.get("features", section.get("nfilt", 80))),
-            preemph=section.get("preemph", 0.97),
-            log=bool(section.get("log", True)),
-            log_zero_guard_type=section.get("log_zero_guard_type", "add"),
-            log_zero_guard_value=float(2.0**-24 if guard == "tiny" else guard),
-            normalize=None if normalize == "NA" else normalize,
-            mag_power=float(section.get("mag_power", 2.0)),
+            sample_rate=sample_rate,
+            n_fft=int(config["n_fft"] or 2 ** math.ceil(math.log2(win_length))),
+            window_size_s=float(config["window_size"]),
+            window_stride_s=float(config["window_stride"]),
+            n_mels=int(config["features"]),
+            preemph=config["preemph"],
+            log=bool(config["log"]),
+            log_zero_guard_type=config["log_zero_guard_type"],
+            log_zero_guard_value=float(getattr(np.finfo(np.float32), guard) if isinstance(guard, str) else guard),
+            normalize=None if config["normalize"] in ("NA", None) else config["normalize"],
+            mag_power=float(config["mag_power"]),
         )
+
+
+# AudioToMelSpectrogramPreprocessor's defaults for the keys read above.
+_NEMO_DEFAULTS: dict[str, Any] = {
+    "sample_rate": 16_000,
+    "window_size": 0.02,
+    "window_stride": 0.01,
+    "window": "hann",
+    "n_fft": None,
+    "features": 64,
+    "preemph": 0.97,
+    "lowfreq": 0,
+    "highfreq": None,
+    "log": True,
+    "log_zero_guard_type": "add",
+    "log_zero_guard_value": 2.0**-24,
+    "normalize": "per_feature",
+    "frame_splicing": 1,
+    "exact_pad": False,
+    "mag_power": 2.0,
+    "mel_norm": "slaney",
+}
+_SUPPORTED: dict[str, tuple[Any, ...]] = {
+    "window": ("hann",),
+    "frame_splicing": (1,),
+    "lowfreq": (0,),
+    "mel_norm": ("slaney",),
+    "exact_pad": (False,),
+    "log_zero_guard_type": ("add", "clamp"),
+    "normalize": ("per_feature", "NA", None),
+}
 
 
 @lru_cache(maxsize=4)
