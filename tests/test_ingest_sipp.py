@@ -8,10 +8,13 @@ match that 8 kHz audio resampled to 16 kHz (SNR >= 25 dB once aligned) and last 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,10 +111,11 @@ def free_udp_port() -> int:
         return probe.getsockname()[1]
 
 
-@pytest.fixture
-async def ingest() -> AsyncIterator[TelephonyIngest]:
-    config = IngestConfig(sip=SipServerConfig(host="127.0.0.1", port=0), rtp_host="127.0.0.1", rtp_port_min=43000, rtp_port_max=43999)
-    ingest = TelephonyIngest(config)
+@contextlib.asynccontextmanager
+async def running(**config: Any) -> AsyncIterator[TelephonyIngest]:
+    admit = config.pop("admit", None)
+    sip = SipServerConfig(host="127.0.0.1", port=0)
+    ingest = TelephonyIngest(IngestConfig(sip=sip, rtp_host="127.0.0.1", rtp_port_min=43000, rtp_port_max=43999, **config), admit)
     await ingest.start()
     try:
         yield ingest
@@ -119,29 +123,42 @@ async def ingest() -> AsyncIterator[TelephonyIngest]:
         await ingest.stop()
 
 
-async def run_sipp(ingest: TelephonyIngest, tmp_path: Path, pcm: np.ndarray, payload_type: int, calls: int = 1) -> str:
-    """Run SIPp streaming `pcm` on `calls` simultaneous calls; bounded, always reaped. Returns its output."""
+@pytest.fixture
+async def ingest() -> AsyncIterator[TelephonyIngest]:
+    async with running() as ingest:
+        yield ingest
+
+
+async def run_sipp(ingest: TelephonyIngest, tmp_path: Path, *scenario: str, calls: int = 1, timeout_s: int = 60) -> tuple[int, str]:
+    """Run SIPp with `calls` simultaneous calls; bounded, always reaped. (exit code, output + message trace)."""
     assert SIPP is not None
+    trace = tmp_path / f"sipp-{time.monotonic_ns()}.msg"
+    command = [
+        SIPP, f"127.0.0.1:{ingest.sip.port}", *scenario, "-i", "127.0.0.1", "-p", str(free_udp_port()),
+        "-mi", "127.0.0.1", "-mp", str(free_udp_port()), "-m", str(calls), "-l", str(calls), "-r", str(calls),
+        "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_msg", "-message_file", str(trace),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s + 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    messages = trace.read_text(errors="replace") if trace.exists() else ""
+    return process.returncode or 0, output.decode(errors="replace") + messages
+
+
+async def stream_speech(ingest: TelephonyIngest, tmp_path: Path, pcm: np.ndarray, payload_type: int, calls: int = 1) -> None:
+    """SIPp calls that each stream `pcm` once as G.711 RTP, then hang up; all must succeed."""
     encoding, encode = ENCODINGS[payload_type]
     audio_file = tmp_path / f"speech.{encoding.lower()}"
     audio_file.write_bytes(encode(pcm))
     scenario = tmp_path / f"stream_{encoding}.xml"
     pause_ms = round(1000 * len(pcm) / 8000) + 600
     scenario.write_text(SCENARIO.format(payload_type=payload_type, encoding=encoding, audio_file=audio_file, pause_ms=pause_ms))
-    command = [
-        SIPP, f"127.0.0.1:{ingest.sip.port}", "-sf", str(scenario), "-i", "127.0.0.1", "-p", str(free_udp_port()),
-        "-m", str(calls), "-l", str(calls), "-r", str(calls), "-nostdin", "-timeout", "60s", "-timeout_error",
-        "-mi", "127.0.0.1", "-mp", str(free_udp_port()),
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=70)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    assert process.returncode == 0, output.decode(errors="replace")[-3000:]
-    return output.decode(errors="replace")
+    returncode, log = await run_sipp(ingest, tmp_path, "-sf", str(scenario), calls=calls)
+    assert returncode == 0, log[-3000:]
 
 
 async def capture_calls(ingest: TelephonyIngest, calls: int) -> dict[str, list[np.ndarray]]:
@@ -186,7 +203,7 @@ def assert_matches_source(captured: np.ndarray, pcm_8k: np.ndarray) -> None:
 async def test_a_call_streams_speech_that_arrives_intact(ingest, tmp_path, payload_type):
     pcm = speech_8k()
     capture = asyncio.create_task(capture_calls(ingest, calls=1))
-    await run_sipp(ingest, tmp_path, pcm, payload_type)
+    await stream_speech(ingest, tmp_path, pcm, payload_type)
     [channels] = (await asyncio.wait_for(capture, 10)).values()
     [channel] = channels
     assert_matches_source(channel, pcm)
@@ -196,9 +213,48 @@ async def test_a_call_streams_speech_that_arrives_intact(ingest, tmp_path, paylo
 async def test_fifty_simultaneous_calls_are_all_decoded(ingest, tmp_path):
     pcm = speech_8k(seconds=2.0)
     capture = asyncio.create_task(capture_calls(ingest, calls=50))
-    await run_sipp(ingest, tmp_path, pcm, payload_type=0, calls=50)
+    await stream_speech(ingest, tmp_path, pcm, payload_type=0, calls=50)
     captured = await asyncio.wait_for(capture, 20)
     assert len(captured) == 50
     for channels in captured.values():
         [channel] = channels
         assert_matches_source(channel, pcm)
+
+
+async def test_a_call_without_media_is_hung_up_for_rtp_timeout(tmp_path):
+    async with running(rtp_timeout_s=0.5) as ingest:
+        events = ingest.events()
+        sipp = asyncio.create_task(run_sipp(ingest, tmp_path, "-sn", "uac", "-d", "2000", timeout_s=6))
+        started = await asyncio.wait_for(anext(events), 5)
+        ended = await asyncio.wait_for(anext(events), 5)
+        await sipp  # SIPp's built-in UAC did not expect our BYE; only our side is under test
+    assert isinstance(started, CallStarted) and isinstance(ended, CallEnded)
+    assert ended.reason == EndReason.RTP_TIMEOUT
+    assert [frame async for frame in started.channels[0].frames()] == []
+
+
+async def test_admission_hook_refuses_calls_with_503_and_retry_after(tmp_path):
+    offered = []
+
+    def admit(call):
+        offered.append(call.call_id)
+        return 7
+
+    async with running(admit=admit) as ingest:
+        returncode, log = await run_sipp(ingest, tmp_path, "-sn", "uac", timeout_s=5)
+        assert ingest.sip.stats.calls_rejected[503] == 1
+    assert returncode != 0 and len(offered) == 1
+    assert "SIP/2.0 503" in log and "Retry-After: 7" in log
+
+
+async def test_stopping_ends_live_calls_with_reason_shutdown(tmp_path):
+    async with running() as ingest:
+        events = ingest.events()
+        sipp = asyncio.create_task(run_sipp(ingest, tmp_path, "-sn", "uac", "-d", "1000", timeout_s=4))
+        started = await asyncio.wait_for(anext(events), 5)
+        await ingest.stop()
+        ended = await asyncio.wait_for(anext(events), 5)
+        await sipp
+    assert isinstance(started, CallStarted) and isinstance(ended, CallEnded)
+    assert ended.reason == EndReason.SHUTDOWN
+    assert [frame async for frame in started.channels[0].frames()] == []  # the channel's stream has ended

@@ -31,7 +31,7 @@ import numpy as np
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.resample import StreamResampler
-from asr_stream.rtp.codecs import TELEPHONE_EVENT
+from asr_stream.rtp.codecs import TELEPHONE_EVENT, supported_encodings
 from asr_stream.rtp.dtmf import DtmfEvent
 from asr_stream.rtp.ports import PortAllocator, PortsExhausted
 from asr_stream.rtp.receiver import Latching, ReceiverConfig, RtpReceiver, RtpTimeout
@@ -75,6 +75,29 @@ class AudioFrame:
         return self.start_sample + self.samples.shape[0]
 
 
+async def audio_frames(receiver: RtpReceiver, answered_at: float) -> AsyncIterator[AudioFrame]:
+    """A receiver's frames as contiguous 16 kHz float32 `AudioFrame`s from `answered_at` (loop time).
+
+    Until the channel's first RTP packet, the lead-in is wall time (one silent frame); from there
+    on, positions follow the RTP clock. Ends, after the resampler's tail, when the receiver closes.
+    """
+    resampler = StreamResampler(receiver.rate, SAMPLE_RATE)
+    position = 0
+    async for frame in receiver.frames():
+        if position == 0 and receiver.first_media_at is not None:
+            lead_in = round((receiver.first_media_at - answered_at) * SAMPLE_RATE)
+            if lead_in > 0:
+                yield AudioFrame(0, np.zeros(lead_in, np.float32))
+                position = lead_in
+        samples = resampler.process(frame.samples.astype(np.float32) * _INT16_SCALE)
+        if samples.shape[0]:
+            yield AudioFrame(position, samples)
+            position += samples.shape[0]
+    tail = resampler.flush()
+    if tail.shape[0]:
+        yield AudioFrame(position, tail)
+
+
 class ChannelAudio:
     """One channel of a call: its SIP description, its RTP receiver, and its audio at 16 kHz."""
 
@@ -84,23 +107,9 @@ class ChannelAudio:
         self.receiver = receiver
         self._answered_at = answered_at
 
-    async def frames(self) -> AsyncIterator[AudioFrame]:
+    def frames(self) -> AsyncIterator[AudioFrame]:
         """Contiguous frames from sample 0 (call start) until the call ends; iterate once."""
-        resampler = StreamResampler(self.receiver.rate, SAMPLE_RATE)
-        position = 0
-        async for frame in self.receiver.frames():
-            if position == 0 and self.receiver.first_media_at is not None:
-                lead_in = round((self.receiver.first_media_at - self._answered_at) * SAMPLE_RATE)
-                if lead_in > 0:
-                    yield AudioFrame(0, np.zeros(lead_in, np.float32))
-                    position = lead_in
-            samples = resampler.process(frame.samples.astype(np.float32) * _INT16_SCALE)
-            if samples.shape[0]:
-                yield AudioFrame(position, samples)
-                position += samples.shape[0]
-        tail = resampler.flush()
-        if tail.shape[0]:
-            yield AudioFrame(position, tail)
+        return audio_frames(self.receiver, self._answered_at)
 
 
 @dataclass(frozen=True)
@@ -136,6 +145,9 @@ class TelephonyIngest:
     """Runs the SIP server with itself as the call handler; see the module docstring."""
 
     def __init__(self, config: IngestConfig = IngestConfig(), admit: AdmissionHook | None = None) -> None:
+        unsupported = set(config.sip.accepted_codecs) - set(supported_encodings())
+        if unsupported:
+            raise ValueError(f"SIP would accept codecs the RTP stage cannot decode: {sorted(unsupported)}")
         self.config = config
         self._admit = admit
         self._ports = PortAllocator(config.rtp_host, config.rtp_port_min, config.rtp_port_max)
