@@ -25,8 +25,10 @@ from asr_stream.inference.conformer.importer import add_conformer
 from asr_stream.inference.conformer.manifest import ConformerManifest
 from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
 from asr_stream.inference.conformer.runner import ConformerRunner, ConformerTranscript
+from asr_stream.inference.engine import Profile
 from asr_stream.inference.models import ModelError
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.profiles import check_against_graph, load_profile
 
 pytestmark = pytest.mark.slow  # one ONNX export, ~10 s
 
@@ -75,37 +77,32 @@ def test_onnx_runtime_matches_pytorch_on_a_padded_batch(exported) -> None:
     assert all(ours_ids)
 
 
-def profile_corners() -> list[tuple[int, int]]:
-    """(batch, frames) at the profile's min, and its max frames at a small batch (max batch is slow on CPU)."""
-    profile = yaml.safe_load(PROFILE.read_text())
-    signal, length = profile["inputs"]["audio_signal"], profile["inputs"]["length"]
-    for corner in ("min", "opt", "max"):
-        assert signal[corner][0] == length[corner][0] and signal[corner][1] == 80
-    assert [signal[c][2] for c in ("min", "opt", "max")] == [50, 800, 3000]  # 0.5 s, 8 s, 30 s
-    assert signal["max"][0] == profile["max_batch"]
-    return [(signal["min"][0], signal["min"][2]), (3, signal["max"][2])]
-
-
-@pytest.mark.parametrize(("batch", "frames"), profile_corners())
-def test_graph_runs_at_the_profile_corners(exported, batch: int, frames: int) -> None:
+def test_graph_fits_the_profile_and_runs_at_its_corners(exported) -> None:
     _, graph, _, _ = exported
+    profile = load_profile(PROFILE)
     session = onnxruntime.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
-    feeds = {"audio_signal": np.zeros((batch, 80, frames), np.float32), "length": np.full(batch, frames, np.int64)}
-    assert session.run(None, feeds)[0].shape == (batch, subsampled_lengths(frames, 4), VOCAB_SIZE + 1)
+    check_against_graph(profile, "model.onnx", {i.name: i.shape for i in session.get_inputs()})
+    signal = profile.inputs("model.onnx")["audio_signal"]
+    assert [signal.min[2], signal.opt[2], signal.max[2]] == [50, 800, 3000]  # 0.5 s, 8 s, 30 s of 10 ms frames
+    # The min corner, and the max length at a small batch (the max batch is too slow for CPU tests).
+    for batch, frames in ((signal.min[0], signal.min[2]), (3, signal.max[2])):
+        feeds = {"audio_signal": np.zeros((batch, 80, frames), np.float32), "length": np.full(batch, frames, np.int64)}
+        assert session.run(None, feeds)[0].shape == (batch, subsampled_lengths(frames, 4), VOCAB_SIZE + 1)
 
 
 def test_imported_model_transcribes_with_consistent_timings(exported, tmp_path: Path) -> None:
     _, graph, tokenizer, preprocessor = exported
-    engine_dir = add_conformer("tiny-random", graph, tokenizer, preprocessor, tmp_path / "engines")
+    engine_dir = add_conformer("tiny-random", graph, tokenizer, preprocessor, tmp_path / "engines", language="en")
     manifest = ConformerManifest.read(engine_dir)
-    assert (manifest.subsampling_factor, manifest.vocab_size, manifest.frame_ms) == (4, VOCAB_SIZE, 40.0)
+    assert (manifest.subsampling_factor, manifest.vocab_size, manifest.frame_ms, manifest.language) == (4, VOCAB_SIZE, 40.0, "en")
     assert manifest.features == NemoMelSettings()
     assert set(manifest.sha256) == {"model.onnx", "tokenizer.model", "preprocessor.yaml"}
 
-    runner = ConformerRunner.load(engine_dir, OnnxRuntimeEngine)
+    # max_batch 3: four clips go in two engine calls.
+    runner = ConformerRunner.load(engine_dir, lambda path: OnnxRuntimeEngine.load(path, Profile("test", max_batch=3)))
     clips = [read_clip(i) for i in range(3)] + [read_clip(1)[:8000]]
     results = runner.transcribe_batch(clips)
-    assert len(results) == len(clips) and all(isinstance(r, ConformerTranscript) for r in results)
+    assert len(results) == len(clips) and all(isinstance(r, ConformerTranscript) and r.language == "en" for r in results)
     assert [r.tokens for r in results] == [runner.transcribe_batch([clip])[0].tokens for clip in clips]
     for clip, result in zip(clips, results):
         assert result.tokens and result.text == runner.tokenizer.decode([t.token_id for t in result.tokens])

@@ -55,8 +55,12 @@ def probe_subsampling_factor(graph: Path, settings: NemoMelSettings, vocab_size:
     return factor
 
 
-def add_conformer(name: str, onnx_path: Path, tokenizer_path: Path, preprocessor_path: Path, engines_dir: Path) -> Path:
+def add_conformer(
+    name: str, onnx_path: Path, tokenizer_path: Path, preprocessor_path: Path, engines_dir: Path, *, language: str | None = None
+) -> Path:
     """Validate and copy a Conformer-CTC model into `engines_dir/name/`; return that directory.
+
+    `language` (e.g. "en") is recorded for the transcript events: a NeMo config does not state it.
 
     Refuses to overwrite an existing model of that name. The directory appears complete or not at
     all (built beside it, then renamed), so a daemon never loads half an import.
@@ -75,7 +79,7 @@ def add_conformer(name: str, onnx_path: Path, tokenizer_path: Path, preprocessor
         for file_name, source in sources.items():
             shutil.copyfile(source, staging / file_name)
         digests = {file_name: sha256_of([staging / file_name]) for file_name in sources}
-        ConformerManifest(name, settings, factor, tokenizer.vocab_size, digests).write(staging)
+        ConformerManifest(name, settings, factor, tokenizer.vocab_size, digests, language).write(staging)
         staging.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

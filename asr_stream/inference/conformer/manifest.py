@@ -28,6 +28,7 @@ class ConformerManifest:
     subsampling_factor: int  # one model frame spans subsampling_factor feature hops
     vocab_size: int  # SentencePiece pieces; the CTC blank is id vocab_size
     sha256: dict[str, str]  # file name in the engine directory -> digest
+    language: str | None = None  # what the operator declared at import; NeMo configs do not say
 
     @property
     def frame_ms(self) -> float:
@@ -46,6 +47,7 @@ class ConformerManifest:
             "features": asdict(self.features),
             "subsampling_factor": self.subsampling_factor,
             "vocab_size": self.vocab_size,
+            "language": self.language,
         }
         path = engine_dir / MANIFEST
         path.write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
@@ -66,4 +68,5 @@ class ConformerManifest:
             subsampling_factor=document["subsampling_factor"],
             vocab_size=document["vocab_size"],
             sha256={entry["file"]: entry["sha256"] for entry in entries},
+            language=document["language"],
         )

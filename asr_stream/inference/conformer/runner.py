@@ -3,14 +3,14 @@
 One engine call per batch: NeMo features per utterance, zero-padded into one [B, n_mels, T]
 tensor with true lengths (the graph masks the padding, so no length buckets are needed), then
 greedy CTC decoding. Times in the results are milliseconds from the start of each utterance.
-Written against the Engine protocol only: the caller picks the backend.
+Written against the Engine protocol only, shaped like WhisperRunner: the caller picks the backend.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
 
 import numpy as np
 
@@ -19,16 +19,17 @@ from asr_stream.inference.conformer.ctc import TimedToken, TimedWord, greedy_ctc
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.manifest import GRAPH_FILE, TOKENIZER_FILE, ConformerManifest
 from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
-from asr_stream.inference.engine import Engine, Profile
+from asr_stream.inference.engine import Engine
 
 
 @dataclass(frozen=True)
 class ConformerTranscript:
-    """What one utterance produced."""
+    """One utterance's result; `language` is the one declared when the model was added (or None)."""
 
     text: str
     tokens: list[TimedToken]
     words: list[TimedWord]
+    language: str | None
 
 
 class ConformerRunner:
@@ -41,25 +42,33 @@ class ConformerRunner:
         self._log_probs = engine.outputs[0].name  # NeMo names it `logprobs`; the first output either way
 
     @classmethod
-    def load(cls, engine_dir: Path, backend: type[Engine], profile: Profile | None = None) -> Self:
-        """Read engines/<name>/ and load its graph with `backend` (e.g. OnnxRuntimeEngine)."""
+    def load(cls, engine_dir: Path, load_engine: Callable[[Path], Engine]) -> ConformerRunner:
+        """Read engines/<name>/ and load its graph with `load_engine` (e.g. `OnnxRuntimeEngine.load`)."""
         engine_dir = Path(engine_dir)
         manifest = ConformerManifest.read(engine_dir)
-        return cls(manifest, SentencePieceTokenizer(engine_dir / TOKENIZER_FILE), backend.load(engine_dir / GRAPH_FILE, profile))
+        return cls(manifest, SentencePieceTokenizer(engine_dir / TOKENIZER_FILE), load_engine(engine_dir / GRAPH_FILE))
 
     @property
     def sample_rate(self) -> int:
         return self.manifest.features.sample_rate
 
-    def transcribe_batch(self, audios: list[np.ndarray]) -> list[ConformerTranscript]:
-        """Transcribe mono float32 waveforms at `sample_rate`, one result per waveform, in order."""
-        if not audios:
-            return []
+    def transcribe_batch(self, audios: Sequence[np.ndarray]) -> list[ConformerTranscript]:
+        """Transcribe mono float32 waveforms at `sample_rate`, one result per waveform, in order,
+        in engine calls of at most `engine.max_batch` utterances."""
+        step = self.engine.max_batch
+        return [result for start in range(0, len(audios), step) for result in self._run(audios[start : start + step])]
+
+    def _run(self, audios: Sequence[np.ndarray]) -> list[ConformerTranscript]:
         features, lengths = batch_features([nemo_log_mel(audio, self.manifest.features) for audio in audios])
         log_probs = self.engine.run({"audio_signal": features, "length": lengths})[self._log_probs]
         frames = subsampled_lengths(lengths, self.manifest.subsampling_factor)
         decoded = greedy_ctc(log_probs, frames, self.tokenizer.blank_id, self.manifest.frame_ms)
         return [
-            ConformerTranscript(self.tokenizer.decode([t.token_id for t in tokens]), tokens, group_words(tokens, self.tokenizer))
+            ConformerTranscript(
+                text=self.tokenizer.decode([t.token_id for t in tokens]),
+                tokens=tokens,
+                words=group_words(tokens, self.tokenizer),
+                language=self.manifest.language,
+            )
             for tokens in decoded
         ]
