@@ -129,11 +129,34 @@ async def measure(channels: int, seconds: float) -> Result:
     )
 
 
+async def breakdown(packets: int = 20_000) -> None:
+    """Split the per-packet cost without sockets: the datagram handler, then the 16 kHz conversion."""
+    allocator = PortAllocator("127.0.0.1", 20000, 21000)
+    receiver = await RtpReceiver.open(allocator, ReceiverConfig({0: "PCMU"}, max_queued_frames=packets))
+    payloads = speech_payloads()
+    datagrams = [
+        struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, i * PACKET_SAMPLES, 1) + payloads[i % len(payloads)] for i in range(packets)
+    ]
+    started = time.process_time()
+    for datagram in datagrams:
+        receiver._on_rtp(datagram, ("127.0.0.1", 9))  # the transport's callback, minus the socket
+    receive_us = (time.process_time() - started) / packets * 1e6
+    receiver.close()
+    started = time.process_time()
+    async for _ in audio_frames(receiver, answered_at=0.0):
+        pass
+    convert_us = (time.process_time() - started) / packets * 1e6
+    print(f"per packet: datagram handler {receive_us:.1f} us, audio_frames (float + 8->16 kHz) {convert_us:.1f} us")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--channels", type=int, nargs="+", default=[100, 300, 600])
     parser.add_argument("--seconds", type=float, default=10.0, help="measured window per run")
+    parser.add_argument("--breakdown", action="store_true", help="also split the per-packet cost (no sockets)")
     args = parser.parse_args()
+    if args.breakdown:
+        asyncio.run(breakdown())
     print("| channels | CPU ms per channel-second | channels/core | core used | packets in window (real time) | lost+late+dropped |")
     print("|---:|---:|---:|---:|---:|---:|")
     for channels in args.channels:
