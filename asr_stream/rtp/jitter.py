@@ -58,20 +58,24 @@ class JitterBuffer:
         self._delay_samples = round(playout_delay_s * rate)
         self._held: dict[int, _Held] = {}
         self._order: list[int] = []  # heap of held positions
-        self._origin: int | None = None  # timeline position of channel sample 0, once started
+        self._started = False  # the first frame is out, so `_origin` is final
+        self._origin = 0  # timeline position of channel sample 0
         self._next = 0  # next timeline position to emit
 
     def channel_sample(self, position: int) -> int:
-        """Timeline position -> channel sample index (what frames and events report)."""
-        return position - (self._origin or 0)
+        """Timeline position -> channel sample index (what frames and events report).
+
+        Before the first frame is out the origin is provisional (the first packet's position).
+        """
+        return position - self._origin
 
     def push(self, position: int, samples: int, payload: bytes, decoder: AudioDecoder, arrival: float) -> None:
         """Accept one packet of `samples` samples whose first sample sits at timeline `position`."""
-        if self._origin is not None and position < self._next:
+        if self._started and position < self._next:
             self.late += 1
         elif position in self._held:
             self.duplicate += 1
-        elif position == self._next and self._origin is not None and not self._held:
+        elif position == self._next and self._started and not self._held:
             self._emit_packet(position, samples, payload, decoder)  # the common in-order case
         else:
             self._held[position] = _Held(payload, samples, decoder, arrival)
@@ -88,9 +92,10 @@ class JitterBuffer:
         """Release what is in order, and cross holes whose wait is over."""
         while self._order:
             position = self._order[0]
-            if self._origin is None:
+            if not self._started:
                 if not self._hole_expired(now):
                     return
+                self._started = True
                 self._origin = self._next = position
             if position < self._next:  # overlaps audio already out (packet size changed): too late
                 self._discard_first()
@@ -109,7 +114,8 @@ class JitterBuffer:
 
     def _hole_expired(self, now: float) -> bool:
         newest_end = max(position + held.samples for position, held in self._held.items())
-        return newest_end - self._order[0] >= self._delay_samples or now >= self.deadline()  # type: ignore[operator]
+        oldest_arrival = min(held.arrival for held in self._held.values())
+        return newest_end - self._order[0] >= self._delay_samples or now >= oldest_arrival + self.playout_delay_s
 
     def _discard_first(self) -> _Held:
         return self._held.pop(heapq.heappop(self._order))
@@ -119,10 +125,10 @@ class JitterBuffer:
         pcm = decoder.decode(payload)
         if pcm.shape[0] != samples:  # a decoder that disagrees with the timestamps: the clock wins
             pcm = np.pad(pcm[:samples], (0, max(0, samples - pcm.shape[0])))
-        self._emit(PcmFrame(position - self._origin, pcm, self.rate))  # type: ignore[operator]
+        self._emit(PcmFrame(position - self._origin, pcm, self.rate))
         self._next = position + samples
 
     def _emit_silence(self, samples: int) -> None:
         self.filled_samples += samples
-        self._emit(PcmFrame(self._next - self._origin, np.zeros(samples, np.int16), self.rate, filled=True))  # type: ignore[operator]
+        self._emit(PcmFrame(self._next - self._origin, np.zeros(samples, np.int16), self.rate, filled=True))
         self._next += samples
