@@ -125,6 +125,12 @@ def test_importer_refuses_mismatches(exported, tmp_path: Path) -> None:
     wrong_mels.write_text(yaml.safe_dump({**PREPROCESSOR, "window": "hamming"}))
     with pytest.raises(ModelError, match="window"):
         add_conformer("hamming", graph, tokenizer, wrong_mels, engines)
+    eight_mels = tmp_path / "eight_mels.yaml"
+    eight_mels.write_text(yaml.safe_dump({**PREPROCESSOR, "features": 8}))
+    with pytest.raises(ModelError, match="80 mel bands"):
+        add_conformer("eight-mels", graph, tokenizer, eight_mels, engines)
+    with pytest.raises(ModelError, match="SentencePiece"):
+        add_conformer("not-a-tokenizer", graph, preprocessor, preprocessor, engines)
     with pytest.raises(ModelError, match="97 classes"):
         add_conformer("smaller-vocab", graph, train_tokenizer(tmp_path, vocab_size=64), preprocessor, engines)
     assert sorted(p.name for p in engines.iterdir()) == ["taken"]

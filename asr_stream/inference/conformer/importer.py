@@ -18,13 +18,22 @@ import numpy as np
 import yaml
 
 from asr_stream.audio.features_nemo import NemoMelSettings
-from asr_stream.inference.conformer.manifest import GRAPH_FILE, PREPROCESSOR_FILE, TOKENIZER_FILE, ConformerManifest
+from asr_stream.inference.conformer.frames import subsampled_lengths
+from asr_stream.inference.conformer.manifest import (
+    FEATURES_INPUT,
+    GRAPH_FILE,
+    LENGTH_INPUT,
+    PREPROCESSOR_FILE,
+    TOKENIZER_FILE,
+    ConformerManifest,
+)
 from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
 from asr_stream.inference.models import ModelError, sha256_of
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 
-# 2.56 s of features: long enough that the output length gives the factor exactly (x4 -> 64, x8 -> 32).
+# 2.56 s of features: each factor gives a distinct output length (x4 -> 64, x8 -> 32).
 _PROBE_FRAMES = 256
+_KNOWN_FACTORS = (2, 4, 8, 16)
 
 
 def read_preprocessor(path: Path) -> NemoMelSettings:
@@ -37,22 +46,31 @@ def read_preprocessor(path: Path) -> NemoMelSettings:
 
 
 def probe_subsampling_factor(graph: Path, settings: NemoMelSettings, vocab_size: int) -> int:
-    """Run the graph once on all-zero features; check its classes against the vocabulary; return T / T'."""
+    """Run the graph once on all-zero features; check it against the mel settings and the vocabulary; return its factor."""
     engine = OnnxRuntimeEngine.load(graph, threads=1)
-    names = {spec.name for spec in engine.inputs}
-    if names != {"audio_signal", "length"}:
-        raise ModelError(f"{graph} takes inputs {sorted(names)}, not NeMo's audio_signal and length")
+    inputs = {spec.name: spec.shape for spec in engine.inputs}
+    if set(inputs) != {FEATURES_INPUT, LENGTH_INPUT}:
+        raise ModelError(f"{graph} takes inputs {sorted(inputs)}, not NeMo's {FEATURES_INPUT} and {LENGTH_INPUT}")
+    if inputs[FEATURES_INPUT][1] != settings.n_mels:
+        raise ModelError(f"{graph} takes {inputs[FEATURES_INPUT][1]} mel bands, the preprocessor makes {settings.n_mels}")
     feeds = {
-        "audio_signal": np.zeros((1, settings.n_mels, _PROBE_FRAMES), dtype=np.float32),
-        "length": np.array([_PROBE_FRAMES], dtype=np.int64),
+        FEATURES_INPUT: np.zeros((1, settings.n_mels, _PROBE_FRAMES), dtype=np.float32),
+        LENGTH_INPUT: np.array([_PROBE_FRAMES], dtype=np.int64),
     }
     _, out_frames, classes = engine.run(feeds)[engine.outputs[0].name].shape
     if classes != vocab_size + 1:
         raise ModelError(f"{graph} emits {classes} classes; the tokenizer's {vocab_size} pieces + blank make {vocab_size + 1}")
-    factor = round(_PROBE_FRAMES / out_frames)
-    if factor < 1 or factor & (factor - 1):
-        raise ModelError(f"{graph} maps {_PROBE_FRAMES} frames to {out_frames}: not a power-of-two subsampling")
-    return factor
+    for factor in _KNOWN_FACTORS:
+        if subsampled_lengths(_PROBE_FRAMES, factor) == out_frames:
+            return factor
+    raise ModelError(f"{graph} maps {_PROBE_FRAMES} frames to {out_frames}: not a NeMo x{'/x'.join(map(str, _KNOWN_FACTORS))} subsampling")
+
+
+def _load_tokenizer(path: Path) -> SentencePieceTokenizer:
+    try:
+        return SentencePieceTokenizer(path)
+    except RuntimeError as error:  # sentencepiece reports a missing or unparsable file this way
+        raise ModelError(f"{path}: not a readable SentencePiece model ({error})") from None
 
 
 def add_conformer(
@@ -69,7 +87,7 @@ def add_conformer(
     if target.exists():
         raise ModelError(f"{target} exists; remove it first to replace the model")
     settings = read_preprocessor(Path(preprocessor_path))
-    tokenizer = SentencePieceTokenizer(Path(tokenizer_path))
+    tokenizer = _load_tokenizer(Path(tokenizer_path))
     factor = probe_subsampling_factor(Path(onnx_path), settings, tokenizer.vocab_size)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))

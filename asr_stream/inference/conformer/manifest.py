@@ -19,6 +19,10 @@ GRAPH = "model"  # the single graph's key in `graphs`
 GRAPH_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.model"
 PREPROCESSOR_FILE = "preprocessor.yaml"
+# The graph's signature, as NeMo's `model.export()` writes it for CTC models.
+FEATURES_INPUT = "audio_signal"  # [B, n_mels, T] float32
+LENGTH_INPUT = "length"  # [B] int64, valid feature frames
+LOG_PROBS_OUTPUT = "logprobs"  # [B, T', vocab_size + 1], blank last
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,8 @@ Two deliberate choices for export:
   graph has dynamic batch and time and TensorRT can build a profile over both.
 - Padding is masked everywhere information crosses time (between subsampling convs, attention
   keys, depthwise conv input), so a padded batch gives each utterance the outputs it gets alone.
-  (NeMo does not mask between subsampling convs; with trained NeMo weights the difference is
-  confined to the last frame or two.)
+  (NeMo does not mask between its subsampling convs, so there padding can nudge an utterance's
+  last frames.)
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ import numpy as np
 from asr_stream.audio.features_nemo import batch_features, nemo_log_mel
 from asr_stream.inference.conformer.ctc import TimedToken, TimedWord, greedy_ctc, group_words
 from asr_stream.inference.conformer.frames import subsampled_lengths
-from asr_stream.inference.conformer.manifest import GRAPH_FILE, TOKENIZER_FILE, ConformerManifest
+from asr_stream.inference.conformer.manifest import FEATURES_INPUT, GRAPH_FILE, LENGTH_INPUT, TOKENIZER_FILE, ConformerManifest
 from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
 from asr_stream.inference.engine import Engine
 
@@ -39,7 +39,7 @@ class ConformerRunner:
         self.manifest = manifest
         self.tokenizer = tokenizer
         self.engine = engine
-        self._log_probs = engine.outputs[0].name  # NeMo names it `logprobs`; the first output either way
+        self._log_probs = engine.outputs[0].name  # by position: LOG_PROBS_OUTPUT in NeMo exports, whatever a re-export named it
 
     @classmethod
     def load(cls, engine_dir: Path, load_engine: Callable[[Path], Engine]) -> ConformerRunner:
@@ -60,7 +60,7 @@ class ConformerRunner:
 
     def _run(self, audios: Sequence[np.ndarray]) -> list[ConformerTranscript]:
         features, lengths = batch_features([nemo_log_mel(audio, self.manifest.features) for audio in audios])
-        log_probs = self.engine.run({"audio_signal": features, "length": lengths})[self._log_probs]
+        log_probs = self.engine.run({FEATURES_INPUT: features, LENGTH_INPUT: lengths})[self._log_probs]
         frames = subsampled_lengths(lengths, self.manifest.subsampling_factor)
         decoded = greedy_ctc(log_probs, frames, self.tokenizer.blank_id, self.manifest.frame_ms)
         return [
