@@ -163,7 +163,7 @@ class TorchWhisper:
                 state.graph.replay()
             else:
                 self._step(state)
-            if step % DONE_CHECK_INTERVAL == 0 and bool((state.output[:rows] == self.eot).any(dim=1).all()):
+            if step % DONE_CHECK_INTERVAL == 0 and bool((state.output[:rows, : step + 1] == self.eot).any(dim=1).all()):
                 break
         output = state.output[:rows].cpu().numpy()
         return [row[: np.argmax(row == self.eot)].tolist() if (row == self.eot).any() else row.tolist() for row in output]
