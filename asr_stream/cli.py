@@ -32,6 +32,57 @@ def _models_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from asr_stream.config import load_config
+    from asr_stream.daemon import serve
+
+    return asyncio.run(serve(load_config(args.config)))
+
+
+def _run(args: argparse.Namespace) -> int:
+    from asr_stream.local_run import run_local
+
+    return run_local(args.config)
+
+
+def _config_check(args: argparse.Namespace) -> int:
+    from asr_stream.config import ConfigError, load_config
+
+    try:
+        load_config(args.file)
+    except ConfigError as error:
+        for problem in error.problems:
+            print(f"{error.source}: {problem}", file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def _call(args: argparse.Namespace) -> int:
+    import asyncio
+    import tempfile
+    from pathlib import Path
+
+    from asr_stream.sipp import SippError, place_call
+
+    with tempfile.TemporaryDirectory(prefix="asr-stream-call-") as workdir:
+        try:
+            asyncio.run(place_call(args.target, args.file, Path(workdir), codec=args.codec, calls=args.calls, rate=args.rate))
+        except SippError as error:
+            print(f"asr-stream call: {error}", file=sys.stderr)
+            return 1
+    print(f"{args.calls} call(s) to {args.target} streamed {args.file} and hung up")
+    return 0
+
+
+def _tail(args: argparse.Namespace) -> int:
+    from asr_stream.sinks.tail import tail
+
+    return tail(args.bootstrap, args.topic, from_beginning=not args.latest, as_json=args.json)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr-stream", description=__doc__.splitlines()[0])
     parser.add_argument("--engines-dir", default="engines", help="where exported graphs and built engines live")
@@ -50,6 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("names", nargs="+", help="whisper-tiny.en | whisper-base | whisper-small")
     prepare.add_argument("--force", action="store_true", help="re-export even if the manifest matches")
     prepare.set_defaults(handler=_models_prepare)
+
+    serve = commands.add_parser("serve", help="run the daemon")
+    serve.add_argument("--config", required=True, help="YAML config (see docs/configuration.md)")
+    serve.set_defaults(handler=_serve)
+
+    run = commands.add_parser("run", help="the embedded default: prepare the model, start a local broker if configured, serve")
+    run.add_argument("--config", default="deploy/local.yaml")
+    run.set_defaults(handler=_run)
+
+    config = commands.add_parser("config", help="configuration tools").add_subparsers(dest="config_command", required=True)
+    check = config.add_parser("check", help="validate a config file and print every problem with its path")
+    check.add_argument("file")
+    check.set_defaults(handler=_config_check)
+
+    call = commands.add_parser("call", help="place test calls with SIPp that stream an audio file as G.711")
+    call.add_argument("target", help="host:port of the daemon's SIP listener")
+    call.add_argument("file", help="audio file to stream (any rate; first channel)")
+    call.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU")
+    call.add_argument("--calls", type=int, default=1)
+    call.add_argument("--rate", type=float, default=None, help="calls per second (default: all at once)")
+    call.set_defaults(handler=_call)
+
+    tail = commands.add_parser("tail", help="print transcript events from Kafka")
+    tail.add_argument("--bootstrap", default="127.0.0.1:9092")
+    tail.add_argument("--topic", default="asr.transcripts")
+    tail.add_argument("--latest", action="store_true", help="only events from now on")
+    tail.add_argument("--json", action="store_true", help="print the records as they are")
+    tail.set_defaults(handler=_tail)
     return parser
 
 

@@ -146,15 +146,21 @@ class BatchScheduler(Generic[P, R]):
         """True while new calls should be refused (503) to protect the finals deadline."""
         return self._saturated
 
+    # Thresholds as shares of the finals deadline: partials go first, new calls next, and
+    # saturation clears only well below where it set, so admission does not flap.
+    SHED_PARTIALS_AT = 0.75
+    SATURATE_AT = 0.9
+    CLEAR_AT = 0.6
+
     def _shedding_partials(self) -> bool:
-        return self.predicted_final_wait_s() > 0.5 * self.final_deadline_s
+        return self.predicted_final_wait_s() > self.SHED_PARTIALS_AT * self.final_deadline_s
 
     def _update_saturation(self) -> None:
         wait = self.predicted_final_wait_s()
         if self._saturated:
-            self._saturated = wait > 0.5 * self.final_deadline_s
+            self._saturated = wait > self.CLEAR_AT * self.final_deadline_s
         else:
-            self._saturated = wait > 0.8 * self.final_deadline_s or self.queued() >= self.max_queue
+            self._saturated = wait > self.SATURATE_AT * self.final_deadline_s or self.queued() >= self.max_queue
 
     def _shed(self, job: _Job[P, R]) -> None:
         self.stats.shed_partials += 1

@@ -1,0 +1,275 @@
+"""The live daemon: telephony ingest -> VAD/segments -> batched model -> transcript events -> sinks.
+
+One asyncio loop owns SIP, RTP, VAD and transcript state; model work runs on the scheduler's
+worker threads, and Kafka delivery on the sink's own thread, so the loop never blocks.
+
+Lifecycle of a call as consumers see it: `call.started`, then per channel partials and finals in
+segment order, then `call.ended` once every final of the call has been emitted. On SIGTERM the
+daemon stops taking calls (503 + Retry-After), hangs up the open ones, finalises their open
+segments, flushes Kafka (undelivered events stay in the spool for the next start) and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiohttp import web
+
+from asr_stream.audio.ingest import CallEnded as IngestCallEnded
+from asr_stream.audio.ingest import CallStarted as IngestCallStarted
+from asr_stream.audio.ingest import ChannelAudio, IngestConfig, TelephonyIngest
+from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.config import Config, split_hostport
+from asr_stream.inference.models import load_prepared
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.inference.whisper.runner import WhisperRunner
+from asr_stream.rtp.receiver import Latching
+from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
+from asr_stream.sip.call import Call
+from asr_stream.sip.call import EndReason as SipEndReason
+from asr_stream.sip.server import SipServerConfig
+from asr_stream.transcript import events
+from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.state import Labels
+
+log = logging.getLogger(__name__)
+
+END_REASONS: dict[SipEndReason, events.EndReason] = {
+    SipEndReason.BYE: events.EndReason.HANGUP,
+    SipEndReason.LOCAL_BYE: events.EndReason.HANGUP,
+    SipEndReason.CANCEL: events.EndReason.CANCELLED,
+    SipEndReason.RTP_TIMEOUT: events.EndReason.MEDIA_TIMEOUT,
+    SipEndReason.ACK_TIMEOUT: events.EndReason.ERROR,
+    SipEndReason.SHUTDOWN: events.EndReason.SHUTDOWN,
+}
+
+
+def channel_name(label: str) -> str:
+    """A channel label as events carry it: segment ids are split on '/', so none may appear."""
+    return label.replace("/", "_") or "channel"
+
+
+@dataclass
+class _LiveCall:
+    call: Call
+    started_at: float
+    transcribers: list[ChannelTranscriber]
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class Daemon:
+    """Owns every component; `start()`, then `wait_stopped()`, or `stop()` from a signal."""
+
+    def __init__(self, config: Config, publish_hooks: tuple[Callable[[events.TranscriptEvent], None], ...] = ()) -> None:
+        self.config = config
+        self._publish_hooks = publish_hooks
+        self._calls: dict[str, _LiveCall] = {}
+        self._stopping = False
+        self._stopped = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.runner: WhisperRunner | None = None
+        self.scheduler: BatchScheduler | None = None
+        self.kafka: KafkaSink | None = None
+        self.ingest: TelephonyIngest | None = None
+        self._http: web.AppRunner | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.runner = await asyncio.to_thread(self._load_runner)
+        sched = cfg.scheduler
+        self.scheduler = BatchScheduler(
+            self._transcribe_batch,
+            max_batch=min(sched["max_batch"], self.runner.encoder.max_batch),
+            max_wait_s=sched["max_wait_ms"] / 1000,
+            max_queue=sched["max_queue"],
+            final_deadline_s=sched["final_deadline_s"],
+            workers=sched["workers"],
+        )
+        await self.scheduler.start()
+        kafka = cfg.kafka
+        self.kafka = KafkaSink(
+            KafkaSettings(
+                bootstrap_servers=kafka["bootstrap_servers"],
+                topic=kafka["topic"],
+                partitions=kafka["partitions"],
+                spool_dir=Path(kafka["spool_dir"]),
+                security=kafka["security"],
+            )
+        )
+        self.kafka.start()
+        await self._start_http()
+        self.ingest = TelephonyIngest(self._ingest_config(), admit=self._admit)
+        await self.ingest.start()
+        self._tasks.append(asyncio.create_task(self._consume_ingest(), name="ingest-events"))
+        log.info("asr-stream ready: SIP %s (port %d), model %s on %s", cfg.sip["listen"], self.ingest.sip.port, cfg.model, cfg.backend)
+
+    async def stop(self, deadline_s: float = 20.0) -> None:
+        """Graceful shutdown: refuse new calls, end open ones, flush their finals, close sinks."""
+        if self._stopping:
+            return
+        self._stopping = True
+        log.info("shutting down: %d calls open", len(self._calls))
+        if self.ingest is not None:
+            self.ingest.sip.set_saturated(self.config.sip["retry_after_s"])
+            await self.ingest.stop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._all_calls_closed(), deadline_s / 2)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.scheduler is not None:
+            await self.scheduler.stop()
+        if self.kafka is not None:
+            await self.kafka.close(timeout_s=deadline_s / 2)
+        if self._http is not None:
+            await self._http.cleanup()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def _all_calls_closed(self) -> None:
+        while self._calls:
+            await asyncio.sleep(0.05)
+
+    # -- components ------------------------------------------------------------------------
+    def _load_runner(self) -> WhisperRunner:
+        if self.config.backend != "onnxruntime":
+            raise NotImplementedError(f"backend {self.config.backend!r} cannot serve on this host; use onnxruntime")
+        prepared = load_prepared(self.config.model, self.config.engines_dir)
+        return WhisperRunner.from_prepared(prepared, OnnxRuntimeEngine.load)
+
+    def _transcribe_batch(self, audios):  # runs on a scheduler worker thread
+        assert self.runner is not None
+        return self.runner.transcribe_batch(audios, language=self.config.language)
+
+    def _ingest_config(self) -> IngestConfig:
+        sip_host, sip_port = split_hostport(self.config.sip["listen"])
+        rtp = self.config.rtp
+        return IngestConfig(
+            sip=SipServerConfig(
+                host=sip_host,
+                port=sip_port,
+                advertised_address=self.config.sip.get("advertised_address"),
+                max_calls=self.config.sip["max_calls"],
+                retry_after_s=self.config.sip["retry_after_s"],
+            ),
+            rtp_host=rtp["bind"],
+            rtp_port_min=rtp["port_range"][0],
+            rtp_port_max=rtp["port_range"][1],
+            latching=Latching.FIRST if rtp["latching"] else Latching.SDP,
+            playout_delay_s=rtp["playout_delay_ms"] / 1000,
+            rtp_timeout_s=rtp["timeout_s"],
+        )
+
+    def _admit(self, call: Call) -> int | None:
+        """Refuse new calls while stopping or while the scheduler predicts missed deadlines."""
+        assert self.scheduler is not None
+        if self._stopping or self.scheduler.saturated:
+            log.warning("refusing call %s: %s", call.call_id, "shutting down" if self._stopping else "saturated")
+            return int(self.config.sip["retry_after_s"])
+        return None
+
+    async def _start_http(self) -> None:
+        app = web.Application()
+        app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
+        self._http = web.AppRunner(app)
+        await self._http.setup()
+        host, port = split_hostport(self.config.http["listen"])
+        await web.TCPSite(self._http, host, port).start()
+
+    # -- events ----------------------------------------------------------------------------
+    def publish(self, event: events.TranscriptEvent) -> None:
+        assert self.kafka is not None
+        self.kafka.publish(event)
+        for hook in self._publish_hooks:
+            hook(event)
+
+    def _envelope(self, call_id: str) -> dict[str, object]:
+        language = self.config.language or ("en" if self.config.model.endswith(".en") else None)
+        return {"call_id": call_id, "model": self.config.model, "engine": self.config.backend, "language": language}
+
+    async def _consume_ingest(self) -> None:
+        assert self.ingest is not None
+        async for event in self.ingest.events():
+            if isinstance(event, IngestCallStarted):
+                self._call_started(event.call, event.channels)
+            elif isinstance(event, IngestCallEnded):
+                live = self._calls.get(event.call.call_id)
+                if live is not None:
+                    asyncio.create_task(self._call_ended(live, event.reason))
+
+    def _call_started(self, call: Call, channels: tuple[ChannelAudio, ...]) -> None:
+        assert self.scheduler is not None
+        self.publish(
+            events.CallStarted(
+                **self._envelope(call.call_id),
+                parties=(
+                    events.Party(role="caller", uri=call.caller.uri, display_name=call.caller.display_name),
+                    events.Party(role="callee", uri=call.callee.uri, display_name=call.callee.display_name),
+                ),
+                channels=tuple(
+                    events.ChannelInfo(
+                        channel=channel_name(audio.channel.label),
+                        label=audio.channel.label,
+                        codec=audio.channel.codec.name,
+                        sample_rate=audio.channel.codec.clock_rate,
+                    )
+                    for audio in channels
+                ),
+            )
+        )
+        labels = Labels(call_id=call.call_id, model=self.config.model, engine=self.config.backend)
+        segmenter_config = SegmenterConfig(**self.config.segmenter)
+        live = _LiveCall(call, time.monotonic(), [])
+        for audio in channels:
+            transcriber = ChannelTranscriber(
+                labels=labels,
+                channel=channel_name(audio.channel.label),
+                scheduler=self.scheduler,
+                emit=self.publish,
+                segmenter_config=segmenter_config,
+                partial_interval_s=self.config.scheduler["partial_interval_s"],
+            )
+            live.transcribers.append(transcriber)
+            live.tasks.append(asyncio.create_task(self._transcribe_channel(audio, transcriber)))
+        self._calls[call.call_id] = live
+
+    async def _transcribe_channel(self, audio: ChannelAudio, transcriber: ChannelTranscriber) -> None:
+        async for frame in audio.frames():
+            transcriber.feed(frame.samples)
+        await transcriber.finish()
+
+    async def _call_ended(self, live: _LiveCall, reason: SipEndReason) -> None:
+        await asyncio.gather(*live.tasks, return_exceptions=True)
+        self.publish(
+            events.CallEnded(
+                **self._envelope(live.call.call_id),
+                end_reason=END_REASONS.get(reason, events.EndReason.ERROR),
+                duration_ms=int((time.monotonic() - live.started_at) * 1000),
+                final_segments=sum(t.finals_emitted for t in live.transcribers),
+            )
+        )
+        self._calls.pop(live.call.call_id, None)
+
+
+async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> int:
+    """Run the daemon until SIGTERM/SIGINT."""
+    daemon = Daemon(config)
+    await daemon.start()
+    if on_ready is not None:
+        on_ready(daemon)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.create_task(daemon.stop()))
+    await daemon.wait_stopped()
+    return 0

@@ -1,0 +1,61 @@
+"""`asr-stream run`: the embedded default in one command (what `make run` calls).
+
+Prepares the configured model if needed, starts the bundled Kafka-protocol broker when the
+config says `kafka.embedded: true`, runs the daemon, and prints what to paste into another
+terminal to place a call with real speech and to watch the transcripts arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+
+from asr_stream.config import Config, load_config, split_hostport
+from asr_stream.daemon import Daemon, serve
+from asr_stream.inference.models import prepare_model
+from asr_stream.sinks.local_broker import LocalBroker
+
+DEMO_AUDIO = Path("deploy/demo/speech.wav")
+
+
+def _banner(config: Config, daemon: Daemon) -> str:
+    assert daemon.ingest is not None
+    sip_host, _ = split_hostport(config.sip["listen"])
+    target = f"{sip_host}:{daemon.ingest.sip.port}"
+    exe = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith("asr-stream") else "asr-stream"
+    kafka = config.kafka
+    return "\n".join(
+        [
+            "",
+            "asr-stream is running",
+            f"  SIP (UDP+TCP): {target}      model: {config.model} on {config.backend}",
+            f"  Kafka topic:   {kafka['topic']} at {kafka['bootstrap_servers']}" + ("  (embedded Tansu broker)" if kafka["embedded"] else ""),
+            f"  HTTP:          http://{config.http['listen']}/healthz",
+            "",
+            "Place a call that streams real speech (SIPp, G.711 mu-law):",
+            f"  {exe} call {target} {DEMO_AUDIO}",
+            "Watch the transcript events:",
+            f"  {exe} tail --bootstrap {kafka['bootstrap_servers']} --topic {kafka['topic']}",
+            "Stop with Ctrl-C (open calls are finalised and flushed first).",
+            "",
+        ]
+    )
+
+
+def run_local(config_path: str | Path) -> int:
+    config = load_config(config_path)
+    prepare_model(config.model, engines_dir=config.engines_dir)
+    broker: LocalBroker | None = None
+    if config.kafka["embedded"]:
+        host, port = split_hostport(config.kafka["bootstrap_servers"])
+        if host not in ("127.0.0.1", "localhost"):
+            raise SystemExit(f"kafka.embedded starts a local broker: bootstrap_servers must be on 127.0.0.1, not {host}")
+        broker = LocalBroker(port=port)
+        broker.start()
+    try:
+        return asyncio.run(serve(config, on_ready=lambda daemon: print(_banner(config, daemon), flush=True)))
+    finally:
+        if broker is not None:
+            broker.stop()

@@ -1,0 +1,161 @@
+"""Place real test calls with SIPp: any audio file, streamed as G.711 RTP to a SIP target.
+
+Used by `asr-stream call` (an operator's smoke test of a deployment), by `make run`'s printed
+demo command, by the end-to-end tests and by `bench/load.py`: one way to drive the daemon the way
+a gateway does. SIPp (Debian `sip-tester`) streams a raw, headerless G.711 file at 20 ms per
+packet; the file path in `rtp_stream` is literal (SIPp substitutes no keywords there), so a
+scenario is written per audio file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from asr_stream.audio.resample import resample
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
+
+CODECS = {"PCMU": (0, ulaw_encode), "PCMA": (8, alaw_encode)}
+
+SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="asr-stream test call: stream one file, then hang up">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=user1 53655765 1 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [rtpstream_audio_port] RTP/AVP {payload_type}
+      a=rtpmap:{payload_type} {codec}/8000
+      a=sendrecv
+
+  ]]></send>
+  <recv response="100" optional="true"/>
+  <recv response="200"/>
+  <send><![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <nop><action><exec rtp_stream="{audio_file},1,{payload_type}"/></action></nop>
+  <pause milliseconds="{pause_ms}"/>
+  <send retrans="500"><![CDATA[
+
+      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+
+class SippError(RuntimeError):
+    """SIPp is missing, or a call it placed failed (the message carries SIPp's own account)."""
+
+
+@dataclass(frozen=True)
+class CallResult:
+    returncode: int
+    log: str  # SIPp's output and message trace, for failure reports
+
+
+def telephone_pcm(audio_file: str | Path) -> np.ndarray:
+    """The file's first channel as 8 kHz int16, cut to whole 20 ms packets."""
+    audio, _ = load_audio(audio_file)
+    pcm = np.round(np.clip(resample(audio[0], 16_000, 8_000), -1, 1) * 32767).astype(np.int16)
+    return pcm[: pcm.shape[0] // 160 * 160]
+
+
+def write_call(pcm_8k: np.ndarray, workdir: Path, codec: str = "PCMU", hangup_after_s: float = 0.6) -> Path:
+    """Write the G.711 file and the scenario that streams it; returns the scenario path.
+
+    `hangup_after_s` is how long the caller stays on the line after the audio ends.
+    """
+    payload_type, encode = CODECS[codec]
+    workdir.mkdir(parents=True, exist_ok=True)
+    audio_file = workdir / f"speech.{codec.lower()}"
+    audio_file.write_bytes(encode(pcm_8k))
+    pause_ms = round(1000 * pcm_8k.shape[0] / 8000 + 1000 * hangup_after_s)
+    scenario = workdir / f"stream_{codec.lower()}.xml"
+    scenario.write_text(SCENARIO.format(payload_type=payload_type, codec=codec, audio_file=audio_file.resolve(), pause_ms=pause_ms))
+    return scenario
+
+
+def _free_udp_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+async def run_sipp(
+    target: str, scenario_args: list[str], workdir: Path, *, calls: int = 1, rate: float | None = None, timeout_s: float = 60, local_ip: str = "127.0.0.1"
+) -> CallResult:
+    """Run SIPp against `target` (host:port) with `calls` calls; bounded in time, always reaped.
+
+    `rate` is calls per second (default: all at once).
+    """
+    sipp = shutil.which("sipp")
+    if sipp is None:
+        raise SippError("sipp not found: install Debian's sip-tester package")
+    trace = workdir / f"sipp-{time.monotonic_ns()}.msg"
+    command = [
+        sipp, target, *scenario_args, "-i", local_ip, "-p", str(_free_udp_port(local_ip)),
+        "-mi", local_ip, "-mp", str(_free_udp_port(local_ip)), "-m", str(calls), "-l", str(calls),
+        "-r", str(rate or calls), "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+        "-trace_msg", "-message_file", str(trace),
+    ]  # fmt: skip
+    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=workdir)
+    try:
+        output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s + 10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    messages = trace.read_text(errors="replace") if trace.exists() else ""
+    return CallResult(process.returncode or 0, output.decode(errors="replace") + messages)
+
+
+async def place_call(
+    target: str, audio_file: str | Path, workdir: Path, *, codec: str = "PCMU", calls: int = 1, rate: float | None = None, hangup_after_s: float = 0.6
+) -> CallResult:
+    """Stream `audio_file` to `target` in `calls` calls; raise SippError unless all succeed."""
+    pcm = telephone_pcm(audio_file)
+    scenario = write_call(pcm, workdir, codec, hangup_after_s)
+    timeout_s = pcm.shape[0] / 8000 + hangup_after_s + 30 + (calls / rate if rate else 0)
+    result = await run_sipp(target, ["-sf", str(scenario)], workdir, calls=calls, rate=rate, timeout_s=timeout_s)
+    if result.returncode != 0:
+        raise SippError(f"sipp exited {result.returncode}: {result.log[-2000:]}")
+    return result
