@@ -76,10 +76,8 @@ def transcribe_files(files: Sequence[str | Path], model: str = "whisper-tiny.en"
     except ModelError as error:
         _error(str(error))
         return 2
-    if language is not None:
-        known = runner.tokenizer.languages if runner.tokenizer.multilingual else {"en": 0}
-        if language not in known:
-            _error(f"model {model} cannot transcribe language {language!r} (known: {', '.join(sorted(known))})")
-            return 2
+    if language is not None and not runner.tokenizer.supports(language):
+        _error(f"model {model} cannot transcribe language {language!r}")
+        return 2
     ok = [_transcribe_file(runner, str(path), language, timestamps, model, as_json) for path in files]
     return 0 if all(ok) else 1

@@ -182,9 +182,9 @@ class WhisperDecoder:
         rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
         language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
         prompts = np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
-        results = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, np.random.default_rng(seed)), languages)]
-        retry = [row for row, hypothesis in enumerate(results) if self._broken(hypothesis, audio_seconds[row])]
         rng = np.random.default_rng(seed)
+        results = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, rng), languages)]
+        retry = [row for row, hypothesis in enumerate(results) if self._broken(hypothesis, audio_seconds[row])]
         for temperature in FALLBACK_TEMPERATURES:
             if not retry:
                 break

@@ -60,8 +60,8 @@ class WhisperRunner:
         `language` fixes the language of a multilingual model; None detects it from each
         utterance's first window. English-only models always report "en".
         """
-        if language is not None and self.tokenizer.multilingual:
-            self.tokenizer.language_token(language)  # fail before any work on an unknown code
+        if language is not None and not self.tokenizer.supports(language):
+            raise ValueError(f"this model cannot transcribe language {language!r}")
         english_only = None if self.tokenizer.multilingual else "en"
         languages: list[str | None] = [english_only or language for _ in audios]
         positions = [0] * len(audios)
@@ -89,8 +89,10 @@ class WhisperRunner:
             detected = self.decoder.detect_languages(np.take(cross_kv, undetected, axis=KV_BATCH_AXIS))
             for k, language in zip(undetected, detected):
                 languages[rows[k]] = language
+        row_languages = [languages[i] for i in rows]
+        assert all(row_languages), "every row has a fixed or detected language by now"
         window_seconds = [len(window) / SAMPLE_RATE for window in windows]
-        hypotheses = self.decoder.decode(cross_kv, [languages[i] or "" for i in rows], window_seconds, timestamps)
+        hypotheses = self.decoder.decode(cross_kv, row_languages, window_seconds, timestamps)
         for i, window, seconds, hypothesis in zip(rows, windows, window_seconds, hypotheses):
             full_window = len(window) == N_SAMPLES and positions[i] + N_SAMPLES < len(audios[i])
             window_segments, consumed = split_segments(hypothesis.tokens, self.tokenizer, positions[i] / SAMPLE_RATE, seconds, full_window)

@@ -43,6 +43,10 @@ class WhisperTokenizer:
             raise ValueError(f"tokenizer has no {token}")
         return token_id
 
+    def supports(self, language: str) -> bool:
+        """Whether the model transcribes `language` (English-only models: "en" alone)."""
+        return language in self.languages if self.multilingual else language == "en"
+
     def language_token(self, language: str) -> int:
         if language not in self.languages:
             raise ValueError(f"unknown language {language!r}; known: {', '.join(sorted(self.languages))}")
