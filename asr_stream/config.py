@@ -22,6 +22,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from asr_stream.audio.segmenter import SegmenterConfig
+
 ENV_PREFIX = "ASR_STREAM__"
 
 _HOSTPORT = {"type": "string", "pattern": r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$"}
@@ -157,6 +159,12 @@ def _problems(document: Any) -> Iterator[str]:
     for error in sorted(validator.iter_errors(document), key=lambda e: list(map(str, e.absolute_path))):
         path = ".".join(str(p) for p in error.absolute_path) or "(top level)"
         yield f"{path}: {error.message}"
+    segmenter = document.get("segmenter") if isinstance(document, dict) else None
+    if isinstance(segmenter, dict):
+        try:
+            SegmenterConfig(**segmenter)
+        except (TypeError, ValueError) as error:  # unknown key, or values that contradict each other
+            yield f"segmenter: {error}"
     port_range = document.get("rtp", {}).get("port_range") if isinstance(document, dict) else None
     if isinstance(port_range, list) and len(port_range) == 2 and all(isinstance(p, int) for p in port_range):
         if port_range[0] >= port_range[1]:

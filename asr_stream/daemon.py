@@ -181,7 +181,10 @@ class Daemon:
 
     async def _start_http(self) -> None:
         app = web.Application()
-        app.router.add_get("/healthz", lambda request: web.json_response({"status": "ok"}))
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app.router.add_get("/healthz", healthz)
         self._http = web.AppRunner(app)
         await self._http.setup()
         host, port = split_hostport(self.config.http["listen"])
@@ -201,12 +204,15 @@ class Daemon:
     async def _consume_ingest(self) -> None:
         assert self.ingest is not None
         async for event in self.ingest.events():
-            if isinstance(event, IngestCallStarted):
-                self._call_started(event.call, event.channels)
-            elif isinstance(event, IngestCallEnded):
-                live = self._calls.get(event.call.call_id)
-                if live is not None:
-                    asyncio.create_task(self._call_ended(live, event.reason))
+            try:
+                if isinstance(event, IngestCallStarted):
+                    self._call_started(event.call, event.channels)
+                elif isinstance(event, IngestCallEnded):
+                    live = self._calls.get(event.call.call_id)
+                    if live is not None:
+                        asyncio.create_task(self._call_ended(live, event.reason))
+            except Exception:  # one broken call must not stop the daemon from taking others
+                log.exception("call %s: event %s failed", getattr(event, "call", None), type(event).__name__)
 
     def _call_started(self, call: Call, channels: tuple[ChannelAudio, ...]) -> None:
         assert self.scheduler is not None
