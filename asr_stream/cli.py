@@ -26,10 +26,31 @@ def _transcribe(args: argparse.Namespace) -> int:
 
 
 def _models_prepare(args: argparse.Namespace) -> int:
-    from asr_stream.inference.models import prepare_model
+    from asr_stream.inference.models import ModelError, prepare_model
 
     for name in args.names:
-        prepare_model(name, engines_dir=args.engines_dir, force=args.force)
+        try:
+            print(prepare_model(name, engines_dir=args.engines_dir, force=args.force))
+        except ModelError as error:
+            print(f"asr-stream: {error}", file=sys.stderr)
+            return 2
+    return 0
+
+
+def _models_add_conformer(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from asr_stream.inference.conformer.importer import add_conformer
+    from asr_stream.inference.models import ModelError
+
+    try:
+        path = add_conformer(
+            args.name, Path(args.onnx), Path(args.tokenizer), Path(args.preprocessor), Path(args.engines_dir), language=args.language
+        )
+    except ModelError as error:
+        print(f"asr-stream: {error}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 
@@ -102,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     prepare.add_argument("names", nargs="+", help="whisper-tiny.en | whisper-base | whisper-small")
     prepare.add_argument("--force", action="store_true", help="re-export even if the manifest matches")
     prepare.set_defaults(handler=_models_prepare)
+    add = models.add_parser("add", help="import a model exported elsewhere").add_subparsers(dest="family", required=True)
+    conformer = add.add_parser("conformer", help="a NeMo Conformer-CTC ONNX export (see docs/conformer.md)")
+    conformer.add_argument("name")
+    conformer.add_argument("--onnx", required=True, help="the graph from NeMo's model.export()")
+    conformer.add_argument("--tokenizer", required=True, help="the SentencePiece tokenizer.model")
+    conformer.add_argument("--preprocessor", required=True, help="model_config.yaml (its preprocessor section is read)")
+    conformer.add_argument("--language", default=None, help="language code reported in events")
+    conformer.set_defaults(handler=_models_add_conformer)
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", required=True, help="YAML config (see docs/configuration.md)")

@@ -27,10 +27,8 @@ from asr_stream.audio.ingest import CallStarted as IngestCallStarted
 from asr_stream.audio.ingest import ChannelAudio, IngestConfig, TelephonyIngest
 from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.config import Config, split_hostport
-from asr_stream.inference.models import load_prepared
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.inference.whisper.runner import WhisperRunner
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.sip.call import Call
@@ -75,7 +73,7 @@ class Daemon:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.runner: WhisperRunner | None = None
+        self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
         self.kafka: KafkaSink | None = None
         self.ingest: TelephonyIngest | None = None
@@ -84,11 +82,11 @@ class Daemon:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         cfg = self.config
-        self.runner = await asyncio.to_thread(self._load_runner)
+        self.model = await asyncio.to_thread(self._load_model)
         sched = cfg.scheduler
         self.scheduler = BatchScheduler(
-            self._transcribe_batch,
-            max_batch=min(sched["max_batch"], self.runner.encoder.max_batch),
+            self.model.transcribe_batch,
+            max_batch=min(sched["max_batch"], self.model.max_batch),
             max_wait_s=sched["max_wait_ms"] / 1000,
             max_queue=sched["max_queue"],
             final_deadline_s=sched["final_deadline_s"],
@@ -142,15 +140,10 @@ class Daemon:
             await asyncio.sleep(0.05)
 
     # -- components ------------------------------------------------------------------------
-    def _load_runner(self) -> WhisperRunner:
+    def _load_model(self) -> LoadedModel:
         if self.config.backend != "onnxruntime":
-            raise NotImplementedError(f"backend {self.config.backend!r} cannot serve on this host; use onnxruntime")
-        prepared = load_prepared(self.config.model, self.config.engines_dir)
-        return WhisperRunner.from_prepared(prepared, OnnxRuntimeEngine.load)
-
-    def _transcribe_batch(self, audios):  # runs on a scheduler worker thread
-        assert self.runner is not None
-        return self.runner.transcribe_batch(audios, language=self.config.language)
+            raise NotImplementedError(f"backend {self.config.backend!r} is not wired into the daemon yet; use onnxruntime")
+        return load_model(self.config.model, self.config.engines_dir, self.config.language)
 
     def _ingest_config(self) -> IngestConfig:
         sip_host, sip_port = split_hostport(self.config.sip["listen"])
@@ -198,8 +191,8 @@ class Daemon:
             hook(event)
 
     def _envelope(self, call_id: str) -> dict[str, object]:
-        language = self.config.language or ("en" if self.config.model.endswith(".en") else None)
-        return {"call_id": call_id, "model": self.config.model, "engine": self.config.backend, "language": language}
+        assert self.model is not None
+        return {"call_id": call_id, "model": self.config.model, "engine": self.config.backend, "language": self.model.language}
 
     async def _consume_ingest(self) -> None:
         assert self.ingest is not None

@@ -19,25 +19,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, SegmentEvent, Segmenter, SegmenterConfig, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import Vad
+from asr_stream.inference.runners import Hypothesis
 from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
 log = logging.getLogger(__name__)
-
-
-class Hypothesis(Protocol):
-    """What a model runner returns per utterance (Whisper and Conformer runners alike)."""
-
-    text: str
-    language: str | None
 
 
 SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
