@@ -1,0 +1,194 @@
+"""Prometheus metrics of the daemon, in one `CollectorRegistry` the daemon owns.
+
+A private registry rather than prometheus-client's global one: two daemons in one test process
+(or a test beside a daemon) must not share or collide on metrics, and `/metrics` should show
+exactly this daemon's series, without the client library's process defaults mixed in by import.
+
+Three ways in, chosen by where the truth lives, so no component needs to know about Prometheus:
+
+=========================================  ==============================================
+metric                                     fed by
+=========================================  ==============================================
+asr_calls_active, asr_channels_active,     `observe_event`: every published transcript
+asr_calls_ended_total{reason},             event (a daemon publish hook, like Kafka's)
+asr_vad_segments_total, asr_partials_total,
+asr_final_latency_seconds,
+asr_partial_interval_seconds
+asr_inference_batch_size,                  `timed_batch`: wraps the function the
+asr_inference_seconds                      BatchScheduler runs on its worker threads
+asr_scheduler_queue_depth{priority},       read at scrape time from `BatchScheduler`
+asr_scheduler_saturated,                   (`queued()`, `saturated`, `stats`)
+asr_scheduler_shed_partials_total
+asr_rtp_packets_total,                     read at scrape time from the open channels'
+asr_rtp_lost_packets_total,                `RtpReceiver.stats()`, plus the totals of closed
+asr_rtp_jitter_max_ms                      channels handed to `channel_closed`
+asr_kafka_delivered_total, ..._failed_,    read at scrape time from `KafkaSink`'s counters
+..._spooled_, ..._dropped_total,
+asr_kafka_spool_records, ..._spool_bytes
+asr_livefeed_subscribers,                  read at scrape time from `LiveFeedHub`
+asr_livefeed_dropped_subscribers_total
+=========================================  ==============================================
+
+Labels are kept to small fixed sets (priority, end reason): a call id or channel label as a
+label would grow the series without bound on a hotline.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
+from typing import TypeVar
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from asr_stream.inference.scheduler import BatchScheduler, Priority
+from asr_stream.rtp.receiver import ReceiverStats
+from asr_stream.sinks.kafka import KafkaSink
+from asr_stream.sinks.livefeed import LiveFeedHub
+from asr_stream.transcript.events import CallEnded, CallStarted, SegmentFinal, SegmentPartial, TranscriptEvent
+
+P = TypeVar("P")
+R = TypeVar("R")
+
+# End of speech -> final: the agent-facing latency; the useful range is 0.1 s (fast path) to a
+# few seconds (saturation), with the finals deadline (1.5 s by default) falling between buckets.
+FINAL_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+PARTIAL_INTERVAL_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
+INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class DaemonMetrics:
+    """Every metric of the daemon; attach components with `watch_*` as the daemon creates them."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.calls_active = Gauge("asr_calls_active", "Calls between call.started and call.ended", registry=r)
+        self.channels_active = Gauge("asr_channels_active", "Audio channels of the active calls", registry=r)
+        self.calls_ended = Counter("asr_calls_ended", "Calls ended, by end reason", ["reason"], registry=r)
+        self.vad_segments = Counter("asr_vad_segments", "Speech segments closed by the VAD segmenter (one final each)", registry=r)
+        self.partials = Counter("asr_partials", "Partial hypotheses emitted", registry=r)
+        self.final_latency = Histogram(
+            "asr_final_latency_seconds", "End of speech to the segment's final event", buckets=FINAL_LATENCY_BUCKETS, registry=r
+        )
+        self.partial_interval = Histogram(
+            "asr_partial_interval_seconds", "Time between consecutive partials of one segment", buckets=PARTIAL_INTERVAL_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("asr_inference_batch_size", "Utterances per engine call", buckets=BATCH_SIZE_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("asr_inference_seconds", "Wall time of one batched engine call", buckets=INFERENCE_BUCKETS, registry=r)
+        self._components = _ComponentCollector()
+        r.register(self._components)
+        self._channels_by_call: dict[str, int] = {}
+        self._last_partial: dict[str, dict[str, datetime]] = {}  # call_id -> segment_id -> emitted_at
+
+    # -- components read at scrape time ------------------------------------------------------
+    def watch_scheduler(self, scheduler: BatchScheduler) -> None:
+        self._components.scheduler = scheduler
+
+    def watch_kafka(self, sink: KafkaSink) -> None:
+        self._components.kafka = sink
+
+    def watch_livefeed(self, hub: LiveFeedHub) -> None:
+        self._components.hub = hub
+
+    def watch_rtp(self, open_channels: Callable[[], Iterable[ReceiverStats]]) -> None:
+        """`open_channels` returns the stats of every receiver not yet passed to `channel_closed`."""
+        self._components.open_channels = open_channels
+
+    def channel_closed(self, final_stats: ReceiverStats) -> None:
+        """Fold a closed channel's totals in, so the counters never go down when it leaves."""
+        self._components.closed_packets += final_stats.packets
+        self._components.closed_lost += max(final_stats.lost, 0)
+
+    # -- pushed by the daemon ------------------------------------------------------------------
+    def observe_event(self, event: TranscriptEvent) -> None:
+        """A publish hook: derive call, segment and latency metrics from the events themselves."""
+        if isinstance(event, CallStarted):
+            self._channels_by_call[event.call_id] = len(event.channels)
+            self._last_partial[event.call_id] = {}
+        elif isinstance(event, SegmentPartial):
+            self.partials.inc()
+            segments = self._last_partial.setdefault(event.call_id, {})
+            previous = segments.get(event.segment_id)
+            if previous is not None:
+                self.partial_interval.observe((event.emitted_at - previous).total_seconds())
+            segments[event.segment_id] = event.emitted_at
+        elif isinstance(event, SegmentFinal):
+            self.vad_segments.inc()
+            self.final_latency.observe(event.latency_ms / 1000)
+            self._last_partial.get(event.call_id, {}).pop(event.segment_id, None)
+        elif isinstance(event, CallEnded):
+            self.calls_ended.labels(reason=str(event.end_reason)).inc()
+            self._channels_by_call.pop(event.call_id, None)
+            self._last_partial.pop(event.call_id, None)
+        self.calls_active.set(len(self._channels_by_call))
+        self.channels_active.set(sum(self._channels_by_call.values()))
+
+    def timed_batch(self, run_batch: Callable[[Sequence[P]], Sequence[R]]) -> Callable[[Sequence[P]], Sequence[R]]:
+        """`run_batch` measured: pass the result to BatchScheduler instead of the bare function."""
+
+        def measured(batch: Sequence[P]) -> Sequence[R]:
+            started = time.perf_counter()
+            try:
+                return run_batch(batch)
+            finally:
+                self.inference_seconds.observe(time.perf_counter() - started)
+                self.batch_size.observe(len(batch))
+
+        return measured
+
+
+class _ComponentCollector(Collector):
+    """Reads the components' own counters at scrape time (they stay free of Prometheus)."""
+
+    def __init__(self) -> None:
+        self.scheduler: BatchScheduler | None = None
+        self.kafka: KafkaSink | None = None
+        self.hub: LiveFeedHub | None = None
+        self.open_channels: Callable[[], Iterable[ReceiverStats]] = tuple
+        self.closed_packets = 0
+        self.closed_lost = 0
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield from self._rtp()
+        if self.scheduler is not None:
+            yield from self._scheduler(self.scheduler)
+        if self.kafka is not None:
+            yield from self._kafka(self.kafka)
+        if self.hub is not None:
+            yield GaugeMetricFamily("asr_livefeed_subscribers", "Open live-feed subscriptions (WebSockets)", value=self.hub.subscriber_count)
+            yield CounterMetricFamily(
+                "asr_livefeed_dropped_subscribers", "Live-feed clients cut off for falling behind", value=self.hub.dropped_subscribers
+            )
+
+    def _rtp(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        live = list(self.open_channels())
+        packets = self.closed_packets + sum(stats.packets for stats in live)
+        lost = self.closed_lost + sum(max(stats.lost, 0) for stats in live)
+        yield CounterMetricFamily("asr_rtp_packets", "RTP packets accepted (duplicates excluded)", value=packets)
+        yield CounterMetricFamily("asr_rtp_lost_packets", "RTP packets lost (RFC 3550 expected - received)", value=lost)
+        yield GaugeMetricFamily(
+            "asr_rtp_jitter_max_ms", "Highest RFC 3550 interarrival jitter among open channels", value=max((s.jitter_ms for s in live), default=0.0)
+        )
+
+    @staticmethod
+    def _scheduler(scheduler: BatchScheduler) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        depth = GaugeMetricFamily("asr_scheduler_queue_depth", "Requests waiting for the engine", labels=["priority"])
+        for priority in Priority:
+            depth.add_metric([priority.name.lower()], scheduler.queued(priority))
+        yield depth
+        yield GaugeMetricFamily("asr_scheduler_saturated", "1 while new calls are refused to protect finals", value=int(scheduler.saturated))
+        yield CounterMetricFamily("asr_scheduler_shed_partials", "Partial requests shed (superseded or overload)", value=scheduler.stats.shed_partials)
+
+    @staticmethod
+    def _kafka(sink: KafkaSink) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield CounterMetricFamily("asr_kafka_delivered", "Events acknowledged by the broker", value=sink.delivered)
+        yield CounterMetricFamily("asr_kafka_failed", "Send attempts not acknowledged (spooled or dropped)", value=sink.failed)
+        yield CounterMetricFamily("asr_kafka_spooled", "Events written to the on-disk spool", value=sink.spooled)
+        yield CounterMetricFamily("asr_kafka_dropped", "Events dropped on purpose (queue or spool full)", value=sink.dropped)
+        yield GaugeMetricFamily("asr_kafka_spool_records", "Events waiting in the spool", value=sink.spool_size)
+        yield GaugeMetricFamily("asr_kafka_spool_bytes", "Bytes waiting in the spool", value=sink.spool_bytes)
