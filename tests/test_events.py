@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -128,3 +129,15 @@ def test_call_id_may_contain_slashes_and_segment_id_still_splits() -> None:
     call_id, channel, index = event.segment_id.rsplit("/", 2)
     assert (call_id, channel, int(index)) == ("x/y@h", "agent", 12)
     assert parse_event(event.to_json()) == event
+
+
+def test_docs_embed_the_shipped_schema_and_valid_examples(validator: jsonschema.Draft202012Validator) -> None:
+    """docs/events.md must not drift from the schema the package ships."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "events.md").read_text(encoding="utf-8")
+    blocks = [json.loads(block.split("```", 1)[0]) for block in docs.split("```json\n")[1:]]
+    assert blocks[-1] == load_schema()
+    examples = blocks[:-1]
+    assert sorted(example["event"] for example in examples) == sorted(["call.started", "segment.partial", "segment.final", "call.ended"])
+    for example in examples:
+        validator.validate(example)
+        assert parse_event(example).to_dict() == example
