@@ -33,10 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import scipy.io.wavfile
 import torch
 
 from asr_stream.audio.features import log_mel_spectrogram
-from asr_stream.audio.wavfile import load_audio
 from asr_stream.inference.models import PreparedModel, load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.profiles import load_profile
@@ -58,13 +58,20 @@ class Clip:
     mel: np.ndarray  # [80, 3000]: the 30 s window the runner feeds
 
 
+def read_wav(path: Path) -> np.ndarray:
+    """16 kHz 16-bit PCM WAV as float32 (scipy: the GPU machine has no soundfile)."""
+    rate, samples = scipy.io.wavfile.read(path)
+    assert rate == 16000 and samples.dtype == np.int16, (path, rate, samples.dtype)
+    return samples.astype(np.float32) / 32768.0
+
+
 def load_clips(speech: Path, english_only: bool) -> list[Clip]:
     clips = []
     for line in (speech / "manifest.jsonl").read_text().splitlines():
         entry = json.loads(line)
         if english_only and entry["lang"] != "en":
             continue
-        audio = load_audio(speech / entry["path_wav16k"])[0][0]
+        audio = read_wav(speech / entry["path_wav16k"])
         clips.append(Clip(entry["id"], entry["lang"], len(audio) / 16000, entry["text"], audio, log_mel_spectrogram(audio)))
     return clips
 
