@@ -23,6 +23,7 @@ compared in constant time and never logged: the access log writes paths without 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import logging
@@ -198,7 +199,7 @@ class _Feed:
         self.open_connections += 1
         try:
             with self.hub.subscribe(call_id) as subscription:
-                sender = asyncio.create_task(self._send(ws, subscription, request.remote))
+                sender = asyncio.create_task(self._send(ws, subscription, request))
                 try:
                     async for _ in ws:
                         pass  # clients have nothing to say; reading notices their close and pings
@@ -209,20 +210,22 @@ class _Feed:
             self.open_connections -= 1
         return ws
 
-    async def _send(self, ws: web.WebSocketResponse, subscription: Subscription, peer: str | None) -> None:
+    async def _send(self, ws: web.WebSocketResponse, subscription: Subscription, request: web.Request) -> None:
         timeout = self.settings.send_timeout_s
         try:
             async for event in subscription:
                 await asyncio.wait_for(ws.send_str(event.to_json().decode()), timeout)
         except (SubscriberTooSlow, TimeoutError) as error:
-            log.warning("live feed client %s dropped: %s", peer, error or "send blocked for %.0f s" % timeout)
+            log.warning("live feed client %s dropped: %s", request.remote, str(error) or f"a send blocked for {timeout:.1f} s")
             code, reason = CLOSE_TOO_SLOW, b"consumer too slow"
         else:
             code, reason = WSCloseCode.OK, b"feed ended"
-        try:
+        # A client that stopped reading cannot take the close frame either, and closing a
+        # transport waits for its queued bytes: abort after a grace period so the slot frees.
+        if request.transport is not None:
+            asyncio.get_running_loop().call_later(timeout, request.transport.abort)
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ws.close(code=code, message=reason), timeout)
-        except TimeoutError:
-            pass  # aiohttp has already aborted the transport of a client that would not take the close
 
 
 class PathOnlyAccessLog(AbstractAccessLogger):
