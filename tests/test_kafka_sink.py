@@ -13,8 +13,9 @@ import pytest
 from kafka import KafkaConsumer
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401
 
-from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
+from asr_stream.sinks.kafka import PARTIALS_HIGH_WATER, KafkaSettings, KafkaSink
 from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
+from asr_stream.sinks.spool import Spool
 from asr_stream.transcript.events import (
     CallEnded,
     CallStarted,
@@ -140,7 +141,8 @@ async def test_creates_the_topic_with_the_configured_partitions(kafka_broker: Lo
 
 async def test_broker_down_at_start_spools_then_replays_before_new_events(topic_name: str, tmp_path: Path) -> None:
     broker = LocalBroker(port=free_tcp_port())
-    first, second = interleaved(calls=3, segments=2), interleaved(calls=3, segments=2)
+    published = interleaved(calls=3, segments=4)
+    first, second = published[:20], published[20:]  # the same calls go on after the broker is back
     sink = KafkaSink(settings_for(broker.bootstrap_servers, topic_name, tmp_path))
     sink.start()
     try:
@@ -236,3 +238,25 @@ def test_settings_reject_unknown_security_options_and_hide_secrets(tmp_path: Pat
         security={"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN", "sasl_plain_username": "u", "sasl_plain_password": "hunter2"},
     )
     assert "hunter2" not in repr(settings)
+
+
+async def test_full_spool_keeps_room_for_finals_and_drops_what_does_not_fit(tmp_path: Path) -> None:
+    broker_port = free_tcp_port()  # nothing listens: every event must go to the spool
+    published = call_events("long@test", segments=8)  # 26 events of ~400 B
+    settings = settings_for(f"127.0.0.1:{broker_port}", "unused", tmp_path, spool_max_bytes=5000)
+    sink = KafkaSink(settings)
+    sink.start()
+    for event in published:
+        sink.publish(event)
+        await wait_for(lambda: sink.spooled + sink.dropped > published.index(event), 5, "the event to be spooled or dropped")
+    await sink.close(timeout_s=2)
+    assert sink.spooled + sink.dropped == len(published) and sink.dropped > 0
+    spool = Spool(tmp_path)
+    assert len(spool) == sink.spool_size == sink.spooled
+    assert sink.spool_bytes == spool.size_bytes <= 5000
+    used_before = 0  # bytes on disk when each record was appended (12-byte frame header)
+    for record in spool.peek(100):
+        if json.loads(record.value)["event"] == "segment.partial":
+            assert used_before < PARTIALS_HIGH_WATER * 5000, "a partial was spooled above the high-water mark"
+        used_before += 12 + len(record.key) + len(record.value)
+    assert used_before >= PARTIALS_HIGH_WATER * 5000, "finals must be able to use the room kept for them"
