@@ -181,10 +181,6 @@ class TorchWhisper:
         state.offset.fill_(length)
         state.step.fill_(1)
 
-    def memory_bytes(self) -> int:
-        """Device memory held by weights, caches and captured graphs (what one engine costs)."""
-        return torch.cuda.memory_reserved(self.device) if self.device.type == "cuda" else 0
-
     def describe(self) -> dict[str, object]:
         return {
             "backend": self.backend,
