@@ -40,7 +40,9 @@ SECRET_KEYS = frozenset(
 )
 
 _KEY_VALUE = re.compile(
-    r"""(?P<key>\b(?:%s))(?P<sep>["']?\s*[:=]\s*["']?)(?P<value>[^\s"',;&}\]]+)""" % "|".join(sorted(SECRET_KEYS, key=len, reverse=True)),
+    # The value may not start with "[" (already redacted) or be an auth scheme (_BEARER's job).
+    r"""(?P<key>\b(?:%s))(?P<sep>["']?\s*[:=]\s*["']?)(?!Bearer\b|Basic\b)(?P<value>[^\s"',;&}\]\[]+)"""
+    % "|".join(sorted(SECRET_KEYS, key=len, reverse=True)),
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
