@@ -105,6 +105,27 @@ def _tail(args: argparse.Namespace) -> int:
     return tail(args.bootstrap, args.topic, from_beginning=not args.latest, as_json=args.json)
 
 
+def _engines_build(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from asr_stream.inference.engine_cache import build_command
+
+    calibration = [Path(p) for p in args.calibration] if args.calibration else None
+    return build_command(args.model, args.profile, args.variant, args.precision, args.engines_dir, calibration)
+
+
+def _engines_list(args: argparse.Namespace) -> int:
+    from asr_stream.inference.engine_cache import list_command
+
+    return list_command(args.model, args.engines_dir)
+
+
+def _engines_use(args: argparse.Namespace) -> int:
+    from asr_stream.inference.engine_cache import use_command
+
+    return use_command(args.model, args.version, args.engines_dir)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr-stream", description=__doc__.splitlines()[0])
     parser.add_argument("--engines-dir", default="engines", help="where exported graphs and built engines live")
@@ -131,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     conformer.add_argument("--preprocessor", required=True, help="model_config.yaml (its preprocessor section is read)")
     conformer.add_argument("--language", default=None, help="language code reported in events")
     conformer.set_defaults(handler=_models_add_conformer)
+
+    engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(dest="engines_command", required=True)
+    build = engines.add_parser("build", help="build engines from the exported graphs with a shape profile")
+    build.add_argument("model")
+    build.add_argument("--profile", help="profile YAML (default: profiles/<model>.yaml)")
+    build.add_argument("--variant", help="profile variant, e.g. throughput or latency (default: all)")
+    build.add_argument("--precision", choices=("fp16", "int8", "fp32"))
+    build.add_argument("--calibration", nargs="*", help="WAV files for INT8 calibration")
+    build.set_defaults(handler=_engines_build)
+    listing = engines.add_parser("list", help="builds kept for a model, the active one marked")
+    listing.add_argument("model")
+    listing.set_defaults(handler=_engines_list)
+    use = engines.add_parser("use", help="serve an earlier or later build (rollback)")
+    use.add_argument("model")
+    use.add_argument("version")
+    use.set_defaults(handler=_engines_use)
 
     serve = commands.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", required=True, help="YAML config (see docs/configuration.md)")
