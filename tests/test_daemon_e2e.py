@@ -112,6 +112,24 @@ def assert_call_lifecycle(events: list[dict], call_id: str) -> list[dict]:
     return finals
 
 
+def without_redeliveries(events: list[dict]) -> tuple[list[dict], int]:
+    """Apply the consumer rule of docs/events.md: a record whose identity was seen is a redelivery.
+
+    Identity: (segment_id, revision) for segment events, (call_id, event) for call events. A
+    redelivery must be identical to the first copy. Returns (first copies in order, redeliveries).
+    """
+    first: dict[tuple, dict] = {}
+    unique = []
+    for event in events:
+        identity = (event["segment_id"], event["revision"]) if event["segment_id"] else (event["call_id"], event["event"])
+        if identity in first:
+            assert event == first[identity], f"two different records share the identity {identity}"
+            continue
+        first[identity] = event
+        unique.append(event)
+    return unique, len(events) - len(unique)
+
+
 def joined_text(finals: list[dict]) -> str:
     return " ".join(f["text"] for f in finals)
 
@@ -210,7 +228,9 @@ async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, dur
     finally:
         await daemon.stop()
     assert outage["published"] > 0, "no event was published while the broker was down"
-    events = await asyncio.to_thread(consume_calls, durable_kafka_broker.bootstrap_servers, topic_name, 1, 40)
+    delivered = await asyncio.to_thread(consume_calls, durable_kafka_broker.bootstrap_servers, topic_name, 1, 40)
+    events, redelivered = without_redeliveries(delivered)
+    assert daemon.kafka is not None and redelivered <= daemon.kafka.failed, "more redeliveries than failed sends"
     finals = assert_call_lifecycle(events, events[0]["call_id"])
     assert corpus_wer([reference], [joined_text(finals)]) <= 0.3
 
