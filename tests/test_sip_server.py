@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -68,8 +69,9 @@ def handler() -> RecordingHandler:
 
 
 @contextlib.asynccontextmanager
-async def serving(handler: RecordingHandler) -> AsyncIterator[SipServer]:
-    server = SipServer(handler, SipServerConfig(host="127.0.0.1", port=0, timers=FAST_TIMERS))
+async def serving(handler: RecordingHandler, **options: Any) -> AsyncIterator[SipServer]:
+    """A server on 127.0.0.1 with fast timers; `options` are further `SipServerConfig` fields."""
+    server = SipServer(handler, SipServerConfig(host="127.0.0.1", port=0, timers=FAST_TIMERS, **options))
     await server.start()
     try:
         yield server
@@ -109,14 +111,22 @@ class SippRun:
 
 
 async def run_sipp(
-    server: SipServer, tmp_path: Path, *, scenario: str = "uac", transport: str = "u1", calls: int = 1, extra: tuple[str, ...] = (), timeout_s: int = 15
+    server: SipServer,
+    tmp_path: Path,
+    *,
+    scenario: str = "uac",
+    transport: str = "u1",
+    calls: int = 1,
+    extra: tuple[str, ...] = (),
+    timeout_s: int = 15,
+    local_ip: str = "127.0.0.1",
 ) -> SippRun:
-    """Run one SIPp UAC to completion (bounded), always killing it on the way out."""
+    """Run one SIPp UAC from `local_ip` to completion (bounded), always killing it on the way out."""
     assert SIPP is not None
     source = ["-sn", scenario] if scenario in ("uac",) else ["-sf", str(SCENARIOS / scenario)]
     message_file = tmp_path / f"sipp-{time.monotonic_ns()}.msg"
     command = [
-        SIPP, f"127.0.0.1:{server.port}", *source, "-i", "127.0.0.1", "-p", str(free_port()), "-mp", str(free_port()),
+        SIPP, f"127.0.0.1:{server.port}", *source, "-i", local_ip, "-p", str(free_port()), "-mp", str(free_port()),
         "-t", transport, "-m", str(calls), "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
         "-trace_msg", "-message_file", str(message_file), *extra,
     ]  # fmt: skip

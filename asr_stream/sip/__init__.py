@@ -17,6 +17,7 @@ from asr_stream.sip.call import (
     Party,
     SipReject,
 )
+from asr_stream.sip.digest import DigestAuthConfig, DigestCredential
 from asr_stream.sip.server import SipServer, SipServerConfig, SipStats
 from asr_stream.sip.transaction import SipTimers
 from asr_stream.sip.transport import TransportLimits
@@ -26,6 +27,8 @@ __all__ = [
     "CallHandler",
     "Channel",
     "Codec",
+    "DigestAuthConfig",
+    "DigestCredential",
     "EndReason",
     "LocalMedia",
     "MediaAnswer",

@@ -10,7 +10,7 @@ cannot address a response to (no usable Via) must be dropped, anything else gets
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from aiosipua import SipMessage, SipRequest, SipResponse, generate_tag
 
@@ -18,7 +18,10 @@ REASONS: dict[int, str] = {
     100: "Trying",
     200: "OK",
     400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
     405: "Method Not Allowed",
+    407: "Proxy Authentication Required",
     415: "Unsupported Media Type",
     481: "Call/Transaction Does Not Exist",
     482: "Loop Detected",
@@ -91,7 +94,7 @@ def build_response(
     reason: str | None = None,
     *,
     to_tag: str | None = None,
-    headers: Mapping[str, str] | None = None,
+    headers: Mapping[str, str | Sequence[str]] | None = None,
     body: bytes = b"",
     content_type: str | None = None,
 ) -> SipResponse:
@@ -99,6 +102,7 @@ def build_response(
 
     `to_tag` is added to To unless the request already carries one (in-dialog requests); a
     final response outside a dialog needs some tag, so one is generated if none is given.
+    A sequence value in `headers` becomes one header line per item (several digest challenges).
     """
     response = SipResponse(status_code=status, reason_phrase=reason or REASONS.get(status, ""))
     for via in request.headers.get("via"):
@@ -113,7 +117,11 @@ def build_response(
             to += f";tag={to_tag or generate_tag()}"
         response.headers.set_single("To", to)
     for name, value in (headers or {}).items():
-        response.headers.set_single(name, value)
+        if isinstance(value, str):
+            response.headers.set_single(name, value)
+        else:
+            for item in value:
+                response.headers.append(name, item)
     if content_type is not None:
         response.headers.set_single("Content-Type", content_type)
     response.body = body

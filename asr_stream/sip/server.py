@@ -31,6 +31,11 @@ What the server does by itself (RFC 3261/3264/7866): 100 Trying; 2xx retransmiss
 the same response; CANCEL -> 200 + 487; BYE -> 200; OPTIONS -> 200; other methods -> 405 with
 Allow; unparseable requests -> 400 when a response can be addressed, otherwise dropped and
 counted in `stats`; offers without a usable audio codec -> 488.
+
+Access control (docs/security.md, "SIP"): with `allowed_sources` set, requests from other
+addresses get 403 (nothing else: no transaction, no handler) and TCP connections from them are
+closed at accept; with `auth` set, the listed methods need digest credentials (401/407 first).
+Both run before any handler, and before a request can take any server state.
 """
 
 from __future__ import annotations
@@ -42,14 +47,16 @@ import ipaddress
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aiosipua import Dialog, SipRequest, SipResponse, create_dialog_from_request, parse_address, parse_uri, parse_via
 from aiosipua.dialog import dialog_matches, remote_cseq_valid
 
+from asr_stream.sip.access import SourceFilter
 from asr_stream.sip.call import Call, CallHandler, EndReason, LocalMedia, SipReject
+from asr_stream.sip.digest import DigestAuthConfig, DigestAuthenticator, Verdict
 from asr_stream.sip.message import MalformedMessage, build_response, parse
 from asr_stream.sip.offer import Offer, UnsupportedBody, describe_call, read_offer, restrict_to
 from asr_stream.sip.sdp import NotAcceptable, SdpOrigin, build_answer
@@ -75,6 +82,8 @@ class SipServerConfig:
     timers: SipTimers = SipTimers()
     limits: TransportLimits = TransportLimits()
     user_agent: str = "asr-stream"
+    allowed_sources: tuple[str, ...] = ()  # CIDRs (IPv4/IPv6) that may send SIP; empty: anyone
+    auth: DigestAuthConfig | None = None  # digest-challenge these requests; None: no authentication
 
 
 @dataclass
@@ -87,6 +96,8 @@ class SipStats:
     calls_answered: int = 0
     calls_rejected: Counter[int] = field(default_factory=Counter)  # status -> count
     calls_ended: Counter[str] = field(default_factory=Counter)  # EndReason -> count
+    forbidden_sources: int = 0  # messages and TCP connections from outside `allowed_sources`
+    auth: Counter[str] = field(default_factory=Counter)  # digest `Verdict` -> count
 
 
 @dataclass
@@ -114,7 +125,11 @@ class SipServer:
     def __init__(self, handler: CallHandler, config: SipServerConfig = SipServerConfig()) -> None:
         self._handler = handler
         self._config = config
-        self._transports = SipTransports(config.host, config.port, self._on_bytes, self._count_drop, config.limits)
+        self._sources = SourceFilter(config.allowed_sources)
+        self._auth = DigestAuthenticator(config.auth) if config.auth is not None else None
+        self._transports = SipTransports(
+            config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source
+        )
         self._transactions = ServerTransactions(config.timers)
         self._sessions: dict[str, _Session] = {}
         self._bye_retransmissions: dict[str, asyncio.Task[None]] = {}  # by Via branch
@@ -172,8 +187,17 @@ class SipServer:
     def _count_drop(self, reason: str) -> None:
         self.stats.dropped[reason] += 1
 
+    def _admit_source(self, host: str) -> bool:
+        if self._sources.allows(host):
+            return True
+        self.stats.forbidden_sources += 1
+        return False
+
     def _on_bytes(self, data: bytes, peer: Peer) -> None:
         self.stats.received += 1
+        if peer.transport == "udp" and not self._admit_source(peer.address[0]):
+            self._forbid(data, peer)
+            return
         try:
             message = parse(data)
         except MalformedMessage as exc:
@@ -191,6 +215,18 @@ class SipServer:
         except Exception:  # a bug must cost one message, never the server
             log.exception("SIP message from %s could not be handled", peer.address)
             self._count_drop("internal_error")
+
+    def _forbid(self, data: bytes, peer: Peer) -> None:
+        """403 to a request from outside the allow-list, statelessly; anything else is dropped.
+
+        No transaction is kept, so an outsider's traffic costs no memory; an ACK is never answered.
+        """
+        try:
+            message = parse(data)
+        except MalformedMessage:
+            return
+        if isinstance(message, SipRequest) and message.method != "ACK":
+            self._send(build_response(message, 403, "Forbidden (source not allowed)"), peer)
 
     def _on_response(self, response: SipResponse) -> None:
         """The only requests we send are BYEs: any response ends their retransmission."""
@@ -214,6 +250,8 @@ class SipServer:
                 self._transports.send(existing.last_response, peer)
             return
         transaction = self._transactions.create(key, request, peer)
+        if not self._authenticated(transaction):
+            return
         to_tag = parse_address(request.headers.get_first("to") or "").tag
         if request.method == "INVITE" and to_tag is None:
             self._spawn(self._new_call(request, peer, transaction))
@@ -227,6 +265,27 @@ class SipServer:
             self._respond(transaction, 200, headers={"Allow": ALLOW, "Accept": ACCEPTED_BODIES})
         else:
             self._respond(transaction, 405, headers={"Allow": ALLOW})
+
+    def _authenticated(self, transaction: ServerTransaction) -> bool:
+        """Whether the request may be served; if not, it has been challenged (401/407).
+
+        A wrong password gets a fresh challenge, not 403: RFC 7235 §3.1 makes a 401 to a request
+        with credentials mean "these credentials were refused", and UACs stop retrying on it.
+        """
+        request = transaction.request
+        if self._auth is None or request.method not in self._auth.config.methods:
+            return True
+        header_values = request.headers.get(self._auth.credentials_header.lower())
+        result = self._auth.verify(request.method, header_values)
+        self.stats.auth[result.verdict] += 1
+        if result.verdict == Verdict.OK:
+            return True
+        if result.verdict in (Verdict.FAILED, Verdict.REPLAYED):
+            peer = transaction.peer.address[0]
+            log.warning("SIP %s from %s: digest %s for user %r", request.method, peer, result.verdict, result.username)
+        challenges = self._auth.challenges(stale=result.verdict in (Verdict.STALE, Verdict.REPLAYED))
+        self._respond(transaction, self._auth.status, headers={self._auth.challenge_header: challenges})
+        return False
 
     def _on_ack(self, request: SipRequest) -> None:
         """ACK of a 2xx belongs to the dialog; ACK of an error response to the INVITE transaction."""
@@ -444,7 +503,7 @@ class SipServer:
         status: int,
         reason: str | None = None,
         *,
-        headers: Mapping[str, str] | None = None,
+        headers: Mapping[str, str | Sequence[str]] | None = None,
         to_tag: str | None = None,
     ) -> None:
         """Answer within a transaction; a final error to an INVITE is repeated until its ACK."""

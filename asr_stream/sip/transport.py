@@ -40,17 +40,21 @@ class TransportLimits:
 
 MessageSink = Callable[[bytes, Peer], None]
 DropSink = Callable[[str], None]
+SourceCheck = Callable[[str], bool]  # peer host -> may it connect
 
 
 class SipTransports:
     """A UDP socket and a TCP listener on the same host and port."""
 
-    def __init__(self, host: str, port: int, on_message: MessageSink, on_drop: DropSink, limits: TransportLimits) -> None:
+    def __init__(
+        self, host: str, port: int, on_message: MessageSink, on_drop: DropSink, limits: TransportLimits, admit: SourceCheck
+    ) -> None:
         self._host = host
         self._port = port
         self._on_message = on_message
         self._on_drop = on_drop
         self._limits = limits
+        self._admit = admit
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
         self._tcp_writers: dict[tuple[str, int], asyncio.StreamWriter] = {}
@@ -128,6 +132,9 @@ class SipTransports:
     async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peername = writer.get_extra_info("peername")
         address = (str(peername[0]), int(peername[1]))
+        if not self._admit(address[0]):  # before reading a byte: an outsider gets nothing but a close
+            writer.close()
+            return
         if len(self._tcp_writers) >= self._limits.max_tcp_connections:
             self._on_drop("tcp_connection_limit")
             writer.close()
