@@ -17,9 +17,10 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP) system-packages
 
-# SIPp (Debian `sip-tester`) is the real SIP peer the tests and the demo use.
+# SIPp (Debian `sip-tester`) is the real SIP peer the tests and the demo use; Chromium renders
+# the agent-assist page in the browser test.
 system-packages:
-	@command -v sipp >/dev/null || { apt-get update -qq && apt-get install -y -qq sip-tester; }
+	@command -v sipp >/dev/null && command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq sip-tester chromium; }
 
 models: setup
 	$(BIN)/asr-stream models prepare $(MODEL)

@@ -7,7 +7,6 @@ imports that module lazily, so `asr-stream --help` stays fast and light.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Sequence
 
@@ -59,8 +58,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     from asr_stream.config import load_config
     from asr_stream.daemon import serve
+    from asr_stream.logs import configure_logging
 
-    return asyncio.run(serve(load_config(args.config)))
+    config = load_config(args.config)
+    configure_logging(json_lines=args.log_format != "text", known_secrets=_secrets_of(config.raw))
+    return asyncio.run(serve(config))
+
+
+def _secrets_of(config: dict) -> list[str]:
+    """Values the log redaction must never let through: the HTTP token and Kafka credentials."""
+    secrets = [config["http"].get("auth_token")]
+    secrets += [value for key, value in config["kafka"].get("security", {}).items() if "password" in key or "key" in key]
+    return [str(value) for value in secrets if value]
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -129,6 +138,7 @@ def _engines_use(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr-stream", description=__doc__.splitlines()[0])
     parser.add_argument("--engines-dir", default="engines", help="where exported graphs and built engines live")
+    parser.add_argument("--log-format", choices=("json", "text"), default=None, help="default: json for serve, text otherwise")
     commands = parser.add_subparsers(dest="command", required=True)
 
     transcribe = commands.add_parser("transcribe", help="transcribe audio files offline")
@@ -201,7 +211,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from asr_stream.logs import configure_logging
+
+    configure_logging(json_lines=args.log_format == "json")
     return int(args.handler(args) or 0)
 
 

@@ -57,7 +57,17 @@ SCHEMA: dict[str, Any] = {
                 "playout_delay_ms": {"type": "integer", "minimum": 0, "maximum": 1000},
             },
         },
-        "http": {"type": "object", "additionalProperties": False, "properties": {"listen": _HOSTPORT}},
+        "http": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "listen": _HOSTPORT,
+                "auth_token": {"type": "string", "description": "bearer token for the page and WebSockets (set it from the environment)"},
+                "require_auth": {"type": ["boolean", "null"], "description": "null: required unless listening on loopback"},
+                "max_websockets": {"type": "integer", "minimum": 1},
+                "max_request_bytes": {"type": "integer", "minimum": 1024},
+            },
+        },
         "kafka": {
             "type": "object",
             "additionalProperties": False,
@@ -94,7 +104,7 @@ SCHEMA: dict[str, Any] = {
 DEFAULTS: dict[str, Any] = {
     "sip": {"listen": "0.0.0.0:5060", "max_calls": 200, "retry_after_s": 5},
     "rtp": {"port_range": [20000, 20999], "bind": "0.0.0.0", "latching": True, "timeout_s": 30, "playout_delay_ms": 60},
-    "http": {"listen": "127.0.0.1:8080"},
+    "http": {"listen": "127.0.0.1:8080", "require_auth": None},
     "kafka": {
         "bootstrap_servers": "127.0.0.1:9092",
         "topic": "asr.transcripts",

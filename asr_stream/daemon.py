@@ -22,6 +22,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from asr_stream import http_api
 from asr_stream.audio.ingest import CallEnded as IngestCallEnded
 from asr_stream.audio.ingest import CallStarted as IngestCallStarted
 from asr_stream.audio.ingest import ChannelAudio, IngestConfig, TelephonyIngest
@@ -29,8 +30,10 @@ from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.config import Config, split_hostport
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.metrics import DaemonMetrics
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
+from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.sip.call import Call
 from asr_stream.sip.call import EndReason as SipEndReason
 from asr_stream.sip.server import SipServerConfig
@@ -59,7 +62,8 @@ def channel_name(label: str) -> str:
 class _LiveCall:
     call: Call
     started_at: float
-    transcribers: list[ChannelTranscriber]
+    channels: tuple[ChannelAudio, ...]
+    transcribers: list[ChannelTranscriber] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -68,7 +72,9 @@ class Daemon:
 
     def __init__(self, config: Config, publish_hooks: tuple[Callable[[events.TranscriptEvent], None], ...] = ()) -> None:
         self.config = config
-        self._publish_hooks = publish_hooks
+        self.metrics = DaemonMetrics()
+        self.hub = LiveFeedHub()
+        self._publish_hooks = (self.hub.publish, self.metrics.observe_event, *publish_hooks)
         self._calls: dict[str, _LiveCall] = {}
         self._stopping = False
         self._stopped = asyncio.Event()
@@ -85,7 +91,7 @@ class Daemon:
         self.model = await asyncio.to_thread(self._load_model)
         sched = cfg.scheduler
         self.scheduler = BatchScheduler(
-            self.model.transcribe_batch,
+            self.metrics.timed_batch(self.model.transcribe_batch),
             max_batch=min(sched["max_batch"], self.model.max_batch),
             max_wait_s=sched["max_wait_ms"] / 1000,
             max_queue=sched["max_queue"],
@@ -104,6 +110,10 @@ class Daemon:
             )
         )
         self.kafka.start()
+        self.metrics.watch_scheduler(self.scheduler)
+        self.metrics.watch_kafka(self.kafka)
+        self.metrics.watch_livefeed(self.hub)
+        self.metrics.watch_rtp(lambda: [audio.receiver.stats() for live in self._calls.values() for audio in live.channels])
         await self._start_http()
         self.ingest = TelephonyIngest(self._ingest_config(), admit=self._admit)
         await self.ingest.start()
@@ -128,6 +138,7 @@ class Daemon:
             await self.scheduler.stop()
         if self.kafka is not None:
             await self.kafka.close(timeout_s=deadline_s / 2)
+        self.hub.close()
         if self._http is not None:
             await self._http.cleanup()
         self._stopped.set()
@@ -173,15 +184,15 @@ class Daemon:
         return None
 
     async def _start_http(self) -> None:
-        app = web.Application()
-        async def healthz(request: web.Request) -> web.Response:
-            return web.json_response({"status": "ok"})
-
-        app.router.add_get("/healthz", healthz)
-        self._http = web.AppRunner(app)
-        await self._http.setup()
-        host, port = split_hostport(self.config.http["listen"])
-        await web.TCPSite(self._http, host, port).start()
+        """Health, readiness, metrics, the live feed and the agent-assist page (docs/operations.md)."""
+        checks = {
+            "model_loaded": lambda: self.model is not None,
+            "sip_listening": lambda: self.ingest is not None and not self._stopping,
+            "kafka_delivering_or_spooling": lambda: self.kafka is not None and self.kafka.alive,
+        }
+        settings = http_api.HttpSettings.from_config(self.config.http)
+        app = http_api.create_app(self.hub, self.metrics.registry, checks, settings)
+        self._http = await http_api.start_server(app, self.config.http["listen"])
 
     # -- events ----------------------------------------------------------------------------
     def publish(self, event: events.TranscriptEvent) -> None:
@@ -229,7 +240,7 @@ class Daemon:
         )
         labels = Labels(call_id=call.call_id, model=self.config.model, engine=self.config.backend)
         segmenter_config = SegmenterConfig(**self.config.segmenter)
-        live = _LiveCall(call, time.monotonic(), [])
+        live = _LiveCall(call, time.monotonic(), channels)
         for audio in channels:
             transcriber = ChannelTranscriber(
                 labels=labels,
@@ -258,6 +269,8 @@ class Daemon:
                 final_segments=sum(t.finals_emitted for t in live.transcribers),
             )
         )
+        for audio in live.channels:
+            self.metrics.channel_closed(audio.receiver.stats())
         self._calls.pop(live.call.call_id, None)
 
 

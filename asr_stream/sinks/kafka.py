@@ -127,6 +127,11 @@ class KafkaSink:
     def start(self) -> None:
         self._thread.start()
 
+    @property
+    def alive(self) -> bool:
+        """Delivering or spooling: the sink's thread runs and the spool has room (for /readyz)."""
+        return self._thread.is_alive() and not self._spool_full_logged  # set while the spool refuses events
+
     def publish(self, event: TranscriptEvent) -> None:
         """Hand an event over for delivery; never blocks the calling (event loop) thread."""
         item = _Outgoing(SpoolRecord(event.call_id.encode(), event.to_json()), isinstance(event, SegmentPartial))
