@@ -169,11 +169,13 @@ def test_prehashed_ha1_works_for_its_algorithm_only() -> None:
         {"methods": ("INVITE", "ACK")},
         {"nonce_ttl_s": 0},
         {"users": {"bob": DigestCredential()}},
+        {"realm": 'asr"test'},
+        {"realm": ""},
     ],
 )
 def test_unusable_auth_config_is_refused(options: dict[str, object]) -> None:
     with pytest.raises(ValueError):
-        DigestAuthConfig(realm=REALM, **options)  # type: ignore[arg-type]
+        DigestAuthConfig(**{"realm": REALM, **options})  # type: ignore[arg-type]
 
 
 def test_config_repr_shows_no_secret() -> None:

@@ -83,6 +83,8 @@ class DigestAuthConfig:
     max_tracked_nonces: int = 10_000  # nonces in use at once; beyond it the oldest turn stale
 
     def __post_init__(self) -> None:
+        if not self.realm or any(c in self.realm for c in '"\\\r\n'):
+            raise ValueError("the digest realm must be non-empty text without quotes, backslashes or line breaks")
         unknown = [a for a in self.algorithms if a not in ALGORITHMS]
         if not self.algorithms or unknown:
             raise ValueError(f"digest algorithms must be some of {', '.join(ALGORITHMS)}, not {unknown or 'none'}")

@@ -35,7 +35,8 @@ counted in `stats`; offers without a usable audio codec -> 488.
 Access control (docs/security.md, "SIP"): with `allowed_sources` set, requests from other
 addresses get 403 (nothing else: no transaction, no handler) and TCP connections from them are
 closed at accept; with `auth` set, the listed methods need digest credentials (401/407 first).
-Both run before any handler, and before a request can take any server state.
+Both run before any handler. An outsider's request leaves no state behind; a challenged one
+keeps only its transaction, to repeat the 401 to retransmissions and until its ACK.
 """
 
 from __future__ import annotations
