@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,9 @@ from scipy.signal import correlate
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.ingest import AudioFrame, CallEnded, CallStarted, IngestConfig, TelephonyIngest
 from asr_stream.audio.resample import resample
-from asr_stream.audio.wavfile import load_audio
-from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
 from asr_stream.sip.call import EndReason
 from asr_stream.sip.server import SipServerConfig
+from asr_stream.sipp import run_sipp, telephone_pcm, write_call
 
 SIPP = shutil.which("sipp")
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
@@ -34,81 +31,13 @@ CLIP = "en_librivox_sense_and_sensibility_01_austen_64kb-0880"
 
 pytestmark = [pytest.mark.skipif(SIPP is None, reason="SIPp (Debian sip-tester) is not installed"), pytest.mark.timeout(120)]
 
-# A UAC that streams one G.711 file once, then hangs up. Generated per test because SIPp's
-# rtp_stream attribute takes a literal path (no [keyword] substitution).
-SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
-<scenario name="stream speech">
-  <send retrans="500"><![CDATA[
-
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=user1 53655765 1 IN IP[local_ip_type] [local_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [rtpstream_audio_port] RTP/AVP {payload_type}
-      a=rtpmap:{payload_type} {encoding}/8000
-      a=sendrecv
-
-  ]]></send>
-  <recv response="100" optional="true"/>
-  <recv response="200"/>
-  <send><![CDATA[
-
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <nop><action><exec rtp_stream="{audio_file},1,{payload_type}"/></action></nop>
-  <pause milliseconds="{pause_ms}"/>
-  <send retrans="500"><![CDATA[
-
-      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <recv response="200" crlf="true"/>
-</scenario>
-"""
-
-ENCODINGS = {0: ("PCMU", ulaw_encode), 8: ("PCMA", alaw_encode)}
+CODECS = {0: "PCMU", 8: "PCMA"}
 
 
 def speech_8k(seconds: float | None = None) -> np.ndarray:
     """The shared clip at 8 kHz int16, cut to whole 20 ms packets."""
-    audio, _ = load_audio(SPEECH / "wav16k" / f"{CLIP}.wav")
-    pcm = np.round(resample(audio[0], 16000, 8000) * 32767).astype(np.int16)
-    if seconds is not None:
-        pcm = pcm[: round(seconds * 8000)]
-    return pcm[: len(pcm) // 160 * 160]
-
-
-def free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    pcm = telephone_pcm(SPEECH / "wav16k" / f"{CLIP}.wav")
+    return pcm if seconds is None else pcm[: round(seconds * 8000) // 160 * 160]
 
 
 @contextlib.asynccontextmanager
@@ -129,35 +58,16 @@ async def ingest() -> AsyncIterator[TelephonyIngest]:
         yield ingest
 
 
-async def run_sipp(ingest: TelephonyIngest, tmp_path: Path, *scenario: str, calls: int = 1, timeout_s: int = 60) -> tuple[int, str]:
-    """Run SIPp with `calls` simultaneous calls; bounded, always reaped. (exit code, output + message trace)."""
-    assert SIPP is not None
-    trace = tmp_path / f"sipp-{time.monotonic_ns()}.msg"
-    command = [
-        SIPP, f"127.0.0.1:{ingest.sip.port}", *scenario, "-i", "127.0.0.1", "-p", str(free_udp_port()),
-        "-mi", "127.0.0.1", "-mp", str(free_udp_port()), "-m", str(calls), "-l", str(calls), "-r", str(calls),
-        "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error", "-trace_msg", "-message_file", str(trace),
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s + 10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    messages = trace.read_text(errors="replace") if trace.exists() else ""
-    return process.returncode or 0, output.decode(errors="replace") + messages
+async def sipp(ingest: TelephonyIngest, tmp_path: Path, *scenario: str, calls: int = 1, timeout_s: int = 60) -> tuple[int, str]:
+    """SIPp against the ingest's SIP port: (exit code, output + message trace)."""
+    result = await run_sipp(f"127.0.0.1:{ingest.sip.port}", list(scenario), tmp_path, calls=calls, timeout_s=timeout_s)
+    return result.returncode, result.log
 
 
 async def stream_speech(ingest: TelephonyIngest, tmp_path: Path, pcm: np.ndarray, payload_type: int, calls: int = 1) -> None:
     """SIPp calls that each stream `pcm` once as G.711 RTP, then hang up; all must succeed."""
-    encoding, encode = ENCODINGS[payload_type]
-    audio_file = tmp_path / f"speech.{encoding.lower()}"
-    audio_file.write_bytes(encode(pcm))
-    scenario = tmp_path / f"stream_{encoding}.xml"
-    pause_ms = round(1000 * len(pcm) / 8000) + 600
-    scenario.write_text(SCENARIO.format(payload_type=payload_type, encoding=encoding, audio_file=audio_file, pause_ms=pause_ms))
-    returncode, log = await run_sipp(ingest, tmp_path, "-sf", str(scenario), calls=calls)
+    scenario = write_call(pcm, tmp_path, CODECS[payload_type])
+    returncode, log = await sipp(ingest, tmp_path, "-sf", str(scenario), calls=calls)
     assert returncode == 0, log[-3000:]
 
 
@@ -224,10 +134,10 @@ async def test_fifty_simultaneous_calls_are_all_decoded(ingest, tmp_path):
 async def test_a_call_without_media_is_hung_up_for_rtp_timeout(tmp_path):
     async with running(rtp_timeout_s=0.5) as ingest:
         events = ingest.events()
-        sipp = asyncio.create_task(run_sipp(ingest, tmp_path, "-sn", "uac", "-d", "2000", timeout_s=6))
+        caller = asyncio.create_task(sipp(ingest, tmp_path, "-sn", "uac", "-d", "2000", timeout_s=6))
         started = await asyncio.wait_for(anext(events), 5)
         ended = await asyncio.wait_for(anext(events), 5)
-        await sipp  # SIPp's built-in UAC did not expect our BYE; only our side is under test
+        await caller  # SIPp's built-in UAC did not expect our BYE; only our side is under test
     assert isinstance(started, CallStarted) and isinstance(ended, CallEnded)
     assert ended.reason == EndReason.RTP_TIMEOUT
     assert [frame async for frame in started.channels[0].frames()] == []
@@ -241,7 +151,7 @@ async def test_admission_hook_refuses_calls_with_503_and_retry_after(tmp_path):
         return 7
 
     async with running(admit=admit) as ingest:
-        returncode, log = await run_sipp(ingest, tmp_path, "-sn", "uac", timeout_s=5)
+        returncode, log = await sipp(ingest, tmp_path, "-sn", "uac", timeout_s=5)
         assert ingest.sip.stats.calls_rejected[503] == 1
     assert returncode != 0 and len(offered) == 1
     assert "SIP/2.0 503" in log and "Retry-After: 7" in log
@@ -250,11 +160,11 @@ async def test_admission_hook_refuses_calls_with_503_and_retry_after(tmp_path):
 async def test_stopping_ends_live_calls_with_reason_shutdown(tmp_path):
     async with running() as ingest:
         events = ingest.events()
-        sipp = asyncio.create_task(run_sipp(ingest, tmp_path, "-sn", "uac", "-d", "1000", timeout_s=4))
+        caller = asyncio.create_task(sipp(ingest, tmp_path, "-sn", "uac", "-d", "1000", timeout_s=4))
         started = await asyncio.wait_for(anext(events), 5)
         await ingest.stop()
         ended = await asyncio.wait_for(anext(events), 5)
-        await sipp
+        await caller
     assert isinstance(started, CallStarted) and isinstance(ended, CallEnded)
     assert ended.reason == EndReason.SHUTDOWN
     assert [frame async for frame in started.channels[0].frames()] == []  # the channel's stream has ended
