@@ -177,15 +177,19 @@ class WhisperDecoder:
             tokens = chosen.astype(np.int64)[:, None]
         return [(output, float(total) / (len(output) + 1)) for output, total in zip(outputs, logprob_sums)]
 
-    def decode(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0) -> list[Hypothesis]:
-        """Decode B encoded windows (cross_kv's batch axis) in the given languages, with the loop guard."""
+    def decode(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0, temperatures: Sequence[float] = FALLBACK_TEMPERATURES) -> list[Hypothesis]:
+        """Decode B encoded windows (cross_kv's batch axis) in the given languages, with the loop guard.
+
+        `temperatures` are the guard's sampling retries; () returns the greedy result as it is, for
+        a caller with a better remedy (the runner retries a short window with the full one).
+        """
         rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
         language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
         prompts = np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
         rng = np.random.default_rng(seed)
         results = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, rng), languages)]
-        retry = [row for row, hypothesis in enumerate(results) if self._broken(hypothesis, audio_seconds[row])]
-        for temperature in FALLBACK_TEMPERATURES:
+        retry = [row for row, hypothesis in enumerate(results) if self.is_broken(hypothesis, audio_seconds[row])]
+        for temperature in temperatures:
             if not retry:
                 break
             rows = np.array(retry)
@@ -193,12 +197,13 @@ class WhisperDecoder:
             still_broken = []
             for row, (tokens, logprob) in zip(retry, attempts):
                 hypothesis = Hypothesis(tokens, languages[row], logprob, temperature)
-                if self._broken(hypothesis, audio_seconds[row]):
+                if self.is_broken(hypothesis, audio_seconds[row]):
                     still_broken.append(row)
                 else:
                     results[row] = hypothesis
             retry = still_broken
         return results
 
-    def _broken(self, hypothesis: Hypothesis, audio_seconds: float) -> bool:
+    def is_broken(self, hypothesis: Hypothesis, audio_seconds: float) -> bool:
+        """`looks_broken` on a hypothesis's text: the loop guard's trigger."""
         return looks_broken(self.tokenizer.decode(hypothesis.tokens), len(hypothesis.tokens), audio_seconds)
