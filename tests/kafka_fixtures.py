@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -66,13 +66,21 @@ def topic_name() -> str:
     return f"transcripts-{uuid.uuid4().hex[:8]}"
 
 
-def consume_all(bootstrap_servers: str, topic: str, expected: int, timeout_s: float = 20.0) -> list[ConsumerRecord]:
-    """Read a topic from the beginning until `expected` records arrived or the time is up.
+def consume_all(
+    bootstrap_servers: str,
+    topic: str,
+    expected: int = 0,
+    timeout_s: float = 20.0,
+    done: Callable[[list[ConsumerRecord]], bool] | None = None,
+) -> list[ConsumerRecord]:
+    """Read a topic from the beginning until `expected` records arrived (or `done(records)` holds)
+    or the time is up.
 
     Partitions are assigned by hand (no consumer group): Tansu's group join is slow and its
-    describe_groups fails, and a test has no use for either. Reading a little past `expected`
+    describe_groups fails, and a test has no use for either. Reading a little past the end
     lets a duplicate show up instead of hiding behind the count.
     """
+    finished = done or (lambda records: len(records) >= expected)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, request_timeout_ms=5000)
     try:
         deadline = time.monotonic() + timeout_s
@@ -88,7 +96,7 @@ def consume_all(bootstrap_servers: str, topic: str, expected: int, timeout_s: fl
         while time.monotonic() < min(deadline, settle_until):
             for batch in consumer.poll(timeout_ms=200).values():
                 records.extend(batch)
-            if len(records) >= expected and settle_until == float("inf"):
+            if finished(records) and settle_until == float("inf"):
                 settle_until = time.monotonic() + 0.5
         return records
     finally:

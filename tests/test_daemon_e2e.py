@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -22,8 +21,7 @@ import numpy as np
 import pytest
 import soundfile
 import yaml
-from kafka import KafkaConsumer, TopicPartition
-from kafka_fixtures import durable_kafka_broker, kafka_broker, topic_name  # noqa: F401 (fixtures)
+from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401 (fixtures)
 
 from asr_stream.config import load_config
 from asr_stream.daemon import Daemon
@@ -67,28 +65,13 @@ async def running_daemon(tmp_path: Path, bootstrap: str, topic: str, publish_hoo
 
 
 def consume_calls(bootstrap: str, topic: str, calls: int, timeout_s: float = 60) -> list[dict]:
-    """Every event of the topic until `calls` call.ended arrived, each checked against the schema.
+    """Every event of the topic until `calls` call.ended arrived, each checked against the schema."""
 
-    Reads a little past the last call.ended so that a duplicate would show instead of hiding.
-    """
+    def all_ended(records) -> bool:
+        return sum(json.loads(record.value)["event"] == "call.ended" for record in records) >= calls
+
+    events = [json.loads(record.value) for record in consume_all(bootstrap, topic, timeout_s=timeout_s, done=all_ended)]
     schema = load_schema()
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=5000)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while not (partitions := consumer.partitions_for_topic(topic)) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert partitions, f"topic {topic} never appeared"
-        consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-        consumer.seek_to_beginning()
-        events: list[dict] = []
-        settle_until = float("inf")
-        while time.monotonic() < min(deadline, settle_until):
-            for batch in consumer.poll(timeout_ms=200).values():
-                events.extend(json.loads(record.value) for record in batch)
-            if sum(e["event"] == "call.ended" for e in events) >= calls and settle_until == float("inf"):
-                settle_until = time.monotonic() + 1.0
-    finally:
-        consumer.close()
     for event in events:
         jsonschema.validate(event, schema)
     return events
