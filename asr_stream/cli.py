@@ -66,8 +66,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _secrets_of(config: dict) -> list[str]:
-    """Values the log redaction must never let through: the HTTP token and Kafka credentials."""
+    """Values the log redaction must never let through: HTTP token, SIP credentials, Kafka credentials."""
     secrets = [config["http"].get("auth_token")]
+    for user in config["sip"].get("auth", {}).get("users", {}).values():
+        secrets += [user.get("password"), *user.get("ha1", {}).values()]
     secrets += [value for key, value in config["kafka"].get("security", {}).items() if "password" in key or "key" in key]
     return [str(value) for value in secrets if value]
 

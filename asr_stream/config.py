@@ -30,6 +30,40 @@ _HOSTPORT = {"type": "string", "pattern": r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+
 _PORT = {"type": "integer", "minimum": 1, "maximum": 65535}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 
+_HEX64 = {"type": "string", "pattern": "^[0-9a-fA-F]{64}$"}
+_SIP_AUTH = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["realm", "users"],
+    "description": "SIP digest authentication (RFC 7616/8760); absent: off",
+    "properties": {
+        "realm": {"type": "string", "minLength": 1, "pattern": r'^[^"\\\r\n]+$'},
+        "methods": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": ["INVITE", "BYE", "OPTIONS"]}},
+        "algorithms": {"type": "array", "minItems": 1, "uniqueItems": True, "items": {"enum": ["SHA-256", "SHA-512-256", "MD5"]}},
+        "proxy": {"type": "boolean"},
+        "nonce_ttl_s": _POSITIVE,
+        "max_tracked_nonces": {"type": "integer", "minimum": 1},
+        "users": {
+            "type": "object",
+            "minProperties": 1,
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "minProperties": 1,
+                "properties": {
+                    "password": {"type": "string", "minLength": 1},
+                    "ha1": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "minProperties": 1,
+                        "properties": {"SHA-256": _HEX64, "SHA-512-256": _HEX64, "MD5": {"type": "string", "pattern": "^[0-9a-fA-F]{32}$"}},
+                    },
+                },
+            },
+        },
+    },
+}
+
 SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "type": "object",
@@ -44,6 +78,13 @@ SCHEMA: dict[str, Any] = {
                 "advertised_address": {"type": "string", "description": "address put in SDP c= lines (defaults to the listen host)"},
                 "max_calls": {"type": "integer", "minimum": 1},
                 "retry_after_s": {"type": "integer", "minimum": 1},
+                "allowed_sources": {
+                    "type": "array",
+                    "uniqueItems": True,
+                    "items": {"type": "string", "pattern": r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"},
+                    "description": "CIDRs allowed to send SIP; empty: all (docs/security.md)",
+                },
+                "auth": _SIP_AUTH,
             },
         },
         "rtp": {
@@ -102,7 +143,7 @@ SCHEMA: dict[str, Any] = {
 }
 
 DEFAULTS: dict[str, Any] = {
-    "sip": {"listen": "0.0.0.0:5060", "max_calls": 200, "retry_after_s": 5},
+    "sip": {"listen": "0.0.0.0:5060", "max_calls": 200, "retry_after_s": 5, "allowed_sources": []},
     "rtp": {"port_range": [20000, 20999], "bind": "0.0.0.0", "latching": True, "timeout_s": 30, "playout_delay_ms": 60},
     "http": {"listen": "127.0.0.1:8080", "require_auth": None},
     "kafka": {

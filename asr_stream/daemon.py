@@ -34,6 +34,7 @@ from asr_stream.metrics import DaemonMetrics
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
+from asr_stream.sip import DigestAuthConfig, DigestCredential
 from asr_stream.sip.call import Call
 from asr_stream.sip.call import EndReason as SipEndReason
 from asr_stream.sip.server import SipServerConfig
@@ -51,6 +52,15 @@ END_REASONS: dict[SipEndReason, events.EndReason] = {
     SipEndReason.ACK_TIMEOUT: events.EndReason.ERROR,
     SipEndReason.SHUTDOWN: events.EndReason.SHUTDOWN,
 }
+
+
+def digest_auth(auth: dict | None) -> DigestAuthConfig | None:
+    """The config's `sip.auth` section as the SIP server takes it (defaults live in DigestAuthConfig)."""
+    if auth is None:
+        return None
+    users = {name: DigestCredential(password=user.get("password"), ha1=user.get("ha1", {})) for name, user in auth["users"].items()}
+    options = {key: tuple(value) if isinstance(value, list) else value for key, value in auth.items() if key not in ("realm", "users")}
+    return DigestAuthConfig(realm=auth["realm"], users=users, **options)
 
 
 def channel_name(label: str) -> str:
@@ -166,6 +176,8 @@ class Daemon:
                 advertised_address=self.config.sip.get("advertised_address"),
                 max_calls=self.config.sip["max_calls"],
                 retry_after_s=self.config.sip["retry_after_s"],
+                allowed_sources=tuple(self.config.sip["allowed_sources"]),
+                auth=digest_auth(self.config.sip.get("auth")),
             ),
             rtp_host=rtp["bind"],
             rtp_port_min=rtp["port_range"][0],
