@@ -179,3 +179,127 @@ async def test_streamed_speech_arrives_on_the_call_timeline_and_delete_ends_the_
     # halfway through scores 0.80 on the same audio; a correctly filled 20 ms gap, 0.948.
     assert similarity >= 0.9, similarity
 
+
+
+async def test_the_sender_closing_its_peer_connection_ends_the_call() -> None:
+    ingest = WhipIngest(WhipConfig())
+    events = ingest.events()
+    track = ClipTrack(load_mono(CLIP)[: SAMPLE_RATE // 2])
+    async with serving(ingest) as base, aiohttp.ClientSession() as http, sending_peer(track) as pc:
+        response = await post_offer(http, base, pc.localDescription.sdp)
+        await pc.setRemoteDescription(RTCSessionDescription(await response.text(), "answer"))
+        started = await next_event(events)
+        assert isinstance(started, CallStarted)
+        await asyncio.wait_for(track.finished.wait(), EVENT_TIMEOUT_S)
+        await pc.close()  # sends RTCP BYE
+        ended = await next_event(events)
+        assert isinstance(ended, CallEnded)
+        assert (ended.call, ended.reason) == (started.call, EndReason.BYE)
+        assert ingest.active_sessions == 0
+
+
+async def test_a_session_without_audio_times_out_and_its_frames_end_empty() -> None:
+    ingest = WhipIngest(WhipConfig(inactivity_timeout_s=0.3))
+    events = ingest.events()
+    async with serving(ingest) as base, aiohttp.ClientSession() as http, sending_peer() as pc:
+        response = await post_offer(http, base, pc.localDescription.sdp)
+        assert response.status == 201  # the client never applies the answer: ICE never connects
+        started = await next_event(events)
+        assert isinstance(started, CallStarted)
+        ended = await next_event(events)
+        assert isinstance(ended, CallEnded)
+        assert (ended.call, ended.reason) == (started.call, EndReason.RTP_TIMEOUT)
+        assert [frame async for frame in started.channels[0].frames()] == []
+
+
+async def test_g711_is_accepted_when_the_offer_has_no_opus() -> None:
+    ingest = WhipIngest(WhipConfig())
+    events = ingest.events()
+    async with serving(ingest) as base, aiohttp.ClientSession() as http, sending_peer() as pc:
+        offer = without_codecs(pc.localDescription.sdp, {"opus", "G722"})
+        response = await post_offer(http, base, offer)
+        assert response.status == 201, await response.text()
+        started = await next_event(events)
+        assert isinstance(started, CallStarted)
+        codec = started.channels[0].channel.codec
+        assert (codec.name, codec.payload_type, codec.clock_rate, codec.channels) == ("PCMU", 0, 8000, 1)
+        answered = [line for line in (await response.text()).splitlines() if line.startswith("a=rtpmap:")]
+        assert answered == ["a=rtpmap:0 PCMU/8000"]  # exactly the codec the Call reports
+
+
+def without_codecs(sdp: str, names: set[str]) -> str:
+    """`sdp` with the payload types of `names` removed from its m-line and rtpmaps."""
+    dropped = {
+        line.split()[0].removeprefix("a=rtpmap:")
+        for line in sdp.splitlines()
+        if line.startswith("a=rtpmap:") and line.split()[1].split("/")[0] in names
+    }
+    kept = []
+    for line in sdp.splitlines():
+        if line.startswith("m=audio"):
+            line = " ".join(word for i, word in enumerate(line.split()) if i < 3 or word not in dropped)
+        elif line.startswith(("a=rtpmap:", "a=fmtp:")) and line.split()[0].split(":")[1] in dropped:
+            continue
+        kept.append(line)
+    return "\r\n".join(kept) + "\r\n"
+
+
+async def test_bad_requests_are_refused_with_the_matching_status() -> None:
+    ingest = WhipIngest(WhipConfig(max_offer_bytes=8 * 1024))
+    async with serving(ingest) as base, aiohttp.ClientSession() as http, sending_peer() as pc:
+        offer = pc.localDescription.sdp
+        video = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        video.addTransceiver("video", direction="recvonly")
+        await video.setLocalDescription(await video.createOffer())
+        await video.close()
+        no_ice = "\r\n".join(line for line in offer.splitlines() if not line.startswith("a=ice-"))
+        cases = [  # (body, status, what the response must say)
+            ("hello", 400, "v=0"),
+            (video.localDescription.sdp, 400, "exactly one audio m-line, got ['video']"),
+            (without_codecs(offer, {"opus", "PCMU", "PCMA"}), 400, "no decodable codec"),
+            (no_ice, 400, "ICE username fragment or password is missing"),
+            (offer + "a=x-padding:" + "x" * 8 * 1024 + "\r\n", 413, "8192"),
+        ]
+        for body, status, reason in cases:
+            response = await post_offer(http, base, body)
+            assert (response.status, reason in await response.text()) == (status, True), await response.text()
+        async with http.post(f"{base}/v1/whip", data=offer, headers={**AUTH, "Content-Type": "text/plain"}) as response:
+            assert response.status == 415
+        async with http.post(f"{base}/v1/whip", data=offer, headers={"Content-Type": SDP}) as response:
+            assert response.status == 401  # the feed's bearer token guards WHIP too
+        async with http.delete(f"{base}/v1/whip/no-such-session", headers=AUTH) as response:
+            assert response.status == 404
+        async with http.patch(f"{base}/v1/whip/no-such-session", data="a=candidate", headers=AUTH) as response:
+            assert response.status == 405  # no trickle ICE, no ICE restart
+        assert ingest.active_sessions == 0
+
+
+async def test_refused_admission_and_full_capacity_answer_503_with_retry_after() -> None:
+    offered: list[Call] = []
+
+    def admit(call: Call) -> int | None:
+        offered.append(call)
+        return 7 if len(offered) == 1 else None
+
+    ingest = WhipIngest(WhipConfig(max_sessions=1, retry_after_s=3), admit=admit)
+    events = ingest.events()
+    async with serving(ingest) as base, aiohttp.ClientSession() as http, sending_peer() as pc:
+        offer = pc.localDescription.sdp
+        refused = await post_offer(http, base, offer)
+        assert (refused.status, refused.headers["Retry-After"]) == (503, "7")
+        assert offered[0].channels[0].codec.name == "opus"  # the hook sees the call it refuses
+        assert ingest.active_sessions == 0
+
+        admitted = await post_offer(http, base, offer)
+        assert admitted.status == 201
+        full = await post_offer(http, base, offer)
+        assert (full.status, full.headers["Retry-After"]) == (503, "3")
+        async with http.delete(f"{base}{admitted.headers['Location']}", headers=AUTH) as response:
+            assert response.status == 200
+        assert (await post_offer(http, base, offer)).status == 201  # the slot is free again
+
+        kinds = [type(await next_event(events)) for _ in range(3)]
+        assert kinds == [CallStarted, CallEnded, CallStarted]  # refusals emit nothing
+        await ingest.stop()
+        shutdown = await next_event(events)
+        assert isinstance(shutdown, CallEnded) and shutdown.reason == EndReason.SHUTDOWN
