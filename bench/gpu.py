@@ -7,9 +7,10 @@ Three parts, each bounded in time so that the whole fits one 10-minute device ca
     offline   audio-seconds per second and latency per batch vs batch size, ours (fp16, CUDA graphs)
               and HF WhisperForConditionalGeneration (fp16, batched greedy `generate`, our CT2
               weights mapped into its state dict) on the same log-mel windows in the same run
-    channels  N simulated call channels replay real speech in real time; at each end of speech a
-              final goes through BatchScheduler; the largest N whose p95 end-of-speech -> final
-              latency stays <= 400 ms, and GPU memory per engine and per channel
+    channels  N simulated call channels replay real speech in real time; every second of speech a
+              partial of the open segment and at each end of speech a final go through
+              BatchScheduler, as the daemon sends them; the largest N whose p95 end-of-speech ->
+              final latency stays <= 400 ms, and GPU memory per engine and per channel
 
     python bench/gpu.py --speech /tmp/speech --out $OUT/gpu.json parity offline channels
 
@@ -40,12 +41,13 @@ from asr_stream.audio.features import log_mel_spectrogram
 from asr_stream.inference.models import PreparedModel, load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.profiles import load_profile
-from asr_stream.inference.scheduler import BatchScheduler, Priority
+from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
 from asr_stream.inference.torch_backend import TorchWhisper
 from asr_stream.inference.whisper.runner import WhisperRunner
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
 
 FINAL_P95_LIMIT_S = 0.4
+PARTIAL_EVERY_S = 1  # the daemon's partial interval while a segment is open
 
 
 @dataclass(frozen=True)
@@ -231,28 +233,59 @@ def offline(model: Model, clips: list[Clip], batches: Sequence[int], budget_s: f
     return rows
 
 
-async def simulate(backend: TorchWhisper, model: Model, clips: list[Clip], channels: int, seconds: float, max_batch: int) -> dict[str, object]:
-    """N channels speak clips in real time with 0.5-2 s pauses; each end of speech submits a final."""
+def partial_mels(clips: Sequence[Clip]) -> dict[tuple[int, int], np.ndarray]:
+    """(clip, whole seconds spoken) -> the 30 s log-mel of the open segment so far, as a partial sees it."""
+    return {(index, spoken): log_mel_spectrogram(clip.audio[: spoken * 16000]) for index, clip in enumerate(clips) for spoken in range(PARTIAL_EVERY_S, int(clip.seconds) + 1, PARTIAL_EVERY_S)}
+
+
+def percentile_ms(sorted_seconds: Sequence[float], share: float) -> float | None:
+    return round(1000 * sorted_seconds[int(share * (len(sorted_seconds) - 1))], 1) if sorted_seconds else None
+
+
+async def simulate(backend: TorchWhisper, model: Model, clips: list[Clip], partials: dict[tuple[int, int], np.ndarray], channels: int, seconds: float, max_batch: int) -> dict[str, object]:
+    """N channels speak clips in real time with 0.5-2 s pauses; every second of speech submits a
+    partial of the open segment (not awaited: speech goes on), each end of speech a final.
+
+    A payload is (clip, seconds spoken) for a partial and (clip, 0) for the final's whole clip.
+    """
     prompts = model.prompts(clips)
 
-    def run_batch(payloads: Sequence[int]) -> list[list[int]]:
-        index = list(payloads)
-        return backend.transcribe(np.stack([clips[i].mel for i in index]), prompts[index])
+    def run_batch(payloads: Sequence[tuple[int, int]]) -> list[list[int]]:
+        index = [clip for clip, _ in payloads]
+        mels = [partials[payload] if payload[1] else clips[payload[0]].mel for payload in payloads]
+        return backend.transcribe(np.stack(mels), prompts[index])
 
     scheduler: BatchScheduler[int, list[int]] = BatchScheduler(run_batch, max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S)
     await scheduler.start()
     latencies: list[float] = []
+    partial_latencies: list[float] = []
+    partials_sent = [0]
     audio_done = [0.0]
     end = time.monotonic() + seconds
     rng = random.Random(channels)
+    pending: set[asyncio.Task[None]] = set()
+
+    async def partial(number: int, clip_index: int, spoken: int) -> None:
+        submitted = time.monotonic()
+        try:
+            await scheduler.submit(number, (clip_index, spoken), Priority.PARTIAL)
+            partial_latencies.append(time.monotonic() - submitted)
+        except Shed:
+            pass  # superseded by the channel's next partial, or shed to protect the finals
 
     async def channel(number: int) -> None:
         await asyncio.sleep(rng.uniform(0, 3.0))  # calls do not all start speaking together
         clip_index = rng.randrange(len(clips))
         while time.monotonic() < end:
-            await asyncio.sleep(clips[clip_index].seconds)  # the caller speaks
+            for spoken in range(PARTIAL_EVERY_S, int(clips[clip_index].seconds) + 1, PARTIAL_EVERY_S):
+                await asyncio.sleep(PARTIAL_EVERY_S)  # the caller speaks
+                task = asyncio.create_task(partial(number, clip_index, spoken))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
+                partials_sent[0] += 1
+            await asyncio.sleep(clips[clip_index].seconds % PARTIAL_EVERY_S)  # the rest of the utterance
             submitted = time.monotonic()
-            await scheduler.submit((number, clip_index), clip_index, Priority.FINAL)
+            await scheduler.submit((number, clip_index), (clip_index, 0), Priority.FINAL)
             latencies.append(time.monotonic() - submitted)
             audio_done[0] += clips[clip_index].seconds
             await asyncio.sleep(rng.uniform(0.5, 2.0))  # a pause before the next utterance
@@ -261,14 +294,19 @@ async def simulate(backend: TorchWhisper, model: Model, clips: list[Clip], chann
     started = time.monotonic()
     await asyncio.gather(*(channel(n) for n in range(channels)))
     elapsed = time.monotonic() - started
+    await asyncio.gather(*pending)
     await scheduler.stop()
     latencies.sort()
+    partial_latencies.sort()
     return {
         "channels": channels,
         "finals": len(latencies),
-        "p50_ms": round(1000 * latencies[len(latencies) // 2], 1) if latencies else None,
-        "p95_ms": round(1000 * latencies[int(0.95 * (len(latencies) - 1))], 1) if latencies else None,
-        "max_ms": round(1000 * latencies[-1], 1) if latencies else None,
+        "p50_ms": percentile_ms(latencies, 0.5),
+        "p95_ms": percentile_ms(latencies, 0.95),
+        "max_ms": percentile_ms(latencies, 1.0),
+        "partials_sent": partials_sent[0],
+        "partials_served": len(partial_latencies),
+        "partial_p95_ms": percentile_ms(partial_latencies, 0.95),
         "mean_batch": round(scheduler.stats.items / max(scheduler.stats.batches, 1), 1),
         "audio_s_per_s": round(audio_done[0] / elapsed, 1),
         "gpu_reserved_mib": round(torch.cuda.max_memory_reserved() / 2**20),
@@ -277,12 +315,13 @@ async def simulate(backend: TorchWhisper, model: Model, clips: list[Clip], chann
 
 def channels_search(model: Model, clips: list[Clip], levels: Sequence[int], seconds: float) -> dict[str, object]:
     backend = model.ours(torch.float16)
+    partials = partial_mels(clips)
     torch.cuda.synchronize()
     engine_mib = torch.cuda.memory_reserved() / 2**20
     results = []
     for level in levels:
         torch.cuda.reset_peak_memory_stats()
-        result = asyncio.run(simulate(backend, model, clips, level, seconds, backend.buckets.batch[-1]))
+        result = asyncio.run(simulate(backend, model, clips, partials, level, seconds, backend.buckets.batch[-1]))
         print(json.dumps(result), flush=True)
         results.append(result)
         if result["p95_ms"] is None or result["p95_ms"] > 1000 * FINAL_P95_LIMIT_S:

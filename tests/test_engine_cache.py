@@ -19,6 +19,7 @@ from asr_stream.inference.engine_cache import (
     build_key,
     check_compatible,
     format_builds,
+    fp16_graph,
     list_builds,
     precision_flags,
     trt_directory,
@@ -106,8 +107,15 @@ def test_precision_flags_follow_what_the_library_offers() -> None:
     assert precision_flags(full, "fp32") == [] and precision_flags(rtx, "fp32") == []
     assert precision_flags(full, "fp16") == ["fp16-flag"]
     assert precision_flags(full, "int8") == ["int8-flag", "fp16-flag"]
-    with pytest.raises(EngineCacheError, match="tensorrt_rtx 1.7.1.116 has no FP16 builder flag"):
-        precision_flags(rtx, "fp16")
+    assert precision_flags(rtx, "fp16") == []  # strongly typed: the fp16 graph carries the precision
+    with pytest.raises(EngineCacheError, match="tensorrt_rtx 1.7.1.116 builds strongly typed networks only: int8 needs Q/DQ nodes"):
+        precision_flags(rtx, "int8")
+
+
+def test_retyped_builds_have_their_own_key() -> None:
+    """An fp16 build from a retyped graph must not share a key with one from the flag (or an older retyping)."""
+    profile = load_profile(PROFILE, "latency")
+    assert build_key("whisper-tiny.en", profile, DIGESTS, H100) != build_key("whisper-tiny.en", profile, DIGESTS, H100, retyped=True)
 
 
 def test_calibration_batches_and_cache_round_trip(tmp_path: Path) -> None:
@@ -118,3 +126,20 @@ def test_calibration_batches_and_cache_round_trip(tmp_path: Path) -> None:
     assert batches.next_batch() is None
     batches.write_cache(b"TRT-table")
     assert batches.read_cache() == b"TRT-table"
+
+
+def test_fp16_graph_is_fp16_typed_and_close_to_fp32(engines_dir: Path, tmp_path: Path) -> None:
+    """A strongly typed builder runs each layer in the graph's types: no fp32 tensor may be left."""
+    import onnx
+    import onnxruntime
+
+    source = engines_dir / "whisper-tiny.en" / "encoder.onnx"
+    typed = onnx.load(str(fp16_graph(source, tmp_path / "encoder.fp16.onnx")))
+    values = [*typed.graph.input, *typed.graph.output, *typed.graph.value_info]
+    float_types = {value.type.tensor_type.elem_type for value in values} | {tensor.data_type for tensor in typed.graph.initializer}
+    assert onnx.TensorProto.FLOAT16 in float_types and onnx.TensorProto.FLOAT not in float_types
+    mel = np.random.default_rng(0).uniform(-1.0, 1.5, (1, 80, 3000)).astype(np.float32)
+    [reference] = onnxruntime.InferenceSession(str(source)).run(None, {"mel": mel})
+    [half] = onnxruntime.InferenceSession(str(tmp_path / "encoder.fp16.onnx")).run(None, {"mel": mel.astype(np.float16)})
+    assert half.dtype == np.float16
+    assert np.linalg.norm(half.astype(np.float32) - reference) / np.linalg.norm(reference) < 5e-3

@@ -17,6 +17,13 @@ Layout::
 
 TensorRT (`tensorrt`, >= 10) or TensorRT-RTX (`tensorrt_rtx`, the same builder API) is imported
 only when building or loading, whichever is installed.
+
+Precision: full TensorRT builds the exported fp32 graph with the FP16 (or INT8) builder flag.
+TensorRT-RTX has no precision flags: its networks are strongly typed, each layer runs in the type
+the graph gives it. So an fp16 build there parses an fp16-typed copy of the exported graph, derived
+at build time (`fp16_graph`) rather than exported by `models prepare`: the copy is a pure function
+of the fp32 graph, needs no weights or torch, and preparing stays CPU-only and as fast as before.
+The manifest keeps the sha256 of the exported graph it came from, so loading checks it as usual.
 """
 
 from __future__ import annotations
@@ -42,6 +49,8 @@ MANIFEST = "manifest.json"
 ACTIVE = "active"
 PLAN_SUFFIX = ".plan"
 MANIFEST_FORMAT = 1
+# Bump when `fp16_graph` would write a different graph: it is part of the key of strongly typed fp16 builds.
+FP16_RETYPE_VERSION = 1
 
 
 class EngineCacheError(RuntimeError):
@@ -99,8 +108,9 @@ class BuildRecord:
         return cls(**data)
 
 
-def build_key(model: str, profile: ModelProfile, graph_digests: Mapping[str, str], platform: Platform) -> str:
-    """16 hex digits naming a build: model, variant's shapes and settings, each ONNX sha256, the platform."""
+def build_key(model: str, profile: ModelProfile, graph_digests: Mapping[str, str], platform: Platform, retyped: bool = False) -> str:
+    """16 hex digits naming a build: model, variant's shapes and settings, each ONNX sha256, the platform,
+    and, when the builder parsed fp16-typed copies (`retyped`), the version of that conversion."""
     material = {
         "model": model,
         "variant": profile.variant,
@@ -108,6 +118,8 @@ def build_key(model: str, profile: ModelProfile, graph_digests: Mapping[str, str
         "graphs": {graph: {"onnx": digest, "profile": profile.digest(graph)} for graph, digest in sorted(graph_digests.items())},
         "platform": asdict(platform),
     }
+    if retyped:
+        material["fp16_retype"] = FP16_RETYPE_VERSION
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -204,20 +216,40 @@ def current_platform(trt: ModuleType, device: int = 0) -> Platform:
     )
 
 
+def strongly_typed(trt: ModuleType) -> bool:
+    """True for TensorRT-RTX (no FP16 builder flag): a network runs in the types its graph declares."""
+    return not hasattr(trt.BuilderFlag, "FP16")
+
+
 def precision_flags(trt: ModuleType, precision: Precision) -> list[object]:
     """Builder flags for `precision`, or EngineCacheError when this TensorRT cannot honour it.
 
-    TensorRT-RTX has no FP16/INT8 flags: its networks are strongly typed, so a graph runs in the
-    types it was exported with (fp32 here) and fp16 needs an fp16 graph. Refusing says so, where
-    silently building fp32 would mislabel the engine.
+    Under a strongly typed builder fp16 needs no flag (the builder parses `fp16_graph`'s copy), and
+    int8 is refused: TensorRT-RTX quantizes only graphs that carry Q/DQ nodes (explicit
+    quantization), which our export does not write, and it has no calibrator API to derive scales.
+    Refusing says so, where silently building fp32 would mislabel the engine.
     """
-    if precision == "fp32":
+    if precision == "fp32" or (precision == "fp16" and strongly_typed(trt)):
         return []
+    if strongly_typed(trt):
+        raise EngineCacheError(f"{trt.__name__} {trt.__version__} builds strongly typed networks only: int8 needs Q/DQ nodes in the graph, which the export does not write, and there is no calibrator; build fp16 or fp32")
     wanted = {"fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]
-    missing = [name for name in wanted if not hasattr(trt.BuilderFlag, name)]
-    if missing:
-        raise EngineCacheError(f"{trt.__name__} {trt.__version__} has no {'/'.join(missing)} builder flag (strongly typed networks only): build fp32, or export a graph already typed in {precision}")
     return [getattr(trt.BuilderFlag, name) for name in wanted]
+
+
+def fp16_graph(source: Path, target: Path) -> Path:
+    """Write an fp16-typed copy of the fp32 ONNX graph `source` to `target`, for strongly typed builders.
+
+    Every float tensor becomes fp16, graph inputs and outputs included: the TensorRT backend takes
+    its buffer types from the engine, and fp16 halves the cross-attention K/V that the decoder reads
+    every step. Constants beyond fp16's range (the attention mask's -inf) are clamped to +-65504,
+    which the softmax still turns into zero weight.
+    """
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    onnx.save(convert_float_to_float16(onnx.load(str(source)), keep_io_types=False), str(target))
+    return target
 
 
 def build_serialized(trt: ModuleType, graph: Path, inputs: Mapping[str, ShapeRange], profile: ModelProfile, calibrator: object | None = None) -> bytes:
@@ -328,7 +360,7 @@ def build_engines(model: str, profile: ModelProfile, engines_dir: str | Path = "
             raise EngineCacheError(f"{path} does not exist: run `asr-stream models prepare {model}` first")
         check_against_graph(profile, graph, onnx_input_shapes(path))
     digests = {graph: sha256_of([path]) for graph, path in graphs.items()}
-    key = build_key(model, profile, digests, platform)
+    key = build_key(model, profile, digests, platform, retyped=_retyped(trt, profile))
     root = trt_directory(engines_dir, model)
     existing = next((record for record in list_builds(engines_dir, model) if record.key == key), None)
     if existing is None:
@@ -336,6 +368,11 @@ def build_engines(model: str, profile: ModelProfile, engines_dir: str | Path = "
     if activate:
         _write_active(root, key)
     return existing
+
+
+def _retyped(trt: ModuleType, profile: ModelProfile) -> bool:
+    """Whether this build parses fp16-typed copies of the graphs instead of the exported fp32 ones."""
+    return profile.precision == "fp16" and strongly_typed(trt)
 
 
 def _build_new(trt: ModuleType, model: str, profile: ModelProfile, graphs: Mapping[str, Path], digests: Mapping[str, str], platform: Platform, key: str, root: Path, calibration: Mapping[str, CalibrationBatches]) -> BuildRecord:
@@ -348,9 +385,12 @@ def _build_new(trt: ModuleType, model: str, profile: ModelProfile, graphs: Mappi
         for graph, path in graphs.items():
             batches = calibration.get(graph)
             calibrator = entropy_calibrator(trt, batches) if batches else None
+            parsed = fp16_graph(path, staging / f"{Path(graph).stem}.fp16.onnx") if _retyped(trt, profile) else path
             started = time.perf_counter()
-            plan = build_serialized(trt, path, profile.inputs(graph), profile, calibrator)
+            plan = build_serialized(trt, parsed, profile.inputs(graph), profile, calibrator)
             seconds = time.perf_counter() - started
+            if parsed != path:
+                parsed.unlink()  # derived again by any later build: a build directory holds plans only
             plan_name = Path(graph).stem + PLAN_SUFFIX
             (staging / plan_name).write_bytes(plan)
             built[graph] = GraphBuild(onnx_sha256=digests[graph], profile_sha256=profile.digest(graph), plan=plan_name, plan_bytes=len(plan), build_seconds=round(seconds, 2))

@@ -20,6 +20,11 @@ from asr_stream.inference.whisper.model import Whisper
 
 ONNX_OPSET = 18
 
+# The version of the graphs this code writes. Bump it with every change to model.py or this file
+# that changes an exported graph (its ops or numerics): `models prepare` records it, so graphs
+# exported by older code are not reused. 2: attention through F.scaled_dot_product_attention.
+EXPORT_VERSION = 2
+
 
 class EncoderGraph(nn.Module):
     """mel -> every decoder layer's cross-attention K/V, so the decoder never sees raw audio features."""

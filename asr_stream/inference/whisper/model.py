@@ -5,8 +5,10 @@ and cross-attention K/V computed once by the encoder graph, and every reshape mu
 runtime shapes (B, T, H, D) so that the TensorRT builder can honour dynamic batch and length
 profiles (the legacy exporter baked `nn.MultiheadAttention`'s batch size into a Reshape).
 
-Numerics follow CTranslate2 (the weights' source format and the tests' oracle): the query alone
-is scaled by 1/sqrt(head_dim), GELU is exact, LayerNorm eps is 1e-5.
+Numerics follow CTranslate2 (the weights' source format and the tests' oracle): scores are scaled
+by 1/sqrt(head_dim), GELU is exact, LayerNorm eps is 1e-5. CTranslate2 scales the query alone;
+SDPA (and its ONNX decomposition) scales q and k by the square root each: the rounding differs,
+and the oracle test checks that no token does.
 
 Cache layout (axis 2 is the batch in both; 2 = key, value):
     cross_kv  [n_text_layer, 2, B, n_text_head, audio frames / 2, head_dim]
@@ -43,11 +45,16 @@ def merge_heads(x: Tensor) -> Tensor:
 
 
 def attend(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Scaled dot-product attention on [B, H, T, D] tensors; `mask` is True where attention is forbidden."""
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)
-    if mask is not None:
-        scores = scores.masked_fill(mask, float("-inf"))
-    return merge_heads(scores.softmax(dim=-1) @ v)
+    """Scaled dot-product attention on [B, H, T, D] tensors; `mask` is True where attention is forbidden.
+
+    Through F.scaled_dot_product_attention so that CUDA runs a fused kernel (flash / memory-efficient:
+    the encoder's 1500x1500 score matrix is never written to memory) where an explicit
+    matmul-softmax-matmul made the encoder dominate large batches. SDPA's boolean mask means the
+    opposite (True = may attend), hence the inversion. The ONNX exporter (opset 18) decomposes it
+    into MatMul/Softmax with the mask as an additive -inf term, which TensorRT fuses itself.
+    """
+    allowed = None if mask is None else ~mask
+    return merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=allowed))
 
 
 class MultiHeadAttention(nn.Module):
