@@ -13,8 +13,8 @@ The daemon consumes it exactly like `TelephonyIngest`:
 
 A session is a call whose id is the WHIP session id. It starts (CallStarted) when the offer is
 answered and ends (CallEnded, exactly once) on: terminate() = HTTP DELETE (reason BYE, or the
-caller's), the peer ending its track or sending RTCP BYE (BYE), ICE/DTLS failure or no audio for
-`inactivity_timeout_s` (RTP_TIMEOUT), or stop() (SHUTDOWN).
+caller's), the peer closing its connection, which sends RTCP BYE (BYE), ICE/DTLS failure or no
+audio for `inactivity_timeout_s` (RTP_TIMEOUT), or stop() (SHUTDOWN).
 
 Signalling is non-trickle: aiortc gathers every local candidate inside setLocalDescription,
 so the answer returned by offer() is complete and WHIP's PATCH (trickle, ICE restart) is not
@@ -88,7 +88,7 @@ class _Session:
     call: Call
     pc: RTCPeerConnection
     audio: WebRtcChannelAudio
-    receiver: asyncio.Task[None] | None = None
+    receiver: asyncio.Task[None]  # feeds `audio` from the track; ends the session when the track does
 
 
 class WhipIngest:
@@ -129,14 +129,17 @@ class WhipIngest:
             pc, track = await self._answer(sdp_offer, call.channels[0].codec)
         finally:
             self._opening -= 1
+        if self._stopped:  # stop() ran while this offer was being answered
+            await pc.close()
+            raise SessionRefused(self.config.retry_after_s, "WHIP ingest is stopping")
         audio = WebRtcChannelAudio(
             call,
             call.channels[0],
             max_queued_frames=self.config.max_queued_frames,
             max_gap_s=self.config.inactivity_timeout_s,
         )
-        session = self._sessions[session_id] = _Session(call, pc, audio)
-        session.receiver = asyncio.create_task(self._receive(session, track), name=f"whip-{session_id}")
+        receiver = asyncio.create_task(self._receive(session_id, audio, track), name=f"whip-{session_id}")
+        self._sessions[session_id] = _Session(call, pc, audio, receiver)
 
         @pc.on("connectionstatechange")
         async def on_connection_state() -> None:
@@ -155,7 +158,7 @@ class WhipIngest:
         session = self._sessions.pop(session_id, None)
         if session is None:
             return False
-        if session.receiver is not None and session.receiver is not asyncio.current_task():
+        if session.receiver is not asyncio.current_task():
             session.receiver.cancel()
             await asyncio.gather(session.receiver, return_exceptions=True)
         await session.pc.close()
@@ -195,17 +198,17 @@ class WhipIngest:
         assert track is not None  # setRemoteDescription creates it for a sendonly/sendrecv m-line
         return pc, track
 
-    async def _receive(self, session: _Session, track: MediaStreamTrack) -> None:
+    async def _receive(self, session_id: str, audio: WebRtcChannelAudio, track: MediaStreamTrack) -> None:
         """Feed decoded frames to the channel until the track ends or stays silent too long."""
         try:
             while True:
                 frame = await asyncio.wait_for(track.recv(), self.config.inactivity_timeout_s)
-                session.audio.push(frame)  # type: ignore[arg-type]  # an audio track yields av.AudioFrame
-        except MediaStreamError:  # RTCP BYE from the sender, or its connection closed
+                audio.push(frame)  # type: ignore[arg-type]  # an audio track yields av.AudioFrame
+        except MediaStreamError:  # the sender's RTCP BYE ended the track
             reason = EndReason.BYE
         except TimeoutError:
             reason = EndReason.RTP_TIMEOUT
-        await self.terminate(session.call.call_id, reason)
+        await self.terminate(session_id, reason)
 
 
 def _describe_call(session_id: str, sdp_offer: str, peer: tuple[str, int]) -> Call:
