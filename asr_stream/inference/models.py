@@ -124,6 +124,8 @@ def model_source(name: str) -> WeightSource:
 
 def _source_record(name: str, source: WeightSource) -> dict:
     """The manifest's `source` section: what the graphs were made from (compared to skip work)."""
+    from asr_stream.inference.whisper.export import EXPORT_VERSION  # needs torch: exporting only
+
     weights = [packaged.locate() for packaged in source.weights]
     distributions = sorted({packaged.distribution for packaged in (*source.weights, source.config, source.tokenizer)})
     return {
@@ -131,7 +133,8 @@ def _source_record(name: str, source: WeightSource) -> dict:
         "packages": {dist: importlib.metadata.version(dist) for dist in distributions},
         "weights": [packaged.path for packaged in source.weights],
         "weights_sha256": sha256_of(weights),
-        "exporter": {"torch": importlib.metadata.version("torch"), "onnx": importlib.metadata.version("onnx")},
+        # The exporting code's own version too: graphs from an older model.py/export.py are redone.
+        "exporter": {"torch": importlib.metadata.version("torch"), "onnx": importlib.metadata.version("onnx"), "code": EXPORT_VERSION},
     }
 
 
