@@ -61,23 +61,14 @@ def _serve(args: argparse.Namespace) -> int:
     from asr_stream.logs import configure_logging
 
     config = load_config(args.config)
-    configure_logging(json_lines=args.log_format != "text", known_secrets=_secrets_of(config.raw))
+    configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
     return asyncio.run(serve(config))
-
-
-def _secrets_of(config: dict) -> list[str]:
-    """Values the log redaction must never let through: HTTP token, SIP credentials, Kafka credentials."""
-    secrets = [config["http"].get("auth_token")]
-    for user in config["sip"].get("auth", {}).get("users", {}).values():
-        secrets += [user.get("password"), *user.get("ha1", {}).values()]
-    secrets += [value for key, value in config["kafka"].get("security", {}).items() if "password" in key or "key" in key]
-    return [str(value) for value in secrets if value]
 
 
 def _run(args: argparse.Namespace) -> int:
     from asr_stream.local_run import run_local
 
-    return run_local(args.config)
+    return run_local(args.config, json_logs=args.log_format == "json")
 
 
 def _config_check(args: argparse.Namespace) -> int:
@@ -215,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from asr_stream.logs import configure_logging
 
-    configure_logging(json_lines=args.log_format == "json")
+    # Offline commands log warnings only (the ONNX exporter is chatty); the daemon logs more.
+    configure_logging("WARNING", json_lines=args.log_format == "json")
     return int(args.handler(args) or 0)
 
 

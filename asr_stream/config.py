@@ -229,6 +229,14 @@ class Config:
     raw: dict[str, Any]
     source: str = "<defaults>"
 
+    def secrets(self) -> list[str]:
+        """Values logs must never show: the HTTP token, SIP credentials, Kafka credentials."""
+        values = [self.raw["http"].get("auth_token")]
+        for user in self.raw["sip"].get("auth", {}).get("users", {}).values():
+            values += [user.get("password"), *user.get("ha1", {}).values()]
+        values += [value for key, value in self.raw["kafka"]["security"].items() if "password" in key or "key" in key]
+        return [str(value) for value in values if value]
+
     def __getattr__(self, section: str) -> Any:
         try:
             return self.raw[section]

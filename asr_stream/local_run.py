@@ -15,6 +15,7 @@ from pathlib import Path
 from asr_stream.config import Config, load_config, split_hostport
 from asr_stream.daemon import Daemon, serve
 from asr_stream.inference.models import prepare_model
+from asr_stream.logs import configure_logging
 from asr_stream.sinks.local_broker import LocalBroker
 
 DEMO_AUDIO = Path("deploy/demo/speech.wav")
@@ -44,9 +45,10 @@ def _banner(config: Config, daemon: Daemon) -> str:
     )
 
 
-def run_local(config_path: str | Path) -> int:
+def run_local(config_path: str | Path, json_logs: bool = False) -> int:
     config = load_config(config_path)
     prepare_model(config.model, engines_dir=config.engines_dir)
+    configure_logging("INFO", json_lines=json_logs, known_secrets=config.secrets())
     broker: LocalBroker | None = None
     if config.kafka["embedded"]:
         host, port = split_hostport(config.kafka["bootstrap_servers"])

@@ -66,3 +66,12 @@ def test_sip_digest_section_becomes_the_servers_auth_settings(tmp_path):
     assert auth is not None and auth.realm == "hotline" and auth.algorithms == ("MD5",) and auth.proxy
     assert auth.users["alice"].password == "s3cret" and "s3cret" not in repr(auth)
     assert digest_auth(None) is None
+
+
+def test_secrets_for_log_redaction_are_collected_from_every_section(tmp_path):
+    path = write(
+        tmp_path,
+        "model: whisper-tiny.en\nhttp: {auth_token: tok}\nsip: {auth: {realm: r, users: {a: {password: pw}}}}\n"
+        "kafka: {security: {security_protocol: SASL_SSL, sasl_plain_password: kpw}}\n",
+    )
+    assert sorted(load_config(path, environ={}).secrets()) == ["kpw", "pw", "tok"]
