@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 import aiohttp
 import av
 import numpy as np
-import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from prometheus_client import CollectorRegistry
@@ -119,8 +118,9 @@ async def received_at_least(captured: list[AudioFrame], n_samples: int) -> None:
 
 
 def speech_band(x: np.ndarray) -> np.ndarray:
-    """Above 100 Hz: Opus in VoIP mode (aiortc's and browsers') high-passes there, and this clip
-    has 17 % of its energy in rumble below 100 Hz, which alone drops the raw correlation to 0.85."""
+    """Above 100 Hz. Opus in VoIP mode (aiortc's encoder setting, as in browsers) high-passes the
+    low end, and this clip has 17 % of its energy in rumble below 100 Hz: measured, that alone
+    drops the raw correlation to 0.85 while the speech above it survives at 0.957."""
     return sosfiltfilt(SPEECH_HIGHPASS, x).astype(np.float32)
 
 

@@ -41,8 +41,8 @@ from asr_stream.sip.sdp import InvalidSdp, parse_offer
 
 log = logging.getLogger(__name__)
 
-#: Codecs aiortc can decode, best first, with the only clock rate each is valid with. Opus is
-#: wideband (Whisper hears 8 kHz); G.711 is for a client that offers nothing better.
+#: Codecs aiortc can decode, best first, with the only clock rate each is valid with. Opus carries
+#: the whole 8 kHz band Whisper's 16 kHz input holds; G.711 stops at 4 kHz, a last resort.
 PREFERRED_CODECS = (("opus", 48000), ("PCMU", 8000), ("PCMA", 8000))
 #: What `events()` yields: the same types as `TelephonyIngest` (WHIP has no DTMF).
 WhipEvent = CallStarted | CallEnded
@@ -69,6 +69,7 @@ class WhipConfig:
     inactivity_timeout_s: no decoded audio this long (also: ICE never connecting) ends the session
     gather_timeout_s: bound on ICE gathering; only STUN/TURN servers can make it slow
     max_queued_frames: decoded frames buffered for a slow consumer (500 = 10 s of 20 ms Opus)
+    max_pending_events: CallStarted/CallEnded not yet taken from events(); offers wait beyond it
     ice_servers: STUN/TURN for the daemon's side; empty = host candidates only (aiortc would
         otherwise use a public Google STUN server, unreachable from a call-centre network)
     """
@@ -185,7 +186,7 @@ class WhipIngest:
             await pc.setRemoteDescription(RTCSessionDescription(sdp_offer, "offer"))
             answer = await pc.createAnswer()
             await asyncio.wait_for(pc.setLocalDescription(answer), self.config.gather_timeout_s)
-        except (ValueError, InvalidAccessError, OperationError) as error:  # e.g. no ICE credentials or fingerprint
+        except (ValueError, InvalidAccessError, OperationError) as error:  # e.g. no ICE credentials, no RTCP mux
             await pc.close()
             raise OfferRejected(f"offer not usable for WebRTC: {error}") from error
         except TimeoutError as error:
