@@ -81,8 +81,10 @@ def relative_positions(frames: torch.SymInt | int, d_model: int, device: torch.d
     """Sinusoidal encodings [1, 2T-1, d_model] of relative positions T-1 ... -(T-1) (NeMo's RelPositionalEncoding).
 
     Computed from the runtime length rather than sliced from a table, so the graph has no maximum length.
+    The positions are counted in int64 and then cast: a float `Range` node keeps its float32 type
+    when the graph is retyped to fp16 for a strongly typed TensorRT(-RTX) build, which then fails.
     """
-    positions = torch.arange(frames - 1, -frames, -1, device=device, dtype=torch.float32)[:, None]
+    positions = torch.arange(frames - 1, -frames, -1, device=device).to(torch.float32)[:, None]
     inverse_freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
     angles = positions * inverse_freq
     return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).reshape(1, -1, d_model)
