@@ -98,6 +98,16 @@ SCHEMA: dict[str, Any] = {
                 "playout_delay_ms": {"type": "integer", "minimum": 0, "maximum": 1000},
             },
         },
+        "webrtc": {
+            "type": "object",
+            "additionalProperties": False,
+            "description": "WHIP ingest (POST /v1/whip) for browser softphones and agent microphones",
+            "properties": {
+                "enabled": {"type": "boolean"},
+                "max_sessions": {"type": "integer", "minimum": 1},
+                "inactivity_timeout_s": _POSITIVE,
+            },
+        },
         "http": {
             "type": "object",
             "additionalProperties": False,
@@ -146,6 +156,7 @@ DEFAULTS: dict[str, Any] = {
     "sip": {"listen": "0.0.0.0:5060", "max_calls": 200, "retry_after_s": 5, "allowed_sources": []},
     "rtp": {"port_range": [20000, 20999], "bind": "0.0.0.0", "latching": True, "timeout_s": 30, "playout_delay_ms": 60},
     "http": {"listen": "127.0.0.1:8080", "require_auth": None},
+    "webrtc": {"enabled": True, "max_sessions": 64, "inactivity_timeout_s": 30},
     "kafka": {
         "bootstrap_servers": "127.0.0.1:9092",
         "topic": "asr.transcripts",

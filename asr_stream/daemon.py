@@ -16,13 +16,15 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from asr_stream import http_api
+from asr_stream.audio.whip import WhipConfig, WhipIngest
+from asr_stream.http_whip import whip_routes
 from asr_stream.audio.ingest import CallEnded as IngestCallEnded
 from asr_stream.audio.ingest import CallStarted as IngestCallStarted
 from asr_stream.audio.ingest import ChannelAudio, IngestConfig, TelephonyIngest
@@ -93,6 +95,7 @@ class Daemon:
         self.scheduler: BatchScheduler | None = None
         self.kafka: KafkaSink | None = None
         self.ingest: TelephonyIngest | None = None
+        self.whip: WhipIngest | None = None
         self._http: web.AppRunner | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -123,11 +126,15 @@ class Daemon:
         self.metrics.watch_scheduler(self.scheduler)
         self.metrics.watch_kafka(self.kafka)
         self.metrics.watch_livefeed(self.hub)
-        self.metrics.watch_rtp(lambda: [audio.receiver.stats() for live in self._calls.values() for audio in live.channels])
+        self.metrics.watch_rtp(lambda: [audio.receiver.stats() for audio in self._rtp_channels()])
+        webrtc = cfg.webrtc
+        if webrtc["enabled"]:
+            self.whip = WhipIngest(WhipConfig(max_sessions=webrtc["max_sessions"], inactivity_timeout_s=webrtc["inactivity_timeout_s"]), admit=self._admit)
+            self._tasks.append(asyncio.create_task(self._consume(self.whip.events()), name="whip-events"))
         await self._start_http()
         self.ingest = TelephonyIngest(self._ingest_config(), admit=self._admit)
         await self.ingest.start()
-        self._tasks.append(asyncio.create_task(self._consume_ingest(), name="ingest-events"))
+        self._tasks.append(asyncio.create_task(self._consume(self.ingest.events()), name="ingest-events"))
         log.info("asr-stream ready: SIP %s (port %d), model %s on %s", cfg.sip["listen"], self.ingest.sip.port, cfg.model, cfg.backend)
 
     async def stop(self, deadline_s: float = 20.0) -> None:
@@ -139,6 +146,8 @@ class Daemon:
         if self.ingest is not None:
             self.ingest.sip.set_saturated(self.config.sip["retry_after_s"])
             await self.ingest.stop()
+        if self.whip is not None:
+            await self.whip.stop()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._all_calls_closed(), deadline_s / 2)
         for task in self._tasks:
@@ -204,6 +213,8 @@ class Daemon:
         }
         settings = http_api.HttpSettings.from_config(self.config.http)
         app = http_api.create_app(self.hub, self.metrics.registry, checks, settings)
+        if self.whip is not None:
+            app.router.add_routes(whip_routes(self.whip))
         self._http = await http_api.start_server(app, self.config.http["listen"])
 
     # -- events ----------------------------------------------------------------------------
@@ -217,9 +228,13 @@ class Daemon:
         assert self.model is not None
         return {"call_id": call_id, "model": self.config.model, "engine": self.config.backend, "language": self.model.language}
 
-    async def _consume_ingest(self) -> None:
-        assert self.ingest is not None
-        async for event in self.ingest.events():
+    def _rtp_channels(self) -> list[ChannelAudio]:
+        """Channels of SIP calls (WebRTC sessions have no RTP receiver of ours)."""
+        return [audio for live in self._calls.values() for audio in live.channels if isinstance(audio, ChannelAudio)]
+
+    async def _consume(self, ingest_events: AsyncIterator[IngestCallStarted | IngestCallEnded | object]) -> None:
+        """Calls from either ingest (SIP/RTP or WebRTC) take the same path from here on."""
+        async for event in ingest_events:
             try:
                 if isinstance(event, IngestCallStarted):
                     self._call_started(event.call, event.channels)
@@ -282,7 +297,8 @@ class Daemon:
             )
         )
         for audio in live.channels:
-            self.metrics.channel_closed(audio.receiver.stats())
+            if isinstance(audio, ChannelAudio):
+                self.metrics.channel_closed(audio.receiver.stats())
         self._calls.pop(live.call.call_id, None)
 
 
