@@ -51,9 +51,14 @@ def compression_ratio(text: str) -> float:
     return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
+def max_plausible_tokens(audio_seconds: float) -> int:
+    """The most tokens `audio_seconds` of real speech yield; one more and the loop guard fires."""
+    return int(MAX_TOKENS_PER_SECOND * audio_seconds + TOKEN_SLACK)
+
+
 def looks_broken(text: str, n_tokens: int, audio_seconds: float) -> bool:
     """The loop guard's test: repetition, or a token rate no real speech has."""
-    too_many = n_tokens > MAX_TOKENS_PER_SECOND * audio_seconds + TOKEN_SLACK
+    too_many = n_tokens > max_plausible_tokens(audio_seconds)
     too_few = n_tokens < MIN_TOKENS_PER_SECOND * audio_seconds
     return compression_ratio(text) > COMPRESSION_RATIO_LIMIT or too_many or too_few
 
@@ -145,15 +150,16 @@ class WhisperDecoder:
         best = language_ids[logits[:, language_ids].argmax(axis=1)]
         return [self.tokenizer.language_of(int(token)) for token in best]
 
-    def _sample(self, prompts: np.ndarray, cross_kv: np.ndarray, rules: LogitRules, temperature: float, rng: np.random.Generator) -> list[tuple[list[int], float]]:
-        """Decode every row to its end token (or the context limit); returns (tokens, avg logprob) per row."""
+    def _sample(self, prompts: np.ndarray, cross_kv: np.ndarray, rules: LogitRules, temperature: float, rng: np.random.Generator, max_tokens: int | None = None) -> list[tuple[list[int], float]]:
+        """Decode every row to its end token, `max_tokens` or the context limit; returns (tokens, avg logprob) per row."""
         batch, prompt_length = prompts.shape
         outputs: list[list[int]] = [[] for _ in range(batch)]
         logprob_sums = np.zeros(batch)
         active = np.arange(batch)
         cache = self._empty_cache(cross_kv, min(self.n_text_ctx, max(_FIRST_CACHE_CAPACITY, prompt_length)))
         tokens, offset = prompts, 0
-        for _ in range(self.n_text_ctx - prompt_length):
+        steps = self.n_text_ctx - prompt_length if max_tokens is None else min(self.n_text_ctx - prompt_length, max_tokens)
+        for _ in range(steps):
             logits, cache = self._step(tokens, offset, cache, cross_kv)
             offset += tokens.shape[1]
             rules.apply(logits, [outputs[row] for row in active])
@@ -177,19 +183,32 @@ class WhisperDecoder:
             tokens = chosen.astype(np.int64)[:, None]
         return [(output, float(total) / (len(output) + 1)) for output, total in zip(outputs, logprob_sums)]
 
-    def decode(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0, temperatures: Sequence[float] = FALLBACK_TEMPERATURES) -> list[Hypothesis]:
-        """Decode B encoded windows (cross_kv's batch axis) in the given languages, with the loop guard.
+    def _prompts(self, languages: Sequence[str], timestamps: bool) -> np.ndarray:
+        language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
+        return np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
 
-        `temperatures` are the guard's sampling retries; () returns the greedy result as it is, for
-        a caller with a better remedy (the runner retries a short window with the full one).
+    def decode_greedy(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool) -> list[Hypothesis | None]:
+        """One greedy pass without the loop guard's sampling retries; None for a row that looks broken.
+
+        For a caller with a better remedy than sampling (the runner re-decodes a short window
+        from the full one). Since a broken row is thrown away, decoding stops once every
+        unfinished row has more tokens than its audio can hold: a looping window then costs a
+        few dozen decoder steps, not the whole text context.
         """
         rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
-        language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
-        prompts = np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
+        limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1
+        samples = self._sample(self._prompts(languages, timestamps), cross_kv, rules, 0.0, np.random.default_rng(0), limit)
+        hypotheses = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(samples, languages)]
+        return [None if self._broken(hypothesis, seconds) else hypothesis for hypothesis, seconds in zip(hypotheses, audio_seconds)]
+
+    def decode(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0) -> list[Hypothesis]:
+        """Decode B encoded windows (cross_kv's batch axis) in the given languages, with the loop guard."""
+        rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
+        prompts = self._prompts(languages, timestamps)
         rng = np.random.default_rng(seed)
         results = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, rng), languages)]
-        retry = [row for row, hypothesis in enumerate(results) if self.is_broken(hypothesis, audio_seconds[row])]
-        for temperature in temperatures:
+        retry = [row for row, hypothesis in enumerate(results) if self._broken(hypothesis, audio_seconds[row])]
+        for temperature in FALLBACK_TEMPERATURES:
             if not retry:
                 break
             rows = np.array(retry)
@@ -197,13 +216,12 @@ class WhisperDecoder:
             still_broken = []
             for row, (tokens, logprob) in zip(retry, attempts):
                 hypothesis = Hypothesis(tokens, languages[row], logprob, temperature)
-                if self.is_broken(hypothesis, audio_seconds[row]):
+                if self._broken(hypothesis, audio_seconds[row]):
                     still_broken.append(row)
                 else:
                     results[row] = hypothesis
             retry = still_broken
         return results
 
-    def is_broken(self, hypothesis: Hypothesis, audio_seconds: float) -> bool:
-        """`looks_broken` on a hypothesis's text: the loop guard's trigger."""
+    def _broken(self, hypothesis: Hypothesis, audio_seconds: float) -> bool:
         return looks_broken(self.tokenizer.decode(hypothesis.tokens), len(hypothesis.tokens), audio_seconds)

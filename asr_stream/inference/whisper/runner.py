@@ -129,14 +129,13 @@ class WhisperRunner:
         """Greedy decoding of a short window; rows whose output looks broken start over from the full window.
 
         The full window, not temperature sampling, is the first remedy: a short window is what
-        made tiny.en loop or stop early (NOTES.md), and the full-window decode keeps its own loop
-        guard with temperature fallback.
+        made tiny.en loop or stop early (NOTES.md). The full-window decode keeps the loop guard's
+        sampling retries.
         """
-        hypotheses = self.decoder.decode(cross_kv, languages, window_seconds, timestamps, temperatures=())
-        broken = [k for k, hypothesis in enumerate(hypotheses) if self.decoder.is_broken(hypothesis, window_seconds[k])]
+        first_pass = self.decoder.decode_greedy(cross_kv, languages, window_seconds, timestamps)
+        broken = [k for k, hypothesis in enumerate(first_pass) if hypothesis is None]
+        retried: dict[int, Hypothesis] = {}
         if broken:
             full_kv = self.encode([windows[k] for k in broken])
-            retried = self.decoder.decode(full_kv, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps)
-            for k, hypothesis in zip(broken, retried):
-                hypotheses[k] = hypothesis
-        return hypotheses
+            retried = dict(zip(broken, self.decoder.decode(full_kv, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps)))
+        return [hypothesis or retried[k] for k, hypothesis in enumerate(first_pass)]
