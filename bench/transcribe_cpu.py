@@ -5,7 +5,8 @@
 Every system transcribes every English clip of /work/shared/speech one utterance at a time (the
 daemon's latency case), audio in -> text out, with the same thread count. Systems:
 
-- ours: `WhisperRunner` on the prepared ONNX graphs (`engines/<model>`), greedy, loop guard on;
+- ours: `WhisperRunner` on the prepared ONNX graphs (`engines/<model>`), greedy, loop guard on,
+  in the full 30 s window and in the live daemon's window buckets (docs/whisper-windows.md);
 - ct2 fp32 / int8: `ctranslate2.models.Whisper` on the PyPI package's CTranslate2 directory, fed
   our log-mel (counted in the time), greedy (beam_size=1) with the same prompt;
 - fw fp32 / int8: `faster_whisper.WhisperModel` on that directory, beam_size=1, without
@@ -43,7 +44,7 @@ from asr_stream.audio.wavfile import load_audio  # noqa: E402
 from asr_stream.inference.engine import Engine  # noqa: E402
 from asr_stream.inference.models import MODELS, load_prepared  # noqa: E402
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine  # noqa: E402
-from asr_stream.inference.whisper.runner import WhisperRunner  # noqa: E402
+from asr_stream.inference.whisper.runner import LIVE_MARGIN_S, LIVE_WINDOWS_S, WhisperRunner  # noqa: E402
 from asr_stream.scoring import corpus_wer  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -140,7 +141,11 @@ def bench_model(model: str, clips: list[tuple[dict, np.ndarray]], threads: int, 
     references = [row["text"] for row, _ in clips]
     with ct2_directory(model) as directory:
         runner, ours_transcribe = ours(model, threads)
-        systems: dict[str, Transcribe] = {"ours (onnxruntime fp32)": ours_transcribe}
+        live = WhisperRunner(runner.encoder.engine, runner.decoder, runner.dims, LIVE_WINDOWS_S, LIVE_MARGIN_S)
+        systems: dict[str, Transcribe] = {
+            "ours (onnxruntime fp32)": ours_transcribe,
+            "ours, live windows 10/20/30 s": lambda audio: live.transcribe_batch([audio], language="en")[0].text,
+        }
         for compute_type in ("float32", "int8"):
             systems[f"ctranslate2 {compute_type}"] = ctranslate2_system(directory, runner, compute_type, threads)
         for compute_type in ("float32", "int8"):

@@ -39,6 +39,10 @@ class Transcript:
 
 
 FULL_WINDOW_S = N_SAMPLES // SAMPLE_RATE
+# The live daemon's windows (docs/whisper-windows.md): on the 39 held-out English clips, tiny.en's
+# corpus WER was 0.037 vs 0.040 with the full window, for about half the CPU time.
+LIVE_WINDOWS_S: tuple[int, ...] = (10, 20, 30)
+LIVE_MARGIN_S = 1.0
 
 
 class WhisperRunner:
@@ -48,7 +52,7 @@ class WhisperRunner:
         A batch uses the smallest window >= its longest audio + `margin_s`; the full window is
         also the fallback for a bucket whose output looks broken, so it must be the last entry.
         """
-        if list(windows_s) != sorted(set(windows_s)) or windows_s[-1] != FULL_WINDOW_S or windows_s[0] <= 0:
+        if not windows_s or list(windows_s) != sorted(set(windows_s)) or windows_s[-1] != FULL_WINDOW_S or windows_s[0] <= 0:
             raise ValueError(f"windows_s must be increasing positive seconds ending with {FULL_WINDOW_S}, not {tuple(windows_s)}")
         self.encoder = encoder
         self.decoder = decoder
