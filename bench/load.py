@@ -1,0 +1,468 @@
+"""Live load on CPU: how many concurrent calls the daemon transcribes with p95 end-of-speech -> final <= 1.5 s.
+
+Run by hand:  .venv/bin/python bench/load.py --calls 1 2 4 6 8
+       without partials:  ... --partial-interval-s 1000
+
+What it does: starts an embedded Tansu broker and the daemon (Whisper tiny.en on ONNX Runtime,
+the CPU default) in this process, then climbs a ladder of N. At each step N real SIPp processes
+call the daemon at once, each streaming G.711 RTP in real time of its own multi-utterance call
+(several English shared clips joined by 0.8-1.5 s pauses, so every call has several segments).
+A Kafka consumer thread records every event and the wall time it arrived. The ladder stops at
+the first step whose p95 exceeds the limit, or whose calls failed.
+
+Each step gets a fresh daemon (see `warm_up`): the scheduler's `saturated` flag can stay on after
+a step ends and would refuse the next step's calls (docs/benchmarks.md), and one step's
+allocations would hide the next one's RSS growth.
+
+Why in-process rather than a daemon subprocess: the scheduler's batch sizes and shed partials are
+only visible as `daemon.scheduler.stats` (the daemon serves no metrics endpoint yet), and the only
+non-daemon work in this process is the consumer thread, whose CPU is measured with
+`time.thread_time()` and subtracted. SIPp and Tansu are separate processes and are not counted.
+
+Latency is reported twice: the events' own `latency_ms` (daemon clock, from the moment the end of
+speech left the jitter buffer to publish) and an outside view on the bench's clock: the time the
+final reached the consumer minus the time its utterance's last speech was sent, i.e. SIPp's ACK
+timestamp (its RTP stream starts right after) plus the speech end's offset in the call audio. The
+outside view adds the playout delay (60 ms), Kafka delivery and the consumer's fetch wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import soundfile
+import yaml
+from kafka import KafkaConsumer, TopicPartition
+
+from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.audio.vad import Vad
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.config import load_config
+from asr_stream.daemon import Daemon
+from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.scoring import corpus_wer
+from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
+from asr_stream.sipp import SippError, place_call
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = REPO.parent / "shared" / "speech"
+RATE = 16_000
+TOPIC = "asr.load"
+LEAD_IN_S = 0.5  # silence before the first utterance
+TAIL_S = 1.5  # silence after the last one, so its segment closes on silence, not on BYE
+HANGUP_AFTER_S = 0.5
+POST_PAD_S = SegmenterConfig().post_speech_pad_ms / 1000  # a final's end_ms is the speech end plus this
+MATCH_TOLERANCE_S = 0.6  # how far a final's speech end may sit from an utterance's to pair them
+ACK_SENT = re.compile(r"-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+UDP message sent \(\d+ bytes\):\s+ACK ")
+CALL_ID = re.compile(r"^Call-ID: *(\S+)", re.MULTILINE)
+
+
+# -- the calls ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Utterance:
+    clip_id: str
+    text: str
+    speech_end_s: float  # offset of the last speech sample in the call audio
+
+
+@dataclass(frozen=True)
+class CallAudio:
+    wav: Path
+    duration_s: float
+    utterances: tuple[Utterance, ...]
+
+
+def english_clips(min_s: float, max_s: float) -> list[dict]:
+    """Shared English clips of a usable length, in a fixed order (so every run places the same calls)."""
+    rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
+    return sorted((r for r in rows if r["lang"] == "en" and min_s <= r["duration_s"] <= max_s), key=lambda r: r["id"])
+
+
+def trim_silence(audio: np.ndarray, floor_db: float = -35.0) -> np.ndarray:
+    """The clip from its first to its last 10 ms frame within `floor_db` of its loudest frame.
+
+    The clips carry their own leading/trailing silence; the utterance's speech end (our latency
+    reference) must be where the voice stops, not where the file does.
+    """
+    frames = audio[: audio.size // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames**2).mean(axis=1) + 1e-12)
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
+    return audio[loud[0] * 160 : (loud[-1] + 1) * 160]
+
+
+def build_call(index: int, clips: list[dict], per_call: int, workdir: Path, rng: np.random.Generator) -> CallAudio:
+    """Call `index`: `per_call` consecutive clips (wrapping) joined by 0.8-1.5 s pauses, as a 16 kHz WAV."""
+    parts = [np.zeros(round(LEAD_IN_S * RATE), np.float32)]
+    utterances = []
+    for k in range(per_call):
+        row = clips[(index * per_call + k) % len(clips)]
+        speech = trim_silence(load_audio(SPEECH / row["path_wav16k"])[0][0])
+        if k:
+            parts.append(np.zeros(round(rng.uniform(0.8, 1.5) * RATE), np.float32))
+        parts.append(speech)
+        utterances.append(Utterance(row["id"], row["text"], sum(p.size for p in parts) / RATE))
+    parts.append(np.zeros(round(TAIL_S * RATE), np.float32))
+    audio = np.concatenate(parts)
+    workdir.mkdir(parents=True, exist_ok=True)
+    wav = workdir / f"call-{index}.wav"
+    soundfile.write(wav, audio, RATE)
+    return CallAudio(wav, audio.size / RATE, tuple(utterances))
+
+
+@dataclass
+class PlacedCall:
+    audio: CallAudio
+    call_id: str | None = None
+    ack_sent: float | None = None  # wall time (epoch s) SIPp sent the ACK; RTP starts right after
+    error: str | None = None
+
+
+async def place(target: str, audio: CallAudio, workdir: Path) -> PlacedCall:
+    """One SIPp call; its Call-ID and ACK time come from SIPp's own message trace."""
+    try:
+        result = await place_call(target, audio.wav, workdir, hangup_after_s=HANGUP_AFTER_S)
+    except SippError as error:  # keep SipP's exit status and every SIP status line it saw
+        statuses = sorted(set(re.findall(r"^SIP/2\.0 \d{3} .*$", str(error), re.MULTILINE)))
+        return PlacedCall(audio, error=f"{str(error).splitlines()[0][:40]} responses {statuses}")
+    ack, call_id = ACK_SENT.search(result.log), CALL_ID.search(result.log)
+    if ack is None or call_id is None:
+        return PlacedCall(audio, error="no ACK / Call-ID in SIPp's trace")
+    return PlacedCall(audio, call_id.group(1), datetime.fromisoformat(ack.group(1)).timestamp())
+
+
+# -- observing the daemon ----------------------------------------------------------------------
+class TopicRecorder:
+    """Consumer thread: every event of the topic with the wall time it arrived, and its own CPU time."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20, request_timeout_ms=5000)
+        self._topic = topic
+        self._lock = threading.Lock()
+        self._events: list[tuple[float, dict]] = []
+        self._stop = threading.Event()
+        self.cpu_s = 0.0
+        self._thread = threading.Thread(target=self._run, name="load-consumer", daemon=True)
+
+    def start(self, timeout_s: float = 20) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not (partitions := self._consumer.partitions_for_topic(self._topic)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topic {self._topic} never appeared")
+            time.sleep(0.1)
+        self._consumer.assign([TopicPartition(self._topic, p) for p in sorted(partitions)])
+        self._consumer.seek_to_beginning()
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for batch in self._consumer.poll(timeout_ms=100).values():
+                arrived = time.time()
+                with self._lock:
+                    self._events.extend((arrived, json.loads(record.value)) for record in batch)
+            self.cpu_s = time.thread_time()
+
+    def events_of(self, call_ids: set[str]) -> list[tuple[float, dict]]:
+        with self._lock:
+            return [(t, e) for t, e in self._events if e["call_id"] in call_ids]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._consumer.close()
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process now (/proc; ru_maxrss is a lifetime peak, useless per step)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Sampler:
+    """Samples RSS and the scheduler every 100 ms during a step: peak RSS, every batch size, saturation."""
+
+    scheduler: BatchScheduler
+    peak_rss: int = 0
+    batch_sizes: list[int] = field(default_factory=list)
+    batch_s: list[float] = field(default_factory=list)  # the scheduler's smoothed batch wall time, per new batch
+    samples: int = 0
+    saturated_samples: int = 0
+
+    async def run(self) -> None:
+        stats = self.scheduler.stats
+        seen = stats.batches
+        while True:
+            self.peak_rss = max(self.peak_rss, rss_bytes())
+            new = stats.batches - seen
+            seen = stats.batches
+            if new:
+                self.batch_sizes += stats.batch_sizes[-new:]  # the stats keep the last 64 only
+                self.batch_s.append(stats.ema_batch_s)
+            self.samples += 1
+            self.saturated_samples += self.scheduler.saturated
+            await asyncio.sleep(0.1)
+
+
+# -- one step of the ladder --------------------------------------------------------------------
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def mean(values: list[float] | list[int]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def check_order(events: list[dict]) -> list[str]:
+    """Lifecycle violations of one call (docs/events.md): what a consumer would trip over."""
+    problems = []
+    names = [e["event"] for e in events]
+    if not names or names[0] != "call.started" or names[-1] != "call.ended" or names.count("call.ended") != 1:
+        problems.append(f"lifecycle {names[:1]}..{names[-1:]}")
+    finals = [e for e in events if e["event"] == "segment.final"]
+    indices = [int(f["segment_id"].rsplit("/", 1)[1]) for f in finals]
+    if indices != sorted(set(indices)):
+        problems.append(f"finals out of order or repeated {indices}")
+    if names and names[-1] == "call.ended" and events[-1]["final_segments"] != len(finals):
+        problems.append(f"call.ended says {events[-1]['final_segments']} finals, {len(finals)} arrived")
+    for segment_id in {e["segment_id"] for e in events if e["event"] == "segment.partial"}:
+        revisions = [e["revision"] for e in events if e["segment_id"] == segment_id]
+        if revisions != list(range(len(revisions))):
+            problems.append(f"{segment_id}: revisions {revisions}")
+        if segment_id not in {f["segment_id"] for f in finals}:
+            problems.append(f"{segment_id}: partials but no final")
+    return problems
+
+
+@dataclass
+class StepResult:
+    calls: int
+    finals: int
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    outside_p50_ms: float
+    outside_p95_ms: float
+    outside_pairs: str
+    outside_minus_own_ms: float  # median, per paired final: outside view less the event's latency_ms
+    partials: int
+    cadence_p50_s: float
+    cadence_p95_s: float
+    cpu_per_call_s: float
+    cores_used: float
+    rss_per_call_mib: float
+    batch_mean: float
+    batch_max: int
+    batch_s: float
+    shed_partials: int
+    saturated_share: float
+    wer: float
+    failed_calls: int
+    load: str  # 1, 5 and 15 min load averages at the end of the step (a shared machine)
+    problems: list[str]
+
+
+def analyse(n: int, placed: list[PlacedCall], recorded: list[tuple[float, dict]], cpu_s: float, wall_s: float, sampler: Sampler, rss_before: int, shed: int) -> StepResult:
+    """Turn one step's calls, events and counters into the table row."""
+    problems = [f"call {i}: {c.error}" for i, c in enumerate(placed) if c.error]
+    latencies, outside, outside_minus_own, cadence, hypotheses, references = [], [], [], [], [], []
+    utterances = partials = finals_count = 0
+    for call in (c for c in placed if c.call_id):
+        mine = [(t, e) for t, e in recorded if e["call_id"] == call.call_id]
+        problems += [f"{call.call_id}: {p}" for p in check_order([e for _, e in mine])]
+        finals = [(t, e) for t, e in mine if e["event"] == "segment.final"]
+        finals_count += len(finals)
+        latencies += [e["latency_ms"] for _, e in finals]
+        hypotheses.append(" ".join(e["text"] for _, e in finals))
+        references.append(" ".join(u.text for u in call.audio.utterances))
+        stamps: dict[str, list[float]] = {}
+        for _, e in mine:
+            if e["event"] == "segment.partial":
+                partials += 1
+                stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
+        cadence += [b - a for ts in stamps.values() for a, b in zip(ts, ts[1:])]
+        for utterance in call.audio.utterances:  # pair it with the final whose speech end (end less pad) is nearest
+            utterances += 1
+            candidates = [(abs(e["end_ms"] / 1000 - POST_PAD_S - utterance.speech_end_s), t, e["latency_ms"]) for t, e in finals if e["start_ms"] / 1000 < utterance.speech_end_s]
+            distance, arrived, latency_ms = min(candidates, default=(float("inf"), 0.0, 0))
+            if distance <= MATCH_TOLERANCE_S:
+                outside.append(1000 * (arrived - call.ack_sent - utterance.speech_end_s))  # type: ignore[operator]
+                outside_minus_own.append(outside[-1] - latency_ms)
+    return StepResult(
+        calls=n,
+        finals=finals_count,
+        p50_ms=pct(latencies, 50),
+        p95_ms=pct(latencies, 95),
+        p99_ms=pct(latencies, 99),
+        outside_p50_ms=pct(outside, 50),
+        outside_p95_ms=pct(outside, 95),
+        outside_pairs=f"{len(outside)}/{utterances}",
+        outside_minus_own_ms=pct(outside_minus_own, 50),
+        partials=partials,
+        cadence_p50_s=pct(cadence, 50),
+        cadence_p95_s=pct(cadence, 95),
+        cpu_per_call_s=cpu_s / sum(c.audio.duration_s for c in placed),
+        cores_used=cpu_s / wall_s,
+        rss_per_call_mib=(sampler.peak_rss - rss_before) / n / 2**20,
+        batch_mean=mean(sampler.batch_sizes),
+        batch_max=max(sampler.batch_sizes, default=0),
+        batch_s=mean(sampler.batch_s),
+        shed_partials=shed,
+        saturated_share=sampler.saturated_samples / max(sampler.samples, 1),
+        wer=corpus_wer(references, hypotheses) if references else float("nan"),
+        failed_calls=sum(c.error is not None for c in placed),
+        load=load_average(),
+        problems=problems,
+    )
+
+
+async def warm_up(daemon: Daemon, speech: np.ndarray) -> None:
+    """Run the model (twice) and the VAD on real speech, outside the scheduler.
+
+    The first runs allocate (measured here: +250 MiB and +160 MiB RSS for the first two runs of a
+    batch shape) and are slow; that is not a per-call cost. Not through a warm-up call: on this
+    shared machine one call can leave the scheduler `saturated` for good, and the daemon then
+    refuses every later call with 503 (docs/benchmarks.md). The step's calls all arrive together,
+    before any batch has run, so they get in.
+    """
+    assert daemon.model is not None
+    for _ in range(2):  # ONNX Runtime plans and allocates its memory pattern on the second run
+        await asyncio.to_thread(daemon.model.transcribe_batch, [speech])
+    Vad().process(speech)
+
+
+def target(daemon: Daemon) -> str:
+    assert daemon.ingest is not None
+    return f"127.0.0.1:{daemon.ingest.sip.port}"
+
+
+async def wait_ended(recorder: TopicRecorder, call_ids: set[str], timeout_s: float = 30) -> None:
+    """Until every call in `call_ids` has its call.ended on the topic (or the timeout passes)."""
+    deadline = time.monotonic() + timeout_s
+    while sum(e["event"] == "call.ended" for _, e in recorder.events_of(call_ids)) < len(call_ids) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+
+
+async def run_step(n: int, daemon: Daemon, recorder: TopicRecorder, calls: list[CallAudio], workdir: Path) -> StepResult:
+    """Place `n` calls at once, wait for their call.ended events, and measure the step."""
+    assert daemon.scheduler is not None
+    sampler, rss_before = Sampler(daemon.scheduler), rss_bytes()
+    shed_before, cpu_before, consumer_before, started = daemon.scheduler.stats.shed_partials, cpu_seconds(), recorder.cpu_s, time.monotonic()
+    sampling = asyncio.create_task(sampler.run())
+    placed = list(await asyncio.gather(*(place(target(daemon), call, workdir / f"n{n}-{i}") for i, call in enumerate(calls[:n]))))
+    call_ids = {c.call_id for c in placed if c.call_id}
+    await wait_ended(recorder, call_ids)
+    await asyncio.sleep(0.5)  # a little past the last call.ended, so duplicates would show
+    sampling.cancel()
+    cpu_s = cpu_seconds() - cpu_before - (recorder.cpu_s - consumer_before)
+    shed = daemon.scheduler.stats.shed_partials - shed_before
+    return analyse(n, placed, recorder.events_of(call_ids), cpu_s, time.monotonic() - started, sampler, rss_before, shed)
+
+
+# -- report ------------------------------------------------------------------------------------
+HEADER = (
+    "| N | finals | p50 / p95 / p99 latency_ms | outside p50 / p95 ms (pairs) | outside - own, median ms | partials | partial gap p50 / p95 s "
+    "| CPU s per call-s | cores used | RSS MiB per call | batch mean / max | batch s (EMA) | shed partials | saturated | WER | load avg |\n"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+)
+
+
+def row(r: StepResult) -> str:
+    return (
+        f"| {r.calls} | {r.finals} | {r.p50_ms:.0f} / {r.p95_ms:.0f} / {r.p99_ms:.0f} | {r.outside_p50_ms:.0f} / {r.outside_p95_ms:.0f} ({r.outside_pairs}) | {r.outside_minus_own_ms:+.0f} "
+        f"| {r.partials} | {r.cadence_p50_s:.2f} / {r.cadence_p95_s:.2f} | {r.cpu_per_call_s:.3f} | {r.cores_used:.2f} | {r.rss_per_call_mib:.1f} "
+        f"| {r.batch_mean:.2f} / {r.batch_max} | {r.batch_s:.2f} | {r.shed_partials} | {r.saturated_share:.0%} | {r.wer:.3f} | {r.load} |"
+    )
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine() -> str:
+    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
+    return f'lscpu "{model}", {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}'
+
+
+async def main(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    print(f"machine: {machine()}\ndate: {datetime.now().astimezone():%Y-%m-%d %H:%M %Z}\nload average before: {load_average()}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="asr-load-") as tmp, LocalBroker() as broker:
+        workdir = Path(tmp)
+        port = free_tcp_port()
+        config = {
+            "sip": {"listen": "127.0.0.1:0"},
+            "rtp": {"port_range": [port - port % 2, port - port % 2 + 400], "bind": "127.0.0.1"},
+            "http": {"listen": f"127.0.0.1:{free_tcp_port()}"},
+            "kafka": {"bootstrap_servers": broker.bootstrap_servers, "topic": TOPIC, "spool_dir": str(workdir / "spool")},
+            "model": "whisper-tiny.en",
+            "engines_dir": str(REPO / "engines"),
+            "scheduler": {"partial_interval_s": args.partial_interval_s},
+        }
+        config_path = workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config))
+        rng = np.random.default_rng(args.seed)
+        clips = english_clips(2.5, 10.0)
+        calls = [build_call(i, clips, args.utterances, workdir, rng) for i in range(max(args.calls))]
+        longest = max(clips, key=lambda r: r["duration_s"])  # the longest decode sizes ONNX Runtime's arena
+        warmup_speech = load_audio(SPEECH / longest["path_wav16k"])[0][0]
+        print(f"{len(calls)} calls of {args.utterances} utterances, {min(c.duration_s for c in calls):.1f}-{max(c.duration_s for c in calls):.1f} s each", flush=True)
+        print(HEADER, flush=True)
+        recorder = None
+        try:
+            for n in args.calls:
+                # A fresh daemon per step (see the module docstring for why).
+                daemon = Daemon(load_config(config_path, environ={}))
+                await daemon.start()
+                try:
+                    if recorder is None:  # the first daemon created the topic
+                        recorder = TopicRecorder(broker.bootstrap_servers, TOPIC)
+                        await asyncio.to_thread(recorder.start)
+                    await warm_up(daemon, warmup_speech)
+                    result = await run_step(n, daemon, recorder, calls, workdir)
+                finally:
+                    await daemon.stop()
+                print(row(result), flush=True)
+                for problem in result.problems[:20]:
+                    print(f"    N={n}: {problem}", flush=True)
+                if not result.p95_ms <= args.limit_ms or result.failed_calls:
+                    print(f"stop at N={n}: p95 {result.p95_ms:.0f} ms (limit {args.limit_ms:.0f}), {result.failed_calls} calls failed", flush=True)
+                    break
+        finally:
+            if recorder is not None:
+                recorder.stop()
+    print(f"load average after: {load_average()}", flush=True)
+    return 0
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4, 6, 8, 10, 12], help="the ladder of concurrent calls")
+    parser.add_argument("--utterances", type=int, default=4, help="clips per call")
+    parser.add_argument("--limit-ms", type=float, default=1500, help="stop once p95 end-of-speech -> final exceeds this")
+    parser.add_argument("--partial-interval-s", type=float, default=1.0, help="the daemon's default is 1.0; a huge value turns partials off")
+    parser.add_argument("--seed", type=int, default=1, help="for the pauses between utterances")
+    return parser.parse_args()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main(parse_args())))
