@@ -40,6 +40,8 @@ def durable_kafka_broker() -> Iterator[LocalBroker]:
     boto3 = pytest.importorskip("boto3")
     s3 = moto_server.ThreadedMotoServer(ip_address=LOCALHOST, port=free_tcp_port(), verbose=False)
     s3.start()
+    # moto keeps its S3 state per process, not per server: each broker gets a bucket of its own.
+    bucket = f"tansu-{uuid.uuid4().hex[:8]}"
     try:
         host, port = s3.get_host_and_port()
         credentials = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "eu-west-2"}
@@ -50,8 +52,8 @@ def durable_kafka_broker() -> Iterator[LocalBroker]:
             aws_access_key_id="test",
             aws_secret_access_key="test",
             region_name="eu-west-2",
-        ).create_bucket(Bucket="tansu", CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
-        broker = LocalBroker(storage_url="s3://tansu/", env=credentials | {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"})
+        ).create_bucket(Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-2"})
+        broker = LocalBroker(storage_url=f"s3://{bucket}/", env=credentials | {"AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"})
         broker.start()
         try:
             yield broker
