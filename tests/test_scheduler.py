@@ -101,3 +101,17 @@ async def test_engine_failure_reaches_every_caller_in_the_batch():
     finally:
         await scheduler.stop()
     assert all(isinstance(o, RuntimeError) for o in outcomes)
+
+
+async def test_saturation_clears_once_the_backlog_is_gone_even_if_batches_are_slow():
+    """A batch slower than the deadline must not refuse calls forever once the queue is empty."""
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls, 0.3), max_batch=1, max_wait_s=0.0, final_deadline_s=0.2)
+    await scheduler.start()
+    try:
+        await asyncio.gather(*(scheduler.submit(f"f{i}", f"f{i}", Priority.FINAL) for i in range(3)))
+        await asyncio.sleep(0.05)
+        assert scheduler.stats.ema_batch_s > scheduler.final_deadline_s
+        assert not scheduler.saturated
+    finally:
+        await scheduler.stop()

@@ -156,6 +156,11 @@ class BatchScheduler(Generic[P, R]):
         return self.predicted_final_wait_s() > self.SHED_PARTIALS_AT * self.final_deadline_s
 
     def _update_saturation(self) -> None:
+        if not self.queued() and not self._in_flight:
+            # No backlog: a slow engine alone is a capacity setting, not load. Refusing calls
+            # here would never end, since nothing would run to bring the batch-time average down.
+            self._saturated = False
+            return
         wait = self.predicted_final_wait_s()
         if self._saturated:
             self._saturated = wait > self.CLEAR_AT * self.final_deadline_s
