@@ -109,6 +109,7 @@ class Daemon:
             max_wait_s=sched["max_wait_ms"] / 1000,
             max_queue=sched["max_queue"],
             final_deadline_s=sched["final_deadline_s"],
+            bucket=self.model.bucket,
             workers=sched["workers"],
         )
         await self.scheduler.start()
@@ -173,7 +174,7 @@ class Daemon:
     def _load_model(self) -> LoadedModel:
         if self.config.backend != "onnxruntime":
             raise NotImplementedError(f"backend {self.config.backend!r} is not wired into the daemon yet; use onnxruntime")
-        return load_model(self.config.model, self.config.engines_dir, self.config.language)
+        return load_model(self.config.model, self.config.engines_dir, self.config.language, live=True)
 
     def _ingest_config(self) -> IngestConfig:
         sip_host, sip_port = split_hostport(self.config.sip["listen"])
