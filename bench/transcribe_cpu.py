@@ -6,7 +6,8 @@ Every system transcribes every English clip of /work/shared/speech one utterance
 daemon's latency case), audio in -> text out, with the same thread count. Systems:
 
 - ours: `WhisperRunner` on the prepared ONNX graphs (`engines/<model>`), greedy, loop guard on,
-  in the full 30 s window and in the live daemon's window buckets (docs/whisper-windows.md);
+  in the full 30 s window and in tiny.en's live window buckets (docs/whisper-windows.md; measured
+  on base too, where they lost accuracy);
 - ct2 fp32 / int8: `ctranslate2.models.Whisper` on the PyPI package's CTranslate2 directory, fed
   our log-mel (counted in the time), greedy (beam_size=1) with the same prompt;
 - fw fp32 / int8: `faster_whisper.WhisperModel` on that directory, beam_size=1, without
