@@ -22,7 +22,7 @@ from asr_stream.inference.conformer.runner import ConformerRunner
 from asr_stream.inference.engine import Engine
 from asr_stream.inference.models import MANIFEST, load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
-from asr_stream.inference.whisper.runner import FULL_WINDOW_S, LIVE_MARGIN_S, LIVE_WINDOWS_S, WhisperRunner
+from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_windows
 
 
 class Hypothesis(Protocol):
@@ -64,13 +64,13 @@ def load_model(
 ) -> LoadedModel:
     """Load `name` from `engines_dir`; raises models.ModelError (one line) if it is not there.
 
-    `live`: Whisper encodes short segments in 10/20/30 s windows (docs/whisper-windows.md) instead
-    of always 30 s; files offline keep the full window.
+    `live`: Whisper encodes short segments in shorter padded windows where that was measured to keep
+    accuracy (tiny.en: 10/20/30 s, docs/whisper-windows.md); files offline keep the full window.
     """
     if model_family(name, engines_dir) == CONFORMER:
         conformer = ConformerRunner.load(Path(engines_dir) / name, load_engine)
         return LoadedModel(name, CONFORMER, conformer.transcribe_batch, conformer.engine.max_batch, conformer.manifest.language)
-    windows = (LIVE_WINDOWS_S, LIVE_MARGIN_S) if live else ((FULL_WINDOW_S,), 0.0)
+    windows = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
     whisper = WhisperRunner.from_prepared(load_prepared(name, engines_dir), load_engine, *windows)
 
     def transcribe(audios: Sequence[np.ndarray]) -> Sequence[Hypothesis]:
