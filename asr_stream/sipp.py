@@ -87,9 +87,18 @@ class SippError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class CallResult:
+class SippRun:
     returncode: int
-    log: str  # SIPp's output and message trace, for failure reports
+    output: str  # SIPp's own account (statistics, errors)
+    messages: str  # its -trace_msg log: every SIP message sent and received
+
+    @property
+    def log(self) -> str:
+        return self.output + self.messages
+
+    def explain(self) -> str:
+        """The tail of both, for a failure report."""
+        return f"sipp exited {self.returncode}\n{self.output[-3000:]}\n--- messages ---\n{self.messages[-4000:]}"
 
 
 def telephone_pcm(audio_file: str | Path) -> np.ndarray:
@@ -114,26 +123,44 @@ def write_call(pcm_8k: np.ndarray, workdir: Path, codec: str = "PCMU", hangup_af
     return scenario
 
 
-def _free_udp_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((host, 0))
-        return int(probe.getsockname()[1])
+def _free_port(host: str) -> int:
+    """A port free for both UDP and TCP right now (SIPp binds both with `-t t1`)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind((host, 0))
+            port = int(udp.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise SippError(f"no port free for both UDP and TCP on {host}")
 
 
 async def run_sipp(
-    target: str, scenario_args: list[str], workdir: Path, *, calls: int = 1, rate: float | None = None, timeout_s: float = 60, local_ip: str = "127.0.0.1"
-) -> CallResult:
+    target: str,
+    scenario_args: list[str],
+    workdir: Path,
+    *,
+    calls: int = 1,
+    rate: float | None = None,
+    timeout_s: float = 60,
+    local_ip: str = "127.0.0.1",
+    transport: str = "u1",
+) -> SippRun:
     """Run SIPp against `target` (host:port) with `calls` calls; bounded in time, always reaped.
 
-    `rate` is calls per second (default: all at once).
+    `scenario_args`: `-sn NAME` or `-sf FILE`, plus any other SIPp options. `rate` is calls per
+    second (default: all at once); `transport` SIPp's `-t` (u1: UDP, t1: TCP).
     """
     sipp = shutil.which("sipp")
     if sipp is None:
         raise SippError("sipp not found: install Debian's sip-tester package")
     trace = workdir / f"sipp-{time.monotonic_ns()}.msg"
     command = [
-        sipp, target, *scenario_args, "-i", local_ip, "-p", str(_free_udp_port(local_ip)),
-        "-mi", local_ip, "-mp", str(_free_udp_port(local_ip)), "-m", str(calls), "-l", str(calls),
+        sipp, target, *scenario_args, "-t", transport, "-i", local_ip, "-p", str(_free_port(local_ip)),
+        "-mi", local_ip, "-mp", str(_free_port(local_ip)), "-m", str(calls), "-l", str(calls),
         "-r", str(rate or calls), "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
         "-trace_msg", "-message_file", str(trace),
     ]  # fmt: skip
@@ -145,17 +172,17 @@ async def run_sipp(
             process.kill()
             await process.wait()
     messages = trace.read_text(errors="replace") if trace.exists() else ""
-    return CallResult(process.returncode or 0, output.decode(errors="replace") + messages)
+    return SippRun(process.returncode or 0, output.decode(errors="replace"), messages)
 
 
 async def place_call(
     target: str, audio_file: str | Path, workdir: Path, *, codec: str = "PCMU", calls: int = 1, rate: float | None = None, hangup_after_s: float = 0.6
-) -> CallResult:
+) -> SippRun:
     """Stream `audio_file` to `target` in `calls` calls; raise SippError unless all succeed."""
     pcm = telephone_pcm(audio_file)
     scenario = write_call(pcm, workdir, codec, hangup_after_s)
     timeout_s = pcm.shape[0] / 8000 + hangup_after_s + 30 + (calls / rate if rate else 0)
     result = await run_sipp(target, ["-sf", str(scenario)], workdir, calls=calls, rate=rate, timeout_s=timeout_s)
     if result.returncode != 0:
-        raise SippError(f"sipp exited {result.returncode}: {result.log[-2000:]}")
+        raise SippError(result.explain())
     return result

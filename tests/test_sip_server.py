@@ -14,16 +14,17 @@ import shutil
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from asr_stream import sipp
 from asr_stream.rtp.ports import PortAllocator, PortPair
 from asr_stream.sip.call import Call, EndReason, LocalMedia, MediaAnswer, SipReject
 from asr_stream.sip.server import SipServer, SipServerConfig
 from asr_stream.sip.transaction import SipTimers
+from asr_stream.sipp import SippRun
 
 SIPP = shutil.which("sipp")
 SCENARIOS = Path(__file__).parent / "sipp"
@@ -85,31 +86,6 @@ async def server(handler: RecordingHandler) -> AsyncIterator[SipServer]:
         yield server
 
 
-def free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1 right now (SIPp binds both with -t t1)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free port")
-
-
-@dataclass
-class SippRun:
-    returncode: int
-    output: str
-    messages: str  # SIPp's -trace_msg log: every message sent and received
-
-    def explain(self) -> str:
-        return f"sipp exited {self.returncode}\n{self.output[-3000:]}\n--- messages ---\n{self.messages[-4000:]}"
-
-
 async def run_sipp(
     server: SipServer,
     tmp_path: Path,
@@ -124,21 +100,9 @@ async def run_sipp(
     """Run one SIPp UAC from `local_ip` to completion (bounded), always killing it on the way out."""
     assert SIPP is not None
     source = ["-sn", scenario] if scenario in ("uac",) else ["-sf", str(SCENARIOS / scenario)]
-    message_file = tmp_path / f"sipp-{time.monotonic_ns()}.msg"
-    command = [
-        SIPP, f"127.0.0.1:{server.port}", *source, "-i", local_ip, "-p", str(free_port()), "-mp", str(free_port()),
-        "-t", transport, "-m", str(calls), "-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error",
-        "-trace_msg", "-message_file", str(message_file), *extra,
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=tmp_path)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s + 5)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    messages = message_file.read_text(errors="replace") if message_file.exists() else ""
-    return SippRun(process.returncode or 0, output.decode(errors="replace"), messages)
+    return await sipp.run_sipp(
+        f"127.0.0.1:{server.port}", [*source, *extra], tmp_path, calls=calls, timeout_s=timeout_s, local_ip=local_ip, transport=transport
+    )
 
 
 async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
@@ -222,7 +186,7 @@ async def test_reinvite_hold_resume_and_codec_change(server: SipServer, handler:
 
 @pytest.mark.slow
 async def test_fifty_simultaneous_calls_are_answered(server: SipServer, handler: RecordingHandler, tmp_path: Path) -> None:
-    run = await run_sipp(server, tmp_path, calls=50, extra=("-l", "50", "-r", "50", "-d", "2500"), timeout_s=20)
+    run = await run_sipp(server, tmp_path, calls=50, extra=("-d", "2500"), timeout_s=20)
     assert run.returncode == 0, run.explain()
     await wait_until(lambda: len(handler.ended) == 50)
     assert handler.max_concurrent == 50
