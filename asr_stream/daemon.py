@@ -27,7 +27,7 @@ from asr_stream.audio.whip import WhipConfig, WhipIngest
 from asr_stream.http_whip import whip_routes
 from asr_stream.audio.ingest import CallEnded as IngestCallEnded
 from asr_stream.audio.ingest import CallStarted as IngestCallStarted
-from asr_stream.audio.ingest import ChannelAudio, IngestConfig, TelephonyIngest
+from asr_stream.audio.ingest import CallChannel, ChannelAudio, IngestConfig, TelephonyIngest
 from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.config import Config, split_hostport
 from asr_stream.inference.runners import LoadedModel, load_model
@@ -74,7 +74,7 @@ def channel_name(label: str) -> str:
 class _LiveCall:
     call: Call
     started_at: float
-    channels: tuple[ChannelAudio, ...]
+    channels: tuple[CallChannel, ...]
     transcribers: list[ChannelTranscriber] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -246,7 +246,7 @@ class Daemon:
             except Exception:  # one broken call must not stop the daemon from taking others
                 log.exception("call %s: event %s failed", getattr(event, "call", None), type(event).__name__)
 
-    def _call_started(self, call: Call, channels: tuple[ChannelAudio, ...]) -> None:
+    def _call_started(self, call: Call, channels: tuple[CallChannel, ...]) -> None:
         assert self.scheduler is not None
         self.publish(
             events.CallStarted(
@@ -282,7 +282,7 @@ class Daemon:
             live.tasks.append(asyncio.create_task(self._transcribe_channel(audio, transcriber)))
         self._calls[call.call_id] = live
 
-    async def _transcribe_channel(self, audio: ChannelAudio, transcriber: ChannelTranscriber) -> None:
+    async def _transcribe_channel(self, audio: CallChannel, transcriber: ChannelTranscriber) -> None:
         async for frame in audio.frames():
             transcriber.feed(frame.samples)
         await transcriber.finish()

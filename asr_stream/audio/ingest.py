@@ -26,6 +26,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
@@ -112,10 +113,19 @@ class ChannelAudio:
         return audio_frames(self.receiver, self._answered_at)
 
 
+class CallChannel(Protocol):
+    """What the daemon needs of one channel, whichever ingest made it (SIP/RTP or WebRTC)."""
+
+    call: Call
+    channel: Channel
+
+    def frames(self) -> AsyncIterator[AudioFrame]: ...
+
+
 @dataclass(frozen=True)
 class CallStarted:
     call: Call
-    channels: tuple[ChannelAudio, ...]
+    channels: tuple[CallChannel, ...]
 
 
 @dataclass(frozen=True)

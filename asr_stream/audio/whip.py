@@ -147,7 +147,7 @@ class WhipIngest:
             if pc.connectionState == "failed":  # ICE consent lost or DTLS failed: no media will come
                 await self.terminate(session_id, EndReason.RTP_TIMEOUT)
 
-        await self._events.put(CallStarted(call, (audio,)))  # type: ignore[arg-type]  # same duck type as ChannelAudio
+        await self._events.put(CallStarted(call, (audio,)))
         log.info("WHIP session %s started (%s from %s)", session_id, call.channels[0].codec.name, peer[0])
         return session_id, pc.localDescription.sdp
 
