@@ -106,6 +106,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, ensure_ascii=False, default=str)
 
 
+# Libraries whose INFO lines are per-connection chatter (kafka-python logs every metadata refresh
+# and reconnect): at the daemon's INFO they would bury its own lines, so they log warnings only.
+CHATTY_LIBRARIES = ("kafka", "aioice", "aiortc")
+
+
 def configure_logging(level: str | int = "INFO", *, json_lines: bool = True, known_secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
     """Replace the root logger's handlers with one redacting handler on `stream` (stderr).
 
@@ -120,4 +125,6 @@ def configure_logging(level: str | int = "INFO", *, json_lines: bool = True, kno
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    for name in CHATTY_LIBRARIES:
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return handler
