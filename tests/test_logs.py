@@ -48,7 +48,7 @@ def test_one_json_object_per_line_with_call_id_from_extra(log_lines: io.StringIO
 
 
 def test_secrets_are_redacted_in_messages_arguments_extras_and_tracebacks(log_lines: io.StringIO) -> None:
-    log = logging.getLogger("kafka.conn")
+    log = logging.getLogger("asr_stream.sinks.kafka")
     log.info("security settings: %s", {"security_protocol": "SASL_SSL", "sasl_plain_password": KAFKA_PASSWORD})
     log.info("GET /v1/transcripts?token=%s from 10.0.0.7", HTTP_TOKEN)
     log.info("upstream said: Authorization: Bearer abc.def-ghi")
