@@ -56,19 +56,32 @@ def _models_add_conformer(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from asr_stream.config import load_config
+    from asr_stream.config import ConfigError, load_config
     from asr_stream.daemon import serve
+    from asr_stream.inference.engine_cache import EngineCacheError
+    from asr_stream.inference.models import ModelError
     from asr_stream.logs import configure_logging
 
-    config = load_config(args.config)
-    configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
-    return asyncio.run(serve(config))
+    try:
+        config = load_config(args.config)
+        configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
+        return asyncio.run(serve(config))
+    except (ConfigError, ModelError, EngineCacheError) as error:  # the operator's to fix: one line, no traceback
+        print(f"asr-stream serve: {error}", file=sys.stderr)
+        return 2
 
 
 def _run(args: argparse.Namespace) -> int:
+    from asr_stream.config import ConfigError
+    from asr_stream.inference.models import ModelError
     from asr_stream.local_run import run_local
+    from asr_stream.sinks.local_broker import BrokerStartError
 
-    return run_local(args.config, json_logs=args.log_format == "json")
+    try:
+        return run_local(args.config, json_logs=args.log_format == "json")
+    except (ConfigError, ModelError, BrokerStartError) as error:
+        print(f"asr-stream run: {error}", file=sys.stderr)
+        return 2
 
 
 def _config_check(args: argparse.Namespace) -> int:

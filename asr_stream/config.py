@@ -132,7 +132,7 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "model": {"type": "string", "minLength": 1},
-        "backend": {"enum": ["onnxruntime", "tensorrt", "torch"]},
+        "backend": {"enum": ["onnxruntime", "tensorrt"]},
         "engines_dir": {"type": "string"},
         "language": {"type": ["string", "null"]},
         "vad": {"type": "object"},

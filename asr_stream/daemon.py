@@ -23,15 +23,17 @@ from pathlib import Path
 from aiohttp import web
 
 from asr_stream import http_api
-from asr_stream.audio.whip import WhipConfig, WhipIngest
-from asr_stream.http_whip import whip_routes
+from asr_stream.audio.ingest import CallChannel, ChannelAudio, IngestConfig, TelephonyIngest
 from asr_stream.audio.ingest import CallEnded as IngestCallEnded
 from asr_stream.audio.ingest import CallStarted as IngestCallStarted
-from asr_stream.audio.ingest import CallChannel, ChannelAudio, IngestConfig, TelephonyIngest
 from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.audio.whip import WhipConfig, WhipIngest
 from asr_stream.config import Config, split_hostport
+from asr_stream.http_whip import whip_routes
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.inference.tensorrt_backend import TensorRTEngine
 from asr_stream.metrics import DaemonMetrics
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
@@ -45,6 +47,11 @@ from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
+
+# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
+# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
+# fit the graph, profile, TensorRT version or GPU).
+ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
 
 END_REASONS: dict[SipEndReason, events.EndReason] = {
     SipEndReason.BYE: events.EndReason.HANGUP,
@@ -91,6 +98,7 @@ class Daemon:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._call_endings: set[asyncio.Task[None]] = set()  # referenced until done (asyncio keeps weak refs)
         self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
         self.kafka: KafkaSink | None = None
@@ -172,9 +180,8 @@ class Daemon:
 
     # -- components ------------------------------------------------------------------------
     def _load_model(self) -> LoadedModel:
-        if self.config.backend != "onnxruntime":
-            raise NotImplementedError(f"backend {self.config.backend!r} is not wired into the daemon yet; use onnxruntime")
-        return load_model(self.config.model, self.config.engines_dir, self.config.language, live=True)
+        loader = ENGINE_LOADERS[self.config.backend]
+        return load_model(self.config.model, self.config.engines_dir, self.config.language, loader, live=True)
 
     def _ingest_config(self) -> IngestConfig:
         sip_host, sip_port = split_hostport(self.config.sip["listen"])
@@ -242,7 +249,9 @@ class Daemon:
                 elif isinstance(event, IngestCallEnded):
                     live = self._calls.get(event.call.call_id)
                     if live is not None:
-                        asyncio.create_task(self._call_ended(live, event.reason))
+                        ending = asyncio.create_task(self._call_ended(live, event.reason))
+                        self._call_endings.add(ending)
+                        ending.add_done_callback(self._call_endings.discard)
             except Exception:  # one broken call must not stop the daemon from taking others
                 log.exception("call %s: event %s failed", getattr(event, "call", None), type(event).__name__)
 

@@ -75,3 +75,11 @@ def test_secrets_for_log_redaction_are_collected_from_every_section(tmp_path):
         "kafka: {security: {security_protocol: SASL_SSL, sasl_plain_password: kpw}}\n",
     )
     assert sorted(load_config(path, environ={}).secrets()) == ["kpw", "pw", "tok"]
+
+
+def test_serve_refuses_an_unusable_backend_in_one_line(tmp_path):
+    """backend: tensorrt without built engines (none can be built here): the operator is told what to run."""
+    path = write(tmp_path, 'model: whisper-tiny.en\nbackend: tensorrt\nengines_dir: engines\nsip: {listen: "127.0.0.1:0"}\n')
+    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "asr-stream engines build whisper-tiny.en" in result.stderr
