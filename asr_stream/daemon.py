@@ -35,6 +35,7 @@ from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
 from asr_stream.inference.tensorrt_backend import TensorRTEngine
 from asr_stream.metrics import DaemonMetrics
+from asr_stream.rtp.codecs import supported_encodings
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
@@ -195,6 +196,9 @@ class Daemon:
                 retry_after_s=self.config.sip["retry_after_s"],
                 allowed_sources=tuple(self.config.sip["allowed_sources"]),
                 auth=digest_auth(self.config.sip.get("auth")),
+                # Everything the RTP stage decodes (Opus listed first); sdp.negotiate picks the
+                # offerer's most preferred of these, so this order only documents our preference.
+                accepted_codecs=tuple(supported_encodings()),
             ),
             rtp_host=rtp["bind"],
             rtp_port_min=rtp["port_range"][0],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from aiosipua import parse_sdp
 
+from asr_stream.rtp.codecs import supported_encodings
 from asr_stream.sip.call import LocalMedia
 from asr_stream.sip.sdp import InvalidSdp, NotAcceptable, SdpOrigin, build_answer, negotiate, parse_offer
 
@@ -27,6 +28,14 @@ def test_opus_only_when_the_handler_can_decode_it() -> None:
     assert negotiate(sdp, G711)[0].codec.name == "PCMU"
     opus = negotiate(sdp, (*G711, "opus"))[0].codec
     assert (opus.name, opus.payload_type, opus.clock_rate, opus.channels, opus.fmtp) == ("opus", 111, 48000, 2, "useinbandfec=1")
+
+
+def test_a_gateway_offering_opus_first_is_answered_with_opus_by_the_daemons_codec_list() -> None:
+    sdp = parse_offer(offer("m=audio 4000 RTP/AVP 111 0 101", "a=rtpmap:111 opus/48000/2", "a=rtpmap:101 telephone-event/48000"))
+    (media,) = negotiate(sdp, tuple(supported_encodings()))  # what daemon._ingest_config accepts
+    answer = parse_sdp(build_answer(sdp, {0: (media, LocalMedia("198.51.100.1", 30000))}, SdpOrigin(5, 1, "198.51.100.1")))
+    assert answer.media[0].formats == ["111", "101"]
+    assert answer.media[0].attributes["rtpmap"] == ["111 opus/48000/2", "101 telephone-event/48000"]
 
 
 def test_telephone_event_at_the_codec_clock_rate_is_accepted() -> None:

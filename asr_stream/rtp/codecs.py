@@ -13,6 +13,8 @@ from typing import Protocol
 import numpy as np
 
 from asr_stream.rtp.g711 import alaw_decode, ulaw_decode
+from asr_stream.rtp.opus import CLOCK_RATE as OPUS_CLOCK_RATE
+from asr_stream.rtp.opus import OpusDecoder
 
 TELEPHONE_EVENT = "telephone-event"  # RFC 4733 DTMF, same clock as the audio codec
 
@@ -48,12 +50,17 @@ class UnsupportedEncoding(ValueError):
 
 
 def supported_encodings() -> dict[str, int]:
-    """Encoding name -> RTP clock rate, in order of preference for an SDP answer."""
-    return {name: decoder.clock_rate for name, decoder in _G711.items()}
+    """Encoding name -> RTP clock rate, in order of preference: wideband Opus first (better for ASR)."""
+    return {"opus": OPUS_CLOCK_RATE} | {name: decoder.clock_rate for name, decoder in _G711.items()}
 
 
 def make_decoder(encoding: str) -> AudioDecoder:
-    """A decoder for one channel; `encoding` is the SDP rtpmap name (case-insensitive)."""
+    """A decoder for one channel; `encoding` is the SDP rtpmap name (case-insensitive).
+
+    G.711 is stateless and shared; Opus gets a new decoder per call, i.e. per channel.
+    """
+    if encoding.upper() == "OPUS":
+        return OpusDecoder()
     decoder = _G711.get(encoding.upper())
     if decoder is None:
         raise UnsupportedEncoding(encoding)
