@@ -1,8 +1,9 @@
-"""Imports follow the data: sip -> rtp -> audio -> inference -> transcript -> sinks -> wiring.
+"""Imports follow the data: (common) -> sip -> rtp -> audio -> inference -> transcript -> sinks -> wiring.
 
 A stage may import itself and the stages before it, never a later stage and never the wiring
 modules at the package's top level (daemon, offline, cli, config, ...). This keeps the low layers
 free of Kafka, HTTP and model knowledge, and makes each usable and testable on its own.
+`common` is not a stage of the data but helpers beneath all of them (e.g. throttled logging).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "asr_stream"
-STAGES = ["sip", "rtp", "audio", "inference", "transcript", "sinks"]
+STAGES = ["common", "sip", "rtp", "audio", "inference", "transcript", "sinks"]
 WIRING = len(STAGES)
 
 

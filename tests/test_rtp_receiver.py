@@ -249,3 +249,61 @@ def test_ports_are_even_pairs_skip_busy_ones_and_run_out():
         assert allocator.in_use == 0
     finally:
         busy.close()
+
+
+# -- stray SSRCs (issue 11): one packet of another SSRC must not cut the call --------------------
+
+
+def stray(sequence: int, ssrc: int = 0xBAD) -> bytes:
+    """A loud packet of another SSRC, as a comfort-noise or DTMF generator's stray would be."""
+    return RtpPacket(0, sequence, 999_000 + sequence * N, ssrc, ulaw_encode(np.full(N, 20000, np.int16))).to_bytes()
+
+
+async def test_a_stray_packet_of_another_ssrc_does_not_cut_the_call(allocator, sender, caplog):
+    encoded = ulaw_encode(speech_8k()[: 60 * N])
+    packets = [p.to_bytes() for p in g711_packets(encoded, 0, ssrc=0xA11CE, first_sequence=100)]
+    # One stray at packet 10; a burst of four (less than the probation) at packet 30.
+    datagrams = packets[:10] + [stray(7)] + packets[10:30] + [stray(500 + i) for i in range(4)] + packets[30:]
+    receiver = await RtpReceiver.open(allocator, ReceiverConfig(PCMU_ONLY))
+    with caplog.at_level("WARNING", logger="asr_stream.rtp.receiver"):
+        frames = await asyncio.wait_for(collect_after(receiver, send(sender, receiver.port, datagrams)), 10)
+    np.testing.assert_array_equal(concatenated(frames), ulaw_decode(encoded))  # the whole call, no blip
+    stats = receiver.stats()
+    assert stats.dropped == {"stray_ssrc": 5} and stats.ssrc_changes == 0 and stats.lost == 0
+    warnings = [r.getMessage() for r in caplog.records if r.name == "asr_stream.rtp.receiver"]
+    assert len(warnings) == 1 and "SSRC 0x00000bad ignored as stray" in warnings[0], warnings  # throttled
+
+
+async def test_a_genuine_ssrc_switch_passes_probation_without_losing_audio(allocator, sender):
+    encoded = ulaw_encode(speech_8k()[: 40 * N])
+    first = g711_packets(encoded[: 20 * N], 0, ssrc=1, first_sequence=10, first_timestamp=0)
+    second = g711_packets(encoded[20 * N :], 0, ssrc=2, first_sequence=60000, first_timestamp=5_000_000)
+    receiver = await RtpReceiver.open(allocator, ReceiverConfig(PCMU_ONLY))
+    frames = await asyncio.wait_for(collect_after(receiver, send(sender, receiver.port, [p.to_bytes() for p in first + second])), 10)
+    np.testing.assert_array_equal(concatenated(frames), ulaw_decode(encoded))
+    stats = receiver.stats()
+    assert stats.ssrc_changes == 1 and stats.dropped == {} and stats.packets == 40
+
+
+async def test_a_reinvite_to_a_new_address_hands_over_at_the_first_packet(allocator, sender):
+    """First-source latching: after `set_remote` with a new address, the new source is taken at once."""
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        moved.bind(("127.0.0.1", 0))
+        encoded = ulaw_encode(speech_8k()[: 20 * N])
+        before = [p.to_bytes() for p in g711_packets(encoded[: 10 * N], 0, ssrc=1, first_timestamp=0)]
+        after = [p.to_bytes() for p in g711_packets(encoded[10 * N :], 0, ssrc=2, first_sequence=7000, first_timestamp=10 * N)]
+        receiver = await RtpReceiver.open(allocator, ReceiverConfig(PCMU_ONLY, remote=sender.getsockname()))
+
+        async def call() -> None:
+            await send(sender, receiver.port, before)
+            receiver.set_remote(moved.getsockname())
+            await send(moved, receiver.port, after[:1])
+            await send(sender, receiver.port, [stray(3, ssrc=1)])  # the old source, late: no longer ours
+            await send(moved, receiver.port, after[1:])
+
+        frames = await asyncio.wait_for(collect_after(receiver, call()), 10)
+    finally:
+        moved.close()
+    np.testing.assert_array_equal(concatenated(frames), ulaw_decode(encoded))
+    assert receiver.stats().ssrc_changes == 1 and receiver.stats().dropped == {"unexpected_source": 1}

@@ -1,30 +1,41 @@
 """One RTP channel: a UDP port pair in, gap-free PCM frames and events (DTMF, inactivity) out.
 
 Everything runs in datagram callbacks on the event loop, so the per-packet path is plain
-synchronous code: parse, source check, timeline, duplicate check, jitter buffer, decode. No
-datagram can raise out of it: each rejected one is counted by reason in `stats().dropped`.
+synchronous code: parse, source check, SSRC arbitration (stray packets of another SSRC are held
+on probation, `ssrc.py`), timeline, duplicate check, jitter buffer, decode. No datagram can raise
+out of it: each rejected one is counted by reason in `stats().dropped`, and stray ones are also
+logged, at most once per port every 10 s.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from asr_stream.common.throttled_log import ThrottledLog
 from asr_stream.rtp.codecs import TELEPHONE_EVENT, AudioDecoder, make_decoder
 from asr_stream.rtp.dtmf import DtmfDetector, DtmfEvent
 from asr_stream.rtp.jitter import JitterBuffer, PcmFrame
-from asr_stream.rtp.packet import MalformedPacket, parse_rtp
+from asr_stream.rtp.packet import MalformedPacket, RtpPacket, parse_rtp
 from asr_stream.rtp.ports import PortAllocator, PortPair
 from asr_stream.rtp.rtcp import rtcp_packet_types
+from asr_stream.rtp.ssrc import SsrcArbiter
 from asr_stream.rtp.stats import SourceStats
 from asr_stream.rtp.timeline import Timeline
 
 logger = logging.getLogger(__name__)
+_throttled = ThrottledLog(logger)
+_serials = itertools.count()
+
+#: After the signalling announced new media (`expect_new_source`), how long the first new SSRC
+#: (and, with first-source latching, the first new source address) takes over without probation.
+HANDOVER_WINDOW_S = 10.0
 
 
 class Latching(enum.Enum):
@@ -71,7 +82,7 @@ class ReceiverStats:
     ssrc_changes: int
     timestamp_jumps: int
     dtmf_events: int
-    dropped: dict[str, int] = field(default_factory=dict)  # rejected datagrams by reason
+    dropped: dict[str, int] = field(default_factory=dict)  # rejected datagrams by reason ("stray_ssrc": see ssrc.py)
     rtcp: dict[str, int] = field(default_factory=dict)  # RTCP packets by type, malformed ones by reason
 
 
@@ -96,6 +107,8 @@ class RtpReceiver:
         self._loop = asyncio.get_running_loop()
         self._decoders, self._dtmf_payload_types, self.rate = self._payload_map(config.payload_types)
         self._timeline = Timeline(self.rate)
+        self._arbiter = SsrcArbiter(self._stray)
+        self._serial = next(_serials)  # tells receivers apart in throttled logs when ports are reused
         self._jitter = JitterBuffer(self.rate, self._publish_frame, config.playout_delay_s)
         self._dtmf = DtmfDetector(self.rate)
         self._sources: dict[int, SourceStats] = {}
@@ -105,6 +118,8 @@ class RtpReceiver:
         self._frames: asyncio.Queue[PcmFrame | None] = asyncio.Queue(config.max_queued_frames)
         self._events: asyncio.Queue[RtpEvent | None] = asyncio.Queue(256)
         self._peer = config.remote if config.latching is Latching.SDP else None
+        self._announced = config.remote
+        self._relatch_until = float("-inf")  # first-source latching: a new address may take over until then
         self._last_arrival = self._loop.time()
         self.first_media_at: float | None = None  # loop time of the first accepted audio packet
         self._timed_out = False
@@ -129,9 +144,29 @@ class RtpReceiver:
         return receiver
 
     def set_remote(self, remote: tuple[str, int]) -> None:
-        """A re-INVITE moved the peer's media: with SDP latching, accept the new address only."""
+        """A re-INVITE announced the peer's media address: when it moved, expect a new source.
+
+        With SDP latching only the new address is accepted from now on; with first-source
+        latching the first packet from another address re-latches (see `expect_new_source`).
+        """
+        if remote == self._announced:
+            return
+        self._announced = remote
         if self.config.latching is Latching.SDP:
             self._peer = remote
+        self.expect_new_source()
+
+    def expect_new_source(self) -> None:
+        """The signalling says the media source changes (re-INVITE to a new address or SSRC).
+
+        For `HANDOVER_WINDOW_S`, the first packet with a new SSRC takes over at once instead of
+        going through probation, and with first-source latching the first packet from a new
+        address re-latches the channel to it.
+        """
+        until = self._loop.time() + HANDOVER_WINDOW_S
+        self._arbiter.expect_handover(until)
+        if self.config.latching is Latching.FIRST:
+            self._relatch_until = until
 
     def set_payload_types(self, payload_types: Mapping[int, str]) -> None:
         """A re-INVITE changed the codec; the new one must share the channel's clock rate."""
@@ -194,6 +229,7 @@ class RtpReceiver:
         for transport in self._transports:
             transport.close()
         self._allocator.release(self._ports)
+        self._arbiter.finish()
         self._jitter.flush()
         for event in self._dtmf.finish():
             self._publish_event(event)
@@ -217,21 +253,35 @@ class RtpReceiver:
         except MalformedPacket as error:
             self._dropped[f"malformed_{error.reason}"] += 1
             return
-        if self._peer is None and self.config.latching is Latching.FIRST:
-            self._peer = (source[0], source[1])
-        elif self._peer is None or source[0] != self._peer[0] or source[1] != self._peer[1]:
+        now = self._loop.time()
+        if not self._from_peer((source[0], source[1]), now):
             self._dropped["unexpected_source"] += 1
             return
         decoder = self._decoders.get(packet.payload_type)
         if decoder is None and packet.payload_type not in self._dtmf_payload_types:
             self._dropped["unhandled_payload_type"] += 1
             return
-        now = self._loop.time()
+        for accepted, arrival in self._arbiter.offer(packet, now, is_audio=decoder is not None):
+            self._accept(accepted, arrival)
+
+    def _from_peer(self, address: tuple[str, int], now: float) -> bool:
+        """Whether the datagram comes from the latched (or announced) media source."""
+        if address == self._peer:
+            return True
+        if self.config.latching is Latching.FIRST and (self._peer is None or now <= self._relatch_until):
+            self._peer = address
+            self._relatch_until = float("-inf")
+            return True
+        return False
+
+    def _accept(self, packet: RtpPacket, now: float) -> None:
+        """A packet of the channel's current stream (`now`: its arrival, earlier if it was held)."""
+        decoder = self._decoders.get(packet.payload_type)
+        if decoder is None and packet.payload_type not in self._dtmf_payload_types:
+            self._dropped["unhandled_payload_type"] += 1  # held on probation across a codec change
+            return
         samples = decoder.sample_count(packet.payload) if decoder else 0
         position = self._timeline.locate(packet.ssrc, packet.timestamp, samples, now)
-        if position is None:
-            self._dropped["stale_ssrc"] += 1
-            return
         stats = self._sources.get(packet.ssrc)
         if stats is None:
             stats = self._sources[packet.ssrc] = SourceStats.starting_at(packet.sequence)
@@ -253,6 +303,15 @@ class RtpReceiver:
         stats.observe_transit(packet.timestamp, now * self.rate)
         self._jitter.push(position, samples, packet.payload, decoder, now)
         self._schedule_poll()
+
+    def _stray(self, ssrc: int, packets: int, current: int | None) -> None:
+        self._dropped["stray_ssrc"] += packets
+        current_text = f"{current:#010x}" if current is not None else "none"
+        _throttled.warning(
+            (self.port, self._serial, "stray_ssrc"),
+            "RTP port %d: %d packet(s) of SSRC %#010x ignored as stray; the current stream %s continues",
+            self.port, packets, ssrc, current_text,
+        )
 
     def _on_rtcp(self, data: bytes, source: tuple[Any, ...]) -> None:
         try:

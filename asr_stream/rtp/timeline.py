@@ -9,6 +9,10 @@ plain timestamp difference and are handled here:
   explain (a sender that reset its clock): the new stream is re-based to continue where the
   previous media ended, plus the wall-clock silence between them when that is long enough to
   be real rather than network jitter.
+
+Which SSRC is current is decided before a packet gets here (`ssrc.SsrcArbiter`: stray packets of
+another SSRC never reach the timeline), so every SSRC change seen here is a real switch, and an
+SSRC that comes back later is simply re-based again.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ REBASE_SILENCE_MIN_S = 1.0
 
 
 class Timeline:
-    """Assigns every packet a sample position; stale SSRCs (replaced ones) get None."""
+    """Assigns every packet of the channel's current stream a sample position."""
 
     def __init__(self, rate: int, jump_tolerance_s: float = 2.0) -> None:
         self.rate = rate
@@ -29,19 +33,15 @@ class Timeline:
         self.timestamp_jumps = 0
         self._jump_tolerance = jump_tolerance_s * rate
         self._ssrc: int | None = None
-        self._retired: set[int] = set()
         self._reference_timestamp = 0  # raw timestamp of the highest extended timestamp seen
         self._reference_position = 0  # its position on the channel clock
         self._reference_arrival = 0.0
         self._media_end = 0  # end of the furthest media located so far
 
-    def locate(self, ssrc: int, timestamp: int, samples: int, arrival: float) -> int | None:
+    def locate(self, ssrc: int, timestamp: int, samples: int, arrival: float) -> int:
         """Position of the packet's first sample; `samples` is its duration (0 for events)."""
         if ssrc != self._ssrc:
-            if ssrc in self._retired:
-                return None
             if self._ssrc is not None:
-                self._retired.add(self._ssrc)
                 self.ssrc_changes += 1
             self._rebase(ssrc, timestamp, arrival)
         delta = signed_delta(timestamp, self._reference_timestamp, 32)
