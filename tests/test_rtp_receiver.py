@@ -244,7 +244,11 @@ def test_ports_are_even_pairs_skip_busy_ones_and_run_out():
         assert all(port % 2 == 0 for port in ports)
         assert taken not in ports and taken - 1 not in ports and taken not in [port + 1 for port in ports]
         assert allocator.in_use == len(pairs)
-        for pair in pairs:
+        # The busy pair counted as free until tried; now nothing is, which readiness reports.
+        assert (allocator.capacity, allocator.free_pairs, allocator.exhausted) == (len(pairs) + 1, 0, True)
+        allocator.release(pairs[0])
+        assert (allocator.free_pairs, allocator.exhausted) == (1, False)
+        for pair in pairs[1:]:
             allocator.release(pair)
         assert allocator.in_use == 0
     finally:

@@ -4,6 +4,10 @@ Both sockets are bound here, at allocation time, so a port that another process 
 skipped instead of failing later, and nothing else can take it between the SDP answer and
 the first packet. Allocation walks the range round-robin: a port just released is the last to
 be reused, so stray packets of an ended call do not land in the next one.
+
+`exhausted` and `free_pairs` are for the service layer: while no pair is free, new calls can
+only be refused, so readiness should fail and the saturation metric rise (issue 11: 300 INVITEs
+that were never ACKed held the range while /readyz still said ready).
 """
 
 from __future__ import annotations
@@ -39,10 +43,27 @@ class PortAllocator:
         self._ports = range(first, port_max, 2)  # port + 1 must also fit
         self._cursor = 0
         self._in_use: set[int] = set()
+        self._failed = False  # the last allocation found no bindable pair, and none was released since
 
     @property
     def in_use(self) -> int:
         return len(self._in_use)
+
+    @property
+    def capacity(self) -> int:
+        """Pairs in the range."""
+        return len(self._ports)
+
+    @property
+    def free_pairs(self) -> int:
+        """Pairs not held by us; 0 also when the last allocation found every remaining pair
+        bound by another process (an estimate until then: such pairs are only found by trying)."""
+        return 0 if self._failed else self.capacity - self.in_use
+
+    @property
+    def exhausted(self) -> bool:
+        """No pair can be allocated now: a new call would be refused."""
+        return self.free_pairs == 0
 
     def allocate(self) -> PortPair:
         for _ in range(len(self._ports)):
@@ -54,6 +75,7 @@ class PortAllocator:
             if pair is not None:
                 self._in_use.add(port)
                 return pair
+        self._failed = True
         raise PortsExhausted(f"no free RTP port pair in {self._ports.start}-{self._ports.stop}")
 
     def release(self, pair: PortPair) -> None:
@@ -61,6 +83,7 @@ class PortAllocator:
         pair.rtp.close()
         pair.rtcp.close()
         self._in_use.discard(pair.port)
+        self._failed = False
 
     def _bind_pair(self, port: int) -> PortPair | None:
         sockets = []
