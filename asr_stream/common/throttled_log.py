@@ -59,14 +59,11 @@ class ThrottledLog:
         self._windows: OrderedDict[Hashable, _Window] = OrderedDict()
         self._forgotten = 0  # repeats counted under keys that were evicted before being reported
 
-    def warning(self, key: Hashable, message: str, *args: object) -> bool:
+    def warning(self, key: Hashable, message: str, *args: object, exc_info: bool = False) -> bool:
         """Log at WARNING unless `key` logged within `interval_s`; True when a line was written."""
-        return self.log(logging.WARNING, key, message, *args)
+        return self.log(logging.WARNING, key, message, *args, exc_info=exc_info)
 
-    def info(self, key: Hashable, message: str, *args: object) -> bool:
-        return self.log(logging.INFO, key, message, *args)
-
-    def log(self, level: int, key: Hashable, message: str, *args: object) -> bool:
+    def log(self, level: int, key: Hashable, message: str, *args: object, exc_info: bool = False) -> bool:
         now = self._clock()
         window = self._windows.get(key)
         if window is not None and now - window.opened < self.interval_s:
@@ -84,5 +81,5 @@ class ThrottledLog:
         if suppressed:
             message += " (and %d more like this in the last %.0f s)"
             args = (*args, suppressed, self.interval_s)
-        self.logger.log(level, message, *args)
+        self.logger.log(level, message, *args, exc_info=exc_info)
         return True

@@ -5,14 +5,19 @@ headers, expands compact forms, splits multi-value headers and caps the header c
 lenient on purpose (a CSeq of "abc" parses as 0), so this module adds the strict checks of
 RFC 3261 §8.2 that decide between serving a request, answering 400, and dropping it: a request we
 cannot address a response to (no usable Via) must be dropped, anything else gets an answer.
+
+It also bounds every field that travels further (into `Call`, logs and Kafka events): RFC 3261
+sets no limits, so a 30,000-character Call-ID used to be published and logged whole. A request
+over a `FieldLimits` bound is answered 400 with the field named in the reason phrase.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from aiosipua import SipMessage, SipRequest, SipResponse, generate_tag
+from aiosipua import SipMessage, SipRequest, SipResponse, generate_tag, parse_address, stringify_uri
 
 REASONS: dict[int, str] = {
     100: "Trying",
@@ -38,6 +43,25 @@ _VIA = re.compile(r"^SIP\s*/\s*2\.0\s*/\s*[A-Za-z]+\s+(\[[0-9A-Fa-f:.]+\]|[A-Za-
 _REQUIRED = ("from", "to", "call-id", "cseq")
 
 
+@dataclass(frozen=True)
+class FieldLimits:
+    """Longest accepted value of each field that reaches the handler, logs or Kafka.
+
+    Each is several times what deployed equipment sends, and about what the open-source servers
+    in front of us accept, so a request within these passes any SBC and nothing is cut here:
+    Kamailio's database schema stores Call-IDs in 255 characters and tags in 128; Asterisk builds
+    pjproject with PJSIP_MAX_URL_SIZE 512. A real Call-ID is a UUID@host (~60 characters); a
+    display name is a CNAM-style caller name (15 characters in the NANP, 50 in most PBXs).
+    """
+
+    call_id: int = 255
+    uri: int = 512  # Request-URI and the From/To/Contact URIs
+    display_name: int = 128
+    tag: int = 128  # From/To tags
+    header_value: int = 4096  # any single header value (Authorization and Route sets stay far below)
+    headers: int = 128  # header count; aiosipua refuses more than 256 outright (then we cannot answer)
+
+
 class MalformedMessage(ValueError):
     """A message we cannot serve. `request` is set when a 400 can still be addressed."""
 
@@ -47,7 +71,7 @@ class MalformedMessage(ValueError):
         self.request = request
 
 
-def parse(data: bytes) -> SipRequest | SipResponse:
+def parse(data: bytes, limits: FieldLimits = FieldLimits()) -> SipRequest | SipResponse:
     """Parse one datagram or TCP-framed message; raise `MalformedMessage` on anything invalid."""
     start_line = data.split(b"\n", 1)[0].rstrip(b"\r")
     try:
@@ -59,6 +83,7 @@ def parse(data: bytes) -> SipRequest | SipResponse:
             raise MalformedMessage("invalid response")
         return message
     _validate_request(message, start_line)
+    _check_limits(message, limits)
     return message
 
 
@@ -80,6 +105,35 @@ def _validate_request(request: SipRequest, start_line: bytes) -> None:
             raise MalformedMessage("invalid Content-Length", request)
         if int(declared) > len(request.body):
             raise MalformedMessage("body shorter than Content-Length", request)
+
+
+def _check_limits(request: SipRequest, limits: FieldLimits) -> None:
+    """400 for a request with a field beyond `limits` (its Via is known good by now)."""
+
+    def refuse(what: str, limit: int) -> MalformedMessage:
+        return MalformedMessage(f"{what} longer than {limit} characters", request)
+
+    count = sum(len(values) for _, values in request.headers.items())
+    if count > limits.headers:
+        raise MalformedMessage(f"more than {limits.headers} headers", request)
+    for name, values in request.headers.items():
+        if any(len(value) > limits.header_value for value in values):
+            raise refuse(f"{name[:32]} header", limits.header_value)
+    if len(request.call_id or "") > limits.call_id:
+        raise refuse("Call-ID", limits.call_id)
+    if len(request.uri) > limits.uri:
+        raise refuse("Request-URI", limits.uri)
+    for name in ("From", "To", "Contact"):
+        header = request.headers.get_first(name)
+        if header is None:
+            continue
+        address = parse_address(header)
+        if len(stringify_uri(address.uri)) > limits.uri:
+            raise refuse(f"{name} URI", limits.uri)
+        if len(address.display_name or "") > limits.display_name:
+            raise refuse(f"{name} display name", limits.display_name)
+        if len(address.tag or "") > limits.tag:
+            raise refuse(f"{name} tag", limits.tag)
 
 
 def has_valid_via(message: SipMessage) -> bool:

@@ -8,9 +8,11 @@ How the daemon uses it
     server.set_saturated(5)           # new INVITEs get 503 + Retry-After: 5 ...
     server.set_saturated(None)        # ... until this
     await server.end_call(call_id, EndReason.RTP_TIMEOUT)   # we hang up: BYE
+    await server.release_oldest_unconfirmed()  # out of RTP ports: give up on the oldest unACKed call
     await server.stop()               # BYE every call (reason "shutdown"), close sockets
 
-The handler (`asr_stream.sip.call.CallHandler`, three coroutines) is called like this:
+The handler (`asr_stream.sip.call.CallHandler`, three coroutines and an optional fourth) is called
+like this:
 
 * `on_invite(call) -> MediaAnswer` for each new INVITE whose offer has at least one audio stream
   we can decode. `call.channels` lists the streams to receive: one labelled "caller" for a plain
@@ -20,6 +22,11 @@ The handler (`asr_stream.sip.call.CallHandler`, three coroutines) is called like
 * `on_reinvite(call)` when the far end changes an established call (hold: channels become
   "inactive"; resume; codec or remote address change). Local ports stay those of `on_invite`.
   Raise `SipReject` to refuse the change; the call then continues as before.
+* `on_dialog_confirmed(call)` (optional: called only if the handler has it) at most once per
+  call, when the caller's ACK confirms the dialog (or a BYE/re-INVITE inside the dialog proves the
+  caller got our 200 OK although its ACK was lost), and always before `on_call_ended` for that
+  call. A call that is never confirmed (ACK timeout, cancel, or released early under pressure)
+  gets only `on_call_ended`: publish a call only from here, and its end only if it was published.
 * `on_call_ended(call, reason)` exactly once for every call `on_invite` accepted, including
   one cancelled while `on_invite` was running (reason "cancel"). Reasons: `EndReason`.
 
@@ -37,6 +44,14 @@ addresses get 403 (nothing else: no transaction, no handler) and TCP connections
 closed at accept; with `auth` set, the listed methods need digest credentials (401/407 first).
 Both run before any handler. An outsider's request leaves no state behind; a challenged one
 keeps only its transaction, to repeat the 401 to retransmissions and until its ACK.
+
+Flood protection (docs/security.md, "Limits"): requests with a field beyond `field_limits` get
+400 before anything else sees them; new-call INVITEs beyond `invite_rate_limit` per source get a
+stateless 503 + Retry-After; TCP connections are capped and idle ones closed (`TransportLimits`).
+Answered calls whose ACK has not come yet are listed by `unconfirmed_calls()`; the handler can
+end the oldest early with `release_oldest_unconfirmed()` when it runs out of RTP ports, instead
+of refusing new calls for the 32 s the ACK timeout would take. Warnings caused by peers are
+throttled per source (one line per 10 s with a count) and peer-supplied fields are clipped.
 """
 
 from __future__ import annotations
@@ -55,18 +70,23 @@ from typing import Any, Literal
 from aiosipua import Dialog, SipRequest, SipResponse, create_dialog_from_request, parse_address, parse_uri, parse_via
 from aiosipua.dialog import dialog_matches, remote_cseq_valid
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.sip.access import SourceFilter
 from asr_stream.sip.call import Call, CallHandler, EndReason, LocalMedia, SipReject
 from asr_stream.sip.digest import DigestAuthConfig, DigestAuthenticator, Verdict
-from asr_stream.sip.message import MalformedMessage, build_response, parse
+from asr_stream.sip.message import FieldLimits, MalformedMessage, build_response, parse
 from asr_stream.sip.offer import Offer, UnsupportedBody, describe_call, read_offer, restrict_to
+from asr_stream.sip.ratelimit import InviteRateLimit, SourceRateLimiter
 from asr_stream.sip.sdp import NotAcceptable, SdpOrigin, build_answer
 from asr_stream.sip.transaction import ServerTransaction, ServerTransactions, SipTimers, retransmit, transaction_key
 from asr_stream.sip.transport import Peer, SipTransports, TransportLimits
 
 log = logging.getLogger(__name__)
+throttled = ThrottledLog(log)
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
+# Drops that happen in normal operation (a late answer to our BYE, a peer that went quiet).
+_ROUTINE_DROPS = frozenset({"stray_response", "tcp_idle_timeout", "tcp_evicted"})
 ACCEPTED_BODIES = "application/sdp, multipart/mixed, application/rs-metadata+xml"
 
 
@@ -85,6 +105,9 @@ class SipServerConfig:
     user_agent: str = "asr-stream"
     allowed_sources: tuple[str, ...] = ()  # CIDRs (IPv4/IPv6) that may send SIP; empty: anyone
     auth: DigestAuthConfig | None = None  # digest-challenge these requests; None: no authentication
+    # New-call INVITEs per source address, allowed sources included; None: unlimited.
+    invite_rate_limit: InviteRateLimit | None = InviteRateLimit()
+    field_limits: FieldLimits = FieldLimits()  # longer Call-IDs, URIs, names, headers: 400
 
 
 @dataclass
@@ -99,6 +122,9 @@ class SipStats:
     calls_ended: Counter[str] = field(default_factory=Counter)  # EndReason -> count
     forbidden_sources: int = 0  # messages and TCP connections from outside `allowed_sources`
     auth: Counter[str] = field(default_factory=Counter)  # digest `Verdict` -> count
+    rate_limited: int = 0  # new-call INVITEs answered 503 by the per-source rate limit
+    calls_confirmed: int = 0  # answered calls whose dialog the caller confirmed (ACK)
+    unconfirmed_released: int = 0  # answered calls ended before their ACK by `release_oldest_unconfirmed`
 
 
 @dataclass
@@ -111,8 +137,10 @@ class _Session:
     origin: SdpOrigin
     local_media: dict[int, LocalMedia] = field(default_factory=dict)  # by m-line index
     last_answer: str = ""
-    state: Literal["proceeding", "answered", "confirmed"] = "proceeding"
+    state: Literal["proceeding", "answered", "confirmed"] = "proceeding"  # of the last INVITE/re-INVITE
     ack_wait: asyncio.Task[None] | None = None
+    answered_at: float | None = None  # loop time of the first 200 OK
+    confirmation: asyncio.Task[None] | None = None  # on_dialog_confirmed, once the dialog is confirmed
 
     def stop_waiting_for_ack(self) -> None:
         if self.ack_wait is not None:
@@ -129,8 +157,9 @@ class SipServer:
         self._sources = SourceFilter(config.allowed_sources)
         self._auth = DigestAuthenticator(config.auth) if config.auth is not None else None
         self._transports = SipTransports(
-            config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source
+            config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source, self._tcp_peers_in_dialog
         )
+        self._invite_limiter = SourceRateLimiter(config.invite_rate_limit) if config.invite_rate_limit else None
         self._transactions = ServerTransactions(config.timers)
         self._sessions: dict[str, _Session] = {}
         self._bye_retransmissions: dict[str, asyncio.Task[None]] = {}  # by Via branch
@@ -152,6 +181,30 @@ class SipServer:
     async def start(self) -> None:
         await self._transports.start()
         log.info("SIP listening on %s:%d (udp, tcp)", self._config.host, self.port)
+
+    def unconfirmed_calls(self) -> list[str]:
+        """Call-IDs of answered calls whose dialog is not confirmed yet (no ACK), oldest first."""
+        pending = [s for s in self._sessions.values() if s.answered_at is not None and s.confirmation is None]
+        return [s.call.call_id for s in sorted(pending, key=lambda s: s.answered_at or 0.0)]
+
+    async def release_oldest_unconfirmed(self, min_age_s: float | None = None) -> str | None:
+        """End the oldest answered call still waiting for its ACK; its Call-ID, or None if none qualifies.
+
+        For a handler out of RTP ports: a flood of INVITEs that are never ACKed holds a pair each
+        for 64*T1 (32 s). Only calls answered at least `min_age_s` ago qualify (default 4*T1,
+        2 s: a real caller's ACK takes one round trip). The call ends as "ack_timeout" with a BYE
+        (RFC 3261 §13.3.1.4 ends an unacknowledged session the same way, only later).
+        """
+        min_age = 4 * self._config.timers.t1_s if min_age_s is None else min_age_s
+        now = asyncio.get_running_loop().time()
+        for call_id in self.unconfirmed_calls():
+            session = self._sessions[call_id]
+            if session.answered_at is not None and now - session.answered_at >= min_age:
+                self.stats.unconfirmed_released += 1
+                log.info("call %s released before its ACK: RTP ports are needed", clip(call_id))
+                await self._end(session, EndReason.ACK_TIMEOUT, send_bye=True)
+                return call_id
+        return None
 
     def set_saturated(self, retry_after_s: int | None) -> None:
         """While set, new INVITEs get 503 with this Retry-After; None accepts calls again."""
@@ -185,8 +238,13 @@ class SipServer:
 
     # -- receiving ---------------------------------------------------------------------------
 
-    def _count_drop(self, reason: str) -> None:
+    def _count_drop(self, reason: str, host: str) -> None:
         self.stats.dropped[reason] += 1
+        level = logging.INFO if reason in _ROUTINE_DROPS else logging.WARNING
+        throttled.log(level, (host, reason), "SIP from %s dropped: %s", clip(host), reason)
+
+    def _tcp_peers_in_dialog(self) -> set[tuple[str, int]]:
+        return {s.peer.address for s in self._sessions.values() if s.peer.transport == "tcp"}
 
     def _admit_source(self, host: str) -> bool:
         if self._sources.allows(host):
@@ -200,22 +258,27 @@ class SipServer:
             self._forbid(data, peer)
             return
         try:
-            message = parse(data)
+            message = parse(data, self._config.field_limits)
         except MalformedMessage as exc:
             if exc.request is None:
-                self._count_drop("unaddressable")
+                self._count_drop("unaddressable", peer.address[0])
             else:
                 self.stats.bad_requests += 1
                 self._send(build_response(exc.request, 400, f"Bad Request ({exc.reason})"), peer)
+                throttled.warning(
+                    (peer.address[0], "bad_request"),
+                    "SIP %s from %s answered 400: %s (Call-ID %s)",
+                    clip(exc.request.method, 32), clip(peer.address[0]), exc.reason, clip(exc.request.call_id),
+                )
             return
         try:
             if isinstance(message, SipResponse):
-                self._on_response(message)
+                self._on_response(message, peer)
             else:
                 self._on_request(message, peer)
         except Exception:  # a bug must cost one message, never the server
-            log.exception("SIP message from %s could not be handled", peer.address)
-            self._count_drop("internal_error")
+            throttled.warning((peer.address[0], "internal_error"), "SIP message from %s could not be handled", peer.address, exc_info=True)
+            self.stats.dropped["internal_error"] += 1
 
     def _forbid(self, data: bytes, peer: Peer) -> None:
         """403 to a request from outside the allow-list, statelessly; anything else is dropped.
@@ -229,12 +292,12 @@ class SipServer:
         if isinstance(message, SipRequest) and message.method != "ACK":
             self._send(build_response(message, 403, "Forbidden (source not allowed)"), peer)
 
-    def _on_response(self, response: SipResponse) -> None:
+    def _on_response(self, response: SipResponse, peer: Peer) -> None:
         """The only requests we send are BYEs: any response ends their retransmission."""
         branch = parse_via(response.headers.get("via")[0]).branch or ""
         task = self._bye_retransmissions.pop(branch, None)
         if task is None:
-            self._count_drop("stray_response")
+            self._count_drop("stray_response", peer.address[0])
         elif response.status_code >= 200:
             task.cancel()
         else:
@@ -250,10 +313,12 @@ class SipServer:
             if existing.last_response is not None:
                 self._transports.send(existing.last_response, peer)
             return
+        to_tag = parse_address(request.headers.get_first("to") or "").tag
+        if request.method == "INVITE" and to_tag is None and self._rate_limited(request, peer):
+            return
         transaction = self._transactions.create(key, request, peer)
         if not self._authenticated(transaction):
             return
-        to_tag = parse_address(request.headers.get_first("to") or "").tag
         if request.method == "INVITE" and to_tag is None:
             self._spawn(self._new_call(request, peer, transaction))
         elif request.method == "INVITE":
@@ -266,6 +331,24 @@ class SipServer:
             self._respond(transaction, 200, headers={"Allow": ALLOW, "Accept": ACCEPTED_BODIES})
         else:
             self._respond(transaction, 405, headers={"Allow": ALLOW})
+
+    def _rate_limited(self, request: SipRequest, peer: Peer) -> bool:
+        """Whether a new-call INVITE is over its source's rate; if so it got a stateless 503.
+
+        Stateless like the allow-list's 403: a flood must not buy itself transactions and
+        retransmission timers. A retransmission of a refused INVITE is judged afresh.
+        """
+        if self._invite_limiter is None:
+            return False
+        retry_after = self._invite_limiter.admit(peer.address[0], asyncio.get_running_loop().time())
+        if retry_after is None:
+            return False
+        self.stats.rate_limited += 1
+        self.stats.calls_rejected[503] += 1
+        headers = {"Retry-After": str(retry_after)}
+        self._send(build_response(request, 503, "Service Unavailable (rate limit)", headers=headers), peer)
+        throttled.warning((peer.address[0], "rate_limited"), "SIP INVITE from %s over the rate limit: 503", clip(peer.address[0]))
+        return True
 
     def _authenticated(self, transaction: ServerTransaction) -> bool:
         """Whether the request may be served; if not, it has been challenged (401/407).
@@ -283,7 +366,10 @@ class SipServer:
             return True
         if result.verdict in (Verdict.FAILED, Verdict.REPLAYED):
             peer = transaction.peer.address[0]
-            log.warning("SIP %s from %s: digest %s for user %r", request.method, peer, result.verdict, result.username)
+            throttled.warning(
+                (peer, "auth", result.verdict),
+                "SIP %s from %s: digest %s for user %r", request.method, clip(peer), result.verdict, clip(result.username, 64),
+            )
         challenges = self._auth.challenges(stale=result.verdict in (Verdict.STALE, Verdict.REPLAYED))
         self._respond(transaction, self._auth.status, headers={self._auth.challenge_header: challenges})
         return False
@@ -294,6 +380,7 @@ class SipServer:
         if session is not None and dialog_matches(session.dialog, request) and session.state == "answered":
             session.stop_waiting_for_ack()
             session.state = "confirmed"
+            self._confirm(session)
             return
         transaction = self._transactions.find(transaction_key(request, "INVITE"))
         if transaction is not None:
@@ -317,7 +404,24 @@ class SipServer:
             self._respond(transaction, 481)
             return
         self._respond(transaction, 200)
+        self._confirm(session)  # its ACK was lost, but a BYE with our To tag proves it got the 200 OK
         self._spawn(self._end(session, EndReason.BYE, send_bye=False))
+
+    def _confirm(self, session: _Session) -> None:
+        """The dialog is confirmed: tell the handler, once, before anything can end the call."""
+        if session.confirmation is not None or session.answered_at is None:
+            return
+        self.stats.calls_confirmed += 1
+        session.confirmation = self._spawn(self._notify_confirmed(session.call))
+
+    async def _notify_confirmed(self, call: Call) -> None:
+        callback = getattr(self._handler, "on_dialog_confirmed", None)
+        if callback is None:
+            return
+        try:
+            await callback(call)
+        except Exception:
+            log.exception("on_dialog_confirmed failed for %s", clip(call.call_id))
 
     # -- INVITE ------------------------------------------------------------------------------
 
@@ -350,7 +454,7 @@ class SipServer:
             self._respond(transaction, reject.status, reject.reason, headers=headers, to_tag=dialog.local_tag)
             return
         except Exception:
-            log.exception("on_invite failed for %s", call_id)
+            log.exception("on_invite failed for %s", clip(call_id))
             self._sessions.pop(call_id, None)
             self._respond(transaction, 500, to_tag=dialog.local_tag)
             return
@@ -363,7 +467,7 @@ class SipServer:
             for channel, media in zip(session.call.channels, answer.channels, strict=True)
         }
         self.stats.calls_answered += 1
-        log.info("call %s answered: %s", call_id, ", ".join(c.label for c in session.call.channels))
+        log.info("call %s answered: %s", clip(call_id), clip(", ".join(c.label for c in session.call.channels)))
         self._answer(session, offer, transaction)
 
     async def _reinvite(self, request: SipRequest, transaction: ServerTransaction) -> None:
@@ -374,6 +478,7 @@ class SipServer:
         if not remote_cseq_valid(session.dialog, request):
             self._respond(transaction, 500, "Out of order CSeq")
             return
+        self._confirm(session)  # a re-INVITE inside the dialog: the caller has our 200 OK
         if not request.body:  # an offerless re-INVITE (session refresh): offer what we have
             self._send_2xx(session, transaction, session.last_answer)
             return
@@ -388,7 +493,7 @@ class SipServer:
             self._respond(transaction, reject.status, reject.reason)
             return
         except Exception:
-            log.exception("on_reinvite failed for %s", call.call_id)
+            log.exception("on_reinvite failed for %s", clip(call.call_id))
             self._respond(transaction, 500)
             return
         session.call = call
@@ -431,6 +536,8 @@ class SipServer:
         )
         data = self._respond_with(transaction, response)
         session.state = "answered"
+        if session.answered_at is None:
+            session.answered_at = asyncio.get_running_loop().time()
         session.stop_waiting_for_ack()
         resend = functools.partial(self._transports.send, data, session.peer) if session.peer.transport == "udp" else None
         session.ack_wait = retransmit(resend, self._config.timers, functools.partial(self._ack_timed_out, session))
@@ -458,14 +565,16 @@ class SipServer:
         if send_bye:
             self._send_bye(session, reason)
         self.stats.calls_ended[reason] += 1
-        log.info("call %s ended: %s", session.call.call_id, reason)
+        log.info("call %s ended: %s", clip(session.call.call_id), reason)
+        if session.confirmation is not None:  # the handler hears "confirmed" before "ended"
+            await asyncio.gather(asyncio.shield(session.confirmation), return_exceptions=True)
         await self._notify_ended(session.call, reason)
 
     async def _notify_ended(self, call: Call, reason: EndReason) -> None:
         try:
             await self._handler.on_call_ended(call, reason)
         except Exception:
-            log.exception("on_call_ended failed for %s", call.call_id)
+            log.exception("on_call_ended failed for %s", clip(call.call_id))
 
     def _send_bye(self, session: _Session, reason: EndReason) -> None:
         """BYE with the dialog's CSeq and route set, retransmitted over UDP until answered."""

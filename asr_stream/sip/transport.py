@@ -1,10 +1,17 @@
-"""SIP over UDP and TCP on one address: bytes in, bytes out, with hard size limits.
+"""SIP over UDP and TCP on one address: bytes in, bytes out, with hard size and connection limits.
 
 Written here rather than taken from aiosipua because its transports drop unparseable input
 silently (we must answer 400 where we can, and count the rest), keep no per-message size limit
 on UDP, and assert in `connection_made` on Python 3.11. Framing on TCP follows RFC 3261 §18.3:
 headers up to the blank line, then exactly Content-Length bytes; a stream whose framing is
 broken cannot be resynchronised, so the connection is closed.
+
+TCP connections cost a file descriptor each, and 1,024 silent ones used to lock out all TCP
+signalling. So a connection that delivers no complete message for `tcp_idle_timeout_s` is closed
+(CRLF keep-alives do not count: a peer that only pings can reconnect when it has a call), each
+source may hold `max_tcp_connections_per_source`, and when a cap is reached the connection idle
+the longest is closed to make room. Connections that carry a live dialog are never closed for
+idleness (our BYE, and the peer's, travel on them): the server names them through `pinned`.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from asr_stream.sip.call import Transport
@@ -32,22 +39,44 @@ class Peer:
 
 @dataclass(frozen=True)
 class TransportLimits:
-    """Caps on what one peer can make us buffer."""
+    """Caps on what peers can make us buffer and hold open."""
 
     max_message_bytes: int = 32 * 1024  # a SIPREC INVITE is ~5 KiB; nothing real comes close
-    max_tcp_connections: int = 1024
+    max_tcp_connections: int = 1024  # one file descriptor each; keep well under `ulimit -n`
+    # An SBC uses one or a few connections; a few open one per call, so leave room for that.
+    max_tcp_connections_per_source: int = 128
+    # Longer than a transaction lives (64*T1 = 32 s), shorter than a silent attacker would like.
+    tcp_idle_timeout_s: float = 60.0
 
 
 MessageSink = Callable[[bytes, Peer], None]
-DropSink = Callable[[str], None]
+DropSink = Callable[[str, str], None]  # (reason, peer host)
 SourceCheck = Callable[[str], bool]  # peer host -> may it connect
+PinnedConnections = Callable[[], Collection[tuple[str, int]]]  # TCP peers with live dialogs
+
+
+@dataclass(eq=False)
+class _Connection:
+    address: tuple[str, int]
+    writer: asyncio.StreamWriter
+    last_message: float  # loop time of the accept or of the last complete message
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class SipTransports:
     """A UDP socket and a TCP listener on the same host and port."""
 
     def __init__(
-        self, host: str, port: int, on_message: MessageSink, on_drop: DropSink, limits: TransportLimits, admit: SourceCheck
+        self,
+        host: str,
+        port: int,
+        on_message: MessageSink,
+        on_drop: DropSink,
+        limits: TransportLimits,
+        admit: SourceCheck,
+        pinned: PinnedConnections = frozenset,
     ) -> None:
         self._host = host
         self._port = port
@@ -55,10 +84,12 @@ class SipTransports:
         self._on_drop = on_drop
         self._limits = limits
         self._admit = admit
+        self._pinned = pinned
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp_server: asyncio.Server | None = None
-        self._tcp_writers: dict[tuple[str, int], asyncio.StreamWriter] = {}
+        self._tcp: dict[tuple[str, int], _Connection] = {}
         self._tcp_tasks: set[asyncio.Task[None]] = set()
+        self._idle_sweeper: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -74,10 +105,15 @@ class SipTransports:
         for attempt in range(attempts):
             try:
                 await self._bind(self._port)
-                return
+                break
             except OSError:
                 if attempt == attempts - 1:
                     raise
+        self._idle_sweeper = asyncio.get_running_loop().create_task(self._sweep_idle())
+
+    @property
+    def tcp_connections(self) -> int:
+        return len(self._tcp)
 
     async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
@@ -102,18 +138,21 @@ class SipTransports:
                 return False
             self._udp.sendto(data, peer.address)
             return True
-        writer = self._tcp_writers.get(peer.address)
-        if writer is None or writer.is_closing():
+        connection = self._tcp.get(peer.address)
+        if connection is None or connection.writer.is_closing():
             return False
-        writer.write(data)
+        connection.writer.write(data)
         return True
 
     async def close(self) -> None:
         """Close the listener and every connection, and wait for their readers to finish."""
+        if self._idle_sweeper is not None:
+            self._idle_sweeper.cancel()
+            await asyncio.gather(self._idle_sweeper, return_exceptions=True)
         if self._tcp_server is not None:
             self._tcp_server.close()
-        for writer in list(self._tcp_writers.values()):
-            writer.close()
+        for connection in list(self._tcp.values()):
+            connection.close()
         for task in list(self._tcp_tasks):
             task.cancel()
         await asyncio.gather(*self._tcp_tasks, return_exceptions=True)
@@ -124,7 +163,7 @@ class SipTransports:
 
     def _received_datagram(self, data: bytes, address: tuple[str, int]) -> None:
         if len(data) > self._limits.max_message_bytes:
-            self._on_drop("oversized")
+            self._on_drop("oversized", address[0])
             return
         if data.strip(b"\r\n"):  # a bare CRLF is a keep-alive (RFC 5626 §4.4.1), not a message
             self._on_message(data, Peer("udp", address))
@@ -135,31 +174,67 @@ class SipTransports:
         if not self._admit(address[0]):  # before reading a byte: an outsider gets nothing but a close
             writer.close()
             return
-        if len(self._tcp_writers) >= self._limits.max_tcp_connections:
-            self._on_drop("tcp_connection_limit")
+        if not self._make_room(address[0]):
+            self._on_drop("tcp_connection_limit", address[0])
             writer.close()
             return
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
+        connection = self._tcp[address] = _Connection(address, writer, loop.time())
         self._tcp_tasks.add(task)
-        self._tcp_writers[address] = writer
         try:
-            while (message := await self._read_message(reader, writer)) is not None:
+            while (message := await self._read_message(reader, writer, address[0])) is not None:
+                connection.last_message = loop.time()
                 self._on_message(message, Peer("tcp", address))
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         finally:
             self._tcp_tasks.discard(task)
-            self._tcp_writers.pop(address, None)
+            if self._tcp.get(address) is connection:
+                del self._tcp[address]
             writer.close()
 
-    async def _read_message(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes | None:
+    def _make_room(self, host: str) -> bool:
+        """Whether a new connection from `host` fits, after evicting the longest-idle one if a cap is hit."""
+        same_source = [c for c in self._tcp.values() if c.address[0] == host]
+        if len(same_source) >= self._limits.max_tcp_connections_per_source and not self._evict_idlest(same_source):
+            return False
+        return len(self._tcp) < self._limits.max_tcp_connections or self._evict_idlest(list(self._tcp.values()))
+
+    def _evict_idlest(self, connections: list[_Connection]) -> bool:
+        pinned = set(self._pinned())
+        idle = [c for c in connections if c.address not in pinned]
+        if not idle:
+            return False
+        victim = min(idle, key=lambda c: c.last_message)
+        del self._tcp[victim.address]
+        victim.close()
+        self._on_drop("tcp_evicted", victim.address[0])
+        return True
+
+    async def _sweep_idle(self) -> None:
+        """Close connections without a complete message for `tcp_idle_timeout_s` (unless pinned)."""
+        timeout = self._limits.tcp_idle_timeout_s
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            if not self._tcp:
+                continue
+            pinned = set(self._pinned())
+            now = loop.time()
+            for connection in [c for c in self._tcp.values() if now - c.last_message >= timeout and c.address not in pinned]:
+                del self._tcp[connection.address]
+                connection.close()
+                self._on_drop("tcp_idle_timeout", connection.address[0])
+
+    async def _read_message(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, host: str) -> bytes | None:
         """One framed message, or None when the connection ends or its framing is broken."""
         while True:
             try:
                 head = await reader.readuntil(b"\r\n\r\n")
             except asyncio.LimitOverrunError:
-                self._on_drop("oversized")
+                self._on_drop("oversized", host)
                 return None
             if head.strip(b"\r\n"):
                 break
@@ -168,11 +243,11 @@ class SipTransports:
         match = _CONTENT_LENGTH.search(head)
         declared = match.group(1) if match else b"0"
         if not declared.isdigit():
-            self._on_drop("framing")
+            self._on_drop("framing", host)
             return None
         length = int(declared)
         if len(head) + length > self._limits.max_message_bytes:
-            self._on_drop("oversized")
+            self._on_drop("oversized", host)
             return None
         return head + await reader.readexactly(length)
 
