@@ -42,6 +42,8 @@ class RecordingHandler:
         self.invites: list[Call] = []
         self.reinvites: list[Call] = []
         self.ended: list[tuple[Call, EndReason]] = []
+        self.confirmed: list[Call] = []
+        self.timeline: list[tuple[str, str]] = []  # (what, Call-ID) in the order the server called us
         self.max_concurrent = 0
         self.hold_answers = asyncio.Event()  # cleared by tests that need a call to stay unanswered
         self.hold_answers.set()
@@ -49,19 +51,28 @@ class RecordingHandler:
 
     async def on_invite(self, call: Call) -> MediaAnswer:
         self.invites.append(call)
+        self.timeline.append(("invite", call.call_id))
         await asyncio.wait_for(self.hold_answers.wait(), timeout=20)
-        pairs = [self.ports.allocate() for _ in call.channels]
+        pairs = [await self.allocate() for _ in call.channels]
         self._pairs[call.call_id] = pairs
         self.max_concurrent = max(self.max_concurrent, len(self._pairs))
         return MediaAnswer([LocalMedia(self.ports.host, pair.port) for pair in pairs])
 
+    async def allocate(self) -> PortPair:
+        return self.ports.allocate()
+
     async def on_reinvite(self, call: Call) -> None:
         self.reinvites.append(call)
+
+    async def on_dialog_confirmed(self, call: Call) -> None:
+        self.confirmed.append(call)
+        self.timeline.append(("confirmed", call.call_id))
 
     async def on_call_ended(self, call: Call, reason: EndReason) -> None:
         for pair in self._pairs.pop(call.call_id, []):
             self.ports.release(pair)
         self.ended.append((call, reason))
+        self.timeline.append((f"ended:{reason}", call.call_id))
 
 
 @pytest.fixture
@@ -135,6 +146,7 @@ async def test_call_is_answered_and_ends_when_caller_hangs_up(
     assert channel.remote_address == "127.0.0.1" and channel.remote_port > 0
     assert handler.ended[0][1] == EndReason.BYE
     assert handler.ports.in_use == 0 and server.calls == {}
+    assert [what for what, _ in handler.timeline] == ["invite", "confirmed", "ended:bye"]  # the ACK confirmed it, once
 
 
 @pytest.mark.parametrize("transport", ["u1", "t1"])
@@ -210,6 +222,7 @@ async def test_missing_ack_ends_the_call_after_64_t1(server: SipServer, handler:
     assert run.returncode == 0, run.explain()
     await wait_until(lambda: len(handler.ended) == 1)
     assert handler.ended[0][1] == EndReason.ACK_TIMEOUT
+    assert handler.confirmed == [] and server.stats.calls_confirmed == 0  # never published as a call
     assert time.monotonic() - started >= FAST_TIMERS.give_up_s
     assert run.messages.count("SIP/2.0 200 OK") >= 5, "the 200 OK was not retransmitted"
 

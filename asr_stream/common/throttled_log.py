@@ -70,14 +70,13 @@ class ThrottledLog:
             window.suppressed += 1
             self._windows.move_to_end(key)
             return False
-        suppressed = window.suppressed if window is not None else 0
-        suppressed += self._forgotten
-        self._forgotten = 0
         self._windows[key] = _Window(now)
         self._windows.move_to_end(key)
         while len(self._windows) > self.max_keys:
             _, evicted = self._windows.popitem(last=False)
             self._forgotten += evicted.suppressed
+        suppressed = (window.suppressed if window is not None else 0) + self._forgotten
+        self._forgotten = 0
         if suppressed:
             message += " (and %d more like this in the last %.0f s)"
             args = (*args, suppressed, self.interval_s)

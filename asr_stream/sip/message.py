@@ -116,9 +116,6 @@ def _check_limits(request: SipRequest, limits: FieldLimits) -> None:
     count = sum(len(values) for _, values in request.headers.items())
     if count > limits.headers:
         raise MalformedMessage(f"more than {limits.headers} headers", request)
-    for name, values in request.headers.items():
-        if any(len(value) > limits.header_value for value in values):
-            raise refuse(f"{name[:32]} header", limits.header_value)
     if len(request.call_id or "") > limits.call_id:
         raise refuse("Call-ID", limits.call_id)
     if len(request.uri) > limits.uri:
@@ -134,6 +131,9 @@ def _check_limits(request: SipRequest, limits: FieldLimits) -> None:
             raise refuse(f"{name} display name", limits.display_name)
         if len(address.tag or "") > limits.tag:
             raise refuse(f"{name} tag", limits.tag)
+    for name, values in request.headers.items():  # last, so that the specific limits name the field
+        if any(len(value) > limits.header_value for value in values):
+            raise refuse(f"{name[:32]} header", limits.header_value)
 
 
 def has_valid_via(message: SipMessage) -> bool:

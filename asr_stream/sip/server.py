@@ -174,6 +174,11 @@ class SipServer:
         return self._transports.port
 
     @property
+    def tcp_connections(self) -> int:
+        """Open TCP signalling connections (for a gauge next to `TransportLimits.max_tcp_connections`)."""
+        return self._transports.tcp_connections
+
+    @property
     def calls(self) -> Mapping[str, Call]:
         """Calls answered or being answered, by Call-ID (a snapshot)."""
         return {call_id: session.call for call_id, session in self._sessions.items()}
