@@ -18,9 +18,11 @@ import xml.etree.ElementTree as ElementTree
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.sip.call import Participant
 
 log = logging.getLogger(__name__)
+throttled = ThrottledLog(log)
 
 METADATA_TYPE = "application/rs-metadata+xml"
 
@@ -61,7 +63,7 @@ def parse_metadata(xml: bytes) -> tuple[Participant, ...]:
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError as exc:
-        log.warning("unusable SIPREC metadata: %s", exc)
+        throttled.warning("unusable_metadata", "unusable SIPREC metadata: %s", clip(exc))
         return ()
     stream_labels = {
         stream.get("stream_id", ""): _child_text(stream, "label")
