@@ -122,6 +122,16 @@ class CallHandler(Protocol):
         """The far end changed the session (hold/resume/codec/address); raise `SipReject` to refuse."""
         ...
 
+    async def on_dialog_confirmed(self, call: Call) -> None:
+        """The caller confirmed the dialog (ACK): the call is real, publish it from here.
+
+        Called at most once per call and always before its `on_call_ended`; never for a call
+        that was not confirmed (ACK timeout, cancel, released under pressure), so a flood of
+        INVITEs that are never ACKed publishes nothing. Optional: the server calls it only on
+        handlers that define it.
+        """
+        ...
+
     async def on_call_ended(self, call: Call, reason: EndReason) -> None:
         """Release what `on_invite` allocated. Called exactly once per answered or cancelled call."""
         ...
