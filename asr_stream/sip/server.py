@@ -82,7 +82,6 @@ from asr_stream.sip.transaction import ServerTransaction, ServerTransactions, Si
 from asr_stream.sip.transport import Peer, SipTransports, TransportLimits
 
 log = logging.getLogger(__name__)
-throttled = ThrottledLog(log)
 
 ALLOW = "INVITE, ACK, BYE, CANCEL, OPTIONS"
 # Drops that happen in normal operation (a late answer to our BYE, a peer that went quiet).
@@ -165,6 +164,7 @@ class SipServer:
         self._bye_retransmissions: dict[str, asyncio.Task[None]] = {}  # by Via branch
         self._tasks: set[asyncio.Task[Any]] = set()
         self._retry_after_s: int | None = None
+        self._throttled = ThrottledLog(log)  # per server: peers' warnings, one line per source and kind
         self._stopping = False
         self.stats = SipStats()
 
@@ -246,7 +246,7 @@ class SipServer:
     def _count_drop(self, reason: str, host: str) -> None:
         self.stats.dropped[reason] += 1
         level = logging.INFO if reason in _ROUTINE_DROPS else logging.WARNING
-        throttled.log(level, (host, reason), "SIP from %s dropped: %s", clip(host), reason)
+        self._throttled.log(level, (host, reason), "SIP from %s dropped: %s", clip(host), reason)
 
     def _tcp_peers_in_dialog(self) -> set[tuple[str, int]]:
         return {s.peer.address for s in self._sessions.values() if s.peer.transport == "tcp"}
@@ -270,7 +270,7 @@ class SipServer:
             else:
                 self.stats.bad_requests += 1
                 self._send(build_response(exc.request, 400, f"Bad Request ({exc.reason})"), peer)
-                throttled.warning(
+                self._throttled.warning(
                     (peer.address[0], "bad_request"),
                     "SIP %s from %s answered 400: %s (Call-ID %s)",
                     clip(exc.request.method, 32), clip(peer.address[0]), exc.reason, clip(exc.request.call_id),
@@ -282,7 +282,7 @@ class SipServer:
             else:
                 self._on_request(message, peer)
         except Exception:  # a bug must cost one message, never the server
-            throttled.warning((peer.address[0], "internal_error"), "SIP message from %s could not be handled", peer.address, exc_info=True)
+            self._throttled.warning((peer.address[0], "internal_error"), "SIP message from %s could not be handled", peer.address, exc_info=True)
             self.stats.dropped["internal_error"] += 1
 
     def _forbid(self, data: bytes, peer: Peer) -> None:
@@ -352,7 +352,7 @@ class SipServer:
         self.stats.calls_rejected[503] += 1
         headers = {"Retry-After": str(retry_after)}
         self._send(build_response(request, 503, "Service Unavailable (rate limit)", headers=headers), peer)
-        throttled.warning((peer.address[0], "rate_limited"), "SIP INVITE from %s over the rate limit: 503", clip(peer.address[0]))
+        self._throttled.warning((peer.address[0], "rate_limited"), "SIP INVITE from %s over the rate limit: 503", clip(peer.address[0]))
         return True
 
     def _authenticated(self, transaction: ServerTransaction) -> bool:
@@ -371,7 +371,7 @@ class SipServer:
             return True
         if result.verdict in (Verdict.FAILED, Verdict.REPLAYED):
             peer = transaction.peer.address[0]
-            throttled.warning(
+            self._throttled.warning(
                 (peer, "auth", result.verdict),
                 "SIP %s from %s: digest %s for user %r", request.method, clip(peer), result.verdict, clip(result.username, 64),
             )
