@@ -18,6 +18,8 @@ from asr_stream.sip.call import (
     SipReject,
 )
 from asr_stream.sip.digest import DigestAuthConfig, DigestCredential
+from asr_stream.sip.message import FieldLimits
+from asr_stream.sip.ratelimit import InviteRateLimit
 from asr_stream.sip.server import SipServer, SipServerConfig, SipStats
 from asr_stream.sip.transaction import SipTimers
 from asr_stream.sip.transport import TransportLimits
@@ -30,6 +32,8 @@ __all__ = [
     "DigestAuthConfig",
     "DigestCredential",
     "EndReason",
+    "FieldLimits",
+    "InviteRateLimit",
     "LocalMedia",
     "MediaAnswer",
     "Participant",
