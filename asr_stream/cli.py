@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from asr_stream.offline import transcribe_files
+    from asr_stream.app.offline import transcribe_files
 
     return transcribe_files(
         args.files,
@@ -56,11 +56,11 @@ def _models_add_conformer(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from asr_stream.config import ConfigError, load_config
-    from asr_stream.daemon import serve
+    from asr_stream.app.config import ConfigError, load_config
+    from asr_stream.app.daemon import serve
+    from asr_stream.app.logs import configure_logging
     from asr_stream.inference.engine_cache import EngineCacheError
     from asr_stream.inference.models import ModelError
-    from asr_stream.logs import configure_logging
 
     try:
         config = load_config(args.config)
@@ -72,10 +72,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from asr_stream.config import ConfigError
+    from asr_stream.app.config import ConfigError
+    from asr_stream.devtools.local_broker import BrokerStartError
+    from asr_stream.devtools.local_run import run_local
     from asr_stream.inference.models import ModelError
-    from asr_stream.local_run import run_local
-    from asr_stream.sinks.local_broker import BrokerStartError
 
     try:
         return run_local(args.config, json_logs=args.log_format == "json")
@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from asr_stream.config import ConfigError, load_config
+    from asr_stream.app.config import ConfigError, load_config
 
     try:
         load_config(args.file)
@@ -102,7 +102,7 @@ def _call(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from asr_stream.sipp import SippError, place_call
+    from asr_stream.devtools.sipp import SippError, place_call
 
     with tempfile.TemporaryDirectory(prefix="asr-stream-call-") as workdir:
         try:
@@ -115,7 +115,7 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from asr_stream.sinks.tail import tail
+    from asr_stream.devtools.tail import tail
 
     return tail(args.bootstrap, args.topic, from_beginning=not args.latest, as_json=args.json)
 
@@ -169,7 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     conformer.add_argument("--language", default=None, help="language code reported in events")
     conformer.set_defaults(handler=_models_add_conformer)
 
-    engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(dest="engines_command", required=True)
+    engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(
+        dest="engines_command", required=True
+    )
     build = engines.add_parser("build", help="build engines from the exported graphs with a shape profile")
     build.add_argument("model")
     build.add_argument("--profile", help="profile YAML (default: profiles/<model>.yaml)")
@@ -217,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from asr_stream.logs import configure_logging
+    from asr_stream.app.logs import configure_logging
 
     # Offline commands log warnings only (the ONNX exporter is chatty); the daemon logs more.
     configure_logging("WARNING", json_lines=args.log_format == "json")

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from asr_stream.config import ConfigError, load_config
-from asr_stream.daemon import digest_auth
+from asr_stream.app.config import ConfigError, load_config
+from asr_stream.app.daemon import digest_auth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,12 +56,21 @@ def test_config_check_cli_prints_problems_and_fails(tmp_path, text, expected):
 
 
 def test_config_check_cli_accepts_a_good_file():
-    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "config", "check", "deploy/local.yaml"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "config", "check", "deploy/local.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_sip_digest_section_becomes_the_servers_auth_settings(tmp_path):
-    path = write(tmp_path, "model: whisper-tiny.en\nsip: {auth: {realm: hotline, users: {alice: {password: s3cret}}, algorithms: [MD5], proxy: true}}\n")
+    path = write(
+        tmp_path,
+        "model: whisper-tiny.en\nsip: {auth: {realm: hotline, users: {alice: {password: s3cret}}, algorithms: [MD5], proxy: true}}\n",
+    )
     auth = digest_auth(load_config(path, environ={}).sip["auth"])
     assert auth is not None and auth.realm == "hotline" and auth.algorithms == ("MD5",) and auth.proxy
     assert auth.users["alice"].password == "s3cret" and "s3cret" not in repr(auth)
@@ -80,6 +89,8 @@ def test_secrets_for_log_redaction_are_collected_from_every_section(tmp_path):
 def test_serve_refuses_an_unusable_backend_in_one_line(tmp_path):
     """backend: tensorrt without built engines (none can be built here): the operator is told what to run."""
     path = write(tmp_path, 'model: whisper-tiny.en\nbackend: tensorrt\nengines_dir: engines\nsip: {listen: "127.0.0.1:0"}\n')
-    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "asr-stream engines build whisper-tiny.en" in result.stderr

@@ -17,15 +17,15 @@ from typing import Any
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from test_livefeed import ended, final, partial, started
 
+from asr_stream.app.config import SCHEMA, load_config
+from asr_stream.app.http_api import HttpSettings, create_app
+from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.cli import build_parser
-from asr_stream.config import SCHEMA, load_config
-from asr_stream.http_api import HttpSettings, create_app
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.metrics import DaemonMetrics
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
-from test_livefeed import ended, final, partial, started
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
@@ -168,9 +168,11 @@ def test_dockerfiles_serve_the_config_they_copy(dockerfile: str) -> None:
 def test_kamailio_dispatches_to_the_set_its_list_defines() -> None:
     config = (DEPLOY / "kamailio" / "kamailio.cfg").read_text()
     (dispatcher_set,) = re.findall(r"#!define DISPATCHER_SET (\d+)", config)
-    entries = [line.split() for line in (DEPLOY / "kamailio" / "dispatcher.list").read_text().splitlines() if line and not line.startswith("#")]
+    entries = [
+        line.split() for line in (DEPLOY / "kamailio" / "dispatcher.list").read_text().splitlines() if line and not line.startswith("#")
+    ]
     assert len(entries) >= 2
-    for setid, uri, flags, priority, attributes in entries:
+    for setid, uri, _flags, _priority, attributes in entries:
         assert setid == dispatcher_set
         assert re.fullmatch(r"sip:[\d.]+:\d+", uri)
         assert "duid=" in attributes and "maxload=" in attributes  # call-load algorithm 10 needs both

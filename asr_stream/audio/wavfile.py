@@ -20,7 +20,7 @@ import numpy as np
 import soundfile
 
 from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.resample import resample
+from asr_stream.ingest.resample import resample
 
 # Writers that stream to a pipe cannot seek back to fill in the data size and leave one of these.
 _UNKNOWN_CHUNK_SIZES = (0, 0xFFFFFFFF)

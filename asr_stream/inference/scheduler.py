@@ -232,5 +232,5 @@ class BatchScheduler(Generic[P, R]):
         stats.batches += 1
         stats.items += size
         stats.ema_batch_s = seconds if stats.batches == 1 else 0.8 * stats.ema_batch_s + 0.2 * seconds
-        stats.batch_sizes = (stats.batch_sizes + [size])[-64:]
+        stats.batch_sizes = ([*stats.batch_sizes, size])[-64:]
         self._update_saturation()

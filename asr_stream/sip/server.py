@@ -128,9 +128,7 @@ class SipServer:
         self._config = config
         self._sources = SourceFilter(config.allowed_sources)
         self._auth = DigestAuthenticator(config.auth) if config.auth is not None else None
-        self._transports = SipTransports(
-            config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source
-        )
+        self._transports = SipTransports(config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source)
         self._transactions = ServerTransactions(config.timers)
         self._sessions: dict[str, _Session] = {}
         self._bye_retransmissions: dict[str, asyncio.Task[None]] = {}  # by Via branch

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.segmenter import SegmentClosed, SegmentEvent, Segmenter, SegmenterConfig, SegmentOpened, samples_to_ms
+from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import Vad
 from asr_stream.inference.runners import Hypothesis
 from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
@@ -124,15 +124,15 @@ class ChannelTranscriber:
         except Exception:
             log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
             return
-        event = transcript.partial(
-            hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample)
-        )
+        event = transcript.partial(hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
         if event is not None:
             self._emit(event)
 
     async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
         try:
-            hypothesis = await self._scheduler.submit((self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL)
+            hypothesis = await self._scheduler.submit(
+                (self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL
+            )
             text, language = hypothesis.text, hypothesis.language
         except Exception:
             log.exception("final transcription failed", extra={"call_id": self.labels.call_id})
@@ -148,4 +148,4 @@ class ChannelTranscriber:
     def _latency_ms(self, media_sample: int) -> int:
         """Now minus the wall time at which `media_sample` arrived (estimated from the last frame)."""
         arrived_at = self._received_at - (self._received - media_sample) / SAMPLE_RATE
-        return int(round((self._clock() - arrived_at) * 1000))
+        return round((self._clock() - arrived_at) * 1000)

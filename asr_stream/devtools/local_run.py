@@ -12,11 +12,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from asr_stream.config import Config, load_config, split_hostport
-from asr_stream.daemon import Daemon, serve
+from asr_stream.app.config import Config, load_config, split_hostport
+from asr_stream.app.daemon import Daemon, serve
+from asr_stream.app.logs import configure_logging
+from asr_stream.devtools.local_broker import LocalBroker
 from asr_stream.inference.models import prepare_model
-from asr_stream.logs import configure_logging
-from asr_stream.sinks.local_broker import LocalBroker
 
 DEMO_AUDIO = Path("deploy/demo/speech.wav")
 
@@ -32,7 +32,8 @@ def _banner(config: Config, daemon: Daemon) -> str:
             "",
             "asr-stream is running",
             f"  SIP (UDP+TCP): {target}      model: {config.model} on {config.backend}",
-            f"  Kafka topic:   {kafka['topic']} at {kafka['bootstrap_servers']}" + ("  (embedded Tansu broker)" if kafka["embedded"] else ""),
+            f"  Kafka topic:   {kafka['topic']} at {kafka['bootstrap_servers']}"
+            + ("  (embedded Tansu broker)" if kafka["embedded"] else ""),
             f"  HTTP:          http://{config.http['listen']}/healthz",
             "",
             "Place a call that streams real speech (SIPp, G.711 mu-law):",

@@ -22,26 +22,25 @@ from pathlib import Path
 
 from aiohttp import web
 
-from asr_stream import http_api
-from asr_stream.audio.ingest import CallChannel, ChannelAudio, IngestConfig, TelephonyIngest
-from asr_stream.audio.ingest import CallEnded as IngestCallEnded
-from asr_stream.audio.ingest import CallStarted as IngestCallStarted
+from asr_stream.app import http_api
+from asr_stream.app.config import Config, split_hostport
+from asr_stream.app.metrics import DaemonMetrics
+from asr_stream.app.whip_routes import whip_routes
 from asr_stream.audio.segmenter import SegmenterConfig
-from asr_stream.audio.whip import WhipConfig, WhipIngest
-from asr_stream.config import Config, split_hostport
-from asr_stream.http_whip import whip_routes
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
 from asr_stream.inference.tensorrt_backend import TensorRTEngine
-from asr_stream.metrics import DaemonMetrics
+from asr_stream.ingest.telephony import ChannelAudio, IngestConfig, TelephonyIngest
+from asr_stream.ingest.types import CallChannel, CallInfo, EndReason
+from asr_stream.ingest.types import CallEnded as IngestCallEnded
+from asr_stream.ingest.types import CallStarted as IngestCallStarted
+from asr_stream.ingest.webrtc.session import WhipConfig, WhipIngest
 from asr_stream.rtp.codecs import supported_encodings
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.sip import DigestAuthConfig, DigestCredential
-from asr_stream.sip.call import Call
-from asr_stream.sip.call import EndReason as SipEndReason
 from asr_stream.sip.server import SipServerConfig
 from asr_stream.transcript import events
 from asr_stream.transcript.channel import ChannelTranscriber
@@ -53,15 +52,6 @@ log = logging.getLogger(__name__)
 # (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
 # fit the graph, profile, TensorRT version or GPU).
 ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
-
-END_REASONS: dict[SipEndReason, events.EndReason] = {
-    SipEndReason.BYE: events.EndReason.HANGUP,
-    SipEndReason.LOCAL_BYE: events.EndReason.HANGUP,
-    SipEndReason.CANCEL: events.EndReason.CANCELLED,
-    SipEndReason.RTP_TIMEOUT: events.EndReason.MEDIA_TIMEOUT,
-    SipEndReason.ACK_TIMEOUT: events.EndReason.ERROR,
-    SipEndReason.SHUTDOWN: events.EndReason.SHUTDOWN,
-}
 
 
 def digest_auth(auth: dict | None) -> DigestAuthConfig | None:
@@ -80,7 +70,7 @@ def channel_name(label: str) -> str:
 
 @dataclass
 class _LiveCall:
-    call: Call
+    call: CallInfo
     started_at: float
     channels: tuple[CallChannel, ...]
     transcribers: list[ChannelTranscriber] = field(default_factory=list)
@@ -139,7 +129,9 @@ class Daemon:
         self.metrics.watch_rtp(lambda: [audio.receiver.stats() for audio in self._rtp_channels()])
         webrtc = cfg.webrtc
         if webrtc["enabled"]:
-            self.whip = WhipIngest(WhipConfig(max_sessions=webrtc["max_sessions"], inactivity_timeout_s=webrtc["inactivity_timeout_s"]), admit=self._admit)
+            self.whip = WhipIngest(
+                WhipConfig(max_sessions=webrtc["max_sessions"], inactivity_timeout_s=webrtc["inactivity_timeout_s"]), admit=self._admit
+            )
             self._tasks.append(asyncio.create_task(self._consume(self.whip.events()), name="whip-events"))
         await self._start_http()
         self.ingest = TelephonyIngest(self._ingest_config(), admit=self._admit)
@@ -208,7 +200,7 @@ class Daemon:
             rtp_timeout_s=rtp["timeout_s"],
         )
 
-    def _admit(self, call: Call) -> int | None:
+    def _admit(self, call: CallInfo) -> int | None:
         """Refuse new calls while stopping or while the scheduler predicts missed deadlines."""
         assert self.scheduler is not None
         if self._stopping or self.scheduler.saturated:
@@ -259,7 +251,7 @@ class Daemon:
             except Exception:  # one broken call must not stop the daemon from taking others
                 log.exception("call %s: event %s failed", getattr(event, "call", None), type(event).__name__)
 
-    def _call_started(self, call: Call, channels: tuple[CallChannel, ...]) -> None:
+    def _call_started(self, call: CallInfo, channels: tuple[CallChannel, ...]) -> None:
         assert self.scheduler is not None
         self.publish(
             events.CallStarted(
@@ -270,10 +262,10 @@ class Daemon:
                 ),
                 channels=tuple(
                     events.ChannelInfo(
-                        channel=channel_name(audio.channel.label),
-                        label=audio.channel.label,
-                        codec=audio.channel.codec.name,
-                        sample_rate=audio.channel.codec.clock_rate,
+                        channel=channel_name(audio.info.label),
+                        label=audio.info.label,
+                        codec=audio.info.codec,
+                        sample_rate=audio.info.clock_rate,
                     )
                     for audio in channels
                 ),
@@ -285,7 +277,7 @@ class Daemon:
         for audio in channels:
             transcriber = ChannelTranscriber(
                 labels=labels,
-                channel=channel_name(audio.channel.label),
+                channel=channel_name(audio.info.label),
                 scheduler=self.scheduler,
                 emit=self.publish,
                 segmenter_config=segmenter_config,
@@ -300,12 +292,12 @@ class Daemon:
             transcriber.feed(frame.samples)
         await transcriber.finish()
 
-    async def _call_ended(self, live: _LiveCall, reason: SipEndReason) -> None:
+    async def _call_ended(self, live: _LiveCall, reason: EndReason) -> None:
         await asyncio.gather(*live.tasks, return_exceptions=True)
         self.publish(
             events.CallEnded(
                 **self._envelope(live.call.call_id),
-                end_reason=END_REASONS.get(reason, events.EndReason.ERROR),
+                end_reason=reason,
                 duration_ms=int((time.monotonic() - live.started_at) * 1000),
                 final_segments=sum(t.finals_emitted for t in live.transcribers),
             )

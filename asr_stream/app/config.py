@@ -228,9 +228,9 @@ def _problems(document: Any) -> Iterator[str]:
         except (TypeError, ValueError) as error:  # unknown key, or values that contradict each other
             yield f"segmenter: {error}"
     port_range = document.get("rtp", {}).get("port_range") if isinstance(document, dict) else None
-    if isinstance(port_range, list) and len(port_range) == 2 and all(isinstance(p, int) for p in port_range):
-        if port_range[0] >= port_range[1]:
-            yield f"rtp.port_range: first port {port_range[0]} must be below the last {port_range[1]}"
+    valid_shape = isinstance(port_range, list) and len(port_range) == 2 and all(isinstance(p, int) for p in port_range)
+    if valid_shape and port_range[0] >= port_range[1]:
+        yield f"rtp.port_range: first port {port_range[0]} must be below the last {port_range[1]}"
 
 
 @dataclass(frozen=True)

@@ -93,9 +93,12 @@ class LocalBroker:
         command = [
             str(tansu_binary()),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", self.storage_url,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage_url,
         ]
         log.info("starting Tansu on %s (storage %s)", url, self.storage_url.split("://")[0])
         self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")

@@ -36,8 +36,8 @@ from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from asr_stream.config import split_hostport
-from asr_stream.sinks.livefeed import LiveFeedHub, Subscription, SubscriberTooSlow
+from asr_stream.app.config import split_hostport
+from asr_stream.sinks.livefeed import LiveFeedHub, SubscriberTooSlow, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def create_app(
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    page = resources.files("asr_stream.sinks").joinpath("static", "agent.html").read_bytes()
+    page = resources.files("asr_stream.app").joinpath("static", "agent.html").read_bytes()
 
     async def agent_page(request: web.Request) -> web.Response:
         # no-referrer: the page URL may carry ?token=, which must not leak to other origins.
