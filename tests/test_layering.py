@@ -15,12 +15,13 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "asr_stream"
 STAGES = ["sip", "rtp", "ingest", "audio", "inference", "transcript", "sinks", "app", "devtools"]
 TOP = len(STAGES)  # cli.py
+FOUNDATION = {"errors"}
 
 
 def _rank(module: str) -> int:
     parts = module.split(".")
-    if parts[0] != "asr_stream" or len(parts) == 1:
-        return -1  # outside the package, or the package root (version only)
+    if parts[0] != "asr_stream" or len(parts) == 1 or parts[1] in FOUNDATION:
+        return -1  # outside the package, the package root (version only), or what every stage may raise
     return STAGES.index(parts[1]) if parts[1] in STAGES else TOP
 
 
