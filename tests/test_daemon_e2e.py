@@ -178,7 +178,7 @@ async def test_noise_and_silence_give_no_text(daemon, tmp_path, kafka_broker, to
 async def test_a_long_utterance_is_split_without_losing_words(tmp_path, kafka_broker, topic_name):
     wav, reference = clip("en8k_asterisk_conf-usermenu")  # 14 s of continuous IVR speech
     daemon = await running_daemon(
-        tmp_path, kafka_broker.bootstrap_servers, topic_name, segmenter={"max_segment_ms": 5000, "split_search_ms": 2000}
+        tmp_path, kafka_broker.bootstrap_servers, topic_name, vad={"max_segment_ms": 5000, "split_search_ms": 2000}
     )
     try:
         await place_call(target(daemon), wav, tmp_path / "call")

@@ -31,7 +31,7 @@ def samples(text: str) -> dict[str, float]:
 async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_broker, topic_name):
     wav, reference = clip("en_ljspeech_LJ001-0007")  # 8.4 s
     daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN, "require_auth": True})
-    base = f"http://{daemon.config.http['listen']}"
+    base = f"http://{daemon.config.settings.http.listen}"
     try:
         async with aiohttp.ClientSession() as http:
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:

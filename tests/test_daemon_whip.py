@@ -26,7 +26,7 @@ async def test_a_whip_session_becomes_transcript_events(tmp_path, kafka_broker, 
     audio, _ = load_audio(wav)
     track = ClipTrack(audio[0], trailing_silence_s=TRAILING_SILENCE_S + 1.0)  # a pause before hanging up
     daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN})
-    base = f"http://{daemon.config.http['listen']}"
+    base = f"http://{daemon.config.settings.http.listen}"
     try:
         async with aiohttp.ClientSession() as http, sending_peer(track) as pc:
             response = await post_offer(http, base, pc.localDescription.sdp)

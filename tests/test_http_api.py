@@ -13,6 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from test_livefeed import ended, final, partial, started
 
+from asr_stream.app.config import HttpSection
 from asr_stream.app.http_api import CLOSE_TOO_SLOW, HttpSettings, ReadinessCheck, create_app, is_loopback, start_server
 from asr_stream.sinks.livefeed import LiveFeedHub
 
@@ -28,7 +29,7 @@ async def serving(
 ) -> AsyncIterator[str]:
     """The app on a free 127.0.0.1 port; yields its base URL and always stops the server."""
     app = create_app(hub, registry or CollectorRegistry(), checks or {}, settings)
-    runner = await start_server(app, "127.0.0.1:0")
+    runner = await start_server(app, "127.0.0.1", 0)
     host, port = runner.addresses[0][:2]
     try:
         yield f"http://{host}:{port}"
@@ -126,7 +127,7 @@ async def test_probes_and_metrics_stay_open_while_the_page_needs_the_token() -> 
 
 
 async def test_loopback_listener_may_run_without_auth() -> None:
-    settings = HttpSettings.from_config({"listen": "127.0.0.1:8080"})
+    settings = HttpSection(listen="127.0.0.1:8080").build()
     assert settings.require_auth is False
     hub = LiveFeedHub()
     async with serving(hub, settings) as base, aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/transcripts") as ws:
@@ -135,11 +136,11 @@ async def test_loopback_listener_may_run_without_auth() -> None:
 
 
 def test_auth_is_on_by_default_off_loopback_and_refuses_to_start_without_a_token() -> None:
-    assert HttpSettings.from_config({"listen": "0.0.0.0:8080", "auth_token": TOKEN}).require_auth is True
-    assert HttpSettings.from_config({"listen": "[::1]:8080"}).require_auth is False
-    assert HttpSettings.from_config({"listen": "10.0.0.5:8080", "require_auth": False}).require_auth is False
+    assert HttpSection(listen="0.0.0.0:8080", auth_token=TOKEN).build().require_auth is True
+    assert HttpSection(listen="[::1]:8080").build().require_auth is False
+    assert HttpSection(listen="10.0.0.5:8080", require_auth=False).build().require_auth is False
     with pytest.raises(ValueError, match="auth_token"):
-        HttpSettings.from_config({"listen": "0.0.0.0:8080"})
+        HttpSection(listen="0.0.0.0:8080")
     assert [is_loopback(host) for host in ("127.0.0.2", "::1", "localhost", "0.0.0.0", "asr.internal")] == [True, True, True, False, False]
     assert TOKEN not in repr(HttpSettings(auth_token=TOKEN))
 

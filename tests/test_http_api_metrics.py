@@ -16,7 +16,7 @@ from test_livefeed import ended, envelope, final, partial, started
 
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.devtools.local_broker import LocalBroker
-from asr_stream.inference.scheduler import BatchScheduler, Priority
+from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings
 from asr_stream.rtp.ports import PortAllocator
 from asr_stream.rtp.receiver import ReceiverConfig, RtpReceiver
 from asr_stream.rtp.sender import g711_packets
@@ -79,7 +79,7 @@ async def test_event_metrics_follow_a_call_from_start_to_end() -> None:
 
 async def test_scheduler_batches_are_measured_and_its_queue_is_read_at_scrape_time() -> None:
     metrics = DaemonMetrics()
-    scheduler: BatchScheduler[str, str] = BatchScheduler(metrics.timed_batch(upper), max_batch=4, max_wait_s=0.02)
+    scheduler: BatchScheduler[str, str] = BatchScheduler(metrics.timed_batch(upper), SchedulerSettings(max_batch=4, max_wait_s=0.02))
     metrics.watch_scheduler(scheduler)
     await scheduler.start()
     try:

@@ -41,6 +41,7 @@ from types import ModuleType
 
 import numpy as np
 
+from asr_stream.errors import OperatorError
 from asr_stream.inference.engine import Precision, ShapeRange
 from asr_stream.inference.models import sha256_of
 from asr_stream.inference.profiles import ModelProfile, check_against_graph, onnx_input_shapes
@@ -53,7 +54,7 @@ MANIFEST_FORMAT = 1
 FP16_RETYPE_VERSION = 1
 
 
-class EngineCacheError(RuntimeError):
+class EngineCacheError(OperatorError):
     """A build cannot be made, found or used; the message is one line for the operator."""
 
 

@@ -166,7 +166,7 @@ class TelephonyIngest:
         self._ports = PortAllocator(config.rtp_host, config.rtp_port_min, config.rtp_port_max)
         self._server = SipServer(self, config.sip)
         self._calls: dict[str, _CallState] = {}
-        self._events: asyncio.Queue[IngestEvent] = asyncio.Queue(config.max_pending_events)
+        self._events: asyncio.Queue[IngestEvent | None] = asyncio.Queue(config.max_pending_events)  # None: stopped
 
     @property
     def sip(self) -> SipServer:
@@ -177,12 +177,14 @@ class TelephonyIngest:
         await self._server.start()
 
     async def stop(self) -> None:
-        """BYE every call (each ends with reason "shutdown"), then close the sockets."""
+        """BYE every call (each ends with reason "shutdown"), then close the sockets; `events()` ends."""
         await self._server.stop()
+        await self._events.put(None)
 
     async def events(self) -> AsyncIterator[IngestEvent]:
-        while True:
-            yield await self._events.get()
+        """Every call's events in order, until `stop()` has ended the last call."""
+        while (event := await self._events.get()) is not None:
+            yield event
 
     async def end_call(self, call_id: str, reason: SipEndReason = SipEndReason.LOCAL_BYE) -> bool:
         return await self._server.end_call(call_id, reason)

@@ -78,7 +78,7 @@ class SipServerConfig:
     port: int = 5060  # 0: let the OS choose (tests); `SipServer.port` tells which
     advertised_address: str | None = None  # our address in Contact/SDP when `host` is a wildcard
     accepted_codecs: tuple[str, ...] = ("PCMU", "PCMA")  # add "opus" where the RTP stage decodes it
-    max_calls: int | None = None  # beyond this, 503 with Retry-After: retry_after_s
+    max_calls: int = 200  # beyond this, 503 with Retry-After: retry_after_s
     retry_after_s: int = 5
     timers: SipTimers = SipTimers()
     limits: TransportLimits = TransportLimits()
@@ -442,7 +442,7 @@ class SipServer:
         if self._retry_after_s is not None:
             return self._retry_after_s
         answered = sum(1 for s in self._sessions.values() if s.state != "proceeding")
-        if self._config.max_calls is not None and answered >= self._config.max_calls:
+        if answered >= self._config.max_calls:
             return self._config.retry_after_s
         return None
 

@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
 
+#: How often an open segment is re-transcribed for a partial (the agent sees text move about once a second).
+PARTIAL_INTERVAL_S = 1.0
+
 
 @dataclass
 class _OpenSegment:
@@ -53,7 +56,7 @@ class ChannelTranscriber:
         scheduler: BatchScheduler[np.ndarray, Hypothesis],
         emit: SegmentEventSink,
         segmenter_config: SegmenterConfig = SegmenterConfig(),
-        partial_interval_s: float = 1.0,
+        partial_interval_s: float = PARTIAL_INTERVAL_S,
         vad: Vad | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:

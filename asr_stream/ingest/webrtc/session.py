@@ -100,15 +100,16 @@ class WhipIngest:
         self._sessions: dict[str, _Session] = {}
         self._opening = 0  # offers between admission and registration
         self._stopped = False
-        self._events: asyncio.Queue[WhipEvent] = asyncio.Queue(config.max_pending_events)
+        self._events: asyncio.Queue[WhipEvent | None] = asyncio.Queue(config.max_pending_events)  # None: stopped
 
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
 
     async def events(self) -> AsyncIterator[WhipEvent]:
-        while True:
-            yield await self._events.get()
+        """Every session's events in order, until `stop()` has ended the last session."""
+        while (event := await self._events.get()) is not None:
+            yield event
 
     async def offer(self, sdp_offer: str, peer: tuple[str, int] = ("", 0)) -> tuple[str, str]:
         """Answer a WHIP offer: returns (session id, SDP answer) and emits CallStarted.
@@ -168,10 +169,11 @@ class WhipIngest:
         return True
 
     async def stop(self) -> None:
-        """Refuse new offers and end every session (reason SHUTDOWN)."""
+        """Refuse new offers and end every session (reason SHUTDOWN); `events()` ends."""
         self._stopped = True
         for session_id in list(self._sessions):
             await self.terminate(session_id, EndReason.SHUTDOWN)
+        await self._events.put(None)
 
     async def _answer(self, sdp_offer: str, codec: str) -> tuple[RTCPeerConnection, MediaStreamTrack]:
         """A receive-only peer connection for the offer, its answer set and every candidate gathered."""
