@@ -12,8 +12,10 @@ import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -24,8 +26,8 @@ import soundfile
 import yaml
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401 (fixtures)
 
-from asr_stream.app.config import load_config
-from asr_stream.app.daemon import Daemon
+from asr_stream.app.config import load_config, split_hostport
+from asr_stream.app.daemon import Daemon, ListenError
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.scoring import corpus_wer
 from asr_stream.devtools.sipp import place_call
@@ -221,7 +223,8 @@ async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, dur
     assert corpus_wer([reference], [joined_text(finals)]) <= 0.3
 
 
-def test_sigterm_during_a_call_finalises_and_flushes(tmp_path, kafka_broker, topic_name):
+def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_broker, topic_name):
+    """SIGTERM mid-speech of three calls: each ends with call.ended (shutdown), its finals exactly once."""
     wav, _ = clip("en8k_asterisk_conf-usermenu")
     config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name)
     sip_port = free_tcp_port()
@@ -236,25 +239,64 @@ def test_sigterm_during_a_call_finalises_and_flushes(tmp_path, kafka_broker, top
         text=True,
     )
     try:
-        deadline_lines = 0
-        for line in server.stderr:  # wait for readiness (bounded by the test timeout)
-            deadline_lines += 1
-            if "asr-stream ready" in line or deadline_lines > 200:
+        for lines_read, line in enumerate(server.stderr, 1):  # wait for readiness (bounded by the test timeout)
+            if "asr-stream ready" in line or lines_read > 200:
                 break
 
-        async def call_then_terminate() -> None:
-            call = asyncio.create_task(place_call(f"127.0.0.1:{sip_port}", wav, tmp_path / "call"))
+        async def calls_then_terminate() -> None:
+            calls = asyncio.create_task(place_call(f"127.0.0.1:{sip_port}", wav, tmp_path / "call", calls=3))
             await asyncio.sleep(6)  # mid-speech
             server.send_signal(signal.SIGTERM)
-            await asyncio.gather(call, return_exceptions=True)  # SIPp did not expect our BYE
+            await asyncio.gather(calls, return_exceptions=True)  # SIPp did not expect our BYE
 
-        asyncio.run(call_then_terminate())
+        asyncio.run(calls_then_terminate())
         assert server.wait(timeout=60) == 0
     finally:
         if server.poll() is None:
             server.kill()
         server.stderr.close()
-    events = consume_calls(kafka_broker.bootstrap_servers, topic_name, 1, 20)
-    finals = assert_call_lifecycle(events, events[0]["call_id"])
-    assert finals and finals[-1]["text"].strip(), "the open segment was not finalised"
-    assert events[-1]["end_reason"] == "shutdown"
+    events = consume_calls(kafka_broker.bootstrap_servers, topic_name, 3, 30)
+    call_ids = {e["call_id"] for e in events}
+    assert len(call_ids) == 3
+    for call_id in call_ids:
+        finals = assert_call_lifecycle(events, call_id)
+        assert finals and finals[-1]["text"].strip(), "the open segment was not finalised"
+        assert [e for e in events if e["call_id"] == call_id][-1]["end_reason"] == "shutdown"
+
+
+async def test_a_stop_deadline_cuts_calls_short_but_each_still_ends(tmp_path, kafka_broker, topic_name):
+    """At the deadline, calls still transcribing are cancelled; each gets call.ended, from the spool if need be."""
+    wav, _ = clip("en8k_asterisk_conf-usermenu")
+    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)
+    calls = asyncio.create_task(place_call(target(daemon), wav, tmp_path / "call", calls=2))
+    await asyncio.sleep(5)  # mid-speech
+    await daemon.stop(deadline_s=0.05)
+    await asyncio.gather(calls, return_exceptions=True)
+    assert not asyncio.all_tasks() - {asyncio.current_task(), calls}, "the daemon left tasks behind"
+    successor = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)  # same spool: replays it
+    try:
+        events = await asyncio.to_thread(consume_calls, kafka_broker.bootstrap_servers, topic_name, 2, 30)
+    finally:
+        await successor.stop()
+    for call_id in {e["call_id"] for e in events}:
+        assert_call_lifecycle(events, call_id)
+        assert [e for e in events if e["call_id"] == call_id][-1]["end_reason"] == "shutdown"
+
+
+async def test_a_start_that_fails_half_way_releases_what_it_started(tmp_path, kafka_broker, topic_name):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name, sip={"listen": f"127.0.0.1:{taken.getsockname()[1]}"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path, environ={}))
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(ListenError, match=f"cannot listen for SIP on 127.0.0.1:{taken.getsockname()[1]}"):
+            await daemon.start()
+    finally:
+        taken.close()
+    assert daemon.kafka is not None and not daemon.kafka.alive, "the Kafka sink thread still runs"
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith(("kafka", "engine"))]
+    with socket.socket() as http:  # the HTTP listener is closed again
+        http.bind(split_hostport(config["http"]["listen"]))

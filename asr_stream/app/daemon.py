@@ -21,12 +21,14 @@ import contextlib
 import logging
 import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TypeVar
 
 from asr_stream.app import http_api
 from asr_stream.app.calls import CallRegistry, CallSession, Envelope, channel_name
 from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
+from asr_stream.errors import OperatorError
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
@@ -46,6 +48,8 @@ log = logging.getLogger(__name__)
 # (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
 # fit the graph, profile, TensorRT version or GPU).
 ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
+
+_T = TypeVar("_T")
 
 #: Of the stop deadline, what is kept for flushing Kafka after the calls (the rest is theirs).
 KAFKA_FLUSH_SHARE = 0.25
@@ -87,7 +91,7 @@ class Daemon:
             if self.whip is not None:
                 self._consume_while_running(stack, self.whip.events(), self.whip.stop)
             self.ingest = TelephonyIngest(self.config.components.ingest, admit=self._admit)
-            await self.ingest.start()
+            await _listening("SIP", self.config.settings.sip.listen, self.ingest.start())
             self._consume_while_running(stack, self.ingest.events(), self._hang_up)
             self._stack = stack.pop_all()
         self._accepting = True
@@ -133,7 +137,8 @@ class Daemon:
             # Routed before the app starts (aiohttp freezes the router); offers get 503 until start() ends.
             self.whip = WhipIngest(self.config.components.whip, admit=self._admit)
             app.router.add_routes(whip_routes(self.whip))
-        runner = await http_api.start_server(app, *split_hostport(self.config.settings.http.listen))
+        listen = self.config.settings.http.listen
+        runner = await _listening("HTTP", listen, http_api.start_server(app, *split_hostport(listen)))
         stack.push_async_callback(runner.cleanup)
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
@@ -231,6 +236,17 @@ class Daemon:
         for channel in session.channels:
             if isinstance(channel, ChannelAudio):
                 self.metrics.channel_closed(channel.receiver.stats())
+
+
+class ListenError(OperatorError):
+    """A listening socket could not be opened (the port is taken, or the address is not this host's)."""
+
+
+async def _listening(what: str, address: str, opening: Awaitable[_T]) -> _T:
+    try:
+        return await opening
+    except OSError as error:
+        raise ListenError(f"cannot listen for {what} on {address}: {error.strerror or error}") from error
 
 
 async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> int:

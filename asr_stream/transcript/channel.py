@@ -17,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
-from asr_stream.audio.vad import Vad
+from asr_stream.audio.vad import SpeechDetector, Vad
 from asr_stream.inference.runners import Hypothesis
-from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
+from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
@@ -37,6 +38,12 @@ SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
 
 #: How often an open segment is re-transcribed for a partial (the agent sees text move about once a second).
 PARTIAL_INTERVAL_S = 1.0
+
+
+class TranscriptionQueue(Protocol):
+    """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
+
+    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Hypothesis: ...
 
 
 @dataclass
@@ -53,11 +60,11 @@ class ChannelTranscriber:
         *,
         labels: Labels,
         channel: str,
-        scheduler: BatchScheduler[np.ndarray, Hypothesis],
+        scheduler: TranscriptionQueue,
         emit: SegmentEventSink,
         segmenter_config: SegmenterConfig = SegmenterConfig(),
         partial_interval_s: float = PARTIAL_INTERVAL_S,
-        vad: Vad | None = None,
+        vad: SpeechDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.labels = labels
