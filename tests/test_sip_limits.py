@@ -203,7 +203,10 @@ async def test_a_bye_without_ack_confirms_the_dialog_before_ending_it(handler: R
                 .replace("z9hG4bK-flood-1", "z9hG4bK-bye-1")
                 .replace("To: <sip:asr@127.0.0.1>", f"To: {to}")
             )
-            client.sendto(bye.split("\r\n\r\n", 1)[0].replace("Content-Length: 89", "Content-Length: 0").encode() + b"\r\n\r\n", ("127.0.0.1", server.port))
+            client.sendto(
+                bye.split("\r\n\r\n", 1)[0].replace("Content-Length: 89", "Content-Length: 0").encode() + b"\r\n\r\n",
+                ("127.0.0.1", server.port),
+            )
             (answer,) = (await asyncio.to_thread(finals_by_branch, client, 1)).values()
         assert answer.startswith("SIP/2.0 200 OK") and "CSeq: 2 BYE" in answer
         await wait_until(lambda: len(handler.ended) == 1)

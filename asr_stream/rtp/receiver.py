@@ -310,7 +310,10 @@ class RtpReceiver:
         _throttled.warning(
             (self.port, self._serial, "stray_ssrc"),
             "RTP port %d: %d packet(s) of SSRC %#010x ignored as stray; the current stream %s continues",
-            self.port, packets, ssrc, current_text,
+            self.port,
+            packets,
+            ssrc,
+            current_text,
         )
 
     def _on_rtcp(self, data: bytes, source: tuple[Any, ...]) -> None:

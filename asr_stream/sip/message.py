@@ -180,4 +180,3 @@ def build_response(
         response.headers.set_single("Content-Type", content_type)
     response.body = body
     return response
-

@@ -97,7 +97,7 @@ class SipServerConfig:
     port: int = 5060  # 0: let the OS choose (tests); `SipServer.port` tells which
     advertised_address: str | None = None  # our address in Contact/SDP when `host` is a wildcard
     accepted_codecs: tuple[str, ...] = ("PCMU", "PCMA")  # add "opus" where the RTP stage decodes it
-    max_calls: int | None = None  # beyond this, 503 with Retry-After: retry_after_s
+    max_calls: int = 200  # beyond this, 503 with Retry-After: retry_after_s
     retry_after_s: int = 5
     timers: SipTimers = SipTimers()
     limits: TransportLimits = TransportLimits()
@@ -273,7 +273,10 @@ class SipServer:
                 self._throttled.warning(
                     (peer.address[0], "bad_request"),
                     "SIP %s from %s answered 400: %s (Call-ID %s)",
-                    clip(exc.request.method, 32), clip(peer.address[0]), exc.reason, clip(exc.request.call_id),
+                    clip(exc.request.method, 32),
+                    clip(peer.address[0]),
+                    exc.reason,
+                    clip(exc.request.call_id),
                 )
             return
         try:
@@ -282,7 +285,9 @@ class SipServer:
             else:
                 self._on_request(message, peer)
         except Exception:  # a bug must cost one message, never the server
-            self._throttled.warning((peer.address[0], "internal_error"), "SIP message from %s could not be handled", peer.address, exc_info=True)
+            self._throttled.warning(
+                (peer.address[0], "internal_error"), "SIP message from %s could not be handled", peer.address, exc_info=True
+            )
             self.stats.dropped["internal_error"] += 1
 
     def _forbid(self, data: bytes, peer: Peer) -> None:
@@ -373,7 +378,11 @@ class SipServer:
             peer = transaction.peer.address[0]
             self._throttled.warning(
                 (peer, "auth", result.verdict),
-                "SIP %s from %s: digest %s for user %r", request.method, clip(peer), result.verdict, clip(result.username, 64),
+                "SIP %s from %s: digest %s for user %r",
+                request.method,
+                clip(peer),
+                result.verdict,
+                clip(result.username, 64),
             )
         challenges = self._auth.challenges(stale=result.verdict in (Verdict.STALE, Verdict.REPLAYED))
         self._respond(transaction, self._auth.status, headers={self._auth.challenge_header: challenges})
@@ -556,7 +565,7 @@ class SipServer:
         if self._retry_after_s is not None:
             return self._retry_after_s
         answered = sum(1 for s in self._sessions.values() if s.state != "proceeding")
-        if self._config.max_calls is not None and answered >= self._config.max_calls:
+        if answered >= self._config.max_calls:
             return self._config.retry_after_s
         return None
 
