@@ -7,9 +7,9 @@ through Kamailio, streaming G.711 speech. Which replica took a call is read from
 SIPp received (its Contact, and the SDP's RTP port inside that replica's port range) and from the
 replicas' own /metrics; what the consumer sees is read back from Kafka.
 
-Replica "asr-a" takes one call at a time (`sip.max_calls: 1`), so a third concurrent call that
+Replica "asr-a" takes one call at a time (`sip.max_calls: 1`), so a second concurrent call that
 the dispatcher offers it is refused with 503 and must fail over. The tests share one cluster and
-run in file order; the last one stops a replica.
+run in file order (one adds a third replica, the last stops one); each also passes on its own.
 """
 
 from __future__ import annotations
