@@ -18,9 +18,14 @@ $(STAMP): pyproject.toml
 setup: $(STAMP) system-packages
 
 # SIPp (Debian `sip-tester`) is the real SIP peer the tests and the demo use; Chromium renders
-# the agent-assist page in the browser test.
+# the agent-assist page in the browser test; Kamailio (its dispatcher module is in the base
+# package) runs deploy/kamailio/kamailio.cfg in front of several daemons in tests/test_scale_out.py.
+# Kamailio lives in /usr/sbin, which a non-root PATH may lack: hence the explicit path. Its
+# packaged service (on 0.0.0.0:5060, where `make run` listens) is switched off: tests run their own.
 system-packages:
-	@command -v sipp >/dev/null && command -v chromium >/dev/null || { apt-get update -qq && apt-get install -y -qq sip-tester chromium; }
+	@command -v sipp >/dev/null && command -v chromium >/dev/null && test -x /usr/sbin/kamailio || { \
+		apt-get update -qq && apt-get install -y -qq sip-tester chromium kamailio && \
+		{ systemctl disable --now kamailio 2>/dev/null || true; }; }
 
 models: setup
 	$(BIN)/asr-stream models prepare $(MODEL)

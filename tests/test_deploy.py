@@ -164,7 +164,7 @@ def test_kamailio_dispatches_to_the_set_its_list_defines() -> None:
         assert setid == dispatcher_set
         assert re.fullmatch(r"sip:[\d.]+:\d+", uri)
         assert "duid=" in attributes and "maxload=" in attributes  # call-load algorithm 10 needs both
-    assert 'loadmodule "dispatcher.so"' in config and 'ds_select_dst("DISPATCHER_SET", "10")' in config
+    assert 'loadmodule "dispatcher.so"' in config and 'ds_select_dst(DISPATCHER_SET, "10")' in config
 
 
 def exported_sample_names() -> set[str]:

@@ -4,7 +4,9 @@ Used by `asr-stream call` (an operator's smoke test of a deployment), by `make r
 demo command, by the end-to-end tests and by `bench/load.py`: one way to drive the daemon the way
 a gateway does. SIPp (Debian `sip-tester`) streams a raw, headerless G.711 file at 20 ms per
 packet; the file path in `rtp_stream` is literal (SIPp substitutes no keywords there), so a
-scenario is written per audio file.
+scenario is written per audio file. ACK and BYE go to the answer's Contact through the route set
+its Record-Route built (RFC 3261 12.2.1.1), so the same call works straight to a daemon and through
+a SIP proxy such as Kamailio in front of several (deploy/kamailio).
 """
 
 from __future__ import annotations
@@ -50,15 +52,16 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
   ]]></send>
   <recv response="100" optional="true"/>
-  <recv response="200"/>
+  <recv response="200" rrs="true"/>
   <send><![CDATA[
 
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      ACK [next_url] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
       CSeq: 1 ACK
+      [routes]
       Max-Forwards: 70
       Content-Length: 0
 
@@ -67,12 +70,13 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
   <pause milliseconds="{pause_ms}"/>
   <send retrans="500"><![CDATA[
 
-      BYE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      BYE [next_url] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
       CSeq: 2 BYE
+      [routes]
       Max-Forwards: 70
       Content-Length: 0
 

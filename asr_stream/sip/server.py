@@ -455,6 +455,10 @@ class SipServer:
         if offer is None:
             return
         dialog = create_dialog_from_request(request)
+        # RFC 3261 §12.1.1: a UAS's route set is the Record-Route values *in order* (only a UAC
+        # reverses them); aiosipua 0.7.1 reverses them, which sends our BYE to the farthest proxy
+        # first once a call crosses two (an SBC and Kamailio).
+        dialog.route_set = request.headers.get("record-route")
         origin = SdpOrigin(session_id=secrets.randbelow(2**62), version=1, address=self._local_address(request))
         session = _Session(describe_call(request, peer, offer), dialog, peer, origin)
         self._sessions[call_id] = session
@@ -539,12 +543,21 @@ class SipServer:
         self._send_2xx(session, transaction, session.last_answer)
 
     def _send_2xx(self, session: _Session, transaction: ServerTransaction, sdp: str) -> None:
-        """200 OK, repeated over UDP until the ACK comes; without ACK the call ends (§13.3.1.4)."""
+        """200 OK, repeated over UDP until the ACK comes; without ACK the call ends (§13.3.1.4).
+
+        It carries the INVITE's Record-Route values, in order (§12.1.1): a proxy in front of us
+        (Kamailio dispatching over several daemons) sees the caller's ACK and BYE only if they
+        follow the caller's route set.
+        """
         response = build_response(
             transaction.request,
             200,
             to_tag=session.dialog.local_tag,
-            headers={"Contact": self._contact(transaction.request, session.peer), "Allow": ALLOW},
+            headers={
+                "Contact": self._contact(transaction.request, session.peer),
+                "Allow": ALLOW,
+                "Record-Route": transaction.request.headers.get("record-route"),
+            },
             body=sdp.encode(),
             content_type="application/sdp",
         )
