@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from asr_stream.sinks.local_broker import LOCALHOST, free_tcp_port
+from asr_stream.devtools.local_broker import LOCALHOST, free_tcp_port
 
 REPO = Path(__file__).resolve().parents[1]
 KAMAILIO_CFG = REPO / "deploy" / "kamailio" / "kamailio.cfg"
@@ -167,7 +167,19 @@ class Kamailio:
             "DS_PING_INTERVAL": ping_interval_s,
             "TM_TIMEOUT_MS": timeout_ms,
         }
-        command = [sbin("kamailio"), "-DD", "-E", "-f", str(KAMAILIO_CFG), "-Y", str(workdir), "-P", str(workdir / "kamailio.pid"), "-w", str(workdir)]
+        command = [
+            sbin("kamailio"),
+            "-DD",
+            "-E",
+            "-f",
+            str(KAMAILIO_CFG),
+            "-Y",
+            str(workdir),
+            "-P",
+            str(workdir / "kamailio.pid"),
+            "-w",
+            str(workdir),
+        ]
         for name, value in defines.items():
             command += ["-A", f"{name}={value}"]
         with (workdir / "kamailio.log").open("w") as log:
@@ -189,7 +201,9 @@ class Kamailio:
         return (self.workdir / "kamailio.log").read_text(errors="replace")
 
     def kamcmd(self, *command: str) -> str:
-        result = subprocess.run([sbin("kamcmd"), "-s", f"unix:{self.workdir / 'ctl'}", *command], check=False, capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            [sbin("kamcmd"), "-s", f"unix:{self.workdir / 'ctl'}", *command], check=False, capture_output=True, text=True, timeout=10
+        )
         if result.returncode != 0:
             raise RuntimeError(f"kamcmd {' '.join(command)}: {result.stderr or result.stdout}")
         return result.stdout

@@ -32,8 +32,8 @@ from kafka_fixtures import consume_all
 from sip_cluster import Kamailio, Replica, write_dispatcher_list
 from test_daemon_e2e import assert_call_lifecycle, clip
 
-from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
-from asr_stream.sipp import SippRun, place_call, run_sipp, telephone_pcm, write_call
+from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
+from asr_stream.devtools.sipp import SippRun, place_call, run_sipp, telephone_pcm, write_call
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

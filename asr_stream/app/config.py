@@ -41,7 +41,7 @@ from asr_stream.ingest.webrtc.session import WhipConfig
 from asr_stream.rtp.codecs import supported_encodings
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings
-from asr_stream.sip import DigestAuthConfig, DigestCredential, SipServerConfig
+from asr_stream.sip import DigestAuthConfig, DigestCredential, InviteRateLimit, SipServerConfig, TransportLimits
 from asr_stream.transcript.channel import PARTIAL_INTERVAL_S
 
 ENV_PREFIX = "ASR_STREAM__"
@@ -120,6 +120,31 @@ class SipAuthSection(_Section):
         )
 
 
+class InviteRateSection(_Section):
+    """New-call INVITEs per source address (docs/security.md); `sip.invite_rate_limit: null` turns it off."""
+
+    per_second: Positive = InviteRateLimit.per_second
+    burst: Annotated[int, Field(ge=1)] = InviteRateLimit.burst
+
+    def build(self) -> InviteRateLimit:
+        return InviteRateLimit(per_second=self.per_second, burst=self.burst)
+
+
+class SipTcpSection(_Section):
+    """Limits on SIP over TCP: connections in all and per source (oldest idle evicted), idle timeout."""
+
+    max_connections: Annotated[int, Field(ge=1)] = TransportLimits.max_tcp_connections
+    max_connections_per_source: Annotated[int, Field(ge=1)] = TransportLimits.max_tcp_connections_per_source
+    idle_timeout_s: Positive = TransportLimits.tcp_idle_timeout_s
+
+    def build(self) -> TransportLimits:
+        return TransportLimits(
+            max_tcp_connections=self.max_connections,
+            max_tcp_connections_per_source=self.max_connections_per_source,
+            tcp_idle_timeout_s=self.idle_timeout_s,
+        )
+
+
 class SipSection(_Section):
     listen: HostPort = f"{SipServerConfig.host}:{SipServerConfig.port}"
     advertised_address: str | None = Field(default=None, description="address put in SDP c= lines (defaults to the listen host)")
@@ -129,6 +154,8 @@ class SipSection(_Section):
         default=SipServerConfig.allowed_sources, description="CIDRs allowed to send SIP; empty: all (docs/security.md)"
     )
     auth: SipAuthSection | None = None
+    invite_rate_limit: InviteRateSection | None = InviteRateSection()
+    tcp: SipTcpSection = SipTcpSection()
 
     def build(self) -> SipServerConfig:
         host, port = split_hostport(self.listen)
@@ -140,6 +167,8 @@ class SipSection(_Section):
             retry_after_s=self.retry_after_s,
             allowed_sources=self.allowed_sources,
             auth=self.auth.build() if self.auth is not None else None,
+            invite_rate_limit=self.invite_rate_limit.build() if self.invite_rate_limit is not None else None,
+            limits=self.tcp.build(),
             # Everything the RTP stage decodes (Opus listed first); sdp.negotiate picks the
             # offerer's most preferred of these, so this order only documents our preference.
             accepted_codecs=tuple(supported_encodings()),

@@ -96,6 +96,8 @@ class Daemon:
             self._stack = stack.pop_all()
         self._accepting = True
         self.metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in self._rtp_channels()])
+        self.metrics.watch_sip(self.ingest.sip.stats)
+        self.metrics.watch_admission(lambda: self.saturated, lambda: self.ingest.rtp_port_pairs_free if self.ingest else 0)
         log.info(
             "asr-stream ready: SIP %s (port %d), model %s on %s",
             self.config.settings.sip.listen,
@@ -130,6 +132,8 @@ class Daemon:
         checks = {
             "model_loaded": lambda: self.model is not None,
             "sip_listening": lambda: self._accepting,
+            # A load balancer must stop sending calls while every RTP port pair is taken.
+            "rtp_ports_free": lambda: self.ingest is not None and not self.ingest.rtp_ports_exhausted,
             "kafka_delivering_or_spooling": lambda: self.kafka is not None and self.kafka.alive,
         }
         app = http_api.create_app(self.hub, self.metrics.registry, checks, self.config.components.http)
@@ -183,6 +187,12 @@ class Daemon:
         assert self.ingest is not None
         self.ingest.sip.set_saturated(self.config.settings.sip.retry_after_s)
         await self.ingest.stop()
+
+    @property
+    def saturated(self) -> bool:
+        """New calls are refused for capacity: the scheduler predicts missed finals, or no RTP port pair is free."""
+        scheduler_full = self.scheduler is not None and self.scheduler.saturated
+        return scheduler_full or (self.ingest is not None and self.ingest.rtp_ports_exhausted)
 
     def _admit(self, call: CallInfo) -> int | None:
         """Refuse new calls until started, while stopping, or while the scheduler predicts missed deadlines."""

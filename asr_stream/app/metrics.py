@@ -35,6 +35,7 @@ label would grow the series without bound on a hotline.
 
 from __future__ import annotations
 
+import collections
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime
@@ -48,6 +49,7 @@ from asr_stream.inference.scheduler import BatchScheduler, Priority
 from asr_stream.rtp.receiver import ReceiverStats
 from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
+from asr_stream.sip.server import SipStats
 from asr_stream.transcript.events import CallEnded, CallStarted, SegmentFinal, SegmentPartial, TranscriptEvent
 
 P = TypeVar("P")
@@ -101,10 +103,19 @@ class DaemonMetrics:
         """`open_channels` returns the stats of every receiver not yet passed to `channel_closed`."""
         self._components.open_channels = open_channels
 
+    def watch_sip(self, stats: SipStats) -> None:
+        self._components.sip = stats
+
+    def watch_admission(self, saturated: Callable[[], bool], rtp_port_pairs_free: Callable[[], int]) -> None:
+        """Whether new calls are refused for capacity (scheduler or RTP ports), and the ports left."""
+        self._components.saturated = saturated
+        self._components.rtp_port_pairs_free = rtp_port_pairs_free
+
     def channel_closed(self, final_stats: ReceiverStats) -> None:
         """Fold a closed channel's totals in, so the counters never go down when it leaves."""
         self._components.closed_packets += final_stats.packets
         self._components.closed_lost += max(final_stats.lost, 0)
+        self._components.closed_dropped.update(final_stats.dropped)
 
     # -- pushed by the daemon ------------------------------------------------------------------
     def observe_event(self, event: TranscriptEvent) -> None:
@@ -154,9 +165,22 @@ class _ComponentCollector(Collector):
         self.open_channels: Callable[[], Iterable[ReceiverStats]] = tuple
         self.closed_packets = 0
         self.closed_lost = 0
+        self.closed_dropped: collections.Counter[str] = collections.Counter()
+        self.sip: SipStats | None = None
+        self.saturated: Callable[[], bool] | None = None
+        self.rtp_port_pairs_free: Callable[[], int] | None = None
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield from self._rtp()
+        if self.sip is not None:
+            yield from self._sip(self.sip)
+        if self.saturated is not None and self.rtp_port_pairs_free is not None:
+            yield GaugeMetricFamily(
+                "asr_saturated", "1 while new calls are refused for capacity (scheduler or RTP ports)", value=int(self.saturated())
+            )
+            yield GaugeMetricFamily(
+                "asr_rtp_port_pairs_free", "RTP/RTCP port pairs free for new channels", value=self.rtp_port_pairs_free()
+            )
         if self.scheduler is not None:
             yield from self._scheduler(self.scheduler)
         if self.kafka is not None:
@@ -180,6 +204,29 @@ class _ComponentCollector(Collector):
             "Highest RFC 3550 interarrival jitter among open channels",
             value=max((s.jitter_ms for s in live), default=0.0),
         )
+        dropped = collections.Counter(self.closed_dropped)
+        for stats in live:
+            dropped.update(stats.dropped)
+        family = CounterMetricFamily("asr_rtp_dropped", "RTP datagrams rejected, by reason (stray_ssrc, malformed, ...)", labels=["reason"])
+        for reason, count in sorted(dropped.items()):
+            family.add_metric([reason], count)
+        yield family
+
+    @staticmethod
+    def _sip(stats: SipStats) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        for name, value, help_text in (
+            ("asr_sip_messages", stats.received, "SIP messages received"),
+            ("asr_sip_bad_requests", stats.bad_requests, "SIP requests answered 400 (malformed, or a field over its bound)"),
+            ("asr_sip_rate_limited", stats.rate_limited, "New-call INVITEs answered 503 by the per-source rate limit"),
+            ("asr_sip_forbidden_sources", stats.forbidden_sources, "SIP messages and connections from outside allowed_sources"),
+            ("asr_sip_calls_confirmed", stats.calls_confirmed, "Answered calls the caller confirmed (ACK)"),
+            ("asr_sip_unconfirmed_released", stats.unconfirmed_released, "Answered calls ended before their ACK to free RTP ports"),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+        dropped = CounterMetricFamily("asr_sip_dropped", "SIP datagrams and connections dropped, by reason", labels=["reason"])
+        for reason, count in sorted(stats.dropped.items()):
+            dropped.add_metric([reason], count)
+        yield dropped
 
     @staticmethod
     def _scheduler(scheduler: BatchScheduler) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

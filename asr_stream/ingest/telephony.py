@@ -152,6 +152,7 @@ class _CallState:
     call: Call
     channels: tuple[ChannelAudio, ...]
     watchers: list[asyncio.Task[None]]
+    started: bool = False  # CallStarted went out (the dialog was confirmed)
 
 
 class TelephonyIngest:
@@ -189,6 +190,15 @@ class TelephonyIngest:
     async def end_call(self, call_id: str, reason: SipEndReason = SipEndReason.LOCAL_BYE) -> bool:
         return await self._server.end_call(call_id, reason)
 
+    @property
+    def rtp_ports_exhausted(self) -> bool:
+        """No RTP port pair is free: new calls are refused, so the daemon is not ready for more."""
+        return self._ports.exhausted
+
+    @property
+    def rtp_port_pairs_free(self) -> int:
+        return self._ports.free_pairs
+
     # -- CallHandler, called by the SIP server --------------------------------------------------
 
     async def on_invite(self, call: Call) -> MediaAnswer:
@@ -198,7 +208,7 @@ class TelephonyIngest:
         channels: list[ChannelAudio] = []
         try:
             for channel in call.channels:
-                receiver = await RtpReceiver.open(self._ports, self._receiver_config(channel))
+                receiver = await self._open_receiver(channel)
                 channels.append(ChannelAudio(call, channel, receiver, answered_at))
         except PortsExhausted as error:
             for opened in channels:
@@ -207,8 +217,24 @@ class TelephonyIngest:
             raise SipReject(503, "Service Unavailable", self.config.sip.retry_after_s) from error
         watchers = [asyncio.create_task(self._watch(call.call_id, audio)) for audio in channels]
         self._calls[call.call_id] = _CallState(call, tuple(channels), watchers)
-        await self._events.put(CallStarted(describe_call(call), tuple(channels)))
         return MediaAnswer([LocalMedia(self.config.rtp_host, audio.receiver.port) for audio in channels])
+
+    async def _open_receiver(self, channel: Channel) -> RtpReceiver:
+        """A receiver for `channel`; out of ports, the oldest call still waiting for its ACK makes room."""
+        while True:
+            try:
+                return await RtpReceiver.open(self._ports, self._receiver_config(channel))
+            except PortsExhausted:
+                if await self._server.release_oldest_unconfirmed() is None:
+                    raise
+
+    async def on_dialog_confirmed(self, call: Call) -> None:
+        """The caller ACKed: only now is the call published (a never-ACKed INVITE never is)."""
+        state = self._calls.get(call.call_id)
+        if state is None or state.started:
+            return
+        state.started = True
+        await self._events.put(CallStarted(describe_call(state.call), state.channels))
 
     async def on_reinvite(self, call: Call) -> None:
         state = self._calls.get(call.call_id)
@@ -235,7 +261,8 @@ class TelephonyIngest:
         for watcher in state.watchers:
             watcher.cancel()
         await asyncio.gather(*state.watchers, return_exceptions=True)
-        await self._events.put(CallEnded(describe_call(state.call), END_REASONS[reason]))
+        if state.started:
+            await self._events.put(CallEnded(describe_call(state.call), END_REASONS[reason]))
 
     # -- per channel -----------------------------------------------------------------------------
 

@@ -127,8 +127,7 @@ class CallHandler(Protocol):
 
         Called at most once per call and always before its `on_call_ended`; never for a call
         that was not confirmed (ACK timeout, cancel, released under pressure), so a flood of
-        INVITEs that are never ACKed publishes nothing. Optional: the server calls it only on
-        handlers that define it.
+        INVITEs that are never ACKed publishes nothing.
         """
         ...
 

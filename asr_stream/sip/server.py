@@ -22,8 +22,7 @@ like this:
 * `on_reinvite(call)` when the far end changes an established call (hold: channels become
   "inactive"; resume; codec or remote address change). Local ports stay those of `on_invite`.
   Raise `SipReject` to refuse the change; the call then continues as before.
-* `on_dialog_confirmed(call)` (optional: called only if the handler has it) at most once per
-  call, when the caller's ACK confirms the dialog (or a BYE/re-INVITE inside the dialog proves the
+* `on_dialog_confirmed(call)` at most once per call, when the caller's ACK confirms the dialog (or a BYE/re-INVITE inside the dialog proves the
   caller got our 200 OK although its ACK was lost), and always before `on_call_ended` for that
   call. A call that is never confirmed (ACK timeout, cancel, or released early under pressure)
   gets only `on_call_ended`: publish a call only from here, and its end only if it was published.
@@ -429,11 +428,8 @@ class SipServer:
         session.confirmation = self._spawn(self._notify_confirmed(session.call))
 
     async def _notify_confirmed(self, call: Call) -> None:
-        callback = getattr(self._handler, "on_dialog_confirmed", None)
-        if callback is None:
-            return
         try:
-            await callback(call)
+            await self._handler.on_dialog_confirmed(call)
         except Exception:
             log.exception("on_dialog_confirmed failed for %s", clip(call.call_id))
 
