@@ -128,15 +128,15 @@ def _workorders(args: argparse.Namespace) -> int:
     from asr_stream.workorders.rules import RulesError, load_rules
 
     configure_logging("INFO", json_lines=args.log_format == "json")
-    settings = WorkOrderSettings(
-        bootstrap_servers=args.bootstrap,
-        topic=args.topic,
-        out_topic=args.out_topic,
-        group_id=args.group_id,
-        session_timeout_ms=args.session_timeout_ms,
-        abandon_after=timedelta(seconds=args.abandon_after_s),
-    )
     try:
+        settings = WorkOrderSettings(
+            bootstrap_servers=args.bootstrap,
+            topic=args.topic,
+            out_topic=args.out_topic,
+            group_id=args.group_id,
+            session_timeout_ms=args.session_timeout_ms,
+            abandon_after=timedelta(seconds=args.abandon_after_s),
+        )
         return run_until_signalled(settings, load_rules(args.rules) if args.rules else None)
     except (RulesError, WorkOrderError) as error:
         print(f"asr-stream workorders: {error}", file=sys.stderr)

@@ -65,6 +65,7 @@ class PartitionCalls:
     def __init__(self, abandon_after: timedelta, remember_closed: int = 10_000) -> None:
         self.abandon_after = abandon_after
         self.next_offset: int | None = None  # one past the last record fed
+        self.committed: int | None = None  # the offset the consumer last committed for the partition
         # Least recently active first: the head is the next candidate for abandonment.
         self._open: OrderedDict[str, _OpenCall] = OrderedDict()
         self._closed: OrderedDict[str, None] = OrderedDict()

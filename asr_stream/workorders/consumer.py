@@ -35,6 +35,7 @@ from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata
+from kafka.util import ensure_valid_topic_name
 
 from asr_stream.transcript.events import SCHEMA_ID, SegmentPartial, TranscriptEvent, load_schema, parse_event
 from asr_stream.workorders.assembly import PartitionCalls
@@ -64,6 +65,17 @@ class WorkOrderSettings:
     request_timeout_ms: int = 5_000
     poll_timeout_ms: int = 500
     abandon_after: timedelta = timedelta(hours=2)
+
+    def __post_init__(self) -> None:
+        for name in (self.topic, self.out_topic):
+            try:
+                ensure_valid_topic_name(name)
+            except ValueError as error:
+                raise WorkOrderError(str(error)) from error
+        if self.topic == self.out_topic:
+            raise WorkOrderError(f"the drafts need a topic of their own, not the transcript topic {self.topic!r}")
+        if self.abandon_after <= timedelta(0):
+            raise WorkOrderError("the abandon time must be positive")
 
 
 def decode_record(value: bytes | None) -> TranscriptEvent | None:
@@ -111,7 +123,7 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
         self.records_skipped = 0
         self.assigned: frozenset[TopicPartition] = frozenset()
         self._partitions: dict[TopicPartition, PartitionCalls] = {}
-        self._committed: dict[TopicPartition, int] = {}
+        self._revoked: dict[TopicPartition, PartitionCalls] = {}  # during a rebalance
         self._consumer: KafkaConsumer | None = None
         self._producer: KafkaProducer | None = None
 
@@ -176,7 +188,7 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
         offsets = {}
         for partition, calls in self._partitions.items():
             offset = calls.commit_offset()
-            if offset is not None and offset != self._committed.get(partition):
+            if offset is not None and offset != calls.committed:
                 offsets[partition] = OffsetAndMetadata(offset, "", -1)
         if not offsets:
             return
@@ -186,25 +198,37 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
             # Safe to leave: the offsets stay where they were, so more is re-read, never less.
             log.warning("offset commit failed (%s); it is retried after the next batch", error)
             return
-        self._committed.update({partition: meta.offset for partition, meta in offsets.items()})
+        for partition, meta in offsets.items():
+            self._partitions[partition].committed = meta.offset
 
     # --- group membership ------------------------------------------------------------------
 
+    # kafka-python, unlike the Java client, keeps the fetch position of a partition that stays
+    # assigned across a rebalance, so the calls read from it must stay too: a revoked partition's
+    # state waits in `_revoked` until on_partitions_assigned says whether it came back. No commit
+    # is needed here: every batch was committed (as far as open calls allow) before the next poll.
+
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
-        # Nothing to commit here: every batch was committed (as far as open calls allow) before
-        # the next poll, and open calls must be re-read whole by whoever gets the partition.
-        for partition in revoked:
-            calls = self._partitions.pop(partition, None)
-            self._committed.pop(partition, None)
-            if calls is not None and calls.open_calls:
-                log.info("gave up %s with %d open call(s); its next owner re-reads them", partition, calls.open_calls)
+        self._revoked.update((partition, self._partitions.pop(partition)) for partition in revoked if partition in self._partitions)
         self.assigned = frozenset(self._partitions)
 
     def on_partitions_assigned(self, assigned: Iterable[TopicPartition]) -> None:
         for partition in assigned:
-            self._partitions.setdefault(partition, PartitionCalls(self.settings.abandon_after))
+            self._partitions[partition] = self._revoked.pop(partition, None) or PartitionCalls(self.settings.abandon_after)
+        for partition, calls in self._revoked.items():
+            if calls.open_calls:
+                log.info("gave up %s with %d open call(s); its new owner re-reads them", partition, calls.open_calls)
+        self._revoked.clear()
         self.assigned = frozenset(self._partitions)
         log.info("assigned %s", sorted(f"{p.topic}[{p.partition}]" for p in self.assigned))
+
+    def on_partitions_lost(self, lost: Iterable[TopicPartition]) -> None:
+        """Evicted from the group: another member may have moved these partitions on, and
+        kafka-python restarts them from the committed offset, so nothing read from them is kept."""
+        for partition in lost:
+            self._partitions.pop(partition, None)
+        self.assigned = frozenset(self._partitions)
+        log.warning("lost %s (evicted from the group); re-reading from the committed offsets if they come back", sorted(map(str, lost)))
 
     # --- connections -----------------------------------------------------------------------
 
