@@ -214,11 +214,19 @@ def test_decode_record_returns_events_and_ignores_partials() -> None:
         (b"{}", "unknown schema None"),
         (json.dumps({"schema": "asr-stream.transcript.v2", "event": "segment.final"}).encode(), "unknown schema 'asr-stream.transcript.v2'"),
         (json.dumps({"schema": "asr-stream.transcript.v1", "event": "segment.final", "call_id": "x"}).encode(), "invalid segment.final: (top): 'channel' is a required property"),
+        (json.dumps(CallScript("x").started().to_dict() | {"event": "call.paused"}).encode(), "invalid call.paused: event: 'call.paused' is not one of"),
     ],
 )
 def test_decode_record_names_what_is_wrong(value, reason) -> None:
     with pytest.raises(UnusableRecord, match=re.escape(reason)):
         decode_record(value)
+
+
+def test_decode_record_reads_fields_added_later_within_v1() -> None:
+    """docs/events.md: new optional fields may be added within v1; a reader ignores them."""
+    script = CallScript("newer@x")
+    for event in (script.started(), script.final("caller", "你好", 0, 1000), script.ended(1200)):
+        assert decode_record(json.dumps(event.to_dict() | {"sentiment": "angry"}).encode()) == event
 
 
 def test_decode_record_rejects_wrong_types_and_impossible_values() -> None:
@@ -227,4 +235,8 @@ def test_decode_record_rejects_wrong_types_and_impossible_values() -> None:
         decode_record(json.dumps(final | {"start_ms": "zero"}).encode())
     with pytest.raises(UnusableRecord, match="bad media interval"):
         decode_record(json.dumps(final | {"start_ms": 5000}).encode())
+    with pytest.raises(UnusableRecord, match="text: 42 is not of type"):
+        decode_record(json.dumps(final | {"text": 42}).encode())
+    with pytest.raises(UnusableRecord, match="invalid segment.final"):  # a final carrying call fields
+        decode_record(json.dumps(final | {"parties": []}).encode())
     assert isinstance(decode_record(json.dumps(final).encode()), SegmentFinal)
