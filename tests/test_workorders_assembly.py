@@ -7,6 +7,7 @@ import logging
 import re
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import jsonschema
 import pytest
@@ -14,8 +15,8 @@ from workorder_events import T0, CallScript, simple_call
 
 from asr_stream.transcript.events import EndReason, SegmentFinal
 from asr_stream.workorders.assembly import PartitionCalls
-from asr_stream.workorders.consumer import UnusableRecord, decode_record
 from asr_stream.workorders.draft import build_draft, draft_json, load_draft_schema, work_order_id
+from asr_stream.workorders.records import UnusableRecord, decode_record
 from asr_stream.workorders.rules import parse_rules
 
 RULES = parse_rules({"categories": [{"name": "water", "label": "供水", "zh": ["停水", "水压"], "en": ["water"]},
@@ -215,6 +216,7 @@ def test_decode_record_returns_events_and_ignores_partials() -> None:
         (json.dumps({"schema": "asr-stream.transcript.v2", "event": "segment.final"}).encode(), "unknown schema 'asr-stream.transcript.v2'"),
         (json.dumps({"schema": "asr-stream.transcript.v1", "event": "segment.final", "call_id": "x"}).encode(), "invalid segment.final: (top): 'channel' is a required property"),
         (json.dumps(CallScript("x").started().to_dict() | {"event": "call.paused"}).encode(), "invalid call.paused: event: 'call.paused' is not one of"),
+        (json.dumps(CallScript("x").started().to_dict() | {"event": ["call.started"]}).encode(), "invalid ['call.started']: event: ['call.started'] is not one of"),
     ],
 )
 def test_decode_record_names_what_is_wrong(value, reason) -> None:
@@ -240,3 +242,13 @@ def test_decode_record_rejects_wrong_types_and_impossible_values() -> None:
     with pytest.raises(UnusableRecord, match="invalid segment.final"):  # a final carrying call fields
         decode_record(json.dumps(final | {"parties": []}).encode())
     assert isinstance(decode_record(json.dumps(final).encode()), SegmentFinal)
+
+
+def test_docs_embed_the_shipped_draft_schema_and_a_valid_example() -> None:
+    """docs/workorders.md must not drift from the schema the package ships."""
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "workorders.md").read_text(encoding="utf-8")
+    blocks = [json.loads(block.split("```", 1)[0]) for block in docs.split("```json\n")[1:]]
+    assert blocks[-1] == load_draft_schema()
+    [example] = blocks[:-1]
+    jsonschema.Draft202012Validator(load_draft_schema()).validate(example)
+    assert example["work_order_id"] == work_order_id(example["call_id"])

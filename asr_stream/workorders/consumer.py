@@ -20,7 +20,6 @@ state at the same time.
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
@@ -29,7 +28,6 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from jsonschema import Draft202012Validator
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
@@ -37,41 +35,17 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.util import ensure_valid_topic_name
 
-from asr_stream.transcript.events import SCHEMA_ID, SegmentPartial, TranscriptEvent, load_schema, parse_event
+from asr_stream.transcript.events import TranscriptEvent
 from asr_stream.workorders.assembly import PartitionCalls
 from asr_stream.workorders.draft import build_draft, draft_json
+from asr_stream.workorders.records import UnusableRecord, decode_record
 from asr_stream.workorders.rules import Rules
 
 log = logging.getLogger(__name__)
 
 
-
-def _reader_validators() -> tuple[Draft202012Validator, dict[str, Draft202012Validator]]:
-    """The shipped event schema as a reader applies it, per event type.
-
-    Unknown fields are allowed, as docs/events.md promises producers (new optional fields may
-    appear within v1), and only the branch of the record's own event type is checked: the full
-    `oneOf` evaluates every branch and cost several times more per final (bench/workorders.py).
-    """
-    reader = load_schema()
-    reader.pop("unevaluatedProperties")
-    reader.pop("oneOf")
-    per_event = {
-        event: Draft202012Validator(reader | {"allOf": [{"$ref": f"#/$defs/{event.replace('.', '_')}"}]})
-        for event in ("call.started", "segment.final", "call.ended")
-    }
-    return Draft202012Validator(reader), per_event
-
-
-_ANY_EVENT, _EVENT_VALIDATORS = _reader_validators()
-
-
 class WorkOrderError(RuntimeError):
     """The consumer cannot start (e.g. no broker): the operator's to fix."""
-
-
-class UnusableRecord(ValueError):
-    """A record on the transcript topic that is not a transcript event this build can read."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -95,35 +69,6 @@ class WorkOrderSettings:
             raise WorkOrderError(f"the drafts need a topic of their own, not the transcript topic {self.topic!r}")
         if self.abandon_after <= timedelta(0):
             raise WorkOrderError("the abandon time must be positive")
-
-
-def decode_record(value: bytes | None) -> TranscriptEvent | None:
-    """The event in a record value; None for a partial (never needed for a draft).
-
-    Partials are most of the traffic, so they are recognised without schema validation; every
-    other event is validated against the event schema before it is trusted.
-    """
-    if value is None:
-        raise UnusableRecord("empty value (a tombstone)")
-    try:
-        data = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UnusableRecord(f"not JSON: {error}") from error
-    if not isinstance(data, dict):
-        raise UnusableRecord(f"not a JSON object but {type(data).__name__}")
-    if data.get("schema") != SCHEMA_ID:
-        raise UnusableRecord(f"unknown schema {repr(data.get('schema'))[:80]} (this build reads {SCHEMA_ID})")
-    if data.get("event") == SegmentPartial.event:
-        return None
-    validator = _EVENT_VALIDATORS.get(data.get("event"), _ANY_EVENT)  # type: ignore[arg-type]
-    problem = next(iter(validator.iter_errors(data)), None)
-    if problem is not None:
-        where = "/".join(str(part) for part in problem.absolute_path) or "(top)"
-        raise UnusableRecord(f"invalid {data.get('event')!s:.40}: {where}: {problem.message[:200]}")
-    try:
-        return parse_event(data)
-    except (ValueError, TypeError, KeyError) as error:  # e.g. start_ms > end_ms, which the schema cannot say
-        raise UnusableRecord(f"invalid {data['event']}: {error}") from error
 
 
 class WorkOrderConsumer(ConsumerRebalanceListener):
@@ -287,7 +232,9 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
 
     def _ensure_producer(self) -> KafkaProducer:
         if self._producer is None:
-            self._producer = KafkaProducer(**self._client_options(), acks="all", max_block_ms=self.settings.request_timeout_ms)
+            # No idempotence: a producer retry can only duplicate a draft, which is harmless (same
+            # id, same bytes), and brokers that withhold IDEMPOTENT_WRITE still take the drafts.
+            self._producer = KafkaProducer(**self._client_options(), acks="all", enable_idempotence=False, max_block_ms=self.settings.request_timeout_ms)
         return self._producer
 
     def _drop_producer(self) -> None:
