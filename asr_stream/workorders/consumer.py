@@ -168,10 +168,11 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
 
     # --- group membership ------------------------------------------------------------------
 
-    # kafka-python, unlike the Java client, keeps the fetch position of a partition that stays
-    # assigned across a rebalance, so the calls read from it must stay too: a revoked partition's
-    # state waits in `_revoked` until on_partitions_assigned says whether it came back. No commit
-    # is needed here: every batch was committed (as far as open calls allow) before the next poll.
+    # kafka-python 3 keeps the fetch position of a partition that stays assigned across a
+    # rebalance (assign_from_subscribed preserves its state), so the calls read from it stay too:
+    # a revoked partition's calls wait in `_revoked` until on_partitions_assigned says whether it
+    # came back. No commit is needed here: every batch was committed (as far as open calls allow)
+    # before the next poll.
 
     def on_partitions_revoked(self, revoked: Iterable[TopicPartition]) -> None:
         self._revoked.update((partition, self._partitions.pop(partition)) for partition in revoked if partition in self._partitions)
