@@ -2,6 +2,10 @@
 
 Each subcommand's work lives in the module that owns it; this file only parses arguments and
 imports that module lazily, so `asr-stream --help` stays fast and light.
+
+Errors: an operator's mistake (`asr_stream.errors.OperatorError`: a bad config, an unknown or
+unprepared model, an unknown engine build, an unreadable file, a port in use) is printed as one
+line on stderr and the command exits 2; `--debug` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Sequence
 
 
 def _transcribe(args: argparse.Namespace) -> int:
-    from asr_stream.offline import transcribe_files
+    from asr_stream.app.offline import transcribe_files
 
     return transcribe_files(
         args.files,
@@ -56,44 +60,38 @@ def _models_add_conformer(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
-    from asr_stream.config import ConfigError, load_config
-    from asr_stream.daemon import serve
-    from asr_stream.inference.engine_cache import EngineCacheError
-    from asr_stream.inference.models import ModelError
-    from asr_stream.logs import configure_logging
+    from asr_stream.app.config import load_config
+    from asr_stream.app.daemon import serve
+    from asr_stream.app.logs import configure_logging
 
-    try:
-        config = load_config(args.config)
-        configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
-        return asyncio.run(serve(config))
-    except (ConfigError, ModelError, EngineCacheError) as error:  # the operator's to fix: one line, no traceback
-        print(f"asr-stream serve: {error}", file=sys.stderr)
-        return 2
+    config = load_config(args.config)
+    configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
+    return asyncio.run(serve(config))
 
 
 def _run(args: argparse.Namespace) -> int:
-    from asr_stream.config import ConfigError
-    from asr_stream.inference.models import ModelError
-    from asr_stream.local_run import run_local
-    from asr_stream.sinks.local_broker import BrokerStartError
+    from asr_stream.devtools.local_run import run_local
 
-    try:
-        return run_local(args.config, json_logs=args.log_format == "json")
-    except (ConfigError, ModelError, BrokerStartError) as error:
-        print(f"asr-stream run: {error}", file=sys.stderr)
-        return 2
+    return run_local(args.config, json_logs=args.log_format == "json")
 
 
 def _config_check(args: argparse.Namespace) -> int:
-    from asr_stream.config import ConfigError, load_config
+    from asr_stream.app.config import ConfigError, load_config
 
     try:
         load_config(args.file)
-    except ConfigError as error:
+    except ConfigError as error:  # the answer to "check", not a failure to run it: every problem, exit 1
         for problem in error.problems:
             print(f"{error.source}: {problem}", file=sys.stderr)
         return 1
     print(f"{args.file}: ok")
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    from asr_stream.app.config import json_schema
+
+    print(json_schema())
     return 0
 
 
@@ -102,7 +100,7 @@ def _call(args: argparse.Namespace) -> int:
     import tempfile
     from pathlib import Path
 
-    from asr_stream.sipp import SippError, place_call
+    from asr_stream.devtools.sipp import SippError, place_call
 
     with tempfile.TemporaryDirectory(prefix="asr-stream-call-") as workdir:
         try:
@@ -115,7 +113,7 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _tail(args: argparse.Namespace) -> int:
-    from asr_stream.sinks.tail import tail
+    from asr_stream.devtools.tail import tail
 
     return tail(args.bootstrap, args.topic, from_beginning=not args.latest, as_json=args.json)
 
@@ -123,24 +121,20 @@ def _tail(args: argparse.Namespace) -> int:
 def _workorders(args: argparse.Namespace) -> int:
     from datetime import timedelta
 
-    from asr_stream.logs import configure_logging
-    from asr_stream.workorders.consumer import WorkOrderError, WorkOrderSettings, run_until_signalled
-    from asr_stream.workorders.rules import RulesError, load_rules
+    from asr_stream.app.logs import configure_logging
+    from asr_stream.workorders.consumer import WorkOrderSettings, run_until_signalled
+    from asr_stream.workorders.rules import load_rules
 
     configure_logging("INFO", json_lines=args.log_format == "json")
-    try:
-        settings = WorkOrderSettings(
-            bootstrap_servers=args.bootstrap,
-            topic=args.topic,
-            out_topic=args.out_topic,
-            group_id=args.group_id,
-            session_timeout_ms=args.session_timeout_ms,
-            abandon_after=timedelta(seconds=args.abandon_after_s),
-        )
-        return run_until_signalled(settings, load_rules(args.rules) if args.rules else None)
-    except (RulesError, WorkOrderError) as error:
-        print(f"asr-stream workorders: {error}", file=sys.stderr)
-        return 2
+    settings = WorkOrderSettings(
+        bootstrap_servers=args.bootstrap,
+        topic=args.topic,
+        out_topic=args.out_topic,
+        group_id=args.group_id,
+        session_timeout_ms=args.session_timeout_ms,
+        abandon_after=timedelta(seconds=args.abandon_after_s),
+    )
+    return run_until_signalled(settings, load_rules(args.rules) if args.rules else None)
 
 
 def _engines_build(args: argparse.Namespace) -> int:
@@ -168,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asr-stream", description=__doc__.splitlines()[0])
     parser.add_argument("--engines-dir", default="engines", help="where exported graphs and built engines live")
     parser.add_argument("--log-format", choices=("json", "text"), default=None, help="default: json for serve, text otherwise")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for operator errors too")
     commands = parser.add_subparsers(dest="command", required=True)
 
     transcribe = commands.add_parser("transcribe", help="transcribe audio files offline")
@@ -192,7 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     conformer.add_argument("--language", default=None, help="language code reported in events")
     conformer.set_defaults(handler=_models_add_conformer)
 
-    engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(dest="engines_command", required=True)
+    engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(
+        dest="engines_command", required=True
+    )
     build = engines.add_parser("build", help="build engines from the exported graphs with a shape profile")
     build.add_argument("model")
     build.add_argument("--profile", help="profile YAML (default: profiles/<model>.yaml)")
@@ -220,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     check = config.add_parser("check", help="validate a config file and print every problem with its path")
     check.add_argument("file")
     check.set_defaults(handler=_config_check)
+    schema = config.add_parser("schema", help="print the config file's JSON Schema, with every default")
+    schema.set_defaults(handler=_config_schema)
 
     call = commands.add_parser("call", help="place test calls with SIPp that stream an audio file as G.711")
     call.add_argument("target", help="host:port of the daemon's SIP listener")
@@ -243,18 +242,27 @@ def build_parser() -> argparse.ArgumentParser:
     workorders.add_argument("--rules", help="categories YAML, e.g. deploy/workorders/rules.yaml (default: no category)")
     workorders.add_argument("--group-id", default="asr-stream-workorders", help="consumer group: run more members to share the calls")
     workorders.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
-    workorders.add_argument("--abandon-after-s", type=float, default=7200, help="draft a call with no event for this long (stream time) as abandoned")
+    workorders.add_argument(
+        "--abandon-after-s", type=float, default=7200, help="draft a call with no event for this long (stream time) as abandoned"
+    )
     workorders.set_defaults(handler=_workorders)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from asr_stream.logs import configure_logging
+    from asr_stream.app.logs import configure_logging
+    from asr_stream.errors import OperatorError
 
     # Offline commands log warnings only (the ONNX exporter is chatty); the daemon logs more.
     configure_logging("WARNING", json_lines=args.log_format == "json")
-    return int(args.handler(args) or 0)
+    try:
+        return int(args.handler(args) or 0)
+    except OperatorError as error:
+        if args.debug:
+            raise
+        print(f"asr-stream {args.command}: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

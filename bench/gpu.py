@@ -111,7 +111,15 @@ class Model:
         return np.array([self.tokenizer.prompt(lang, False) for lang in language], dtype=np.int64)
 
     def ours(self, dtype: torch.dtype) -> TorchWhisper:
-        backend = TorchWhisper.from_packages(self.name, self.prepared.suppress_ids, self.prepared.suppress_ids_begin, self.tokenizer.eot, self.buckets, device="cuda", dtype=dtype)
+        backend = TorchWhisper.from_packages(
+            self.name,
+            self.prepared.suppress_ids,
+            self.prepared.suppress_ids_begin,
+            self.tokenizer.eot,
+            self.buckets,
+            device="cuda",
+            dtype=dtype,
+        )
         backend.warm_up()
         return backend
 
@@ -130,7 +138,10 @@ def parity(model: Model, clips: list[Clip]) -> dict[str, object]:
     torch.cuda.empty_cache()
     fp16 = model.ours(torch.float16).transcribe(mel, prompts)
     english = [i for i, clip in enumerate(clips) if clip.language == "en"]
-    texts = {name: [model.tokenizer.decode(tokens[i]) for i in english] for name, tokens in (("onnxruntime_fp32", reference), ("torch_fp32", fp32), ("torch_fp16", fp16))}
+    texts = {
+        name: [model.tokenizer.decode(tokens[i]) for i in english]
+        for name, tokens in (("onnxruntime_fp32", reference), ("torch_fp32", fp32), ("torch_fp16", fp16))
+    }
     truth = [clips[i].text for i in english]
     return {
         "clips": len(clips),
@@ -153,17 +164,40 @@ def hf_whisper(model: Model, device: str = "cuda", dtype: torch.dtype = torch.fl
     ours = Whisper.from_ct2(read_model_bin(packaged.locate() for packaged in model_source(model.name).weights)).state_dict()
     dims, tokenizer = model.prepared.dims, model.tokenizer
     config = WhisperConfig(
-        vocab_size=dims.n_vocab, num_mel_bins=dims.n_mels, d_model=dims.n_audio_state,
-        encoder_layers=dims.n_audio_layer, encoder_attention_heads=dims.n_audio_head, encoder_ffn_dim=4 * dims.n_audio_state,
-        decoder_layers=dims.n_text_layer, decoder_attention_heads=dims.n_text_head, decoder_ffn_dim=4 * dims.n_text_state,
-        max_source_positions=dims.n_audio_ctx, max_target_positions=dims.n_text_ctx,
-        decoder_start_token_id=tokenizer.sot, eos_token_id=tokenizer.eot, pad_token_id=tokenizer.eot, bos_token_id=tokenizer.eot,
-        suppress_tokens=list(model.prepared.suppress_ids), begin_suppress_tokens=list(model.prepared.suppress_ids_begin),
+        vocab_size=dims.n_vocab,
+        num_mel_bins=dims.n_mels,
+        d_model=dims.n_audio_state,
+        encoder_layers=dims.n_audio_layer,
+        encoder_attention_heads=dims.n_audio_head,
+        encoder_ffn_dim=4 * dims.n_audio_state,
+        decoder_layers=dims.n_text_layer,
+        decoder_attention_heads=dims.n_text_head,
+        decoder_ffn_dim=4 * dims.n_text_state,
+        max_source_positions=dims.n_audio_ctx,
+        max_target_positions=dims.n_text_ctx,
+        decoder_start_token_id=tokenizer.sot,
+        eos_token_id=tokenizer.eot,
+        pad_token_id=tokenizer.eot,
+        bos_token_id=tokenizer.eot,
+        suppress_tokens=list(model.prepared.suppress_ids),
+        begin_suppress_tokens=list(model.prepared.suppress_ids_begin),
     )
     hf = WhisperForConditionalGeneration(config)
-    names = {"attn.query": "self_attn.q_proj", "attn.key": "self_attn.k_proj", "attn.value": "self_attn.v_proj", "attn.out": "self_attn.out_proj",
-             "cross_attn.query": "encoder_attn.q_proj", "cross_attn.key": "encoder_attn.k_proj", "cross_attn.value": "encoder_attn.v_proj", "cross_attn.out": "encoder_attn.out_proj",
-             "attn_ln": "self_attn_layer_norm", "cross_attn_ln": "encoder_attn_layer_norm", "mlp.0": "fc1", "mlp.2": "fc2", "mlp_ln": "final_layer_norm"}
+    names = {
+        "attn.query": "self_attn.q_proj",
+        "attn.key": "self_attn.k_proj",
+        "attn.value": "self_attn.v_proj",
+        "attn.out": "self_attn.out_proj",
+        "cross_attn.query": "encoder_attn.q_proj",
+        "cross_attn.key": "encoder_attn.k_proj",
+        "cross_attn.value": "encoder_attn.v_proj",
+        "cross_attn.out": "encoder_attn.out_proj",
+        "attn_ln": "self_attn_layer_norm",
+        "cross_attn_ln": "encoder_attn_layer_norm",
+        "mlp.0": "fc1",
+        "mlp.2": "fc2",
+        "mlp_ln": "final_layer_norm",
+    }
     state = {}
     for name, tensor in ours.items():
         mapped = name.replace("blocks.", "layers.").replace("encoder.positional_embedding", "encoder.embed_positions.weight")
@@ -188,7 +222,9 @@ def hf_transcribe(hf: torch.nn.Module, mel: np.ndarray, prompts: np.ndarray, max
     features = torch.from_numpy(mel).to(hf.device, hf.dtype)
     prompt = torch.from_numpy(prompts).to(hf.device)
     with torch.inference_mode():
-        out = GenerationMixin.generate(hf, input_features=features, decoder_input_ids=prompt, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
+        out = GenerationMixin.generate(
+            hf, input_features=features, decoder_input_ids=prompt, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
+        )
     eot = hf.config.eos_token_id
     generated = [row[prompt.shape[1] :].tolist() for row in out]
     return [tokens[: tokens.index(eot)] if eot in tokens else tokens for tokens in generated]
@@ -216,7 +252,10 @@ def offline(model: Model, clips: list[Clip], batches: Sequence[int], budget_s: f
         mel, prompts = np.stack([clip.mel for clip in chosen]), model.prompts(chosen)
         audio_seconds = sum(clip.seconds for clip in chosen)
         row: dict[str, object] = {"model": model.name, "batch": batch, "audio_s": round(audio_seconds, 1)}
-        for name, run in (("ours", lambda: ours.transcribe(mel, prompts)), ("hf", lambda: hf_transcribe(hf, mel, prompts, ours.max_new_tokens))):
+        for name, run in (
+            ("ours", lambda: ours.transcribe(mel, prompts)),
+            ("hf", lambda: hf_transcribe(hf, mel, prompts, ours.max_new_tokens)),
+        ):
             if time.monotonic() > deadline:
                 row[name] = "skipped: time budget"
                 continue
@@ -235,14 +274,26 @@ def offline(model: Model, clips: list[Clip], batches: Sequence[int], budget_s: f
 
 def partial_mels(clips: Sequence[Clip]) -> dict[tuple[int, int], np.ndarray]:
     """(clip, whole seconds spoken) -> the 30 s log-mel of the open segment so far, as a partial sees it."""
-    return {(index, spoken): log_mel_spectrogram(clip.audio[: spoken * 16000]) for index, clip in enumerate(clips) for spoken in range(PARTIAL_EVERY_S, int(clip.seconds) + 1, PARTIAL_EVERY_S)}
+    return {
+        (index, spoken): log_mel_spectrogram(clip.audio[: spoken * 16000])
+        for index, clip in enumerate(clips)
+        for spoken in range(PARTIAL_EVERY_S, int(clip.seconds) + 1, PARTIAL_EVERY_S)
+    }
 
 
 def percentile_ms(sorted_seconds: Sequence[float], share: float) -> float | None:
     return round(1000 * sorted_seconds[int(share * (len(sorted_seconds) - 1))], 1) if sorted_seconds else None
 
 
-async def simulate(backend: TorchWhisper, model: Model, clips: list[Clip], partials: dict[tuple[int, int], np.ndarray], channels: int, seconds: float, max_batch: int) -> dict[str, object]:
+async def simulate(
+    backend: TorchWhisper,
+    model: Model,
+    clips: list[Clip],
+    partials: dict[tuple[int, int], np.ndarray],
+    channels: int,
+    seconds: float,
+    max_batch: int,
+) -> dict[str, object]:
     """N channels speak clips in real time with 0.5-2 s pauses; every second of speech submits a
     partial of the open segment (not awaited: speech goes on), each end of speech a final.
 
@@ -255,7 +306,9 @@ async def simulate(backend: TorchWhisper, model: Model, clips: list[Clip], parti
         mels = [partials[payload] if payload[1] else clips[payload[0]].mel for payload in payloads]
         return backend.transcribe(np.stack(mels), prompts[index])
 
-    scheduler: BatchScheduler[int, list[int]] = BatchScheduler(run_batch, max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S)
+    scheduler: BatchScheduler[int, list[int]] = BatchScheduler(
+        run_batch, max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S
+    )
     await scheduler.start()
     latencies: list[float] = []
     partial_latencies: list[float] = []
@@ -329,7 +382,13 @@ def channels_search(model: Model, clips: list[Clip], levels: Sequence[int], seco
     passing = [r for r in results if r["p95_ms"] is not None and r["p95_ms"] <= 1000 * FINAL_P95_LIMIT_S]
     best = max(passing, key=lambda r: r["channels"]) if passing else None
     per_channel = (best["gpu_reserved_mib"] - engine_mib) / best["channels"] if best else None
-    return {"model": model.name, "engine_mib": round(engine_mib), "levels": results, "max_channels_p95_le_400ms": best["channels"] if best else 0, "extra_mib_per_channel": round(per_channel, 3) if per_channel is not None else None}
+    return {
+        "model": model.name,
+        "engine_mib": round(engine_mib),
+        "levels": results,
+        "max_channels_p95_le_400ms": best["channels"] if best else 0,
+        "extra_mib_per_channel": round(per_channel, 3) if per_channel is not None else None,
+    }
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Run by hand:  .venv/bin/python bench/ingest.py --channels 100 300 600 --seconds 
 
 For each channel count, a separate sender process streams real-time 20 ms μ-law packets of a
 speech clip on every channel to 127.0.0.1; this process runs one `RtpReceiver` per channel
-plus a consumer of `asr_stream.audio.ingest.audio_frames` (int16 -> float32, 8 -> 16 kHz
+plus a consumer of `asr_stream.ingest.telephony.audio_frames` (int16 -> float32, 8 -> 16 kHz
 `StreamResampler`), exactly what the daemon reads per channel. Measured in this process only, over a steady-state window:
 CPU seconds per channel-second (UDP receive + parse + jitter + decode + queue + resample) and
 whether it kept up (every packet turned into audio, no drops). `channels/core` is the
@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-from asr_stream.audio.ingest import audio_frames
-from asr_stream.audio.resample import resample
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.ingest.resample import resample
+from asr_stream.ingest.telephony import audio_frames
 from asr_stream.rtp.g711 import ulaw_encode
 from asr_stream.rtp.ports import PortAllocator
 from asr_stream.rtp.receiver import ReceiverConfig, RtpReceiver
@@ -134,9 +134,7 @@ async def breakdown(packets: int = 20_000) -> None:
     allocator = PortAllocator("127.0.0.1", 20000, 21000)
     receiver = await RtpReceiver.open(allocator, ReceiverConfig({0: "PCMU"}, max_queued_frames=packets))
     payloads = speech_payloads()
-    datagrams = [
-        struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, i * PACKET_SAMPLES, 1) + payloads[i % len(payloads)] for i in range(packets)
-    ]
+    datagrams = [struct.pack("!BBHII", 0x80, 0, i & 0xFFFF, i * PACKET_SAMPLES, 1) + payloads[i % len(payloads)] for i in range(packets)]
     started = time.process_time()
     for datagram in datagrams:
         receiver._on_rtp(datagram, ("127.0.0.1", 9))  # the transport's callback, minus the socket

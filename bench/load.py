@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import logging
 import os
@@ -50,15 +51,15 @@ import soundfile
 import yaml
 from kafka import KafkaConsumer, TopicPartition
 
+from asr_stream.app.config import load_config
+from asr_stream.app.daemon import Daemon
 from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.audio.vad import Vad
 from asr_stream.audio.wavfile import load_audio
-from asr_stream.config import load_config
-from asr_stream.daemon import Daemon
+from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
+from asr_stream.devtools.scoring import corpus_wer
+from asr_stream.devtools.sipp import SippError, place_call
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.scoring import corpus_wer
-from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
-from asr_stream.sipp import SippError, place_call
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "speech"
@@ -281,7 +282,16 @@ class StepResult:
     problems: list[str]
 
 
-def analyse(n: int, placed: list[PlacedCall], recorded: list[tuple[float, dict]], cpu_s: float, wall_s: float, sampler: Sampler, rss_before: int, shed: int) -> StepResult:
+def analyse(
+    n: int,
+    placed: list[PlacedCall],
+    recorded: list[tuple[float, dict]],
+    cpu_s: float,
+    wall_s: float,
+    sampler: Sampler,
+    rss_before: int,
+    shed: int,
+) -> StepResult:
     """Turn one step's calls, events and counters into the table row."""
     problems = [f"call {i}: {c.error}" for i, c in enumerate(placed) if c.error]
     latencies, outside, outside_minus_own, cadence, hypotheses, references = [], [], [], [], [], []
@@ -299,10 +309,14 @@ def analyse(n: int, placed: list[PlacedCall], recorded: list[tuple[float, dict]]
             if e["event"] == "segment.partial":
                 partials += 1
                 stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
-        cadence += [b - a for ts in stamps.values() for a, b in zip(ts, ts[1:])]
+        cadence += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
         for utterance in call.audio.utterances:  # pair it with the final whose speech end (end less pad) is nearest
             utterances += 1
-            candidates = [(abs(e["end_ms"] / 1000 - POST_PAD_S - utterance.speech_end_s), t, e["latency_ms"]) for t, e in finals if e["start_ms"] / 1000 < utterance.speech_end_s]
+            candidates = [
+                (abs(e["end_ms"] / 1000 - POST_PAD_S - utterance.speech_end_s), t, e["latency_ms"])
+                for t, e in finals
+                if e["start_ms"] / 1000 < utterance.speech_end_s
+            ]
             distance, arrived, latency_ms = min(candidates, default=(float("inf"), 0.0, 0))
             if distance <= MATCH_TOLERANCE_S:
                 outside.append(1000 * (arrived - call.ack_sent - utterance.speech_end_s))  # type: ignore[operator]
@@ -366,7 +380,12 @@ async def run_step(n: int, daemon: Daemon, recorder: TopicRecorder, calls: list[
     """Place `n` calls at once, wait for their call.ended events, and measure the step."""
     assert daemon.scheduler is not None
     sampler, rss_before = Sampler(daemon.scheduler), rss_bytes()
-    shed_before, cpu_before, consumer_before, started = daemon.scheduler.stats.shed_partials, cpu_seconds(), recorder.cpu_s, time.monotonic()
+    shed_before, cpu_before, consumer_before, started = (
+        daemon.scheduler.stats.shed_partials,
+        cpu_seconds(),
+        recorder.cpu_s,
+        time.monotonic(),
+    )
     sampling = asyncio.create_task(sampler.run())
     placed = list(await asyncio.gather(*(place(target(daemon), call, workdir / f"n{n}-{i}") for i, call in enumerate(calls[:n]))))
     call_ids = {c.call_id for c in placed if c.call_id}
@@ -399,7 +418,14 @@ def load_average() -> str:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines() if line.startswith("Model name")), platform.processor())
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
+            if line.startswith("Model name")
+        ),
+        platform.processor(),
+    )
     return f'lscpu "{model}", {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}'
 
 
@@ -425,7 +451,10 @@ async def main(args: argparse.Namespace) -> int:
         calls = [build_call(i, clips, args.utterances, workdir, rng) for i in range(max(args.calls))]
         longest = max(clips, key=lambda r: r["duration_s"])  # the longest decode sizes ONNX Runtime's arena
         warmup_speech = load_audio(SPEECH / longest["path_wav16k"])[0][0]
-        print(f"{len(calls)} calls of {args.utterances} utterances, {min(c.duration_s for c in calls):.1f}-{max(c.duration_s for c in calls):.1f} s each", flush=True)
+        print(
+            f"{len(calls)} calls of {args.utterances} utterances, {min(c.duration_s for c in calls):.1f}-{max(c.duration_s for c in calls):.1f} s each",
+            flush=True,
+        )
         print(HEADER, flush=True)
         recorder = None
         try:
@@ -445,7 +474,10 @@ async def main(args: argparse.Namespace) -> int:
                 for problem in result.problems[:20]:
                     print(f"    N={n}: {problem}", flush=True)
                 if not result.p95_ms <= args.limit_ms or result.failed_calls:
-                    print(f"stop at N={n}: p95 {result.p95_ms:.0f} ms (limit {args.limit_ms:.0f}), {result.failed_calls} calls failed", flush=True)
+                    print(
+                        f"stop at N={n}: p95 {result.p95_ms:.0f} ms (limit {args.limit_ms:.0f}), {result.failed_calls} calls failed",
+                        flush=True,
+                    )
                     break
         finally:
             if recorder is not None:
@@ -459,7 +491,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--calls", type=int, nargs="+", default=[1, 2, 4, 6, 8, 10, 12], help="the ladder of concurrent calls")
     parser.add_argument("--utterances", type=int, default=4, help="clips per call")
     parser.add_argument("--limit-ms", type=float, default=1500, help="stop once p95 end-of-speech -> final exceeds this")
-    parser.add_argument("--partial-interval-s", type=float, default=1.0, help="the daemon's default is 1.0; a huge value turns partials off")
+    parser.add_argument(
+        "--partial-interval-s", type=float, default=1.0, help="the daemon's default is 1.0; a huge value turns partials off"
+    )
     parser.add_argument("--seed", type=int, default=1, help="for the pauses between utterances")
     return parser.parse_args()
 

@@ -40,13 +40,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr_stream.audio.features import log_mel_spectrogram  # noqa: E402
-from asr_stream.audio.wavfile import load_audio  # noqa: E402
-from asr_stream.inference.engine import Engine  # noqa: E402
-from asr_stream.inference.models import MODELS, load_prepared  # noqa: E402
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine  # noqa: E402
-from asr_stream.inference.whisper.runner import LIVE_MARGIN_S, LIVE_WINDOWS_S, WhisperRunner  # noqa: E402
-from asr_stream.scoring import corpus_wer  # noqa: E402
+from asr_stream.audio.features import log_mel_spectrogram
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.devtools.scoring import corpus_wer
+from asr_stream.inference.engine import Engine
+from asr_stream.inference.models import MODELS, load_prepared
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.whisper.runner import LIVE_MARGIN_S, LIVE_WINDOWS_S, WhisperRunner
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "speech"
@@ -169,7 +169,9 @@ def bench_model(model: str, clips: list[tuple[dict, np.ndarray]], threads: int, 
                 ours_transcribe(audio)
             total = time.perf_counter() - start
             encoder, decoder = runner.encoder.seconds, runner.decoder.engine.seconds
-            print(f"\nours breakdown ({model}, one pass, s): total {total:.2f}, encoder {encoder:.2f}, decoder steps {decoder:.2f}, rest {total - encoder - decoder:.2f}")
+            print(
+                f"\nours breakdown ({model}, one pass, s): total {total:.2f}, encoder {encoder:.2f}, decoder steps {decoder:.2f}, rest {total - encoder - decoder:.2f}"
+            )
     oracle = texts["ctranslate2 float32"]
     print(f"\n### {model}: {len(clips)} English clips, {audio_seconds:.1f} s of audio, {threads} threads, median of {repeats}")
     print(f"load average (1, 5, 15 min) before and after each repeat: {' | '.join(loads)}\n")
@@ -179,7 +181,9 @@ def bench_model(model: str, clips: list[tuple[dict, np.ndarray]], threads: int, 
         median = statistics.median(totals[name])
         same = sum(a == b for a, b in zip(texts[name], oracle))
         runs = ", ".join(f"{seconds:.1f}" for seconds in totals[name])
-        print(f"| {name} | {median / audio_seconds:.4f} | {median:.2f} | {runs} | {corpus_wer(references, texts[name]):.4f} | {same}/{len(clips)} |")
+        print(
+            f"| {name} | {median / audio_seconds:.4f} | {median:.2f} | {runs} | {corpus_wer(references, texts[name]):.4f} | {same}/{len(clips)} |"
+        )
 
 
 def main() -> None:

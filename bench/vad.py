@@ -32,10 +32,12 @@ from scipy.signal import butter, sosfilt
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr_stream.audio.resample import resample  # noqa: E402
-from asr_stream.audio.vad import SileroOnnxModel  # noqa: E402
-from asr_stream.audio.wavfile import load_audio  # noqa: E402
-from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode  # noqa: E402
+import itertools
+
+from asr_stream.audio.vad import SileroOnnxModel
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.ingest.resample import resample
+from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 RATE = 16_000
@@ -134,7 +136,7 @@ def reference_labels(clip: np.ndarray) -> np.ndarray:
     active = energy_db > energy_db.max() - 30
     active_idx = np.flatnonzero(active)
     max_pause = 200 // 10
-    for a, b in zip(active_idx[:-1], active_idx[1:]):
+    for a, b in itertools.pairwise(active_idx):
         if 1 < b - a <= max_pause:
             active[a:b] = True
     labels = np.repeat(active, REF_FRAME)

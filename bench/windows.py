@@ -23,11 +23,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from asr_stream.inference.models import load_prepared  # noqa: E402
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine  # noqa: E402
-from asr_stream.inference.whisper.runner import WhisperRunner  # noqa: E402
-from asr_stream.scoring import corpus_wer  # noqa: E402
-from transcribe_cpu import REPO, TimedEngine, english_clips, load_average, machine_name  # noqa: E402
+from transcribe_cpu import REPO, TimedEngine, english_clips, load_average, machine_name
+
+from asr_stream.devtools.scoring import corpus_wer
+from asr_stream.inference.models import load_prepared
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.whisper.runner import WhisperRunner
 
 # (windows_s, margin_s); the first is the reference every other scheme is compared with.
 SCHEMES: tuple[tuple[tuple[int, ...], float], ...] = (
@@ -84,7 +85,9 @@ def main() -> None:
         median_cpu = statistics.median(cpu[scheme])
         print(
             f"| {','.join(map(str, windows_s))} | {margin_s:g} | {corpus_wer(references, texts[scheme]):.4f} | {median_cpu:.1f} | "
-            f"{statistics.median(wall[scheme]):.1f} | {median_cpu / reference_cpu:.2f} | {retries[scheme]} | " + " | ".join(per_category) + " |"
+            f"{statistics.median(wall[scheme]):.1f} | {median_cpu / reference_cpu:.2f} | {retries[scheme]} | "
+            + " | ".join(per_category)
+            + " |"
         )
 
 

@@ -22,38 +22,79 @@ from pathlib import Path
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 
-from asr_stream.sinks.local_broker import LocalBroker
-from asr_stream.transcript.events import CallEnded, CallStarted, ChannelInfo, EndReason, Party, SegmentFinal, SegmentPartial, TranscriptEvent
+from asr_stream.devtools.local_broker import LocalBroker
+from asr_stream.transcript.events import (
+    CallEnded,
+    CallStarted,
+    ChannelInfo,
+    EndReason,
+    Party,
+    SegmentFinal,
+    SegmentPartial,
+    TranscriptEvent,
+)
 from asr_stream.workorders.consumer import WorkOrderConsumer, WorkOrderSettings
 from asr_stream.workorders.rules import load_rules
 
 RULES = Path(__file__).resolve().parents[1] / "deploy" / "workorders" / "rules.yaml"
 T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
-TEXTS = ["您好，这里是12345市民热线，请问有什么可以帮您", "我们小区从昨天晚上开始停水，到现在还没有来水",
-         "请问您的详细地址和联系电话", "幸福路18号3栋2单元，电话是幺三八一二三四五六七八"]
+TEXTS = [
+    "您好，这里是12345市民热线，请问有什么可以帮您",
+    "我们小区从昨天晚上开始停水，到现在还没有来水",
+    "请问您的详细地址和联系电话",
+    "幸福路18号3栋2单元，电话是幺三八一二三四五六七八",
+]
 
 
 def call_events(number: int, finals: int, partials: int) -> list[TranscriptEvent]:
     call_id = f"bench-{number}@gw.example"
     common = {"call_id": call_id, "model": "whisper-base", "engine": "onnxruntime-cpu", "language": "zh"}
     start = T0 + timedelta(seconds=number)
-    events: list[TranscriptEvent] = [CallStarted(
-        **common, emitted_at=start,
-        parties=(Party(role="caller", uri=f"sip:+86139{number:08d}@gw.example"), Party(role="callee", uri="sip:12345@hotline.example")),
-        channels=(ChannelInfo(channel="caller", label="Citizen", codec="PCMU", sample_rate=8000),
-                  ChannelInfo(channel="agent", label="Agent", codec="PCMU", sample_rate=8000)),
-    )]
+    events: list[TranscriptEvent] = [
+        CallStarted(
+            **common,
+            emitted_at=start,
+            parties=(Party(role="caller", uri=f"sip:+86139{number:08d}@gw.example"), Party(role="callee", uri="sip:12345@hotline.example")),
+            channels=(
+                ChannelInfo(channel="caller", label="Citizen", codec="PCMU", sample_rate=8000),
+                ChannelInfo(channel="agent", label="Agent", codec="PCMU", sample_rate=8000),
+            ),
+        )
+    ]
     for index in range(finals):
         channel, begin = ("agent", "caller")[index % 2], index * 4000
         text = TEXTS[index % len(TEXTS)]
         segment = {"channel": channel, "index": index // 2, "start_ms": begin, "latency_ms": 300}
         for revision in range(partials):
-            events.append(SegmentPartial(**common, **segment, emitted_at=start + timedelta(milliseconds=begin + 1000 * (revision + 1)),
-                                         revision=revision, text=text[: 4 * (revision + 1)], end_ms=begin + 1000 * (revision + 1)))
-        events.append(SegmentFinal(**common, **segment, emitted_at=start + timedelta(milliseconds=begin + 3800), revision=partials,
-                                   text=text, end_ms=begin + 3500))
-    events.append(CallEnded(**common, emitted_at=start + timedelta(milliseconds=finals * 4000 + 500), end_reason=EndReason.HANGUP,
-                            duration_ms=finals * 4000, final_segments=finals))
+            events.append(
+                SegmentPartial(
+                    **common,
+                    **segment,
+                    emitted_at=start + timedelta(milliseconds=begin + 1000 * (revision + 1)),
+                    revision=revision,
+                    text=text[: 4 * (revision + 1)],
+                    end_ms=begin + 1000 * (revision + 1),
+                )
+            )
+        events.append(
+            SegmentFinal(
+                **common,
+                **segment,
+                emitted_at=start + timedelta(milliseconds=begin + 3800),
+                revision=partials,
+                text=text,
+                end_ms=begin + 3500,
+            )
+        )
+    events.append(
+        CallEnded(
+            **common,
+            emitted_at=start + timedelta(milliseconds=finals * 4000 + 500),
+            end_reason=EndReason.HANGUP,
+            duration_ms=finals * 4000,
+            final_segments=finals,
+        )
+    )
     return events
 
 
@@ -77,8 +118,14 @@ def main() -> None:
         producer.flush()
         producer.close()
 
-        settings = WorkOrderSettings(bootstrap_servers=broker.bootstrap_servers, topic="bench.transcripts", out_topic="bench.workorders",
-                                     group_id="bench", session_timeout_ms=2000, poll_timeout_ms=100)
+        settings = WorkOrderSettings(
+            bootstrap_servers=broker.bootstrap_servers,
+            topic="bench.transcripts",
+            out_topic="bench.workorders",
+            group_id="bench",
+            session_timeout_ms=2000,
+            poll_timeout_ms=100,
+        )
         consumer = WorkOrderConsumer(settings, load_rules(RULES))
         stop = threading.Event()
         thread = threading.Thread(target=consumer.run, args=(stop,))
@@ -94,9 +141,13 @@ def main() -> None:
             stop.set()
             thread.join()
     partials = sum(isinstance(event, SegmentPartial) for event in events)
-    print(f"{len(events)} events ({partials} partials) of {args.calls} calls on {args.partitions} partitions -> {consumer.drafts_published} drafts")
-    print(f"wall {wall:.2f} s: {len(events) / wall:,.0f} events/s, {args.calls / wall:,.1f} drafts/s; "
-          f"CPU {cpu:.2f} s = {cpu / len(events) * 1e6:.0f} µs per event")
+    print(
+        f"{len(events)} events ({partials} partials) of {args.calls} calls on {args.partitions} partitions -> {consumer.drafts_published} drafts"
+    )
+    print(
+        f"wall {wall:.2f} s: {len(events) / wall:,.0f} events/s, {args.calls / wall:,.1f} drafts/s; "
+        f"CPU {cpu:.2f} s = {cpu / len(events) * 1e6:.0f} µs per event"
+    )
 
 
 if __name__ == "__main__":

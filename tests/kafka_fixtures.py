@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaConsumer, TopicPartition
 from kafka.consumer.fetcher import ConsumerRecord
 
-from asr_stream.sinks.local_broker import LOCALHOST, LocalBroker, free_tcp_port
+from asr_stream.devtools.local_broker import LOCALHOST, LocalBroker, free_tcp_port
 
 # Tansu waits for connected clients before it exits on SIGTERM; tests close theirs first, so a
 # short deadline only matters when a test failed half-way.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from asr_stream.audio.resample import StreamResampler, resample
+from asr_stream.ingest.resample import StreamResampler, resample
 
 RATE_PAIRS = [(8000, 16000), (48000, 16000), (16000, 8000), (44100, 16000), (22050, 16000), (16000, 16000)]
 

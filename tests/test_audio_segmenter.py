@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -10,10 +11,10 @@ import pytest
 
 from asr_stream.audio.segmenter import (
     SegmentClosed,
-    SegmentGrew,
-    SegmentOpened,
     Segmenter,
     SegmenterConfig,
+    SegmentGrew,
+    SegmentOpened,
     segment_audio,
 )
 from asr_stream.audio.vad import WINDOW_SAMPLES, Vad
@@ -124,7 +125,7 @@ def test_long_speech_is_split_at_a_pause_without_losing_audio() -> None:
 
     forced = [s for s in segments if s.reason == "max_length"]
     assert forced, "nothing reached max_segment_ms"
-    for cut_segment, following in zip(segments, segments[1:]):
+    for cut_segment, following in itertools.pairwise(segments):
         if cut_segment.reason == "max_length":
             assert following.start == cut_segment.end  # contiguous: no sample lost at the cut
             around_cut = audio[cut_segment.end - 256 : cut_segment.end + 256]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr_stream.audio.resample import resample
 from asr_stream.audio.wavfile import AudioFileError, load_audio
+from asr_stream.ingest.resample import resample
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from asr_stream.config import ConfigError, load_config
-from asr_stream.daemon import digest_auth
+from asr_stream.app.config import ConfigError, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,26 +22,26 @@ def write(tmp_path: Path, text: str) -> Path:
 
 def test_shipped_local_config_is_valid_and_defaults_fill_the_rest():
     config = load_config(REPO / "deploy" / "local.yaml", environ={})
-    assert config.model == "whisper-tiny.en" and config.kafka["embedded"] is True
-    assert config.scheduler["partial_interval_s"] == 1.0  # a default, not in the file
+    assert config.settings.model == "whisper-tiny.en" and config.settings.kafka.embedded is True
+    assert config.settings.scheduler.partial_interval_s == 1.0  # a default, not in the file
 
 
 def test_environment_overrides_any_key_with_yaml_typed_values(tmp_path):
     path = write(tmp_path, "model: whisper-tiny.en\n")
     config = load_config(path, environ={"ASR_STREAM__SCHEDULER__MAX_BATCH": "16", "ASR_STREAM__KAFKA__TOPIC": "hotline.asr"})
-    assert config.scheduler["max_batch"] == 16 and config.kafka["topic"] == "hotline.asr"
+    assert config.settings.scheduler.max_batch == 16 and config.settings.kafka.topic == "hotline.asr"
 
 
 def test_every_problem_is_reported_with_its_path(tmp_path):
     path = write(
         tmp_path,
         "model: 5\nsip: {listen: nowhere}\nscheduler: {max_batch: 0, bogus: 1}\nrtp: {port_range: [3000, 2000]}\n"
-        "segmenter: {max_segment_ms: 4000, split_search_ms: 5000}\nsip: {auth: {realm: x}}\n",
+        "vad: {max_segment_ms: 4000, split_search_ms: 5000}\nsip: {auth: {realm: x}}\n",
     )
     with pytest.raises(ConfigError) as error:
         load_config(path, environ={"ASR_STREAM__KAFKA__TOPIC": "bad topic!"})
     paths = {problem.split(":")[0] for problem in error.value.problems}
-    assert {"model", "scheduler", "scheduler.max_batch", "rtp.port_range", "segmenter", "kafka.topic", "sip.auth"} <= paths
+    assert {"model", "scheduler.bogus", "scheduler.max_batch", "rtp.port_range", "vad", "kafka.topic", "sip.auth.users"} <= paths
 
 
 @pytest.mark.parametrize(
@@ -56,16 +56,25 @@ def test_config_check_cli_prints_problems_and_fails(tmp_path, text, expected):
 
 
 def test_config_check_cli_accepts_a_good_file():
-    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "config", "check", "deploy/local.yaml"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "config", "check", "deploy/local.yaml"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_sip_digest_section_becomes_the_servers_auth_settings(tmp_path):
-    path = write(tmp_path, "model: whisper-tiny.en\nsip: {auth: {realm: hotline, users: {alice: {password: s3cret}}, algorithms: [MD5], proxy: true}}\n")
-    auth = digest_auth(load_config(path, environ={}).sip["auth"])
+    path = write(
+        tmp_path,
+        "model: whisper-tiny.en\nsip: {auth: {realm: hotline, users: {alice: {password: s3cret}}, algorithms: [MD5], proxy: true}}\n",
+    )
+    auth = load_config(path, environ={}).components.ingest.sip.auth
     assert auth is not None and auth.realm == "hotline" and auth.algorithms == ("MD5",) and auth.proxy
     assert auth.users["alice"].password == "s3cret" and "s3cret" not in repr(auth)
-    assert digest_auth(None) is None
+    assert load_config(None, environ={}).components.ingest.sip.auth is None
 
 
 def test_secrets_for_log_redaction_are_collected_from_every_section(tmp_path):
@@ -80,6 +89,55 @@ def test_secrets_for_log_redaction_are_collected_from_every_section(tmp_path):
 def test_serve_refuses_an_unusable_backend_in_one_line(tmp_path):
     """backend: tensorrt without built engines (none can be built here): the operator is told what to run."""
     path = write(tmp_path, 'model: whisper-tiny.en\nbackend: tensorrt\nengines_dir: engines\nsip: {listen: "127.0.0.1:0"}\n')
-    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "asr-stream engines build whisper-tiny.en" in result.stderr
+
+
+def test_each_default_lives_on_its_component(tmp_path):
+    """The sections take their defaults from the components they configure, and the schema shows them."""
+    from asr_stream.ingest.telephony import IngestConfig
+    from asr_stream.sinks.kafka import KafkaSettings
+
+    components = load_config(None, environ={}).components
+    assert (components.ingest.rtp_port_min, components.ingest.rtp_port_max) == (IngestConfig.rtp_port_min, IngestConfig.rtp_port_max)
+    assert components.kafka.partitions == KafkaSettings.partitions and components.kafka.spool_dir == KafkaSettings.spool_dir
+    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "config", "schema"], capture_output=True, text=True, timeout=60)
+    schema = json.loads(result.stdout)
+    rtp = schema["$defs"]["RtpSection"]["properties"]["port_range"]
+    assert rtp["default"] == [IngestConfig.rtp_port_min, IngestConfig.rtp_port_max]
+    assert schema["$defs"]["KafkaSection"]["properties"]["partitions"]["default"] == KafkaSettings.partitions
+
+
+def test_vad_section_reaches_the_segmenter(tmp_path):
+    path = write(tmp_path, "vad: {start_threshold: 0.6, stop_threshold: 0.4, min_silence_ms: 800, max_segment_ms: 15000}\n")
+    segmenter = load_config(path, environ={}).components.segmenter
+    assert (segmenter.start_threshold, segmenter.stop_threshold, segmenter.min_silence_ms, segmenter.max_segment_ms) == (
+        0.6,
+        0.4,
+        800,
+        15000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('http: {listen: "0.0.0.0:8080"}\n', "http: no http.auth_token is set"),
+        ("http: {require_auth: true}\n", "http: no http.auth_token is set"),
+        ('kafka: {embedded: true, bootstrap_servers: "kafka.example:9092"}\n', "kafka: embedded: true starts a local broker"),
+    ],
+)
+def test_config_check_refuses_what_serve_would_refuse(tmp_path, text, expected):
+    """Checks that only a component can make (HTTP auth, the embedded broker) run in `config check` too."""
+    path = write(tmp_path, text)
+    check = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "config", "check", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 1 and expected.split(": ", 1)[1] in check.stderr, check.stderr
+    serve = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert serve.returncode == 2 and "Traceback" not in serve.stderr and len(serve.stderr.strip().splitlines()) == 1, serve.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -48,4 +49,4 @@ def test_words_join_pieces_at_boundaries(tmp_path: Path) -> None:
     words = group_words(tokens, tokenizer)
     assert [w.text for w in words] == text.split()
     assert words[0].start_ms == 40 and words[-1].end_ms == (len(path) - 1) * 40
-    assert all(a.end_ms < b.start_ms for a, b in zip(words, words[1:]))
+    assert all(a.end_ms < b.start_ms for a, b in itertools.pairwise(words))

@@ -13,13 +13,13 @@ from kafka_fixtures import kafka_broker, topic_name  # noqa: F401 (fixtures)
 from test_conformer_export import exported  # noqa: F401 (fixture: a NeMo-style export + tokenizer)
 from test_daemon_e2e import assert_call_lifecycle, clip, consume_calls, running_daemon, target
 
+from asr_stream.devtools.sipp import place_call
 from asr_stream.inference.conformer.importer import add_conformer
-from asr_stream.sipp import place_call
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 
-async def test_daemon_serves_a_call_with_an_imported_conformer(exported, tmp_path, kafka_broker, topic_name):  # noqa: F811
+async def test_daemon_serves_a_call_with_an_imported_conformer(exported, tmp_path, kafka_broker, topic_name):
     _, graph, tokenizer, preprocessor = exported
     engines = tmp_path / "engines"
     add_conformer("conformer-random", graph, tokenizer, preprocessor, engines, language="en")

@@ -8,11 +8,14 @@ SIGTERM). Expectations follow docs/events.md.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -23,11 +26,11 @@ import soundfile
 import yaml
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401 (fixtures)
 
-from asr_stream.config import load_config
-from asr_stream.daemon import Daemon
-from asr_stream.scoring import corpus_wer
-from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
-from asr_stream.sipp import place_call
+from asr_stream.app.config import load_config, split_hostport
+from asr_stream.app.daemon import Daemon, ListenError
+from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
+from asr_stream.devtools.scoring import corpus_wer
+from asr_stream.devtools.sipp import place_call
 from asr_stream.transcript.events import load_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +121,7 @@ def joined_text(finals: list[dict]) -> str:
 
 
 @pytest.fixture
-async def daemon(tmp_path, kafka_broker, topic_name) -> AsyncIterator[Daemon]:  # noqa: F811
+async def daemon(tmp_path, kafka_broker, topic_name) -> AsyncIterator[Daemon]:
     daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)
     try:
         yield daemon
@@ -131,7 +134,7 @@ def target(daemon: Daemon) -> str:
     return f"127.0.0.1:{daemon.ingest.sip.port}"
 
 
-async def test_a_call_becomes_ordered_events_with_accurate_finals(daemon, tmp_path, kafka_broker, topic_name):  # noqa: F811
+async def test_a_call_becomes_ordered_events_with_accurate_finals(daemon, tmp_path, kafka_broker, topic_name):
     wav, reference = clip("en_ljspeech_LJ001-0003")  # 9.7 s
     await place_call(target(daemon), wav, tmp_path / "call", codec="PCMU", hangup_after_s=1.5)
     events = await asyncio.to_thread(consume_calls, kafka_broker.bootstrap_servers, topic_name, 1, 30)
@@ -144,7 +147,7 @@ async def test_a_call_becomes_ordered_events_with_accurate_finals(daemon, tmp_pa
     assert events[-1]["end_reason"] == "hangup"
 
 
-async def test_two_concurrent_calls_never_mix(daemon, tmp_path, kafka_broker, topic_name):  # noqa: F811
+async def test_two_concurrent_calls_never_mix(daemon, tmp_path, kafka_broker, topic_name):
     (wav_a, ref_a), (wav_b, ref_b) = clip("en_ljspeech_LJ001-0005"), clip("en_librivox_sense_and_sensibility_01_austen_64kb-0870")
     await asyncio.gather(
         place_call(target(daemon), wav_a, tmp_path / "a", codec="PCMU"),
@@ -161,7 +164,7 @@ async def test_two_concurrent_calls_never_mix(daemon, tmp_path, kafka_broker, to
     assert corpus_wer([ref_b], [texts["PCMA"]]) <= 0.25
 
 
-async def test_noise_and_silence_give_no_text(daemon, tmp_path, kafka_broker, topic_name):  # noqa: F811
+async def test_noise_and_silence_give_no_text(daemon, tmp_path, kafka_broker, topic_name):
     rng = np.random.default_rng(7)
     white = rng.standard_normal(16000 * 4)
     pink = np.fft.irfft(np.fft.rfft(white) / np.sqrt(np.arange(1, white.size // 2 + 2)))  # 1/f power
@@ -170,13 +173,15 @@ async def test_noise_and_silence_give_no_text(daemon, tmp_path, kafka_broker, to
     soundfile.write(wav, noise.astype(np.float32), 16000)
     await place_call(target(daemon), wav, tmp_path / "call")
     events = await asyncio.to_thread(consume_calls, kafka_broker.bootstrap_servers, topic_name, 1, 20)
-    assert [e["event"] for e in events][0] == "call.started" and events[-1]["event"] == "call.ended"
+    assert next(e["event"] for e in events) == "call.started" and events[-1]["event"] == "call.ended"
     assert not [e for e in events if e["event"] == "segment.final" and e["text"].strip()]
 
 
-async def test_a_long_utterance_is_split_without_losing_words(tmp_path, kafka_broker, topic_name):  # noqa: F811
+async def test_a_long_utterance_is_split_without_losing_words(tmp_path, kafka_broker, topic_name):
     wav, reference = clip("en8k_asterisk_conf-usermenu")  # 14 s of continuous IVR speech
-    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, segmenter={"max_segment_ms": 5000, "split_search_ms": 2000})
+    daemon = await running_daemon(
+        tmp_path, kafka_broker.bootstrap_servers, topic_name, vad={"max_segment_ms": 5000, "split_search_ms": 2000}
+    )
     try:
         await place_call(target(daemon), wav, tmp_path / "call")
     finally:
@@ -184,14 +189,14 @@ async def test_a_long_utterance_is_split_without_losing_words(tmp_path, kafka_br
     events = await asyncio.to_thread(consume_calls, kafka_broker.bootstrap_servers, topic_name, 1, 30)
     finals = assert_call_lifecycle(events, events[0]["call_id"])
     assert len(finals) >= 3, [f["text"] for f in finals]
-    for before, after in zip(finals, finals[1:]):
+    for before, after in itertools.pairwise(finals):
         assert after["start_ms"] <= before["end_ms"] + 700, "a gap between split segments"
     wer = corpus_wer([reference], [joined_text(finals)])
     print(f"\n{len(finals)} finals: {joined_text(finals)!r}\nWER {wer:.3f}")
     assert wer <= 0.25
 
 
-async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, durable_kafka_broker: LocalBroker, topic_name):  # noqa: F811
+async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, durable_kafka_broker: LocalBroker, topic_name):
     wav, reference = clip("en8k_asterisk_demo-moreinfo")  # 14.7 s, several sentences
     outage = {"down": False, "published": 0}
 
@@ -218,34 +223,80 @@ async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, dur
     assert corpus_wer([reference], [joined_text(finals)]) <= 0.3
 
 
-def test_sigterm_during_a_call_finalises_and_flushes(tmp_path, kafka_broker, topic_name):  # noqa: F811
+def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_broker, topic_name):
+    """SIGTERM mid-speech of three calls: each ends with call.ended (shutdown), its finals exactly once."""
     wav, _ = clip("en8k_asterisk_conf-usermenu")
     config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name)
     sip_port = free_tcp_port()
     config["sip"]["listen"] = f"127.0.0.1:{sip_port}"
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    server = subprocess.Popen([sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, env=os.environ | {"PYTHONUNBUFFERED": "1"}, stderr=subprocess.PIPE, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)],
+        cwd=REPO,
+        env=os.environ | {"PYTHONUNBUFFERED": "1"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
-        deadline_lines = 0
-        for line in server.stderr:  # wait for readiness (bounded by the test timeout)
-            deadline_lines += 1
-            if "asr-stream ready" in line or deadline_lines > 200:
+        for lines_read, line in enumerate(server.stderr, 1):  # wait for readiness (bounded by the test timeout)
+            if "asr-stream ready" in line or lines_read > 200:
                 break
 
-        async def call_then_terminate() -> None:
-            call = asyncio.create_task(place_call(f"127.0.0.1:{sip_port}", wav, tmp_path / "call"))
+        async def calls_then_terminate() -> None:
+            calls = asyncio.create_task(place_call(f"127.0.0.1:{sip_port}", wav, tmp_path / "call", calls=3))
             await asyncio.sleep(6)  # mid-speech
             server.send_signal(signal.SIGTERM)
-            await asyncio.gather(call, return_exceptions=True)  # SIPp did not expect our BYE
+            await asyncio.gather(calls, return_exceptions=True)  # SIPp did not expect our BYE
 
-        asyncio.run(call_then_terminate())
+        asyncio.run(calls_then_terminate())
         assert server.wait(timeout=60) == 0
     finally:
         if server.poll() is None:
             server.kill()
         server.stderr.close()
-    events = consume_calls(kafka_broker.bootstrap_servers, topic_name, 1, 20)
-    finals = assert_call_lifecycle(events, events[0]["call_id"])
-    assert finals and finals[-1]["text"].strip(), "the open segment was not finalised"
-    assert events[-1]["end_reason"] == "shutdown"
+    events = consume_calls(kafka_broker.bootstrap_servers, topic_name, 3, 30)
+    call_ids = {e["call_id"] for e in events}
+    assert len(call_ids) == 3
+    for call_id in call_ids:
+        finals = assert_call_lifecycle(events, call_id)
+        assert finals and finals[-1]["text"].strip(), "the open segment was not finalised"
+        assert [e for e in events if e["call_id"] == call_id][-1]["end_reason"] == "shutdown"
+
+
+async def test_a_stop_deadline_cuts_calls_short_but_each_still_ends(tmp_path, kafka_broker, topic_name):
+    """At the deadline, calls still transcribing are cancelled; each gets call.ended, from the spool if need be."""
+    wav, _ = clip("en8k_asterisk_conf-usermenu")
+    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)
+    calls = asyncio.create_task(place_call(target(daemon), wav, tmp_path / "call", calls=2))
+    await asyncio.sleep(5)  # mid-speech
+    await daemon.stop(deadline_s=0.05)
+    await asyncio.gather(calls, return_exceptions=True)
+    assert not asyncio.all_tasks() - {asyncio.current_task(), calls}, "the daemon left tasks behind"
+    successor = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)  # same spool: replays it
+    try:
+        events = await asyncio.to_thread(consume_calls, kafka_broker.bootstrap_servers, topic_name, 2, 30)
+    finally:
+        await successor.stop()
+    for call_id in {e["call_id"] for e in events}:
+        assert_call_lifecycle(events, call_id)
+        assert [e for e in events if e["call_id"] == call_id][-1]["end_reason"] == "shutdown"
+
+
+async def test_a_start_that_fails_half_way_releases_what_it_started(tmp_path, kafka_broker, topic_name):
+    taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    taken.bind(("127.0.0.1", 0))
+    config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name, sip={"listen": f"127.0.0.1:{taken.getsockname()[1]}"})
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    daemon = Daemon(load_config(path, environ={}))
+    before = set(threading.enumerate())
+    try:
+        with pytest.raises(ListenError, match=f"cannot listen for SIP on 127.0.0.1:{taken.getsockname()[1]}"):
+            await daemon.start()
+    finally:
+        taken.close()
+    assert daemon.kafka is not None and not daemon.kafka.alive, "the Kafka sink thread still runs"
+    assert not [t for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith(("kafka", "engine"))]
+    with socket.socket() as http:  # the HTTP listener is closed again
+        http.bind(split_hostport(config["http"]["listen"]))

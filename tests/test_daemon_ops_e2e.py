@@ -16,8 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_daemon_e2e import clip, running_daemon, target
 from test_http_api_browser import CHROMIUM, chromium_page
 
-from asr_stream.scoring import corpus_wer
-from asr_stream.sipp import place_call
+from asr_stream.devtools.scoring import corpus_wer
+from asr_stream.devtools.sipp import place_call
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 TOKEN = "agent-desk-token"
@@ -28,18 +28,19 @@ def samples(text: str) -> dict[str, float]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install chromium")
-async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_broker, topic_name):  # noqa: F811
+async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_broker, topic_name):
     wav, reference = clip("en_ljspeech_LJ001-0007")  # 8.4 s
     daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN, "require_auth": True})
-    base = f"http://{daemon.config.http['listen']}"
+    base = f"http://{daemon.config.settings.http.listen}"
     try:
         async with aiohttp.ClientSession() as http:
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await http.ws_connect(f"{base}/v1/transcripts")
             assert refused.value.status == 401
-        async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http, chromium_page(
-            f"{base}/?token={TOKEN}", tmp_path / "profile"
-        ) as page:
+        async with (
+            aiohttp.ClientSession(headers={"Authorization": f"Bearer {TOKEN}"}) as http,
+            chromium_page(f"{base}/?token={TOKEN}", tmp_path / "profile") as page,
+        ):
             async with http.ws_connect(f"{base}/v1/transcripts") as feed:
                 call = asyncio.create_task(place_call(target(daemon), wav, tmp_path / "call"))
                 first = await feed.receive_json(timeout=20)

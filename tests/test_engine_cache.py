@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -34,8 +35,12 @@ DIGESTS = {"encoder.onnx": "a" * 64, "decoder.onnx": "b" * 64}
 
 def record_for(version: int, profile, platform: Platform = H100, digests: dict[str, str] = DIGESTS) -> BuildRecord:
     key = build_key("whisper-tiny.en", profile, digests, platform)
-    graphs = {graph: GraphBuild(digest, profile.digest(graph), graph.replace(".onnx", ".plan"), 1 << 20, 1.5) for graph, digest in digests.items()}
-    return BuildRecord(version, key, "whisper-tiny.en", profile.variant, profile.precision, str(PROFILE), platform, graphs, "2026-11-22T05:00:00+00:00")
+    graphs = {
+        graph: GraphBuild(digest, profile.digest(graph), graph.replace(".onnx", ".plan"), 1 << 20, 1.5) for graph, digest in digests.items()
+    }
+    return BuildRecord(
+        version, key, "whisper-tiny.en", profile.variant, profile.precision, str(PROFILE), platform, graphs, "2026-11-22T05:00:00+00:00"
+    )
 
 
 def store(engines_dir: Path, record: BuildRecord) -> None:
@@ -76,7 +81,7 @@ def test_list_use_and_rollback(tmp_path: Path) -> None:
     assert active_build(tmp_path, "whisper-tiny.en") == first
     listing = format_builds(list_builds(tmp_path, "whisper-tiny.en"), first).splitlines()
     assert listing[0].startswith("*   1") and listing[1].startswith("    2")
-    with pytest.raises(EngineCacheError, match="build '7' of whisper-tiny.en does not exist; builds: 1 "):
+    with pytest.raises(EngineCacheError, match=re.escape("build '7' of whisper-tiny.en does not exist; builds: 1 ")):
         use_build(tmp_path, "whisper-tiny.en", "7")
 
 
@@ -89,7 +94,12 @@ def test_compatible_build_passes() -> None:
     ("served_platform", "served_digests", "precision", "reason"),
     [
         (Platform("tensorrt", "10.14.0", H100.gpu_name, "9.0"), DIGESTS, None, "built with tensorrt 10.13.0, running tensorrt 10.14.0"),
-        (Platform("tensorrt", "10.13.0", "NVIDIA L4", "8.9"), DIGESTS, None, r"built on NVIDIA H100 80GB HBM3 \(compute 9.0\), this GPU is NVIDIA L4 \(compute 8.9\)"),
+        (
+            Platform("tensorrt", "10.13.0", "NVIDIA L4", "8.9"),
+            DIGESTS,
+            None,
+            r"built on NVIDIA H100 80GB HBM3 \(compute 9.0\), this GPU is NVIDIA L4 \(compute 8.9\)",
+        ),
         (H100, {**DIGESTS, "encoder.onnx": "d" * 64}, None, r"encoder.onnx was re-exported since \(sha256 aaaaaaaaaaaa -> dddddddddddd\)"),
         (H100, DIGESTS, "fp32", "built in fp16, fp32 requested"),
     ],
@@ -108,7 +118,9 @@ def test_precision_flags_follow_what_the_library_offers() -> None:
     assert precision_flags(full, "fp16") == ["fp16-flag"]
     assert precision_flags(full, "int8") == ["int8-flag", "fp16-flag"]
     assert precision_flags(rtx, "fp16") == []  # strongly typed: the fp16 graph carries the precision
-    with pytest.raises(EngineCacheError, match="tensorrt_rtx 1.7.1.116 builds strongly typed networks only: int8 needs Q/DQ nodes"):
+    with pytest.raises(
+        EngineCacheError, match=re.escape("tensorrt_rtx 1.7.1.116 builds strongly typed networks only: int8 needs Q/DQ nodes")
+    ):
         precision_flags(rtx, "int8")
 
 

@@ -39,7 +39,10 @@ def one_call() -> list[TranscriptEvent]:
     return [
         CallStarted(
             **COMMON,
-            parties=(Party(role="caller", uri="sip:+4930123@gw.example", display_name="Alice"), Party(role="callee", uri="sip:hotline@pbx.example")),
+            parties=(
+                Party(role="caller", uri="sip:+4930123@gw.example", display_name="Alice"),
+                Party(role="callee", uri="sip:hotline@pbx.example"),
+            ),
             channels=(
                 ChannelInfo(channel="caller", label="Citizen", codec="PCMU", sample_rate=8000),
                 ChannelInfo(channel="agent", label="Agent", codec="PCMA", sample_rate=8000),
@@ -47,7 +50,9 @@ def one_call() -> list[TranscriptEvent]:
         ),
         SegmentPartial(**COMMON, channel="caller", index=0, revision=0, text="my street", start_ms=1200, end_ms=2000, latency_ms=150),
         SegmentPartial(**COMMON, channel="caller", index=0, revision=1, text="my street light", start_ms=1200, end_ms=2600, latency_ms=140),
-        SegmentFinal(**COMMON, channel="caller", index=0, revision=2, text="My street light is broken.", start_ms=1200, end_ms=3100, latency_ms=420),
+        SegmentFinal(
+            **COMMON, channel="caller", index=0, revision=2, text="My street light is broken.", start_ms=1200, end_ms=3100, latency_ms=420
+        ),
         CallEnded(**COMMON, end_reason=EndReason.HANGUP, duration_ms=9000, final_segments=1),
     ]
 
@@ -125,7 +130,9 @@ def test_parse_refuses_other_schema_versions() -> None:
 
 
 def test_call_id_may_contain_slashes_and_segment_id_still_splits() -> None:
-    event = SegmentFinal(**(COMMON | {"call_id": "x/y@h"}), channel="agent", index=12, revision=0, text="ok", start_ms=0, end_ms=1, latency_ms=0)
+    event = SegmentFinal(
+        **(COMMON | {"call_id": "x/y@h"}), channel="agent", index=12, revision=0, text="ok", start_ms=0, end_ms=1, latency_ms=0
+    )
     call_id, channel, index = event.segment_id.rsplit("/", 2)
     assert (call_id, channel, int(index)) == ("x/y@h", "agent", 12)
     assert parse_event(event.to_json()) == event

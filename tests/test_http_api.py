@@ -11,10 +11,11 @@ from contextlib import asynccontextmanager
 import aiohttp
 import pytest
 from prometheus_client import CollectorRegistry
-
-from asr_stream.http_api import CLOSE_TOO_SLOW, HttpSettings, ReadinessCheck, create_app, is_loopback, start_server
-from asr_stream.sinks.livefeed import LiveFeedHub
 from test_livefeed import ended, final, partial, started
+
+from asr_stream.app.config import HttpSection
+from asr_stream.app.http_api import CLOSE_TOO_SLOW, HttpSettings, ReadinessCheck, create_app, is_loopback, start_server
+from asr_stream.sinks.livefeed import LiveFeedHub
 
 TOKEN = "s3cret-feed-token"
 
@@ -28,7 +29,7 @@ async def serving(
 ) -> AsyncIterator[str]:
     """The app on a free 127.0.0.1 port; yields its base URL and always stops the server."""
     app = create_app(hub, registry or CollectorRegistry(), checks or {}, settings)
-    runner = await start_server(app, "127.0.0.1:0")
+    runner = await start_server(app, "127.0.0.1", 0)
     host, port = runner.addresses[0][:2]
     try:
         yield f"http://{host}:{port}"
@@ -81,24 +82,27 @@ async def test_websocket_with_a_token_gets_the_kafka_json_replay_then_live_event
 
 async def test_all_calls_feed_accepts_the_authorization_header() -> None:
     hub = LiveFeedHub()
-    async with serving(hub) as base, aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{base}/v1/transcripts", headers=bearer()) as ws:
-            hub.publish(started("a"))
-            hub.publish(started("b"))
-            calls = [json.loads(await ws.receive_str(timeout=2))["call_id"] for _ in range(2)]
+    async with serving(hub) as base, aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/transcripts", headers=bearer()) as ws:
+        hub.publish(started("a"))
+        hub.publish(started("b"))
+        calls = [json.loads(await ws.receive_str(timeout=2))["call_id"] for _ in range(2)]
     assert calls == ["a", "b"]
 
 
-WRONG_CREDENTIALS = [{}, {"params": {"token": "wrong"}}, {"headers": {"Authorization": "Bearer wrong"}}, {"headers": {"Authorization": TOKEN}}]
+WRONG_CREDENTIALS = [
+    {},
+    {"params": {"token": "wrong"}},
+    {"headers": {"Authorization": "Bearer wrong"}},
+    {"headers": {"Authorization": TOKEN}},
+]
 
 
 @pytest.mark.parametrize("path", ["/v1/transcripts", "/v1/calls/c1/transcript", "/"])
 @pytest.mark.parametrize("credentials", WRONG_CREDENTIALS)
 async def test_feed_and_page_refuse_a_missing_or_wrong_token(path: str, credentials: dict) -> None:
-    async with serving(LiveFeedHub()) as base, aiohttp.ClientSession() as http:
-        async with http.get(f"{base}{path}", **credentials) as response:
-            assert response.status == 401
-            assert response.headers["WWW-Authenticate"].startswith("Bearer")
+    async with serving(LiveFeedHub()) as base, aiohttp.ClientSession() as http, http.get(f"{base}{path}", **credentials) as response:
+        assert response.status == 401
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
 
 
 @pytest.mark.parametrize("credentials", WRONG_CREDENTIALS)
@@ -123,21 +127,20 @@ async def test_probes_and_metrics_stay_open_while_the_page_needs_the_token() -> 
 
 
 async def test_loopback_listener_may_run_without_auth() -> None:
-    settings = HttpSettings.from_config({"listen": "127.0.0.1:8080"})
+    settings = HttpSection(listen="127.0.0.1:8080").build()
     assert settings.require_auth is False
     hub = LiveFeedHub()
-    async with serving(hub, settings) as base, aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{base}/v1/transcripts") as ws:
-            hub.publish(started("c1"))
-            assert json.loads(await ws.receive_str(timeout=2))["event"] == "call.started"
+    async with serving(hub, settings) as base, aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/transcripts") as ws:
+        hub.publish(started("c1"))
+        assert json.loads(await ws.receive_str(timeout=2))["event"] == "call.started"
 
 
 def test_auth_is_on_by_default_off_loopback_and_refuses_to_start_without_a_token() -> None:
-    assert HttpSettings.from_config({"listen": "0.0.0.0:8080", "auth_token": TOKEN}).require_auth is True
-    assert HttpSettings.from_config({"listen": "[::1]:8080"}).require_auth is False
-    assert HttpSettings.from_config({"listen": "10.0.0.5:8080", "require_auth": False}).require_auth is False
+    assert HttpSection(listen="0.0.0.0:8080", auth_token=TOKEN).build().require_auth is True
+    assert HttpSection(listen="[::1]:8080").build().require_auth is False
+    assert HttpSection(listen="10.0.0.5:8080", require_auth=False).build().require_auth is False
     with pytest.raises(ValueError, match="auth_token"):
-        HttpSettings.from_config({"listen": "0.0.0.0:8080"})
+        HttpSection(listen="0.0.0.0:8080")
     assert [is_loopback(host) for host in ("127.0.0.2", "::1", "localhost", "0.0.0.0", "asr.internal")] == [True, True, True, False, False]
     assert TOKEN not in repr(HttpSettings(auth_token=TOKEN))
 
@@ -179,12 +182,11 @@ async def test_request_bodies_beyond_the_limit_are_refused() -> None:
 
 async def test_a_client_that_falls_behind_is_closed_with_the_too_slow_code() -> None:
     hub = LiveFeedHub(subscriber_capacity=20)
-    async with serving(hub) as base, aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{base}/v1/transcripts", headers=bearer()) as ws:
-            for index in range(200):  # published in one go: the sender cannot keep up
-                hub.publish(final("c1", index, f"segment {index}"))
-            messages = [await ws.receive(timeout=2) for _ in range(25)]
-            closing = next(message for message in messages if message.type is not aiohttp.WSMsgType.TEXT)
+    async with serving(hub) as base, aiohttp.ClientSession() as http, http.ws_connect(f"{base}/v1/transcripts", headers=bearer()) as ws:
+        for index in range(200):  # published in one go: the sender cannot keep up
+            hub.publish(final("c1", index, f"segment {index}"))
+        messages = [await ws.receive(timeout=2) for _ in range(25)]
+        closing = next(message for message in messages if message.type is not aiohttp.WSMsgType.TEXT)
     assert closing.type is aiohttp.WSMsgType.CLOSE
     assert closing.data == CLOSE_TOO_SLOW
     assert hub.dropped_subscribers == 1 and hub.subscriber_count == 0

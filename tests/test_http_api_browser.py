@@ -18,10 +18,10 @@ from typing import Any
 
 import aiohttp
 import pytest
-
-from asr_stream.sinks.livefeed import LiveFeedHub
 from test_http_api import TOKEN, serving
 from test_livefeed import ended, final, partial, started
+
+from asr_stream.sinks.livefeed import LiveFeedHub
 
 CHROMIUM = shutil.which("chromium")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install chromium (Debian package `chromium`)")
@@ -49,7 +49,9 @@ class Page:
 
     async def evaluate(self, expression: str) -> Any:
         request_id = next(self._ids)
-        await self._ws.send_json({"id": request_id, "method": "Runtime.evaluate", "params": {"expression": expression, "returnByValue": True}})
+        await self._ws.send_json(
+            {"id": request_id, "method": "Runtime.evaluate", "params": {"expression": expression, "returnByValue": True}}
+        )
         while True:
             reply = json.loads(await self._ws.receive_str(timeout=10))
             if reply.get("id") == request_id:

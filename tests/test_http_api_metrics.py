@@ -9,20 +9,20 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+from kafka_fixtures import kafka_broker, topic_name  # noqa: F401
 from prometheus_client.parser import text_string_to_metric_families
+from test_http_api import serving
+from test_livefeed import ended, envelope, final, partial, started
 
-from asr_stream.inference.scheduler import BatchScheduler, Priority
-from asr_stream.metrics import DaemonMetrics
+from asr_stream.app.metrics import DaemonMetrics
+from asr_stream.devtools.local_broker import LocalBroker
+from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings
 from asr_stream.rtp.ports import PortAllocator
 from asr_stream.rtp.receiver import ReceiverConfig, RtpReceiver
 from asr_stream.rtp.sender import g711_packets
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
-from asr_stream.sinks.local_broker import LocalBroker
 from asr_stream.transcript.events import SegmentPartial
-from kafka_fixtures import kafka_broker, topic_name  # noqa: F401
-from test_http_api import serving
-from test_livefeed import ended, envelope, final, partial, started
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -48,7 +48,14 @@ async def test_event_metrics_follow_a_call_from_start_to_end() -> None:
     metrics = DaemonMetrics()
     first = partial("c1", 0, 0, "my")
     second = SegmentPartial(
-        **envelope("c1"), channel="caller", index=0, revision=1, text="my street", start_ms=0, end_ms=1800, latency_ms=100,
+        **envelope("c1"),
+        channel="caller",
+        index=0,
+        revision=1,
+        text="my street",
+        start_ms=0,
+        end_ms=1800,
+        latency_ms=100,
         emitted_at=first.emitted_at + timedelta(milliseconds=800),
     )
     async with serving(LiveFeedHub(), registry=metrics.registry) as base:
@@ -72,7 +79,7 @@ async def test_event_metrics_follow_a_call_from_start_to_end() -> None:
 
 async def test_scheduler_batches_are_measured_and_its_queue_is_read_at_scrape_time() -> None:
     metrics = DaemonMetrics()
-    scheduler: BatchScheduler[str, str] = BatchScheduler(metrics.timed_batch(upper), max_batch=4, max_wait_s=0.02)
+    scheduler: BatchScheduler[str, str] = BatchScheduler(metrics.timed_batch(upper), SchedulerSettings(max_batch=4, max_wait_s=0.02))
     metrics.watch_scheduler(scheduler)
     await scheduler.start()
     try:

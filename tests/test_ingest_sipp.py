@@ -19,11 +19,11 @@ import pytest
 from scipy.signal import correlate
 
 from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.ingest import AudioFrame, CallEnded, CallStarted, IngestConfig, TelephonyIngest
-from asr_stream.audio.resample import resample
-from asr_stream.sip.call import EndReason
+from asr_stream.devtools.sipp import run_sipp, telephone_pcm, write_call
+from asr_stream.ingest.resample import resample
+from asr_stream.ingest.telephony import IngestConfig, TelephonyIngest
+from asr_stream.ingest.types import AudioFrame, CallEnded, CallStarted, EndReason
 from asr_stream.sip.server import SipServerConfig
-from asr_stream.sipp import run_sipp, telephone_pcm, write_call
 
 SIPP = shutil.which("sipp")
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
@@ -88,7 +88,7 @@ async def capture_calls(ingest: TelephonyIngest, calls: int) -> dict[str, list[n
         if isinstance(event, CallStarted):
             readers[event.call.call_id] = [asyncio.create_task(read(channel.frames())) for channel in event.channels]
         elif isinstance(event, CallEnded):
-            assert event.reason == EndReason.BYE
+            assert event.reason == EndReason.HANGUP
             captured[event.call.call_id] = list(await asyncio.gather(*readers.pop(event.call.call_id)))
             ended += 1
             if ended == calls:
@@ -139,7 +139,7 @@ async def test_a_call_without_media_is_hung_up_for_rtp_timeout(tmp_path):
         ended = await asyncio.wait_for(anext(events), 5)
         await caller  # SIPp's built-in UAC did not expect our BYE; only our side is under test
     assert isinstance(started, CallStarted) and isinstance(ended, CallEnded)
-    assert ended.reason == EndReason.RTP_TIMEOUT
+    assert ended.reason == EndReason.MEDIA_TIMEOUT
     assert [frame async for frame in started.channels[0].frames()] == []
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from kafka import KafkaAdminClient
 
-from asr_stream.sinks.local_broker import BrokerStartError, LocalBroker, accepts_connections, free_tcp_port, tansu_binary
+from asr_stream.devtools.local_broker import BrokerStartError, LocalBroker, accepts_connections, free_tcp_port, tansu_binary
 
 
 def test_binary_comes_from_the_installed_wheel() -> None:

@@ -13,8 +13,8 @@ import pytest
 from kafka import KafkaConsumer
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401
 
+from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.sinks.kafka import PARTIALS_HIGH_WATER, KafkaSettings, KafkaSink
-from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
 from asr_stream.sinks.spool import Spool
 from asr_stream.transcript.events import (
     CallEnded,
@@ -44,10 +44,32 @@ def call_events(call_id: str, segments: int) -> list[TranscriptEvent]:
     for index in range(segments):
         start = index * 3000
         for revision in range(2):
-            events.append(SegmentPartial(call_id=call_id, **MODEL, channel="caller", index=index, revision=revision,
-                                         text=f"seg {index} rev {revision}", start_ms=start, end_ms=start + 1000 * (revision + 1), latency_ms=90))
-        events.append(SegmentFinal(call_id=call_id, **MODEL, channel="caller", index=index, revision=2,
-                                   text=f"segment {index} final", start_ms=start, end_ms=start + 2500, latency_ms=300))
+            events.append(
+                SegmentPartial(
+                    call_id=call_id,
+                    **MODEL,
+                    channel="caller",
+                    index=index,
+                    revision=revision,
+                    text=f"seg {index} rev {revision}",
+                    start_ms=start,
+                    end_ms=start + 1000 * (revision + 1),
+                    latency_ms=90,
+                )
+            )
+        events.append(
+            SegmentFinal(
+                call_id=call_id,
+                **MODEL,
+                channel="caller",
+                index=index,
+                revision=2,
+                text=f"segment {index} final",
+                start_ms=start,
+                end_ms=start + 2500,
+                latency_ms=300,
+            )
+        )
     events.append(CallEnded(call_id=call_id, **MODEL, end_reason=EndReason.HANGUP, duration_ms=segments * 3000, final_segments=segments))
     return events
 
@@ -98,7 +120,9 @@ def assert_delivered_once_in_order(records: list, published: list[TranscriptEven
     for call_id, events in expected.items():
         got = received[call_id]
         first_difference = next((n for n, pair in enumerate(zip(got, events)) if pair[0] != pair[1]), min(len(got), len(events)))
-        assert got == events, f"{call_id}: {len(got)} received, {len(events)} published, first difference at #{first_difference}: {got[first_difference:first_difference + 3]} vs {events[first_difference:first_difference + 3]}"
+        assert got == events, (
+            f"{call_id}: {len(got)} received, {len(events)} published, first difference at #{first_difference}: {got[first_difference : first_difference + 3]} vs {events[first_difference : first_difference + 3]}"
+        )
     assert all(len(used) == 1 for used in partitions.values())
 
 
@@ -195,7 +219,9 @@ async def test_close_flushes_a_burst_without_loss(kafka_broker: LocalBroker, top
 
 
 @pytest.mark.slow
-async def test_broker_restart_mid_stream_delivers_every_event_once_in_order(durable_kafka_broker: LocalBroker, topic_name: str, tmp_path: Path) -> None:
+async def test_broker_restart_mid_stream_delivers_every_event_once_in_order(
+    durable_kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
+) -> None:
     """The broker stops while events flow, stays away longer than the delivery timeout (so the
     sink must spool), and comes back on the same port with its data (S3 storage).
 

@@ -32,11 +32,15 @@ def started(call_id: str) -> CallStarted:
 
 
 def partial(call_id: str, index: int, revision: int, text: str) -> SegmentPartial:
-    return SegmentPartial(**envelope(call_id), channel="caller", index=index, revision=revision, text=text, start_ms=0, end_ms=1000, latency_ms=100)
+    return SegmentPartial(
+        **envelope(call_id), channel="caller", index=index, revision=revision, text=text, start_ms=0, end_ms=1000, latency_ms=100
+    )
 
 
 def final(call_id: str, index: int, text: str, revision: int = 1) -> SegmentFinal:
-    return SegmentFinal(**envelope(call_id), channel="caller", index=index, revision=revision, text=text, start_ms=0, end_ms=1000, latency_ms=300)
+    return SegmentFinal(
+        **envelope(call_id), channel="caller", index=index, revision=revision, text=text, start_ms=0, end_ms=1000, latency_ms=300
+    )
 
 
 def ended(call_id: str, finals: int) -> CallEnded:

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from asr_stream.logs import REDACTED, configure_logging, redact_text
+from asr_stream.app.logs import REDACTED, configure_logging, redact_text
 
 KAFKA_PASSWORD = "kafka-pw-7f3a"
 HTTP_TOKEN = "feed-token-91c2"
@@ -37,12 +37,12 @@ def entries(stream: io.StringIO) -> list[dict]:
 
 
 def test_one_json_object_per_line_with_call_id_from_extra(log_lines: io.StringIO) -> None:
-    log = logging.getLogger("asr_stream.daemon")
+    log = logging.getLogger("asr_stream.app.daemon")
     log.info("call %s answered: %d channels", "abc@pbx", 2, extra={"call_id": "abc@pbx"})
     log.warning("no call here")
     first, second = entries(log_lines)
     assert first["message"] == "call abc@pbx answered: 2 channels"
-    assert (first["level"], first["logger"], first["call_id"]) == ("INFO", "asr_stream.daemon", "abc@pbx")
+    assert (first["level"], first["logger"], first["call_id"]) == ("INFO", "asr_stream.app.daemon", "abc@pbx")
     assert first["time"].endswith("Z") and "T" in first["time"]
     assert "call_id" not in second
 

@@ -13,7 +13,12 @@ ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "profiles"
 WHISPER = ["whisper-tiny.en", "whisper-base", "whisper-small"]
 # The decoder graph as the exporter declares it: names for dynamic dims, ints for static ones.
-TINY_DECODER = {"tokens": ["batch", "new_tokens"], "offset": ["batch"], "self_kv": [4, 2, "batch", 6, "capacity", 64], "cross_kv": [4, 2, "batch", 6, "audio_ctx", 64]}
+TINY_DECODER = {
+    "tokens": ["batch", "new_tokens"],
+    "offset": ["batch"],
+    "self_kv": [4, 2, "batch", 6, "capacity", 64],
+    "cross_kv": [4, 2, "batch", 6, "audio_ctx", 64],
+}
 
 
 @pytest.mark.parametrize("model", WHISPER)

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from asr_stream.audio.resample import resample
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import alaw_decode, alaw_encode, ulaw_decode, ulaw_encode
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"

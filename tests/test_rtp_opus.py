@@ -11,9 +11,10 @@ import pytest
 from test_rtp_receiver import PACE_S, SPEECH, allocator, impaired_schedule, send, sender  # noqa: F401 (fixtures)
 
 from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.ingest import AudioFrame, audio_frames
-from asr_stream.audio.resample import resample
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.ingest.resample import resample
+from asr_stream.ingest.telephony import audio_frames
+from asr_stream.ingest.types import AudioFrame
 from asr_stream.rtp.codecs import make_decoder, supported_encodings
 from asr_stream.rtp.opus import CLOCK_RATE, OpusDecoder, packet_samples
 from asr_stream.rtp.packet import RtpPacket
@@ -85,7 +86,7 @@ def test_stereo_is_mixed_down_and_corrupt_payloads_are_counted() -> None:
     assert decoder.decode(CORRUPT).shape == (0,) and decoder.corrupt == 1  # the jitter buffer pads it to 960
 
 
-async def test_impaired_opus_stream_keeps_the_timeline_and_the_speech(allocator, sender) -> None:  # noqa: F811
+async def test_impaired_opus_stream_keeps_the_timeline_and_the_speech(allocator, sender) -> None:
     source = speech_48k()
     packets = rtp_packets(opus_encode(source), ssrc=0xABC, first_sequence=65500, first_timestamp=2**32 - 20 * PTIME)
     lost, duplicated, corrupt = {3, 60, 61, 300}, {5, 100}, 200

@@ -54,8 +54,12 @@ def test_rtcp_compound_packet_is_split_by_type():
 
 @pytest.mark.parametrize(
     ("data", "reason"),
-    [(b"", "empty"), (bytes.fromhex("81c9"), "truncated_header"), (bytes.fromhex("81c90007"), "length_overflow"),
-     (bytes.fromhex("41c90000"), "bad_version")],
+    [
+        (b"", "empty"),
+        (bytes.fromhex("81c9"), "truncated_header"),
+        (bytes.fromhex("81c90007"), "length_overflow"),
+        (bytes.fromhex("41c90000"), "bad_version"),
+    ],
 )
 def test_malformed_rtcp_is_rejected_with_its_reason(data, reason):
     with pytest.raises(MalformedPacket) as rejected:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
+from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings, Shed
 
 
 def _recording_engine(calls: list[list[str]], seconds_per_batch: float = 0.0):
@@ -23,7 +23,7 @@ def _recording_engine(calls: list[list[str]], seconds_per_batch: float = 0.0):
 
 async def test_batches_requests_and_returns_each_result():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls), max_batch=4, max_wait_s=0.05)
+    scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=4, max_wait_s=0.05))
     await scheduler.start()
     try:
         results = await asyncio.gather(*(scheduler.submit(f"k{i}", f"item{i}", Priority.FINAL) for i in range(10)))
@@ -36,7 +36,7 @@ async def test_batches_requests_and_returns_each_result():
 
 async def test_finals_go_before_partials():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls), max_batch=2, max_wait_s=0.05)
+    scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=2, max_wait_s=0.05))
     await scheduler.start()
     try:
         partials = [asyncio.create_task(scheduler.submit(f"p{i}", f"partial{i}", Priority.PARTIAL)) for i in range(2)]
@@ -49,7 +49,7 @@ async def test_finals_go_before_partials():
 
 async def test_newer_partial_supersedes_queued_one():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls), max_batch=8, max_wait_s=0.1)
+    scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=8, max_wait_s=0.1))
     await scheduler.start()
     try:
         first = asyncio.create_task(scheduler.submit("seg", "old", Priority.PARTIAL))
@@ -65,7 +65,7 @@ async def test_newer_partial_supersedes_queued_one():
 
 async def test_batches_never_mix_buckets():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls), max_batch=8, max_wait_s=0.05, bucket=len)
+    scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=8, max_wait_s=0.05), bucket=len)
     await scheduler.start()
     try:
         await asyncio.gather(*(scheduler.submit(i, "x" * (1 + i % 2), Priority.FINAL) for i in range(6)))
@@ -76,7 +76,7 @@ async def test_batches_never_mix_buckets():
 
 async def test_slow_engine_saturates_and_sheds_partials():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls, 0.2), max_batch=1, max_wait_s=0.0, final_deadline_s=0.5)
+    scheduler = BatchScheduler(_recording_engine(calls, 0.2), SchedulerSettings(max_batch=1, max_wait_s=0.0, final_deadline_s=0.5))
     await scheduler.start()
     try:
         finals = [asyncio.create_task(scheduler.submit(f"f{i}", f"f{i}", Priority.FINAL)) for i in range(4)]
@@ -94,7 +94,7 @@ async def test_engine_failure_reaches_every_caller_in_the_batch():
     def broken(batch):
         raise RuntimeError("engine fell over")
 
-    scheduler = BatchScheduler(broken, max_batch=4, max_wait_s=0.02)
+    scheduler = BatchScheduler(broken, SchedulerSettings(max_batch=4, max_wait_s=0.02))
     await scheduler.start()
     try:
         outcomes = await asyncio.gather(*(scheduler.submit(i, i, Priority.FINAL) for i in range(3)), return_exceptions=True)
@@ -106,7 +106,7 @@ async def test_engine_failure_reaches_every_caller_in_the_batch():
 async def test_saturation_clears_once_the_backlog_is_gone_even_if_batches_are_slow():
     """A batch slower than the deadline must not refuse calls forever once the queue is empty."""
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls, 0.3), max_batch=1, max_wait_s=0.0, final_deadline_s=0.2)
+    scheduler = BatchScheduler(_recording_engine(calls, 0.3), SchedulerSettings(max_batch=1, max_wait_s=0.0, final_deadline_s=0.2))
     await scheduler.start()
     try:
         await asyncio.gather(*(scheduler.submit(f"f{i}", f"f{i}", Priority.FINAL) for i in range(3)))

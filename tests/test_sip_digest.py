@@ -43,9 +43,7 @@ URI = "sip:asr@127.0.0.1:5060"
 def test_response_matches_rfc7616_example(algorithm: str) -> None:
     e = RFC7616_EXAMPLE
     secret = ha1(algorithm, e["username"], e["realm"], e["password"])
-    response = digest_response(
-        algorithm, secret, nonce=e["nonce"], nc=e["nc"], cnonce=e["cnonce"], method=e["method"], uri=e["uri"]
-    )
+    response = digest_response(algorithm, secret, nonce=e["nonce"], nc=e["nc"], cnonce=e["cnonce"], method=e["method"], uri=e["uri"])
     assert response == RFC7616_RESPONSES[algorithm]
 
 
@@ -61,9 +59,7 @@ def challenge_params(challenge: str) -> dict[str, str]:
     return {key: value.strip('"') for key, value in pairs}
 
 
-def answer(
-    challenge: str, *, password: str = "secret", username: str = "alice", nc: int = 1, method: str = "INVITE"
-) -> str:
+def answer(challenge: str, *, password: str = "secret", username: str = "alice", nc: int = 1, method: str = "INVITE") -> str:
     """An Authorization value as a UAC builds it from one of our challenges."""
     params = challenge_params(challenge)
     algorithm = params["algorithm"]

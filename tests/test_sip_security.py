@@ -15,7 +15,7 @@ import socket
 from pathlib import Path
 
 import pytest
-from test_sip_server import SIPP, RAW_INVITE, RecordingHandler, handler, run_sipp, serving, wait_until  # noqa: F401 (fixture)
+from test_sip_server import RAW_INVITE, SIPP, RecordingHandler, handler, run_sipp, serving, wait_until  # noqa: F401 (fixture)
 
 from asr_stream.sip.digest import DigestAuthConfig, DigestCredential
 
@@ -96,8 +96,10 @@ def authorize(invite: str, challenge: str, header: str, nc: int, password: str =
         f'response="{response}", algorithm=SHA-256, cnonce="{cnonce}", nc={nc_hex}, qop=auth, opaque="{params["opaque"]}"\n'
     )
     branch = f"z9hG4bK-authorized-{nc}"
-    return invite.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE").replace("z9hG4bK-retransmitted", branch).replace(
-        "Content-Type:", credentials + "Content-Type:"
+    return (
+        invite.replace("CSeq: 1 INVITE", "CSeq: 2 INVITE")
+        .replace("z9hG4bK-retransmitted", branch)
+        .replace("Content-Type:", credentials + "Content-Type:")
     )
 
 

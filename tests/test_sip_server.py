@@ -19,12 +19,12 @@ from typing import Any
 
 import pytest
 
-from asr_stream import sipp
+from asr_stream.devtools import sipp
+from asr_stream.devtools.sipp import SippRun
 from asr_stream.rtp.ports import PortAllocator, PortPair
 from asr_stream.sip.call import Call, EndReason, LocalMedia, MediaAnswer, SipReject
 from asr_stream.sip.server import SipServer, SipServerConfig
 from asr_stream.sip.transaction import SipTimers
-from asr_stream.sipp import SippRun
 
 SIPP = shutil.which("sipp")
 SCENARIOS = Path(__file__).parent / "sipp"

@@ -49,5 +49,5 @@ def test_load_without_a_build_says_how_to_make_one(tmp_path: Path) -> None:
     graph = tmp_path / "whisper-base" / "encoder.onnx"
     graph.parent.mkdir()
     graph.write_bytes(b"not used")
-    with pytest.raises(EngineCacheError, match="no TensorRT build of whisper-base in .*: run `asr-stream engines build whisper-base`"):
+    with pytest.raises(EngineCacheError, match=r"no TensorRT build of whisper-base in .*: run `asr-stream engines build whisper-base`"):
         TensorRTEngine.load(graph)

@@ -38,8 +38,12 @@ def english_clips(count: int) -> list[np.ndarray]:
     return [load_audio(SPEECH / e["path_wav16k"])[0][0] for e in english[: count - 1] + english[-1:]]
 
 
-def transcribe_with_torch(prepared, runner: WhisperRunner, audios: list[np.ndarray], buckets: Buckets, device: str, dtype) -> list[list[int]]:
-    backend = TorchWhisper.from_packages(MODEL, prepared.suppress_ids, prepared.suppress_ids_begin, runner.tokenizer.eot, buckets, device=device, dtype=dtype)
+def transcribe_with_torch(
+    prepared, runner: WhisperRunner, audios: list[np.ndarray], buckets: Buckets, device: str, dtype
+) -> list[list[int]]:
+    backend = TorchWhisper.from_packages(
+        MODEL, prepared.suppress_ids, prepared.suppress_ids_begin, runner.tokenizer.eot, buckets, device=device, dtype=dtype
+    )
     mel = np.stack([log_mel_spectrogram(audio) for audio in audios])
     prompts = np.array([runner.tokenizer.prompt(None, False)] * len(audios), dtype=np.int64)
     return backend.transcribe(mel, prompts)

@@ -11,13 +11,15 @@ import numpy as np
 import pytest
 import soundfile
 
-from asr_stream.scoring import corpus_wer, normalize
+from asr_stream.devtools.scoring import corpus_wer, normalize
 
 ASR_STREAM = Path(sys.executable).parent / "asr-stream"
 
 
 def run_cli(*args: str | Path, engines_dir: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(ASR_STREAM), "--engines-dir", str(engines_dir), "transcribe", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [str(ASR_STREAM), "--engines-dir", str(engines_dir), "transcribe", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +57,9 @@ def test_bad_input_is_one_line_and_others_still_transcribed(case, bad_files, goo
 
 def test_json_for_a_stereo_call_at_8khz(tmp_path, english_clips, engines_dir):
     """Two parties on two channels of an 8 kHz recording: each channel is transcribed on its own."""
-    left, right = (next(row for row in english_clips if row["id"] == name) for name in ("en8k_asterisk_tt-allbusy", "en8k_asterisk_queue-youarenext"))
+    left, right = (
+        next(row for row in english_clips if row["id"] == name) for name in ("en8k_asterisk_tt-allbusy", "en8k_asterisk_queue-youarenext")
+    )
     channels = [soundfile.read(row["wav"], dtype="float32")[0][::2] for row in (left, right)]  # 16 kHz -> 8 kHz
     stereo = np.zeros((max(map(len, channels)), 2), np.float32)
     for index, channel in enumerate(channels):
@@ -78,7 +82,9 @@ def test_unprepared_model_says_how_to_prepare(tmp_path, good_clip):
     result = run_cli(good_clip["wav"], engines_dir=tmp_path)
     assert result.returncode == 2
     assert result.stdout == ""
-    assert result.stderr.strip().splitlines() == [f"asr-stream: model whisper-tiny.en is not prepared in {tmp_path}: run `asr-stream models prepare whisper-tiny.en`"]
+    assert result.stderr.strip().splitlines() == [
+        f"asr-stream: model whisper-tiny.en is not prepared in {tmp_path}: run `asr-stream models prepare whisper-tiny.en`"
+    ]
 
 
 def test_english_only_model_refuses_another_language(good_clip, engines_dir):

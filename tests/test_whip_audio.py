@@ -8,23 +8,22 @@ exact total length at once.
 from __future__ import annotations
 
 import fractions
+import itertools
 
 import av
 import numpy as np
 
-from asr_stream.audio.ingest import AudioFrame
-from asr_stream.audio.resample import resample
-from asr_stream.audio.webrtc_audio import WebRtcChannelAudio, mono_pcm
-from asr_stream.sip.call import Call, Channel, Codec, Party
+from asr_stream.ingest.resample import resample
+from asr_stream.ingest.types import AudioFrame, ChannelInfo
+from asr_stream.ingest.webrtc.audio import WebRtcChannelAudio, mono_pcm
 
 OPUS_RATE = 48000
 FRAME = 960  # 20 ms at 48 kHz
 
 
 def opus_channel(max_queued_frames: int = 100, max_gap_s: float = 1.0) -> WebRtcChannelAudio:
-    channel = Channel(0, "caller", Codec("opus", 111, OPUS_RATE, 2), None, "127.0.0.1", 9, "recvonly")
-    call = Call("session", Party("whip:session"), Party("whip:asr-stream"), (channel,), "tcp", ("127.0.0.1", 1))
-    return WebRtcChannelAudio(call, channel, max_queued_frames=max_queued_frames, max_gap_s=max_gap_s)
+    channel = ChannelInfo(index=0, label="caller", codec="opus", clock_rate=OPUS_RATE)
+    return WebRtcChannelAudio("session", channel, max_queued_frames=max_queued_frames, max_gap_s=max_gap_s)
 
 
 def decoded(left: np.ndarray, pts: int, right: np.ndarray | None = None) -> av.AudioFrame:
@@ -51,7 +50,7 @@ async def drain(audio: WebRtcChannelAudio) -> list[AudioFrame]:
 
 def assert_timeline(frames: list[AudioFrame], expected_48k: np.ndarray) -> None:
     assert frames[0].start_sample == 0
-    assert all(a.end_sample == b.start_sample for a, b in zip(frames, frames[1:]))
+    assert all(a.end_sample == b.start_sample for a, b in itertools.pairwise(frames))
     streamed = np.concatenate([frame.samples for frame in frames])
     np.testing.assert_allclose(streamed, resample(expected_48k, OPUS_RATE, 16000), atol=1e-5)
 
@@ -88,6 +87,7 @@ async def test_a_sender_clock_jump_beyond_max_gap_is_spliced_not_filled() -> Non
     expected[2 * FRAME : 3 * FRAME] = 0
     assert_timeline(await drain(audio), expected)
 
+
 async def test_a_stalled_consumer_loses_the_oldest_audio_to_silence_not_its_timeline() -> None:
     audio = opus_channel(max_queued_frames=2)
     signal = tone(6)
@@ -101,6 +101,7 @@ async def test_a_stalled_consumer_loses_the_oldest_audio_to_silence_not_its_time
     reference = resample(signal, OPUS_RATE, 16000)
     assert silence.shape[0] + tail.shape[0] == reference.shape[0]  # the total length stays exact
     np.testing.assert_allclose(tail, reference[-tail.shape[0] :], atol=1e-5)
+
 
 def test_stereo_is_averaged_to_mono() -> None:
     left, right = tone(1, seed=1), tone(1, seed=2)

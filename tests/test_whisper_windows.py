@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import load_mono
 
+from asr_stream.devtools.scoring import corpus_wer
 from asr_stream.inference.engine import Engine
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.whisper.decode import looks_broken, max_plausible_tokens
 from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_windows
-from asr_stream.scoring import corpus_wer
-from conftest import load_mono
 
 
 class FrameRecorder:
@@ -76,7 +76,10 @@ def test_short_speech_is_encoded_in_the_ten_second_window_with_the_same_text(liv
 
 
 def test_a_batch_shares_the_window_of_its_longest_segment(live, clip_by_id):
-    short, long = clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0930"], clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0870"]
+    short, long = (
+        clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0930"],
+        clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0870"],
+    )
     live.transcribe_batch([short, np.concatenate([long, long])])  # 3.3 s and 14.2 s
     assert live.encoder.frames == [2000]
 

@@ -19,8 +19,14 @@ from asr_stream.workorders.draft import build_draft, draft_json, load_draft_sche
 from asr_stream.workorders.records import UnusableRecord, decode_record
 from asr_stream.workorders.rules import parse_rules
 
-RULES = parse_rules({"categories": [{"name": "water", "label": "供水", "zh": ["停水", "水压"], "en": ["water"]},
-                                    {"name": "heating", "zh": ["暖气"], "en": ["heating"]}]})
+RULES = parse_rules(
+    {
+        "categories": [
+            {"name": "water", "label": "供水", "zh": ["停水", "水压"], "en": ["water"]},
+            {"name": "heating", "zh": ["暖气"], "en": ["heating"]},
+        ]
+    }
+)
 
 
 def feed(calls: PartitionCalls, events, first_offset: int = 0) -> list:
@@ -146,7 +152,11 @@ def test_the_draft_of_a_two_channel_call() -> None:
     assert (draft["duration_ms"], draft["end_reason"], draft["complete"], draft["language"]) == (10_000, "hangup", True, "zh")
     assert draft["channels"] == [{"channel": "caller", "label": "Citizen"}, {"channel": "agent", "label": "Agent"}]
     assert [(line["channel"], line["start_ms"]) for line in draft["transcript"]] == [
-        ("agent", 0), ("caller", 1800), ("caller", 4400), ("caller", 6100), ("agent", 7800)
+        ("agent", 0),
+        ("caller", 1800),
+        ("caller", 4400),
+        ("caller", 6100),
+        ("agent", 7800),
     ]
     assert draft["transcript"][1] == {"channel": "caller", "start_ms": 1800, "end_ms": 4200, "text": "你好，我们小区从昨天开始停水"}
     assert (draft["category"], draft["category_label"], draft["matched_terms"]) == ("water", "供水", ["停水", "水压"])
@@ -210,13 +220,25 @@ def test_decode_record_returns_events_and_ignores_partials() -> None:
     [
         (None, "tombstone"),
         (b"\xff\xfe not utf-8", "not JSON"),
-        (b"{\"schema\": ", "not JSON"),
+        (b'{"schema": ', "not JSON"),
         (b"[1, 2]", "not a JSON object"),
         (b"{}", "unknown schema None"),
-        (json.dumps({"schema": "asr-stream.transcript.v2", "event": "segment.final"}).encode(), "unknown schema 'asr-stream.transcript.v2'"),
-        (json.dumps({"schema": "asr-stream.transcript.v1", "event": "segment.final", "call_id": "x"}).encode(), "invalid segment.final: (top): 'channel' is a required property"),
-        (json.dumps(CallScript("x").started().to_dict() | {"event": "call.paused"}).encode(), "invalid call.paused: event: 'call.paused' is not one of"),
-        (json.dumps(CallScript("x").started().to_dict() | {"event": ["call.started"]}).encode(), "invalid ['call.started']: event: ['call.started'] is not one of"),
+        (
+            json.dumps({"schema": "asr-stream.transcript.v2", "event": "segment.final"}).encode(),
+            "unknown schema 'asr-stream.transcript.v2'",
+        ),
+        (
+            json.dumps({"schema": "asr-stream.transcript.v1", "event": "segment.final", "call_id": "x"}).encode(),
+            "invalid segment.final: (top): 'channel' is a required property",
+        ),
+        (
+            json.dumps(CallScript("x").started().to_dict() | {"event": "call.paused"}).encode(),
+            "invalid call.paused: event: 'call.paused' is not one of",
+        ),
+        (
+            json.dumps(CallScript("x").started().to_dict() | {"event": ["call.started"]}).encode(),
+            "invalid ['call.started']: event: ['call.started'] is not one of",
+        ),
     ],
 )
 def test_decode_record_names_what_is_wrong(value, reason) -> None:
@@ -239,7 +261,7 @@ def test_decode_record_rejects_wrong_types_and_impossible_values() -> None:
         decode_record(json.dumps(final | {"start_ms": 5000}).encode())
     with pytest.raises(UnusableRecord, match="text: 42 is not of type"):
         decode_record(json.dumps(final | {"text": 42}).encode())
-    with pytest.raises(UnusableRecord, match="invalid segment.final"):  # a final carrying call fields
+    with pytest.raises(UnusableRecord, match=re.escape("invalid segment.final")):  # a final carrying call fields
         decode_record(json.dumps(final | {"parties": []}).encode())
     assert isinstance(decode_record(json.dumps(final).encode()), SegmentFinal)
 

@@ -29,8 +29,8 @@ from kafka.partitioner.default import murmur2
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401
 from workorder_events import T0, CallScript, simple_call
 
+from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
-from asr_stream.sinks.local_broker import LocalBroker, free_tcp_port
 from asr_stream.transcript.events import TranscriptEvent
 from asr_stream.workorders.consumer import WorkOrderConsumer, WorkOrderSettings
 from asr_stream.workorders.draft import load_draft_schema, work_order_id
@@ -105,8 +105,15 @@ def read_drafts(bootstrap: str, topic: str, expected: int) -> list[dict]:
 
 
 def settings_for(broker: LocalBroker, topic: str, group: str = "workorders") -> WorkOrderSettings:
-    return WorkOrderSettings(bootstrap_servers=broker.bootstrap_servers, topic=topic, out_topic=f"{topic}.drafts", group_id=group,
-                             session_timeout_ms=GROUP_SESSION_MS, request_timeout_ms=3000, poll_timeout_ms=100)
+    return WorkOrderSettings(
+        bootstrap_servers=broker.bootstrap_servers,
+        topic=topic,
+        out_topic=f"{topic}.drafts",
+        group_id=group,
+        session_timeout_ms=GROUP_SESSION_MS,
+        request_timeout_ms=3000,
+        poll_timeout_ms=100,
+    )
 
 
 @contextmanager
@@ -119,7 +126,7 @@ def running(settings: WorkOrderSettings) -> Iterator[WorkOrderConsumer]:
     def run() -> None:
         try:
             consumer.run(stop)
-        except Exception as error:  # noqa: BLE001 (surfaced by the assertion below)
+        except Exception as error:  # surfaced by the assertion below
             failures.append(error)
 
     thread = threading.Thread(target=run, name="workorders-under-test")
@@ -152,8 +159,16 @@ def hotline_call(call_id: str, start=T0) -> tuple[CallScript, list[TranscriptEve
 
 def test_a_normal_call_published_by_the_daemon_sink_becomes_one_draft(kafka_broker, topic_name, tmp_path) -> None:
     _, events = hotline_call("normal-1@gw.example")
-    sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers, topic=topic_name, spool_dir=tmp_path / "spool",
-                                   partitions=3, request_timeout_ms=2000, delivery_timeout_ms=4000))
+    sink = KafkaSink(
+        KafkaSettings(
+            bootstrap_servers=kafka_broker.bootstrap_servers,
+            topic=topic_name,
+            spool_dir=tmp_path / "spool",
+            partitions=3,
+            request_timeout_ms=2000,
+            delivery_timeout_ms=4000,
+        )
+    )
 
     async def publish() -> None:
         sink.start()
@@ -169,8 +184,17 @@ def test_a_normal_call_published_by_the_daemon_sink_becomes_one_draft(kafka_brok
         [draft] = read_drafts(kafka_broker.bootstrap_servers, settings.out_topic, expected=1)
         assert consumer.assigned == {TopicPartition(topic_name, partition) for partition in range(3)}
     assert draft["work_order_id"] == work_order_id("normal-1@gw.example")
-    assert (draft["call_id"], draft["from_uri"], draft["to_uri"]) == ("normal-1@gw.example", "sip:+8613800000000@gw.example", "sip:12345@hotline.example")
-    assert (draft["started_at"], draft["ended_at"], draft["duration_ms"], draft["language"]) == ("2026-11-22T09:30:00.000Z", "2026-11-22T09:30:08.500Z", 8000, "zh")
+    assert (draft["call_id"], draft["from_uri"], draft["to_uri"]) == (
+        "normal-1@gw.example",
+        "sip:+8613800000000@gw.example",
+        "sip:12345@hotline.example",
+    )
+    assert (draft["started_at"], draft["ended_at"], draft["duration_ms"], draft["language"]) == (
+        "2026-11-22T09:30:00.000Z",
+        "2026-11-22T09:30:08.500Z",
+        8000,
+        "zh",
+    )
     assert draft["transcript"] == [
         {"channel": "caller", "start_ms": 1000, "end_ms": 3500, "text": "你好，我家从早上开始停水了"},
         {"channel": "caller", "start_ms": 4000, "end_ms": 7000, "text": "我的电话是幺三八一二三四五六七八"},
@@ -184,8 +208,14 @@ def test_two_interleaved_calls_and_the_committed_offset_waits_for_the_open_one(k
     create_topic(kafka_broker.bootstrap_servers, topic_name, 1)
     settings = settings_for(kafka_broker, topic_name)
     a, b = CallScript("a@gw"), CallScript("b@gw")
-    first_half = [a.started(), b.started(), a.final("caller", "暖气不热", 500, 2000), b.final("caller", "楼下太吵了，噪音扰民", 600, 2500),
-                  a.final("caller", "室温只有十五度", 2500, 4000), a.ended(4500)]
+    first_half = [
+        a.started(),
+        b.started(),
+        a.final("caller", "暖气不热", 500, 2000),
+        b.final("caller", "楼下太吵了，噪音扰民", 600, 2500),
+        a.final("caller", "室温只有十五度", 2500, 4000),
+        a.ended(4500),
+    ]
     second_half = [b.final("caller", "电话010 8765 4321", 2600, 5000), b.ended(5500)]
     with running(settings):
         placed = produce(kafka_broker.bootstrap_servers, topic_name, as_records(first_half))
@@ -198,15 +228,22 @@ def test_two_interleaved_calls_and_the_committed_offset_waits_for_the_open_one(k
     assert [draft["call_id"] for draft in drafts] == ["a@gw", "b@gw"]
     draft_b = drafts[1]
     assert (draft_a["category"], [line["text"] for line in draft_a["transcript"]]) == ("heating", ["暖气不热", "室温只有十五度"])
-    assert (draft_b["category"], [line["text"] for line in draft_b["transcript"]]) == ("noise", ["楼下太吵了，噪音扰民", "电话010 8765 4321"])
+    assert (draft_b["category"], [line["text"] for line in draft_b["transcript"]]) == (
+        "noise",
+        ["楼下太吵了，噪音扰民", "电话010 8765 4321"],
+    )
     assert draft_b["contact_numbers"] == [{"number": "010-87654321", "kind": "landline", "channel": "caller", "start_ms": 2600}]
 
 
 def test_a_siprec_call_with_two_channels_is_merged_in_time_order(kafka_broker, topic_name) -> None:
     create_topic(kafka_broker.bootstrap_servers, topic_name, 3)
     settings = settings_for(kafka_broker, topic_name)
-    script = CallScript("siprec-42@sbc.example", channels=("caller", "agent"),
-                        caller_uri="sip:+8602187654321@carrier.example", callee_uri="sip:agent-17@hotline.example")
+    script = CallScript(
+        "siprec-42@sbc.example",
+        channels=("caller", "agent"),
+        caller_uri="sip:+8602187654321@carrier.example",
+        callee_uri="sip:agent-17@hotline.example",
+    )
     greeting = script.final("agent", "您好，这里是12345热线", 0, 1800)
     complaint = script.final("caller", "我们小区的暖气一直不热", 2000, 4500)
     question = script.final("agent", "请留一个联系电话", 4700, 6000)
@@ -214,8 +251,17 @@ def test_a_siprec_call_with_two_channels_is_merged_in_time_order(kafka_broker, t
     number_2 = script.final("caller", "四三二一", 7600, 8400)
     readback = script.final("agent", "13987654321，对吗", 8600, 10_000)
     # Each channel is transcribed on its own, so finals of the two channels arrive out of media order.
-    events = [script.started(), complaint, greeting, script.partial("agent", "请留", 4700, 5500), number_1, question, number_2, readback,
-              script.ended(10_500)]
+    events = [
+        script.started(),
+        complaint,
+        greeting,
+        script.partial("agent", "请留", 4700, 5500),
+        number_1,
+        question,
+        number_2,
+        readback,
+        script.ended(10_500),
+    ]
     with running(settings):
         produce(kafka_broker.bootstrap_servers, topic_name, as_records(events))
         [draft] = read_drafts(kafka_broker.bootstrap_servers, settings.out_topic, expected=1)
@@ -240,12 +286,17 @@ def test_duplicates_and_malformed_records_are_dropped_and_skipped(kafka_broker, 
         (key, b"\x00\x01 not json"),
         (key, json.dumps(final_v1 | {"schema": "asr-stream.transcript.v2"}).encode()),
         (key, None),  # a tombstone
-        (key, b"[\"a\", \"list\"]"),
+        (key, b'["a", "list"]'),
         (key, json.dumps(final_v1 | {"end_ms": "soon"}).encode()),
     ]
-    records = (as_records([started, f0, f0, x.partial("caller", "在幸福", 2100, 2800)]) + malformed[:3]
-               + as_records([f1, started]) + malformed[3:] + as_records([f1, ended])
-               + as_records([f1, ended]))  # the daemon re-sent its last records: a tail after the end
+    records = (
+        as_records([started, f0, f0, x.partial("caller", "在幸福", 2100, 2800)])
+        + malformed[:3]
+        + as_records([f1, started])
+        + malformed[3:]
+        + as_records([f1, ended])
+        + as_records([f1, ended])
+    )  # the daemon re-sent its last records: a tail after the end
     _, y_events = hotline_call("after-y@gw")
     with caplog.at_level("WARNING", logger="asr_stream.workorders"), running(settings) as consumer:
         placed = produce(kafka_broker.bootstrap_servers, topic_name, records + as_records(y_events))
@@ -256,7 +307,9 @@ def test_duplicates_and_malformed_records_are_dropped_and_skipped(kafka_broker, 
     assert [line["text"] for line in drafts[0]["transcript"]] == ["垃圾三天没有清运了", "在幸福路12号"]
     assert (drafts[0]["category"], drafts[0]["complete"]) == ("sanitation", True)
     skipped_offsets = [placed[index][1] for index, record in enumerate(records) if record in malformed]
-    for offset, reason in zip(skipped_offsets, ["not JSON", "unknown schema 'asr-stream.transcript.v2'", "tombstone", "not a JSON object", "end_ms"], strict=True):
+    for offset, reason in zip(
+        skipped_offsets, ["not JSON", "unknown schema 'asr-stream.transcript.v2'", "tombstone", "not a JSON object", "end_ms"], strict=True
+    ):
         assert any(f"{topic_name}[0]@{offset}: " in line and reason in line for line in caplog.messages), (offset, reason, caplog.messages)
 
 
@@ -299,8 +352,9 @@ def interleave(calls: Sequence[Sequence[TranscriptEvent]]) -> list[TranscriptEve
 
 
 def split_between(first: WorkOrderConsumer, second: WorkOrderConsumer, partitions: int) -> Callable[[], bool]:
-    return lambda: bool(first.assigned and second.assigned and len(first.assigned | second.assigned) == partitions
-                        and not first.assigned & second.assigned)
+    return lambda: bool(
+        first.assigned and second.assigned and len(first.assigned | second.assigned) == partitions and not first.assigned & second.assigned
+    )
 
 
 def test_two_consumers_in_one_group_split_the_calls_and_draft_each_once(kafka_broker, topic_name) -> None:
@@ -347,9 +401,24 @@ def test_a_member_joining_mid_call_takes_over_partitions_without_losing_open_cal
 
 
 def start_cli(broker: LocalBroker, topic: str, group: str, log_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "asr_stream.cli", "workorders", "--bootstrap", broker.bootstrap_servers, "--topic", topic,
-               "--out-topic", f"{topic}.drafts", "--group-id", group, "--rules", str(HOTLINE_RULES),
-               "--session-timeout-ms", str(GROUP_SESSION_MS)]
+    command = [
+        sys.executable,
+        "-m",
+        "asr_stream.cli",
+        "workorders",
+        "--bootstrap",
+        broker.bootstrap_servers,
+        "--topic",
+        topic,
+        "--out-topic",
+        f"{topic}.drafts",
+        "--group-id",
+        group,
+        "--rules",
+        str(HOTLINE_RULES),
+        "--session-timeout-ms",
+        str(GROUP_SESSION_MS),
+    ]
     with log_path.open("ab") as log:
         process = subprocess.Popen(command, cwd=REPO, env=os.environ | {"PYTHONPATH": str(REPO)}, stdout=log, stderr=subprocess.STDOUT)
     wait_until(lambda: "assigned [" in log_path.read_text() or process.poll() is not None, 20, "the CLI to join its group")
@@ -407,7 +476,9 @@ def test_a_consumer_killed_mid_call_loses_nothing_and_redrafts_with_the_same_id(
 @pytest.mark.parametrize("problem", ["bad_rules", "missing_rules", "no_broker", "bad_topic", "same_topic"])
 def test_operator_mistakes_are_one_line_and_exit_2(problem, tmp_path) -> None:
     rules = tmp_path / "rules.yaml"
-    rules.write_text("categories:\n  - name: water\n    zh: 停水\n" if problem == "bad_rules" else "categories: [{name: water, zh: [停水]}]\n")
+    rules.write_text(
+        "categories:\n  - name: water\n    zh: 停水\n" if problem == "bad_rules" else "categories: [{name: water, zh: [停水]}]\n"
+    )
     arguments = {
         "bad_rules": ["--rules", str(rules)],
         "missing_rules": ["--rules", str(tmp_path / "absent.yaml")],
@@ -415,11 +486,23 @@ def test_operator_mistakes_are_one_line_and_exit_2(problem, tmp_path) -> None:
         "bad_topic": ["--out-topic", "work orders!"],
         "same_topic": ["--topic", "asr.transcripts", "--out-topic", "asr.transcripts"],
     }[problem]
-    result = subprocess.run([sys.executable, "-m", "asr_stream.cli", "workorders", *arguments], check=False, cwd=REPO, capture_output=True, text=True,
-                            env=os.environ | {"PYTHONPATH": str(REPO)}, timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "workorders", *arguments],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=os.environ | {"PYTHONPATH": str(REPO)},
+        timeout=60,
+    )
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("asr-stream workorders: "), result.stderr
-    expected = {"bad_rules": "categories/0/zh: '停水' is not of type 'array'", "missing_rules": "cannot read rules",
-                "no_broker": "no Kafka broker reachable", "bad_topic": "is illegal", "same_topic": "a topic of their own"}
+    expected = {
+        "bad_rules": "categories/0/zh: '停水' is not of type 'array'",
+        "missing_rules": "cannot read rules",
+        "no_broker": "no Kafka broker reachable",
+        "bad_topic": "is illegal",
+        "same_topic": "a topic of their own",
+    }
     assert expected[problem] in lines[0]

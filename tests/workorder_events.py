@@ -28,8 +28,16 @@ LABELS = {"caller": "Citizen", "agent": "Agent"}
 class CallScript:
     """One call's events; each method returns the event it made (nothing is sent anywhere)."""
 
-    def __init__(self, call_id: str, channels: tuple[str, ...] = ("caller",), *, start: datetime = T0, language: str | None = "zh",
-                 caller_uri: str = "sip:+8613800000000@gw.example", callee_uri: str = "sip:12345@hotline.example") -> None:
+    def __init__(
+        self,
+        call_id: str,
+        channels: tuple[str, ...] = ("caller",),
+        *,
+        start: datetime = T0,
+        language: str | None = "zh",
+        caller_uri: str = "sip:+8613800000000@gw.example",
+        callee_uri: str = "sip:12345@hotline.example",
+    ) -> None:
         self.call_id = call_id
         self.channels = channels
         self.start = start
@@ -40,26 +48,49 @@ class CallScript:
         self.finals: list[SegmentFinal] = []
 
     def _common(self, media_ms: int) -> dict:
-        return {"call_id": self.call_id, "model": "whisper-base", "engine": "onnxruntime-cpu", "language": self.language,
-                "emitted_at": self.start + timedelta(milliseconds=media_ms)}
+        return {
+            "call_id": self.call_id,
+            "model": "whisper-base",
+            "engine": "onnxruntime-cpu",
+            "language": self.language,
+            "emitted_at": self.start + timedelta(milliseconds=media_ms),
+        }
 
     def started(self) -> CallStarted:
         return CallStarted(
             **self._common(0),
             parties=(Party(role="caller", uri=self.caller_uri, display_name=None), Party(role="callee", uri=self.callee_uri)),
-            channels=tuple(ChannelInfo(channel=name, label=LABELS.get(name, name), codec="PCMU", sample_rate=8000) for name in self.channels),
+            channels=tuple(
+                ChannelInfo(channel=name, label=LABELS.get(name, name), codec="PCMU", sample_rate=8000) for name in self.channels
+            ),
         )
 
     def partial(self, channel: str, text: str, start_ms: int, end_ms: int, revision: int = 0) -> SegmentPartial:
-        return SegmentPartial(**self._common(end_ms + 150), channel=channel, index=self.next_index[channel], revision=revision,
-                              text=text, start_ms=start_ms, end_ms=end_ms, latency_ms=150)
+        return SegmentPartial(
+            **self._common(end_ms + 150),
+            channel=channel,
+            index=self.next_index[channel],
+            revision=revision,
+            text=text,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            latency_ms=150,
+        )
 
     def final(self, channel: str, text: str, start_ms: int, end_ms: int) -> SegmentFinal:
         """The next segment of `channel` (revision 1: one partial came before it)."""
         index = self.next_index[channel]
         self.next_index[channel] += 1
-        final = SegmentFinal(**self._common(end_ms + 400), channel=channel, index=index, revision=1, text=text,
-                             start_ms=start_ms, end_ms=end_ms, latency_ms=400)
+        final = SegmentFinal(
+            **self._common(end_ms + 400),
+            channel=channel,
+            index=index,
+            revision=1,
+            text=text,
+            start_ms=start_ms,
+            end_ms=end_ms,
+            latency_ms=400,
+        )
         self.finals.append(final)
         return final
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import cache
 from importlib.resources import files
+from typing import Protocol
 
 import numpy as np
 import onnxruntime
@@ -63,10 +64,14 @@ class SileroOnnxModel:
     def run(self, windows: np.ndarray, state: SileroState) -> tuple[np.ndarray, SileroState]:
         """Score one 512-sample window per channel: windows [n, 512] -> (P(speech) [n], next state)."""
         audio = np.concatenate((state.context, np.asarray(windows, dtype=np.float32)), axis=1)
-        probs, recurrent = self._session.run(
-            None, {"input": audio, "state": state.recurrent, "sr": self._sample_rate}
-        )
+        probs, recurrent = self._session.run(None, {"input": audio, "state": state.recurrent, "sr": self._sample_rate})
         return probs[:, 0], SileroState(recurrent=recurrent, context=audio[:, -_CONTEXT_SAMPLES:])
+
+
+class SpeechDetector(Protocol):
+    """What the segmenter's caller needs from a VAD: P(speech) per completed 512-sample window."""
+
+    def process(self, audio: np.ndarray) -> np.ndarray: ...
 
 
 class Vad:

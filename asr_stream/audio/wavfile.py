@@ -20,13 +20,14 @@ import numpy as np
 import soundfile
 
 from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.resample import resample
+from asr_stream.errors import OperatorError
+from asr_stream.ingest.resample import resample
 
 # Writers that stream to a pipe cannot seek back to fill in the data size and leave one of these.
 _UNKNOWN_CHUNK_SIZES = (0, 0xFFFFFFFF)
 
 
-class AudioFileError(Exception):
+class AudioFileError(OperatorError):
     """An audio file that cannot be used: missing, not audio, truncated or corrupt, or empty."""
 
     def __init__(self, path: str | Path, reason: str) -> None:

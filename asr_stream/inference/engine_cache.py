@@ -41,6 +41,7 @@ from types import ModuleType
 
 import numpy as np
 
+from asr_stream.errors import OperatorError
 from asr_stream.inference.engine import Precision, ShapeRange
 from asr_stream.inference.models import sha256_of
 from asr_stream.inference.profiles import ModelProfile, check_against_graph, onnx_input_shapes
@@ -53,7 +54,7 @@ MANIFEST_FORMAT = 1
 FP16_RETYPE_VERSION = 1
 
 
-class EngineCacheError(RuntimeError):
+class EngineCacheError(OperatorError):
     """A build cannot be made, found or used; the message is one line for the operator."""
 
 
@@ -166,9 +167,13 @@ def check_compatible(record: BuildRecord, profile: ModelProfile, graph_digests: 
     rebuild = f"rebuild with `asr-stream engines build {record.model} --profile {profile.source} --variant {profile.variant} --precision {profile.precision}`"
     reasons = []
     if record.platform.trt_module != platform.trt_module or record.platform.trt_version != platform.trt_version:
-        reasons.append(f"built with {record.platform.trt_module} {record.platform.trt_version}, running {platform.trt_module} {platform.trt_version}")
+        reasons.append(
+            f"built with {record.platform.trt_module} {record.platform.trt_version}, running {platform.trt_module} {platform.trt_version}"
+        )
     if (record.platform.gpu_name, record.platform.compute_capability) != (platform.gpu_name, platform.compute_capability):
-        reasons.append(f"built on {record.platform.gpu_name} (compute {record.platform.compute_capability}), this GPU is {platform.gpu_name} (compute {platform.compute_capability})")
+        reasons.append(
+            f"built on {record.platform.gpu_name} (compute {record.platform.compute_capability}), this GPU is {platform.gpu_name} (compute {platform.compute_capability})"
+        )
     if record.precision != profile.precision:
         reasons.append(f"built in {record.precision}, {profile.precision} requested")
     if record.variant != profile.variant:
@@ -182,7 +187,9 @@ def check_compatible(record: BuildRecord, profile: ModelProfile, graph_digests: 
         elif built.profile_sha256 != profile.digest(graph):
             reasons.append(f"the shapes or build settings of {graph} in {profile.source} changed")
     if reasons:
-        raise EngineMismatch(f"engine build {record.version} ({record.key}) of {record.model} cannot be used: {'; '.join(reasons)}; {rebuild}")
+        raise EngineMismatch(
+            f"engine build {record.version} ({record.key}) of {record.model} cannot be used: {'; '.join(reasons)}; {rebuild}"
+        )
 
 
 def load_trt() -> ModuleType:
@@ -198,7 +205,9 @@ def load_trt() -> ModuleType:
 
         return tensorrt_rtx
     except ImportError:
-        raise EngineCacheError("neither tensorrt (>= 10) nor tensorrt_rtx is installed: pip install tensorrt (or tensorrt-rtx-cu13)") from None
+        raise EngineCacheError(
+            "neither tensorrt (>= 10) nor tensorrt_rtx is installed: pip install tensorrt (or tensorrt-rtx-cu13)"
+        ) from None
 
 
 def current_platform(trt: ModuleType, device: int = 0) -> Platform:
@@ -232,7 +241,9 @@ def precision_flags(trt: ModuleType, precision: Precision) -> list[object]:
     if precision == "fp32" or (precision == "fp16" and strongly_typed(trt)):
         return []
     if strongly_typed(trt):
-        raise EngineCacheError(f"{trt.__name__} {trt.__version__} builds strongly typed networks only: int8 needs Q/DQ nodes in the graph, which the export does not write, and there is no calibrator; build fp16 or fp32")
+        raise EngineCacheError(
+            f"{trt.__name__} {trt.__version__} builds strongly typed networks only: int8 needs Q/DQ nodes in the graph, which the export does not write, and there is no calibrator; build fp16 or fp32"
+        )
     wanted = {"fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]
     return [getattr(trt.BuilderFlag, name) for name in wanted]
 
@@ -252,7 +263,9 @@ def fp16_graph(source: Path, target: Path) -> Path:
     return target
 
 
-def build_serialized(trt: ModuleType, graph: Path, inputs: Mapping[str, ShapeRange], profile: ModelProfile, calibrator: object | None = None) -> bytes:
+def build_serialized(
+    trt: ModuleType, graph: Path, inputs: Mapping[str, ShapeRange], profile: ModelProfile, calibrator: object | None = None
+) -> bytes:
     """Parse `graph`, apply one optimisation profile and the build settings, return the serialized engine."""
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -277,7 +290,9 @@ def build_serialized(trt: ModuleType, graph: Path, inputs: Mapping[str, ShapeRan
         config.set_calibration_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
-        raise EngineCacheError(f"{trt.__name__} could not build {graph.name} with {profile.source} ({profile.variant}, {profile.precision}); its log above says why")
+        raise EngineCacheError(
+            f"{trt.__name__} could not build {graph.name} with {profile.source} ({profile.variant}, {profile.precision}); its log above says why"
+        )
     return bytes(serialized)
 
 
@@ -346,7 +361,13 @@ def calibration_cache_path(engines_dir: str | Path, model: str, graph_digest: st
     return trt_directory(engines_dir, model) / "calibration" / f"{graph_digest[:16]}.cache"
 
 
-def build_engines(model: str, profile: ModelProfile, engines_dir: str | Path = "engines", calibration: Mapping[str, CalibrationBatches] | None = None, activate: bool = True) -> BuildRecord:
+def build_engines(
+    model: str,
+    profile: ModelProfile,
+    engines_dir: str | Path = "engines",
+    calibration: Mapping[str, CalibrationBatches] | None = None,
+    activate: bool = True,
+) -> BuildRecord:
     """Build every graph of `profile` for `model` (its ONNX files from `models prepare`); reuse an identical build.
 
     The new build becomes the active one unless `activate` is False; older builds stay for rollback.
@@ -375,7 +396,17 @@ def _retyped(trt: ModuleType, profile: ModelProfile) -> bool:
     return profile.precision == "fp16" and strongly_typed(trt)
 
 
-def _build_new(trt: ModuleType, model: str, profile: ModelProfile, graphs: Mapping[str, Path], digests: Mapping[str, str], platform: Platform, key: str, root: Path, calibration: Mapping[str, CalibrationBatches]) -> BuildRecord:
+def _build_new(
+    trt: ModuleType,
+    model: str,
+    profile: ModelProfile,
+    graphs: Mapping[str, Path],
+    digests: Mapping[str, str],
+    platform: Platform,
+    key: str,
+    root: Path,
+    calibration: Mapping[str, CalibrationBatches],
+) -> BuildRecord:
     root.mkdir(parents=True, exist_ok=True)
     version = max((record.version for record in list_builds(root.parent.parent, model)), default=0) + 1
     # Built beside the cache and renamed at the end: an interrupted build never looks complete.
@@ -393,7 +424,13 @@ def _build_new(trt: ModuleType, model: str, profile: ModelProfile, graphs: Mappi
                 parsed.unlink()  # derived again by any later build: a build directory holds plans only
             plan_name = Path(graph).stem + PLAN_SUFFIX
             (staging / plan_name).write_bytes(plan)
-            built[graph] = GraphBuild(onnx_sha256=digests[graph], profile_sha256=profile.digest(graph), plan=plan_name, plan_bytes=len(plan), build_seconds=round(seconds, 2))
+            built[graph] = GraphBuild(
+                onnx_sha256=digests[graph],
+                profile_sha256=profile.digest(graph),
+                plan=plan_name,
+                plan_bytes=len(plan),
+                build_seconds=round(seconds, 2),
+            )
         record = BuildRecord(
             version=version,
             key=key,
@@ -418,7 +455,9 @@ def format_builds(builds: list[BuildRecord], active: BuildRecord | None) -> str:
     for record in builds:
         mark = "*" if active is not None and record.key == active.key else " "
         sizes = ", ".join(f"{graph} {build.plan_bytes / 2**20:.1f} MiB" for graph, build in sorted(record.graphs.items()))
-        lines.append(f"{mark} {record.version:>3}  {record.key}  {record.variant:<10} {record.precision:<4}  {record.platform.trt_module} {record.platform.trt_version}  {record.platform.gpu_name} ({record.platform.compute_capability})  {record.built_at}  {sizes}")
+        lines.append(
+            f"{mark} {record.version:>3}  {record.key}  {record.variant:<10} {record.precision:<4}  {record.platform.trt_module} {record.platform.trt_version}  {record.platform.gpu_name} ({record.platform.compute_capability})  {record.built_at}  {sizes}"
+        )
     return "\n".join(lines) if lines else "no TensorRT builds"
 
 
@@ -446,23 +485,41 @@ def whisper_calibration(engines_dir: str | Path, model: str, wavs: list[Path], b
         for cross_kv in cross_kvs:
             size = cross_kv.shape[2]
             empty = np.zeros((*cross_kv.shape[:4], 1, cross_kv.shape[5]), np.float32)
-            yield {"tokens": np.full((size, 1), start, np.int64), "offset": np.zeros(size, np.int64), "self_kv": empty, "cross_kv": cross_kv}
+            yield {
+                "tokens": np.full((size, 1), start, np.int64),
+                "offset": np.zeros(size, np.int64),
+                "self_kv": empty,
+                "cross_kv": cross_kv,
+            }
 
     digests = {graph: sha256_of([model_dir / graph]) for graph in ("encoder.onnx", "decoder.onnx")}
     return {
-        "encoder.onnx": CalibrationBatches(({"mel": mel} for mel in mel_batches), calibration_cache_path(engines_dir, model, digests["encoder.onnx"])),
+        "encoder.onnx": CalibrationBatches(
+            ({"mel": mel} for mel in mel_batches), calibration_cache_path(engines_dir, model, digests["encoder.onnx"])
+        ),
         "decoder.onnx": CalibrationBatches(decoder_feeds(), calibration_cache_path(engines_dir, model, digests["decoder.onnx"])),
     }
 
 
-def build_command(model: str, profile_path: str | None = None, variant: str | None = None, precision: Precision | None = None, engines_dir: str = "engines", calibration_wavs: list[Path] | None = None) -> int:
+def build_command(
+    model: str,
+    profile_path: str | None = None,
+    variant: str | None = None,
+    precision: Precision | None = None,
+    engines_dir: str = "engines",
+    calibration_wavs: list[Path] | None = None,
+) -> int:
     """`asr-stream engines build MODEL [--profile FILE] [--variant V] [--precision P] [--calibration WAV ...]`."""
     from asr_stream.inference.profiles import load_profile, variants
 
     path = Path(profile_path or f"profiles/{model}.yaml")
     for name in [variant] if variant else variants(path):
         profile = load_profile(path, name, precision)
-        calibration = whisper_calibration(engines_dir, model, calibration_wavs or [], profile.max_batch) if profile.precision == "int8" and calibration_wavs else None
+        calibration = (
+            whisper_calibration(engines_dir, model, calibration_wavs or [], profile.max_batch)
+            if profile.precision == "int8" and calibration_wavs
+            else None
+        )
         record = build_engines(model, profile, engines_dir, calibration)
         print(format_builds([record], record))
     return 0

@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from asr_stream.errors import OperatorError
 from asr_stream.inference.whisper import graphs
 from asr_stream.inference.whisper.ct2 import read_model_bin
 from asr_stream.inference.whisper.dims import WhisperDims
@@ -26,7 +27,7 @@ TOKENIZER = "tokenizer.json"
 MANIFEST_FORMAT = 1
 
 
-class ModelError(RuntimeError):
+class ModelError(OperatorError):
     """A model cannot be prepared or loaded; the message is one line meant for the operator."""
 
 

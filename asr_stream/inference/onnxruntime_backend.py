@@ -15,7 +15,12 @@ from asr_stream.inference.engine import Precision, Profile, TensorSpec
 # Without a profile, a CPU batch larger than this gains no throughput and only adds latency.
 DEFAULT_CPU_MAX_BATCH = 16
 
-_ORT_TYPES = {"tensor(float)": np.dtype(np.float32), "tensor(float16)": np.dtype(np.float16), "tensor(int64)": np.dtype(np.int64), "tensor(int32)": np.dtype(np.int32)}
+_ORT_TYPES = {
+    "tensor(float)": np.dtype(np.float32),
+    "tensor(float16)": np.dtype(np.float16),
+    "tensor(int64)": np.dtype(np.int64),
+    "tensor(int32)": np.dtype(np.int32),
+}
 
 
 def _spec(arg: ort.NodeArg) -> TensorSpec:
@@ -72,4 +77,11 @@ class OnnxRuntimeEngine:
         return {spec.name: value for spec, value in zip(self._outputs, values)}
 
     def describe(self) -> dict[str, object]:
-        return {"backend": self.backend, "graph": self._graph.name, "precision": "fp32", "threads": self._threads, "max_batch": self._max_batch, "provider": "CPUExecutionProvider"}
+        return {
+            "backend": self.backend,
+            "graph": self._graph.name,
+            "precision": "fp32",
+            "threads": self._threads,
+            "max_batch": self._max_batch,
+            "provider": "CPUExecutionProvider",
+        }

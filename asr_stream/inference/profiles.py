@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import yaml
 
+from asr_stream.errors import OperatorError
 from asr_stream.inference.engine import Precision, Profile, ShapeRange
 
 PRECISIONS: tuple[Precision, ...] = ("fp16", "int8", "fp32")
@@ -39,7 +40,7 @@ DEFAULT_OPTIMIZATION_LEVEL = 3
 SINGLE_VARIANT = "default"
 
 
-class ProfileError(ValueError):
+class ProfileError(OperatorError):
     """A profile file is wrong; the message names the file and the offending entry."""
 
 
@@ -164,10 +165,14 @@ def check_against_graph(profile: ModelProfile, graph: str, declared: Mapping[str
     for name, shape in declared.items():
         shape_range = ranges[name]
         if len(shape) != len(shape_range.min):
-            raise ProfileError(f"{where}: input {name} has rank {len(shape)} in the graph {list(shape)} but rank {len(shape_range.min)} in the profile")
+            raise ProfileError(
+                f"{where}: input {name} has rank {len(shape)} in the graph {list(shape)} but rank {len(shape_range.min)} in the profile"
+            )
         for axis, dim in enumerate(shape):
             if isinstance(dim, int) and dim >= 0 and {shape_range.min[axis], shape_range.opt[axis], shape_range.max[axis]} != {dim}:
-                raise ProfileError(f"{where}: input {name} axis {axis} is fixed at {dim} in the graph, the profile says min/opt/max {shape_range.min[axis]}/{shape_range.opt[axis]}/{shape_range.max[axis]}")
+                raise ProfileError(
+                    f"{where}: input {name} axis {axis} is fixed at {dim} in the graph, the profile says min/opt/max {shape_range.min[axis]}/{shape_range.opt[axis]}/{shape_range.max[axis]}"
+                )
 
 
 def onnx_input_shapes(graph: Path) -> dict[str, list[int | str | None]]:
@@ -225,7 +230,9 @@ def _graph_inputs(raw: object, where: str) -> dict[str, ShapeRange]:
         corners = _mapping(corners, f"{where}.{name}")
         if set(corners) != {"min", "opt", "max"}:
             raise ProfileError(f"{where}.{name}: needs exactly min, opt and max, got {', '.join(corners)}")
-        shapes = {corner: tuple(_positive_int(dim, f"{where}.{name}.{corner}") for dim in corners[corner]) for corner in ("min", "opt", "max")}
+        shapes = {
+            corner: tuple(_positive_int(dim, f"{where}.{name}.{corner}") for dim in corners[corner]) for corner in ("min", "opt", "max")
+        }
         if len({len(shape) for shape in shapes.values()}) != 1:
             raise ProfileError(f"{where}.{name}: min, opt and max have different ranks {[list(s) for s in shapes.values()]}")
         for axis, (low, opt, high) in enumerate(zip(shapes["min"], shapes["opt"], shapes["max"])):
@@ -246,4 +253,3 @@ def _buckets(raw: object, max_batch: int, where: str) -> Buckets:
     if lists["batch"][-1] != max_batch:
         raise ProfileError(f"{where}.batch: the largest bucket {lists['batch'][-1]} must equal max_batch {max_batch}")
     return Buckets(batch=lists["batch"], frames=lists["frames"])
-

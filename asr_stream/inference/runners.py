@@ -77,6 +77,7 @@ def load_model(
         return whisper.transcribe_batch(audios, language=language)
 
     default_language = language or (None if whisper.dims.is_multilingual else "en")
+
     def window(audio: np.ndarray) -> int:
         return whisper.window_for(len(audio) / SAMPLE_RATE)
 

@@ -51,6 +51,28 @@ class _Job(Generic[P, R]):
     future: asyncio.Future[R]
 
 
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How the scheduler batches; the defaults suit one CPU engine (the embedded default).
+
+    max_batch: requests per engine call (the engine's own maximum caps it)
+    max_wait_s: how long the oldest request may wait for company before a smaller batch runs
+    max_queue: waiting requests beyond which new partials are shed and saturation is signalled
+    final_deadline_s: the end-of-speech -> final target that shedding and saturation protect
+    threads: engine calls in flight at once (CPU: one engine call already uses every core given)
+    """
+
+    max_batch: int = 8
+    max_wait_s: float = 0.03
+    max_queue: int = 256
+    final_deadline_s: float = 1.5
+    threads: int = 1
+
+
+class SchedulerStopped(Exception):
+    """The scheduler stopped (at its shutdown deadline) before this request ran."""
+
+
 @dataclass
 class SchedulerStats:
     """Counters for metrics and logs; `ema_batch_s` is the smoothed wall time of one batch."""
@@ -68,24 +90,22 @@ class BatchScheduler(Generic[P, R]):
     def __init__(
         self,
         run_batch: Callable[[Sequence[P]], Sequence[R]],
+        settings: SchedulerSettings = SchedulerSettings(),
         *,
-        max_batch: int = 8,
-        max_wait_s: float = 0.03,
-        max_queue: int = 256,
-        final_deadline_s: float = 1.5,
         bucket: Callable[[P], Hashable] = lambda payload: None,
-        workers: int = 1,
     ) -> None:
         self._run_batch = run_batch
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self.max_queue = max_queue
-        self.final_deadline_s = final_deadline_s
+        self.max_batch = settings.max_batch
+        self.max_wait_s = settings.max_wait_s
+        self.max_queue = settings.max_queue
+        self.final_deadline_s = settings.final_deadline_s
         self._bucket = bucket
-        self._workers = workers
+        self._threads = settings.threads
         self._queues: dict[Priority, list[_Job[P, R]]] = {Priority.FINAL: [], Priority.PARTIAL: []}
         self._partial_by_key: dict[Hashable, _Job[P, R]] = {}
         self._wakeup = asyncio.Event()
+        self._idle = asyncio.Event()  # set while nothing is queued or running
+        self._idle.set()
         self._in_flight = 0
         self._saturated = False
         self._executor: ThreadPoolExecutor | None = None
@@ -94,22 +114,34 @@ class BatchScheduler(Generic[P, R]):
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="engine")
-        self._tasks = [asyncio.create_task(self._worker(), name=f"scheduler-{i}") for i in range(self._workers)]
+        self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="engine")
+        self._tasks = [asyncio.create_task(self._worker(), name=f"scheduler-{i}") for i in range(self._threads)]
 
-    async def stop(self) -> None:
-        """Finish queued finals, shed queued partials, then stop the workers."""
+    async def stop(self, timeout_s: float = 10.0) -> None:
+        """Shed queued partials, finish queued finals within `timeout_s`, then stop the workers.
+
+        Finals still waiting at the deadline fail with `SchedulerStopped`; an engine call already
+        running is not waited for (it cannot be interrupted, and its thread ends with it).
+        """
         for job in self._queues[Priority.PARTIAL]:
             self._shed(job)
         self._queues[Priority.PARTIAL].clear()
         self._partial_by_key.clear()
-        while self._queues[Priority.FINAL] or self._in_flight:
-            await asyncio.sleep(0.01)
+        self._update_idle()
+        finished = True
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            finished = False
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        for job in self._queues[Priority.FINAL]:
+            if not job.future.done():
+                job.future.set_exception(SchedulerStopped())
+        self._queues[Priority.FINAL].clear()
         if self._executor is not None:
-            self._executor.shutdown(wait=True)
+            self._executor.shutdown(wait=finished, cancel_futures=True)
 
     # -- submission ----------------------------------------------------------------------
     async def submit(self, key: Hashable, payload: P, priority: Priority) -> R:
@@ -126,6 +158,7 @@ class BatchScheduler(Generic[P, R]):
                 self._shed(older)
             self._partial_by_key[key] = job
         self._queues[priority].append(job)
+        self._idle.clear()
         self._update_saturation()
         self._wakeup.set()
         return await job.future
@@ -166,6 +199,10 @@ class BatchScheduler(Generic[P, R]):
             self._saturated = wait > self.CLEAR_AT * self.final_deadline_s
         else:
             self._saturated = wait > self.SATURATE_AT * self.final_deadline_s or self.queued() >= self.max_queue
+
+    def _update_idle(self) -> None:
+        if not self.queued() and not self._in_flight:
+            self._idle.set()
 
     def _shed(self, job: _Job[P, R]) -> None:
         self.stats.shed_partials += 1
@@ -209,7 +246,8 @@ class BatchScheduler(Generic[P, R]):
             if self.queued() < self.max_batch and remaining > 0:
                 await asyncio.sleep(remaining)
             batch = self._take_batch()
-            if not batch:
+            if not batch:  # everything waiting was shed
+                self._update_idle()
                 continue
             self._in_flight += 1
             started = time.monotonic()
@@ -226,11 +264,12 @@ class BatchScheduler(Generic[P, R]):
             finally:
                 self._in_flight -= 1
             self._record(len(batch), time.monotonic() - started)
+            self._update_idle()
 
     def _record(self, size: int, seconds: float) -> None:
         stats = self.stats
         stats.batches += 1
         stats.items += size
         stats.ema_batch_s = seconds if stats.batches == 1 else 0.8 * stats.ema_batch_s + 0.2 * seconds
-        stats.batch_sizes = (stats.batch_sizes + [size])[-64:]
+        stats.batch_sizes = ([*stats.batch_sizes, size])[-64:]
         self._update_saturation()

@@ -42,7 +42,16 @@ from asr_stream.inference.profiles import load_profile
 
 DEFAULT_CONTEXTS = 2  # one batch computing while the next one's inputs are copied in
 
-_NUMPY_TYPES = {"FLOAT": np.float32, "HALF": np.float16, "BF16": None, "INT8": np.int8, "INT32": np.int32, "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
+_NUMPY_TYPES = {
+    "FLOAT": np.float32,
+    "HALF": np.float16,
+    "BF16": None,
+    "INT8": np.int8,
+    "INT32": np.int32,
+    "INT64": np.int64,
+    "BOOL": np.bool_,
+    "UINT8": np.uint8,
+}
 
 
 def numpy_dtype(trt_type_name: str) -> np.dtype:
@@ -141,7 +150,9 @@ class TensorRTEngine:
         names = [engine.get_tensor_name(index) for index in range(engine.num_io_tensors)]
         is_input = {name: engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT for name in names}
         dtypes = {name: numpy_dtype(engine.get_tensor_dtype(name).name) for name in names}
-        self._ranges = {name: ShapeRange(*(tuple(shape) for shape in engine.get_tensor_profile_shape(name, 0))) for name in names if is_input[name]}
+        self._ranges = {
+            name: ShapeRange(*(tuple(shape) for shape in engine.get_tensor_profile_shape(name, 0))) for name in names if is_input[name]
+        }
         probe = engine.create_execution_context()
         for name, shape_range in self._ranges.items():
             probe.set_input_shape(name, shape_range.max)
@@ -154,7 +165,14 @@ class TensorRTEngine:
         self._contexts = contexts
 
     @classmethod
-    def load(cls, graph: Path, profile: Profile | None = None, precision: Precision = "fp16", contexts: int = DEFAULT_CONTEXTS, engines_dir: Path | None = None) -> Self:
+    def load(
+        cls,
+        graph: Path,
+        profile: Profile | None = None,
+        precision: Precision = "fp16",
+        contexts: int = DEFAULT_CONTEXTS,
+        engines_dir: Path | None = None,
+    ) -> Self:
         """Deserialize the active build's engine for `graph` (engines/<model>/<graph>.onnx), after checking it fits.
 
         Refuses (EngineMismatch) an engine built from another graph, profile, precision, TensorRT or GPU.
@@ -167,7 +185,9 @@ class TensorRTEngine:
             raise EngineCacheError(f"no TensorRT build of {model} in {engines_dir}: run `asr-stream engines build {model}`")
         model_profile = load_profile(record.profile_file, record.variant, precision)
         if profile is not None and profile.name != f"{model_profile.name}/{model_profile.variant}":
-            raise EngineCacheError(f"the active build of {model} is for profile {model_profile.name}/{model_profile.variant}, not {profile.name}: `asr-stream engines use` another build")
+            raise EngineCacheError(
+                f"the active build of {model} is for profile {model_profile.name}/{model_profile.variant}, not {profile.name}: `asr-stream engines use` another build"
+            )
         trt = load_trt()
         check_compatible(record, model_profile, {graph.name: sha256_of([graph])}, current_platform(trt))
         plan = trt_directory(engines_dir, model) / record.key / record.graphs[graph.name].plan
@@ -203,12 +223,24 @@ class TensorRTEngine:
                     raise ValueError(problem)
                 slot.context.set_input_shape(spec.name, array.shape)
                 slot.host[spec.name].view(array.shape, spec.dtype)[...] = array
-                _check(cudart.cudaMemcpyAsync(slot.device[spec.name].pointer, slot.host[spec.name].pointer, array.nbytes, to_device, slot.stream))
+                _check(
+                    cudart.cudaMemcpyAsync(
+                        slot.device[spec.name].pointer, slot.host[spec.name].pointer, array.nbytes, to_device, slot.stream
+                    )
+                )
             if not slot.context.execute_async_v3(slot.stream):
                 raise RuntimeError(f"TensorRT could not enqueue {self._graph}")
             shapes = {spec.name: tuple(slot.context.get_tensor_shape(spec.name)) for spec in self._outputs}
             for spec in self._outputs:
-                _check(cudart.cudaMemcpyAsync(slot.host[spec.name].pointer, slot.device[spec.name].pointer, buffer_bytes(shapes[spec.name], spec.dtype), to_host, slot.stream))
+                _check(
+                    cudart.cudaMemcpyAsync(
+                        slot.host[spec.name].pointer,
+                        slot.device[spec.name].pointer,
+                        buffer_bytes(shapes[spec.name], spec.dtype),
+                        to_host,
+                        slot.stream,
+                    )
+                )
             _check(cudart.cudaStreamSynchronize(slot.stream))
             return {spec.name: slot.host[spec.name].view(shapes[spec.name], spec.dtype).copy() for spec in self._outputs}
         finally:

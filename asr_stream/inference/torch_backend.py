@@ -54,7 +54,18 @@ class TorchWhisper:
 
     backend = "torch"
 
-    def __init__(self, model: Whisper, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], eot: int, buckets: Buckets, device: str = "cuda", dtype: torch.dtype = torch.float16, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, cuda_graphs: bool = True) -> None:
+    def __init__(
+        self,
+        model: Whisper,
+        suppress_ids: Sequence[int],
+        suppress_ids_begin: Sequence[int],
+        eot: int,
+        buckets: Buckets,
+        device: str = "cuda",
+        dtype: torch.dtype = torch.float16,
+        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+        cuda_graphs: bool = True,
+    ) -> None:
         self.model = model.to(device=device, dtype=dtype).eval()
         self.dims = model.dims
         self.device = torch.device(device)
@@ -73,7 +84,9 @@ class TorchWhisper:
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @classmethod
-    def from_packages(cls, name: str, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], eot: int, buckets: Buckets, **options: object) -> TorchWhisper:
+    def from_packages(
+        cls, name: str, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], eot: int, buckets: Buckets, **options: object
+    ) -> TorchWhisper:
         """Build from the installed weight packages of model `name` (no ONNX export needed)."""
         weights = read_model_bin(packaged.locate() for packaged in model_source(name).weights)
         return cls(Whisper.from_ct2(weights), suppress_ids, suppress_ids_begin, eot, buckets, **options)  # type: ignore[arg-type]

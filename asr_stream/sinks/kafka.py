@@ -123,6 +123,10 @@ class KafkaSink:
         self._backoff_s = 0.5
         self._spool_full_logged = False
         self._failed_while_stopping = False
+        # Once the thread has put its last queued items in the spool, `publish` spools directly:
+        # an event handed over after close() is kept for the next start, never left in a dead queue.
+        self._closed_lock = threading.Lock()
+        self._closed = False
 
     def start(self) -> None:
         self._thread.start()
@@ -135,11 +139,16 @@ class KafkaSink:
     def publish(self, event: TranscriptEvent) -> None:
         """Hand an event over for delivery; never blocks the calling (event loop) thread."""
         item = _Outgoing(SpoolRecord(event.call_id.encode(), event.to_json()), isinstance(event, SegmentPartial))
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            self.dropped += 1
-            log.error("kafka sink queue full (%d); dropped a %s for call %s", self._queue.maxsize, event.event, event.call_id)
+        with self._closed_lock:
+            if self._closed:
+                log.warning("kafka sink closed: %s for call %s goes to the spool", event.event, event.call_id[:64])
+                self._spool_items([item])
+                return
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                self.dropped += 1
+                log.error("kafka sink queue full (%d); dropped a %s for call %s", self._queue.maxsize, event.event, event.call_id[:64])
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued within `timeout_s`; whatever is not acknowledged stays spooled."""
@@ -167,7 +176,9 @@ class KafkaSink:
         except Exception:
             log.exception("kafka sink thread failed; queued events go to the spool")
         finally:
-            self._spool_items(self._drain_queue())
+            with self._closed_lock:
+                self._spool_items(self._drain_queue())
+                self._closed = True
             self._drop_producer()
             if len(self._spool):
                 log.warning("kafka sink stopped with %d events in the spool %s", len(self._spool), self._spool.directory)

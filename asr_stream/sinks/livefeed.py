@@ -49,7 +49,9 @@ class Subscription:
     Use it as a context manager (or call `close()`) so the hub forgets the client at once.
     """
 
-    def __init__(self, call_id: str | None, replay: Iterable[TranscriptEvent], capacity: int, on_close: Callable[[Subscription], None]) -> None:
+    def __init__(
+        self, call_id: str | None, replay: Iterable[TranscriptEvent], capacity: int, on_close: Callable[[Subscription], None]
+    ) -> None:
         self.call_id = call_id
         self._replay = deque(replay)
         self._live: deque[TranscriptEvent] = deque()

@@ -214,8 +214,8 @@ class Spool:
         path = self._segment_path(number)
         with path.open("r+b") as segment:
             valid_end = self._head_offset if number == self._head_segment else 0
-            for _, valid_end in _read_frames(segment, valid_end):
-                pass
+            for _, frame_end in _read_frames(segment, valid_end):
+                valid_end = frame_end
             invalid_bytes = path.stat().st_size - valid_end
             if invalid_bytes == 0:
                 return

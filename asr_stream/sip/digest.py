@@ -142,8 +142,7 @@ class DigestAuthenticator:
         nonce = self._new_nonce()
         tail = ", stale=true" if stale else ""
         return [
-            f'Digest realm="{self.config.realm}", nonce="{nonce}", opaque="{self._opaque}", '
-            f'algorithm={algorithm}, qop="auth"{tail}'
+            f'Digest realm="{self.config.realm}", nonce="{nonce}", opaque="{self._opaque}", algorithm={algorithm}, qop="auth"{tail}'
             for algorithm in self.config.algorithms
         ]
 

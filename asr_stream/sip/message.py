@@ -126,4 +126,3 @@ def build_response(
         response.headers.set_single("Content-Type", content_type)
     response.body = body
     return response
-

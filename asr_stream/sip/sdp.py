@@ -12,8 +12,8 @@ import ipaddress
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
-from aiosipua import ConnectionData, MediaDescription, Origin, SdpMessage, parse_sdp, serialize_sdp
 from aiosipua import Codec as SdpCodec
+from aiosipua import ConnectionData, MediaDescription, Origin, SdpMessage, parse_sdp, serialize_sdp
 
 from asr_stream.sip.call import Codec, LocalMedia, MediaDirection
 
@@ -82,9 +82,7 @@ def negotiate(offer: SdpMessage, accepted_codecs: Collection[str]) -> list[Negot
     """
     wanted = {name.upper() for name in accepted_codecs}
     accepted = [
-        negotiated
-        for index, media in enumerate(offer.media)
-        if (negotiated := _negotiate_media(index, media, offer, wanted)) is not None
+        negotiated for index, media in enumerate(offer.media) if (negotiated := _negotiate_media(index, media, offer, wanted)) is not None
     ]
     if not accepted:
         raise NotAcceptable("no audio stream with an acceptable codec")

@@ -78,7 +78,7 @@ class SipServerConfig:
     port: int = 5060  # 0: let the OS choose (tests); `SipServer.port` tells which
     advertised_address: str | None = None  # our address in Contact/SDP when `host` is a wildcard
     accepted_codecs: tuple[str, ...] = ("PCMU", "PCMA")  # add "opus" where the RTP stage decodes it
-    max_calls: int | None = None  # beyond this, 503 with Retry-After: retry_after_s
+    max_calls: int = 200  # beyond this, 503 with Retry-After: retry_after_s
     retry_after_s: int = 5
     timers: SipTimers = SipTimers()
     limits: TransportLimits = TransportLimits()
@@ -128,9 +128,7 @@ class SipServer:
         self._config = config
         self._sources = SourceFilter(config.allowed_sources)
         self._auth = DigestAuthenticator(config.auth) if config.auth is not None else None
-        self._transports = SipTransports(
-            config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source
-        )
+        self._transports = SipTransports(config.host, config.port, self._on_bytes, self._count_drop, config.limits, self._admit_source)
         self._transactions = ServerTransactions(config.timers)
         self._sessions: dict[str, _Session] = {}
         self._bye_retransmissions: dict[str, asyncio.Task[None]] = {}  # by Via branch
@@ -444,7 +442,7 @@ class SipServer:
         if self._retry_after_s is not None:
             return self._retry_after_s
         answered = sum(1 for s in self._sessions.values() if s.state != "proceeding")
-        if self._config.max_calls is not None and answered >= self._config.max_calls:
+        if answered >= self._config.max_calls:
             return self._config.retry_after_s
         return None
 

@@ -63,10 +63,7 @@ def parse_metadata(xml: bytes) -> tuple[Participant, ...]:
     except ElementTree.ParseError as exc:
         log.warning("unusable SIPREC metadata: %s", exc)
         return ()
-    stream_labels = {
-        stream.get("stream_id", ""): _child_text(stream, "label")
-        for stream in _elements(root, "stream")
-    }
+    stream_labels = {stream.get("stream_id", ""): _child_text(stream, "label") for stream in _elements(root, "stream")}
     sent_streams: dict[str, list[str]] = {}
     for element in [*_elements(root, "participantstreamassoc"), *_elements(root, "participant")]:
         participant_id = element.get("participant_id", "")

@@ -32,9 +32,7 @@ class SipTimers:
         return 64 * self.t1_s
 
 
-def retransmit(
-    send: Callable[[], object] | None, timers: SipTimers, on_give_up: Callable[[], object] | None = None
-) -> asyncio.Task[None]:
+def retransmit(send: Callable[[], object] | None, timers: SipTimers, on_give_up: Callable[[], object] | None = None) -> asyncio.Task[None]:
     """Call `send` at T1, 2*T1, ... (capped at T2) until cancelled; `on_give_up` after 64*T1.
 
     `send` is None on reliable transports (TCP): nothing is repeated, but the 64*T1 deadline

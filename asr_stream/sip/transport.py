@@ -81,14 +81,10 @@ class SipTransports:
 
     async def _bind(self, port: int) -> None:
         loop = asyncio.get_running_loop()
-        self._udp, _ = await loop.create_datagram_endpoint(
-            lambda: _UdpProtocol(self._received_datagram), local_addr=(self._host, port)
-        )
+        self._udp, _ = await loop.create_datagram_endpoint(lambda: _UdpProtocol(self._received_datagram), local_addr=(self._host, port))
         bound = self._udp.get_extra_info("sockname")[1]
         try:
-            self._tcp_server = await asyncio.start_server(
-                self._serve_tcp, self._host, bound, limit=self._limits.max_message_bytes
-            )
+            self._tcp_server = await asyncio.start_server(self._serve_tcp, self._host, bound, limit=self._limits.max_message_bytes)
         except OSError:
             self._udp.close()
             self._udp = None

@@ -17,16 +17,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.segmenter import SegmentClosed, SegmentEvent, Segmenter, SegmenterConfig, SegmentOpened, samples_to_ms
-from asr_stream.audio.vad import Vad
+from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
+from asr_stream.audio.vad import SpeechDetector, Vad
 from asr_stream.inference.runners import Hypothesis
-from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
+from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
@@ -34,6 +35,15 @@ log = logging.getLogger(__name__)
 
 
 SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
+
+#: How often an open segment is re-transcribed for a partial (the agent sees text move about once a second).
+PARTIAL_INTERVAL_S = 1.0
+
+
+class TranscriptionQueue(Protocol):
+    """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
+
+    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Hypothesis: ...
 
 
 @dataclass
@@ -50,11 +60,11 @@ class ChannelTranscriber:
         *,
         labels: Labels,
         channel: str,
-        scheduler: BatchScheduler[np.ndarray, Hypothesis],
+        scheduler: TranscriptionQueue,
         emit: SegmentEventSink,
         segmenter_config: SegmenterConfig = SegmenterConfig(),
-        partial_interval_s: float = 1.0,
-        vad: Vad | None = None,
+        partial_interval_s: float = PARTIAL_INTERVAL_S,
+        vad: SpeechDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.labels = labels
@@ -124,15 +134,15 @@ class ChannelTranscriber:
         except Exception:
             log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
             return
-        event = transcript.partial(
-            hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample)
-        )
+        event = transcript.partial(hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
         if event is not None:
             self._emit(event)
 
     async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
         try:
-            hypothesis = await self._scheduler.submit((self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL)
+            hypothesis = await self._scheduler.submit(
+                (self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL
+            )
             text, language = hypothesis.text, hypothesis.language
         except Exception:
             log.exception("final transcription failed", extra={"call_id": self.labels.call_id})
@@ -148,4 +158,4 @@ class ChannelTranscriber:
     def _latency_ms(self, media_sample: int) -> int:
         """Now minus the wall time at which `media_sample` arrived (estimated from the last frame)."""
         arrived_at = self._received_at - (self._received - media_sample) / SAMPLE_RATE
-        return int(round((self._clock() - arrived_at) * 1000))
+        return round((self._clock() - arrived_at) * 1000)

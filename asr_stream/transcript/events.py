@@ -12,9 +12,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from enum import StrEnum
 from importlib import resources
 from typing import Any, ClassVar
+
+from asr_stream.ingest.types import EndReason  # call.ended's end_reason: one vocabulary from ingest to consumers
 
 SCHEMA_ID = "asr-stream.transcript.v1"
 
@@ -36,16 +37,6 @@ _SEGMENT_FIELDS = ("channel", "segment_id", "revision", "is_final", "text", "sta
 
 def _utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-class EndReason(StrEnum):
-    """Why a call.ended was emitted."""
-
-    HANGUP = "hangup"  # BYE from either party
-    CANCELLED = "cancelled"  # CANCEL before the call was answered
-    MEDIA_TIMEOUT = "media_timeout"  # no RTP for longer than the configured timeout
-    SHUTDOWN = "shutdown"  # the daemon stopped while the call was up
-    ERROR = "error"  # the call could not be processed further
 
 
 @dataclass(frozen=True, kw_only=True)

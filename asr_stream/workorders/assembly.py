@@ -105,7 +105,9 @@ class PartitionCalls:
                 log.warning(
                     "call.ended at offset %d for call %s whose call.started was not seen (a redelivered tail of a call "
                     "drafted earlier, or a call that began before this consumer group's first offset): no draft",
-                    offset, call_id, extra={"call_id": call_id},
+                    offset,
+                    call_id,
+                    extra={"call_id": call_id},
                 )
             return []
         call.last_event_at = max(call.last_event_at, event.emitted_at)
@@ -123,7 +125,12 @@ class PartitionCalls:
             call_id, call = next(iter(self._open.items()))
             if self._stream_time - call.last_event_at <= self.abandon_after:
                 break
-            log.warning("call %s had no event for %s of stream time: drafting it as abandoned", call_id, self.abandon_after, extra={"call_id": call_id})
+            log.warning(
+                "call %s had no event for %s of stream time: drafting it as abandoned",
+                call_id,
+                self.abandon_after,
+                extra={"call_id": call_id},
+            )
             abandoned.append(self._close(call_id, None))
         return abandoned
 

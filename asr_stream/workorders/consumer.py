@@ -35,6 +35,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kafka.util import ensure_valid_topic_name
 
+from asr_stream.errors import OperatorError
 from asr_stream.transcript.events import TranscriptEvent
 from asr_stream.workorders.assembly import PartitionCalls
 from asr_stream.workorders.draft import build_draft, draft_json
@@ -44,8 +45,8 @@ from asr_stream.workorders.rules import Rules
 log = logging.getLogger(__name__)
 
 
-class WorkOrderError(RuntimeError):
-    """The consumer cannot start (e.g. no broker): the operator's to fix."""
+class WorkOrderError(OperatorError):
+    """The consumer cannot start (no broker, a bad topic name): the operator's to fix."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -142,8 +143,12 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
         for draft in drafts:
             log.info(
                 "published work order %s for call %s: %s, %d segment(s), %d contact number(s)",
-                draft["work_order_id"], draft["call_id"], draft["category"], len(draft["transcript"]),
-                len(draft["contact_numbers"]), extra={"call_id": draft["call_id"]},
+                draft["work_order_id"],
+                draft["call_id"],
+                draft["category"],
+                len(draft["transcript"]),
+                len(draft["contact_numbers"]),
+                extra={"call_id": draft["call_id"]},
             )
         return True
 
@@ -235,7 +240,9 @@ class WorkOrderConsumer(ConsumerRebalanceListener):
         if self._producer is None:
             # No idempotence: a producer retry can only duplicate a draft, which is harmless (same
             # id, same bytes), and brokers that withhold IDEMPOTENT_WRITE still take the drafts.
-            self._producer = KafkaProducer(**self._client_options(), acks="all", enable_idempotence=False, max_block_ms=self.settings.request_timeout_ms)
+            self._producer = KafkaProducer(
+                **self._client_options(), acks="all", enable_idempotence=False, max_block_ms=self.settings.request_timeout_ms
+            )
         return self._producer
 
     def _drop_producer(self) -> None:

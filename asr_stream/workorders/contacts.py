@@ -73,7 +73,7 @@ def classify_number(digits: str) -> tuple[str, PhoneKind] | None:
     """The normalised number and its kind, or None when `digits` is not exactly one number."""
     for prefix in _COUNTRY_PREFIXES:
         if digits.startswith(prefix):
-            national = digits[len(prefix):]
+            national = digits[len(prefix) :]
             # Dialled from abroad the landline trunk 0 is dropped: +86 10 8765 4321.
             return _classify_national(national) or _classify_national("0" + national)
     return _classify_national(digits)

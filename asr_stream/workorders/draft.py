@@ -57,8 +57,7 @@ def build_draft(call: ClosedCall, rules: Rules | None) -> dict[str, Any]:
         "language": _language(call),
         "channels": [{"channel": channel, "label": label} for channel, label in labels.items()],
         "transcript": [
-            {"channel": final.channel, "start_ms": final.start_ms, "end_ms": final.end_ms, "text": final.text}
-            for final in call.finals
+            {"channel": final.channel, "start_ms": final.start_ms, "end_ms": final.end_ms, "text": final.text} for final in call.finals
         ],
         "category": classification.category if classification else None,
         "category_label": classification.label if classification else None,

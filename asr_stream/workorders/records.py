@@ -10,7 +10,16 @@ import json
 
 from jsonschema import Draft202012Validator
 
-from asr_stream.transcript.events import SCHEMA_ID, CallEnded, CallStarted, SegmentFinal, SegmentPartial, TranscriptEvent, load_schema, parse_event
+from asr_stream.transcript.events import (
+    SCHEMA_ID,
+    CallEnded,
+    CallStarted,
+    SegmentFinal,
+    SegmentPartial,
+    TranscriptEvent,
+    load_schema,
+    parse_event,
+)
 
 
 class UnusableRecord(ValueError):

@@ -21,6 +21,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
+from asr_stream.errors import OperatorError
+
 _KEYWORDS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 RULES_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
@@ -48,7 +50,7 @@ RULES_SCHEMA: dict[str, Any] = {
 }
 
 
-class RulesError(ValueError):
+class RulesError(OperatorError):
     """The rules file cannot be used; the message names the file and the problem."""
 
 

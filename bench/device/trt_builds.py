@@ -28,7 +28,7 @@ def export_conformer(engines_dir: Path) -> Path:
     import torch
 
     from asr_stream.inference.conformer.export import export_onnx
-    from asr_stream.inference.conformer.model import ConformerCTC, ConformerConfig
+    from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
 
     torch.manual_seed(0)
     directory = engines_dir / "conformer-ctc"
@@ -46,7 +46,10 @@ def build_all(engines_dir: Path, models: list[str]) -> list[dict[str, object]]:
                 started = time.perf_counter()
                 try:
                     record = build_engines(model, load_profile(profile_path, variant, precision), engines_dir, activate=False)
-                    row["graphs"] = {graph: {"seconds": build.build_seconds, "mib": round(build.plan_bytes / 2**20, 1)} for graph, build in record.graphs.items()}
+                    row["graphs"] = {
+                        graph: {"seconds": build.build_seconds, "mib": round(build.plan_bytes / 2**20, 1)}
+                        for graph, build in record.graphs.items()
+                    }
                     row["key"] = record.key
                 except (EngineCacheError, ProfileError) as error:
                     row["error"] = str(error)

@@ -60,8 +60,5 @@ def group_words(tokens: list[TimedToken], tokenizer: SentencePieceTokenizer) -> 
         if not groups or tokenizer.starts_word(token.token_id):
             groups.append([])
         groups[-1].append(token)
-    words = (
-        TimedWord(tokenizer.decode([t.token_id for t in group]).strip(), group[0].start_ms, group[-1].end_ms)
-        for group in groups
-    )
+    words = (TimedWord(tokenizer.decode([t.token_id for t in group]).strip(), group[0].start_ms, group[-1].end_ms) for group in groups)
     return [word for word in words if word.text]

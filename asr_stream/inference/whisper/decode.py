@@ -71,7 +71,9 @@ def _log_softmax(logits: np.ndarray) -> np.ndarray:
 class LogitRules:
     """Masks forbidden tokens in a [B, V] logits array in place (-inf), given each row's output so far."""
 
-    def __init__(self, tokenizer: WhisperTokenizer, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], timestamps: bool) -> None:
+    def __init__(
+        self, tokenizer: WhisperTokenizer, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], timestamps: bool
+    ) -> None:
         self.tokenizer = tokenizer
         self.suppress_ids = np.asarray(suppress_ids, dtype=np.int64)
         self.suppress_ids_begin = np.asarray(suppress_ids_begin, dtype=np.int64)
@@ -115,7 +117,9 @@ class LogitRules:
 class WhisperDecoder:
     """Runs the decoder graph: language detection and batched decoding of encoded windows."""
 
-    def __init__(self, engine: Engine, tokenizer: WhisperTokenizer, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], n_text_ctx: int) -> None:
+    def __init__(
+        self, engine: Engine, tokenizer: WhisperTokenizer, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], n_text_ctx: int
+    ) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.suppress_ids = tuple(suppress_ids)
@@ -150,7 +154,15 @@ class WhisperDecoder:
         best = language_ids[logits[:, language_ids].argmax(axis=1)]
         return [self.tokenizer.language_of(int(token)) for token in best]
 
-    def _sample(self, prompts: np.ndarray, cross_kv: np.ndarray, rules: LogitRules, temperature: float, rng: np.random.Generator, max_tokens: int | None = None) -> list[tuple[list[int], float]]:
+    def _sample(
+        self,
+        prompts: np.ndarray,
+        cross_kv: np.ndarray,
+        rules: LogitRules,
+        temperature: float,
+        rng: np.random.Generator,
+        max_tokens: int | None = None,
+    ) -> list[tuple[list[int], float]]:
         """Decode every row to its end token, `max_tokens` or the context limit; returns (tokens, avg logprob) per row."""
         batch, prompt_length = prompts.shape
         outputs: list[list[int]] = [[] for _ in range(batch)]
@@ -187,7 +199,9 @@ class WhisperDecoder:
         language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
         return np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
 
-    def decode_greedy(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool) -> list[Hypothesis | None]:
+    def decode_greedy(
+        self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool
+    ) -> list[Hypothesis | None]:
         """One greedy pass without the loop guard's sampling retries; None for a row that looks broken.
 
         For a caller with a better remedy than sampling (the runner re-decodes a short window
@@ -201,12 +215,17 @@ class WhisperDecoder:
         hypotheses = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(samples, languages)]
         return [None if self._broken(hypothesis, seconds) else hypothesis for hypothesis, seconds in zip(hypotheses, audio_seconds)]
 
-    def decode(self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0) -> list[Hypothesis]:
+    def decode(
+        self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0
+    ) -> list[Hypothesis]:
         """Decode B encoded windows (cross_kv's batch axis) in the given languages, with the loop guard."""
         rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
         prompts = self._prompts(languages, timestamps)
         rng = np.random.default_rng(seed)
-        results = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, rng), languages)]
+        results = [
+            Hypothesis(tokens, language, logprob, 0.0)
+            for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, rng), languages)
+        ]
         retry = [row for row, hypothesis in enumerate(results) if self._broken(hypothesis, audio_seconds[row])]
         for temperature in FALLBACK_TEMPERATURES:
             if not retry:

@@ -6,7 +6,6 @@ Kept apart from `model.py` so that serving code can know the shapes without impo
 from __future__ import annotations
 
 import re
-
 from dataclasses import asdict, dataclass
 
 from asr_stream.inference.whisper.ct2 import CT2Model

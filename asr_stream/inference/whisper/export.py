@@ -46,7 +46,14 @@ class DecoderGraph(nn.Module):
         return self.decoder(tokens, offset, self_kv, cross_kv)
 
 
-def _export(module: nn.Module, args: tuple[Tensor, ...], dynamic_shapes: dict, input_names: tuple[str, ...], output_names: tuple[str, ...], path: Path) -> None:
+def _export(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    dynamic_shapes: dict,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    path: Path,
+) -> None:
     # The exporter logs and warns about things irrelevant here (torchvision ops, deprecations);
     # an operator running `models prepare` should see only real errors.
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)
@@ -80,7 +87,14 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
     paths = {name: out_dir / filename for name, filename in graphs.GRAPH_FILES.items()}
     with torch.no_grad():
         mel = torch.zeros(example_batch, dims.n_mels, example_frames)
-        _export(EncoderGraph(model).eval(), (mel,), {"mel": {0: batch, 2: 2 * half_frames}}, graphs.ENCODER_INPUTS, graphs.ENCODER_OUTPUTS, paths[graphs.ENCODER])
+        _export(
+            EncoderGraph(model).eval(),
+            (mel,),
+            {"mel": {0: batch, 2: 2 * half_frames}},
+            graphs.ENCODER_INPUTS,
+            graphs.ENCODER_OUTPUTS,
+            paths[graphs.ENCODER],
+        )
         decoder_args = (
             torch.zeros(example_batch, 3, dtype=torch.int64),
             torch.zeros(example_batch, dtype=torch.int64),
@@ -93,5 +107,7 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
             "self_kv": {2: batch, 4: capacity},
             "cross_kv": {2: batch, 4: audio_ctx},
         }
-        _export(DecoderGraph(model).eval(), decoder_args, decoder_dynamic, graphs.DECODER_INPUTS, graphs.DECODER_OUTPUTS, paths[graphs.DECODER])
+        _export(
+            DecoderGraph(model).eval(), decoder_args, decoder_dynamic, graphs.DECODER_INPUTS, graphs.DECODER_OUTPUTS, paths[graphs.DECODER]
+        )
     return paths

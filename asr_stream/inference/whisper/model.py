@@ -90,7 +90,9 @@ class ResidualAttentionBlock(nn.Module):
         x = x + self.attn(h, *self.attn.project_kv(h))
         return x + self.mlp(self.mlp_ln(x))
 
-    def decode(self, x: Tensor, cross_k: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def decode(
+        self, x: Tensor, cross_k: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, mask: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """Decoder block over new tokens `x`, attending to the cache and themselves; returns x and the new tokens' K/V."""
         h = self.attn_ln(x)
         k, v = self.attn.project_kv(h)
@@ -106,7 +108,9 @@ class AudioEncoder(nn.Module):
         self.conv1 = nn.Conv1d(dims.n_mels, dims.n_audio_state, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dims.n_audio_state, dims.n_audio_state, kernel_size=3, stride=2, padding=1)
         self.register_buffer("positional_embedding", torch.zeros(dims.n_audio_ctx, dims.n_audio_state))
-        self.blocks = nn.ModuleList(ResidualAttentionBlock(dims.n_audio_state, dims.n_audio_head, cross_attention=False) for _ in range(dims.n_audio_layer))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(dims.n_audio_state, dims.n_audio_head, cross_attention=False) for _ in range(dims.n_audio_layer)
+        )
         self.ln_post = nn.LayerNorm(dims.n_audio_state)
 
     def forward(self, mel: Tensor) -> Tensor:
@@ -124,7 +128,9 @@ class TextDecoder(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(dims.n_vocab, dims.n_text_state)
         self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, dims.n_text_state))
-        self.blocks = nn.ModuleList(ResidualAttentionBlock(dims.n_text_state, dims.n_text_head, cross_attention=True) for _ in range(dims.n_text_layer))
+        self.blocks = nn.ModuleList(
+            ResidualAttentionBlock(dims.n_text_state, dims.n_text_head, cross_attention=True) for _ in range(dims.n_text_layer)
+        )
         self.ln = nn.LayerNorm(dims.n_text_state)
 
     def cross_kv(self, audio_features: Tensor) -> Tensor:
@@ -157,7 +163,9 @@ class TextDecoder(nn.Module):
         stale = torch.arange(capacity, device=offset.device).unsqueeze(0) >= offset.unsqueeze(1)
         new_index = torch.arange(n_new, device=offset.device)
         future = new_index.unsqueeze(0) > new_index.unsqueeze(1)
-        return torch.cat([stale[:, None, None, :].expand(batch, 1, n_new, capacity), future[None, None].expand(batch, 1, n_new, n_new)], dim=-1)
+        return torch.cat(
+            [stale[:, None, None, :].expand(batch, 1, n_new, capacity), future[None, None].expand(batch, 1, n_new, n_new)], dim=-1
+        )
 
 
 class Whisper(nn.Module):

@@ -53,7 +53,14 @@ def live_windows(model: str) -> tuple[tuple[int, ...], float]:
 
 
 class WhisperRunner:
-    def __init__(self, encoder: Engine, decoder: WhisperDecoder, dims: WhisperDims, windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoder: Engine,
+        decoder: WhisperDecoder,
+        dims: WhisperDims,
+        windows_s: Sequence[int] = (FULL_WINDOW_S,),
+        margin_s: float = 0.0,
+    ) -> None:
         """`windows_s`: the window lengths (seconds) a batch may be encoded in, ending with the full 30 s.
 
         A batch uses the smallest window >= its longest audio + `margin_s`; the full window is
@@ -73,7 +80,13 @@ class WhisperRunner:
         return next((window for window in self.windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
 
     @classmethod
-    def from_prepared(cls, prepared: PreparedModel, load_engine: Callable[[Path], Engine], windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0) -> WhisperRunner:
+    def from_prepared(
+        cls,
+        prepared: PreparedModel,
+        load_engine: Callable[[Path], Engine],
+        windows_s: Sequence[int] = (FULL_WINDOW_S,),
+        margin_s: float = 0.0,
+    ) -> WhisperRunner:
         """Load both graphs with `load_engine` (e.g. `OnnxRuntimeEngine.load`) and the model's tokenizer and rules."""
         tokenizer = WhisperTokenizer.from_file(prepared.tokenizer_path, prepared.dims.is_multilingual)
         decoder = load_engine(prepared.graph_path(DECODER))
@@ -106,13 +119,24 @@ class WhisperRunner:
             if not pending:
                 break
             for start in range(0, len(pending), self.encoder.max_batch):
-                self._decode_round(pending[start : start + self.encoder.max_batch], audios, positions, languages, tokens, segments, timestamps)
+                self._decode_round(
+                    pending[start : start + self.encoder.max_batch], audios, positions, languages, tokens, segments, timestamps
+                )
         return [
             Transcript(text=self.tokenizer.decode(tokens[i]).strip(), tokens=tokens[i], segments=segments[i], language=languages[i])
             for i in range(len(audios))
         ]
 
-    def _decode_round(self, rows: list[int], audios: Sequence[np.ndarray], positions: list[int], languages: list[str | None], tokens: list[list[int]], segments: list[list[Segment]], timestamps: bool) -> None:
+    def _decode_round(
+        self,
+        rows: list[int],
+        audios: Sequence[np.ndarray],
+        positions: list[int],
+        languages: list[str | None],
+        tokens: list[list[int]],
+        segments: list[list[Segment]],
+        timestamps: bool,
+    ) -> None:
         """Decode the next window of each utterance in `rows` and advance their positions."""
         windows = [np.asarray(audios[i][positions[i] : positions[i] + N_SAMPLES], dtype=np.float32) for i in rows]
         window_seconds = [len(window) / SAMPLE_RATE for window in windows]
@@ -136,7 +160,9 @@ class WhisperRunner:
             segments[i] += [segment for segment in window_segments if segment.text.strip()]
             positions[i] += max(1, round(consumed * SAMPLE_RATE))
 
-    def _decode_bucket(self, windows: list[np.ndarray], cross_kv: np.ndarray, languages: list[str], window_seconds: list[float], timestamps: bool) -> list[Hypothesis]:
+    def _decode_bucket(
+        self, windows: list[np.ndarray], cross_kv: np.ndarray, languages: list[str], window_seconds: list[float], timestamps: bool
+    ) -> list[Hypothesis]:
         """Greedy decoding of a short window; rows whose output looks broken start over from the full window.
 
         The full window, not temperature sampling, is the first remedy: a short window is what
@@ -148,5 +174,7 @@ class WhisperRunner:
         retried: dict[int, Hypothesis] = {}
         if broken:
             full_kv = self.encode([windows[k] for k in broken])
-            retried = dict(zip(broken, self.decoder.decode(full_kv, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps)))
+            retried = dict(
+                zip(broken, self.decoder.decode(full_kv, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps))
+            )
         return [hypothesis or retried[k] for k, hypothesis in enumerate(first_pass)]

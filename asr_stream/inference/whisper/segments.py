@@ -22,7 +22,9 @@ class Segment:
     tokens: tuple[int, ...]
 
 
-def split_segments(tokens: list[int], tokenizer: WhisperTokenizer, window_start: float, window_seconds: float, full_window: bool) -> tuple[list[Segment], float]:
+def split_segments(
+    tokens: list[int], tokenizer: WhisperTokenizer, window_start: float, window_seconds: float, full_window: bool
+) -> tuple[list[Segment], float]:
     """Segments of one window, and the seconds of audio they consumed (where the next window starts)."""
     begin = tokenizer.timestamp_begin
     is_timestamp = [token >= begin for token in tokens]

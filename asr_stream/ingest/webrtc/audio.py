@@ -3,7 +3,7 @@
 Telephony channels get gap-free PCM from our own jitter buffer (`rtp.receiver`). aiortc's track
 instead yields decoded `av.AudioFrame`s whose `pts` is the sender's RTP timestamp (rebased by
 aiortc to its first packet), and a lost or discarded packet is simply missing. This module
-restores the contract `ChannelAudio.frames()` has for calls, so the daemon cannot tell the two
+restores the contract `ingest.types.CallChannel.frames()` has for calls, so the daemon cannot tell the two
 apart: frames contiguous from sample 0, positioned by the sender's clock, every gap as silence.
 
 Sample 0 is the session's first decoded sample. A WHIP sender cannot transmit before ICE and DTLS
@@ -21,10 +21,8 @@ from collections.abc import AsyncIterator
 import av
 import numpy as np
 
-from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.ingest import AudioFrame
-from asr_stream.audio.resample import StreamResampler
-from asr_stream.sip.call import Call, Channel
+from asr_stream.ingest.resample import StreamResampler
+from asr_stream.ingest.types import SAMPLE_RATE, AudioFrame, ChannelInfo
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +42,7 @@ def mono_pcm(frame: av.AudioFrame) -> np.ndarray:
 
 
 class WebRtcChannelAudio:
-    """The channel of a WHIP session: `.call`, `.channel` and `.frames()`, like `ingest.ChannelAudio`.
+    """The channel of a WHIP session: `.info` and `.frames()`, like a telephony channel (`CallChannel`).
 
     The session's receive loop calls `push` per decoded frame and `end` once; the consumer
     iterates `frames()` once. At most `max_queued_frames` wait for the consumer: beyond that the
@@ -52,9 +50,9 @@ class WebRtcChannelAudio:
     place, so a stalled consumer costs bounded memory and never shifts the timeline.
     """
 
-    def __init__(self, call: Call, channel: Channel, *, max_queued_frames: int, max_gap_s: float) -> None:
-        self.call = call
-        self.channel = channel
+    def __init__(self, session_id: str, info: ChannelInfo, *, max_queued_frames: int, max_gap_s: float) -> None:
+        self.session_id = session_id
+        self.info = info
         self.dropped_frames = 0
         self._queue: asyncio.Queue[AudioFrame | None] = asyncio.Queue(max_queued_frames)
         self._max_gap_s = max_gap_s
@@ -78,7 +76,7 @@ class WebRtcChannelAudio:
         if abs(gap) > self._max_gap_s * rate:
             # Longer than the session's inactivity timeout: the sender's clock jumped (a restart,
             # a muted track resuming with a new base), not time that passed. Splice, don't fill.
-            log.info("WHIP %s: sender clock jumped by %.1f s; continuing without a gap", self.call.call_id, gap / rate)
+            log.info("WHIP %s: sender clock jumped by %.1f s; continuing without a gap", self.session_id, gap / rate)
             self._skew += gap
             gap = 0
         samples = mono_pcm(frame)

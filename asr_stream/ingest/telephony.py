@@ -1,17 +1,20 @@
 """Telephony ingest: the SIP server plus one RTP receiver per negotiated channel, as 16 kHz audio.
 
-This is the facade the daemon uses for live calls:
+This is the facade the daemon uses for SIP calls (plain and SIPREC):
 
-    ingest = TelephonyIngest(IngestConfig(sip=SipServerConfig(port=5060)), admit=scheduler.admit)
+    ingest = TelephonyIngest(IngestConfig(sip=SipServerConfig(port=5060)), admit=admission_hook)
     await ingest.start()
     async for event in ingest.events():
         match event:
-            case CallStarted(call, channels):   # one ChannelAudio per Call.channels, same order
+            case CallStarted(call, channels):   # one ChannelAudio per call.channels, same order
                 for channel in channels:
-                    spawn(transcribe(channel.call.call_id, channel.channel.label, channel.frames()))
+                    spawn(transcribe(call.call_id, channel.info.label, channel.frames()))
             case DtmfPressed(call_id, channel_index, press): ...
             case CallEnded(call, reason): ...   # every channel's frames() has ended by now
     await ingest.stop()
+
+Calls leave this module as the neutral `ingest.types` (CallInfo, ChannelInfo, EndReason): SIP's own
+`Call`, its end reasons and SDP details stay here.
 
 Media time: sample 0 of every channel is the moment the call was answered (on_invite); the
 wall-clock delay to a channel's first RTP packet is inserted once as leading silence, and from
@@ -24,28 +27,45 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
-from asr_stream.audio.features import SAMPLE_RATE
-from asr_stream.audio.resample import StreamResampler
+from asr_stream.ingest.resample import StreamResampler
+from asr_stream.ingest.types import (
+    SAMPLE_RATE,
+    AdmissionHook,
+    AudioFrame,
+    CallEnded,
+    CallInfo,
+    CallStarted,
+    ChannelInfo,
+    EndReason,
+    Party,
+)
 from asr_stream.rtp.codecs import TELEPHONE_EVENT, supported_encodings
 from asr_stream.rtp.dtmf import DtmfEvent
 from asr_stream.rtp.ports import PortAllocator, PortsExhausted
 from asr_stream.rtp.receiver import Latching, ReceiverConfig, RtpReceiver, RtpTimeout
-from asr_stream.sip.call import Call, Channel, EndReason, LocalMedia, MediaAnswer, SipReject
+from asr_stream.sip.call import Call, Channel, LocalMedia, MediaAnswer, SipReject
+from asr_stream.sip.call import EndReason as SipEndReason
 from asr_stream.sip.server import SipServer, SipServerConfig
 
 log = logging.getLogger(__name__)
 
-#: Admission control: given the new call, None admits it, a number refuses it with
-#: 503 Service Unavailable and that many seconds of Retry-After.
-AdmissionHook = Callable[[Call], int | None]
-
 _INT16_SCALE = 1.0 / 32768.0
+
+#: SIP's detailed end reasons in the words consumers read. Hang-ups from either side are one
+#: "hangup"; a 200 OK never acknowledged means the call could not be set up ("error").
+END_REASONS: dict[SipEndReason, EndReason] = {
+    SipEndReason.BYE: EndReason.HANGUP,
+    SipEndReason.LOCAL_BYE: EndReason.HANGUP,
+    SipEndReason.CANCEL: EndReason.CANCELLED,
+    SipEndReason.RTP_TIMEOUT: EndReason.MEDIA_TIMEOUT,
+    SipEndReason.ACK_TIMEOUT: EndReason.ERROR,
+    SipEndReason.SHUTDOWN: EndReason.SHUTDOWN,
+}
 
 
 @dataclass(frozen=True)
@@ -60,20 +80,20 @@ class IngestConfig:
     max_pending_events: int = 1024
 
 
-@dataclass(frozen=True, slots=True)
-class AudioFrame:
-    """Float32 mono samples at 16 kHz; `start_sample` counts from call start on the sender's clock."""
+def describe_call(call: Call) -> CallInfo:
+    """A SIP call as the pipeline sees it."""
+    return CallInfo(
+        call_id=call.call_id,
+        caller=Party(call.caller.uri, call.caller.display_name),
+        callee=Party(call.callee.uri, call.callee.display_name),
+        channels=tuple(describe_channel(channel) for channel in call.channels),
+        source="siprec" if call.is_siprec else "sip",
+        peer=call.signalling_peer,
+    )
 
-    start_sample: int
-    samples: np.ndarray
 
-    @property
-    def start_ms(self) -> float:
-        return 1000.0 * self.start_sample / SAMPLE_RATE
-
-    @property
-    def end_sample(self) -> int:
-        return self.start_sample + self.samples.shape[0]
+def describe_channel(channel: Channel) -> ChannelInfo:
+    return ChannelInfo(index=channel.index, label=channel.label, codec=channel.codec.name, clock_rate=channel.codec.clock_rate)
 
 
 async def audio_frames(receiver: RtpReceiver, answered_at: float) -> AsyncIterator[AudioFrame]:
@@ -108,30 +128,13 @@ class ChannelAudio:
         self.receiver = receiver
         self._answered_at = answered_at
 
+    @property
+    def info(self) -> ChannelInfo:
+        return describe_channel(self.channel)
+
     def frames(self) -> AsyncIterator[AudioFrame]:
         """Contiguous frames from sample 0 (call start) until the call ends; iterate once."""
         return audio_frames(self.receiver, self._answered_at)
-
-
-class CallChannel(Protocol):
-    """What the daemon needs of one channel, whichever ingest made it (SIP/RTP or WebRTC)."""
-
-    call: Call
-    channel: Channel
-
-    def frames(self) -> AsyncIterator[AudioFrame]: ...
-
-
-@dataclass(frozen=True)
-class CallStarted:
-    call: Call
-    channels: tuple[CallChannel, ...]
-
-
-@dataclass(frozen=True)
-class CallEnded:
-    call: Call
-    reason: EndReason
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,7 @@ class TelephonyIngest:
         self._ports = PortAllocator(config.rtp_host, config.rtp_port_min, config.rtp_port_max)
         self._server = SipServer(self, config.sip)
         self._calls: dict[str, _CallState] = {}
-        self._events: asyncio.Queue[IngestEvent] = asyncio.Queue(config.max_pending_events)
+        self._events: asyncio.Queue[IngestEvent | None] = asyncio.Queue(config.max_pending_events)  # None: stopped
 
     @property
     def sip(self) -> SipServer:
@@ -174,20 +177,22 @@ class TelephonyIngest:
         await self._server.start()
 
     async def stop(self) -> None:
-        """BYE every call (each ends with reason "shutdown"), then close the sockets."""
+        """BYE every call (each ends with reason "shutdown"), then close the sockets; `events()` ends."""
         await self._server.stop()
+        await self._events.put(None)
 
     async def events(self) -> AsyncIterator[IngestEvent]:
-        while True:
-            yield await self._events.get()
+        """Every call's events in order, until `stop()` has ended the last call."""
+        while (event := await self._events.get()) is not None:
+            yield event
 
-    async def end_call(self, call_id: str, reason: EndReason = EndReason.LOCAL_BYE) -> bool:
+    async def end_call(self, call_id: str, reason: SipEndReason = SipEndReason.LOCAL_BYE) -> bool:
         return await self._server.end_call(call_id, reason)
 
     # -- CallHandler, called by the SIP server --------------------------------------------------
 
     async def on_invite(self, call: Call) -> MediaAnswer:
-        if self._admit is not None and (retry_after := self._admit(call)) is not None:
+        if self._admit is not None and (retry_after := self._admit(describe_call(call))) is not None:
             raise SipReject(503, "Service Unavailable", retry_after)
         answered_at = asyncio.get_running_loop().time()
         channels: list[ChannelAudio] = []
@@ -202,7 +207,7 @@ class TelephonyIngest:
             raise SipReject(503, "Service Unavailable", self.config.sip.retry_after_s) from error
         watchers = [asyncio.create_task(self._watch(call.call_id, audio)) for audio in channels]
         self._calls[call.call_id] = _CallState(call, tuple(channels), watchers)
-        await self._events.put(CallStarted(call, tuple(channels)))
+        await self._events.put(CallStarted(describe_call(call), tuple(channels)))
         return MediaAnswer([LocalMedia(self.config.rtp_host, audio.receiver.port) for audio in channels])
 
     async def on_reinvite(self, call: Call) -> None:
@@ -221,7 +226,7 @@ class TelephonyIngest:
             audio.receiver.set_remote(config.remote)  # type: ignore[arg-type]
         state.call = call
 
-    async def on_call_ended(self, call: Call, reason: EndReason) -> None:
+    async def on_call_ended(self, call: Call, reason: SipEndReason) -> None:
         state = self._calls.pop(call.call_id, None)
         if state is None:
             return
@@ -230,7 +235,7 @@ class TelephonyIngest:
         for watcher in state.watchers:
             watcher.cancel()
         await asyncio.gather(*state.watchers, return_exceptions=True)
-        await self._events.put(CallEnded(state.call, reason))
+        await self._events.put(CallEnded(describe_call(state.call), END_REASONS[reason]))
 
     # -- per channel -----------------------------------------------------------------------------
 
@@ -255,5 +260,5 @@ class TelephonyIngest:
                 log.info("call %s: no RTP on channel %s for %.1f s", call_id, audio.channel.label, event.idle_s)
                 with contextlib.suppress(asyncio.CancelledError):
                     # Shielded: ending the call cancels this watcher, which must not abort the BYE.
-                    await asyncio.shield(self._server.end_call(call_id, EndReason.RTP_TIMEOUT))
+                    await asyncio.shield(self._server.end_call(call_id, SipEndReason.RTP_TIMEOUT))
                 return

@@ -41,8 +41,9 @@ SECRET_KEYS = frozenset(
 
 _KEY_VALUE = re.compile(
     # The value may not start with "[" (already redacted) or be an auth scheme (_BEARER's job).
-    r"""(?P<key>\b(?:%s))(?P<sep>["']?\s*[:=]\s*["']?)(?!Bearer\b|Basic\b)(?P<value>[^\s"',;&}\]\[]+)"""
-    % "|".join(sorted(SECRET_KEYS, key=len, reverse=True)),
+    r"""(?P<key>\b(?:{}))(?P<sep>["']?\s*[:=]\s*["']?)(?!Bearer\b|Basic\b)(?P<value>[^\s"',;&}}\]\[]+)""".format(
+        "|".join(sorted(SECRET_KEYS, key=len, reverse=True))
+    ),
     re.IGNORECASE,
 )
 _BEARER = re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
@@ -111,7 +112,9 @@ class JsonFormatter(logging.Formatter):
 CHATTY_LIBRARIES = ("kafka", "aioice", "aiortc")
 
 
-def configure_logging(level: str | int = "INFO", *, json_lines: bool = True, known_secrets: Iterable[str] = (), stream: TextIO | None = None) -> logging.Handler:
+def configure_logging(
+    level: str | int = "INFO", *, json_lines: bool = True, known_secrets: Iterable[str] = (), stream: TextIO | None = None
+) -> logging.Handler:
     """Replace the root logger's handlers with one redacting handler on `stream` (stderr).
 
     `json_lines=False` gives a plain one-line format for a developer's terminal; redaction

@@ -20,13 +20,15 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
+from asr_stream.errors import OperatorError
+
 log = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
 
 
-class BrokerStartError(RuntimeError):
-    """The broker process exited or never accepted connections."""
+class BrokerStartError(OperatorError):
+    """The broker process exited or never accepted connections (its port taken, its binary missing)."""
 
 
 def tansu_binary() -> Path:
@@ -93,12 +95,15 @@ class LocalBroker:
         command = [
             str(tansu_binary()),
             "broker",
-            "--listener-url", url,
-            "--advertised-listener-url", url,
-            "--storage-engine", self.storage_url,
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage_url,
         ]
         log.info("starting Tansu on %s (storage %s)", url, self.storage_url.split("://")[0])
-        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")
+        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")  # noqa: SIM115  (the broker's log, open while it runs; closed in stop())
         self._process = subprocess.Popen(
             command,
             env={**os.environ, **self._env},

@@ -26,7 +26,15 @@ def format_event(event: dict) -> str:
     return f"{event['segment_id']}  [{event['start_ms'] / 1000:7.2f}s] {marker:>5} {event['text']}"
 
 
-def tail(bootstrap_servers: str, topic: str, *, from_beginning: bool = True, as_json: bool = False, max_seconds: float | None = None, out: TextIO = sys.stdout) -> int:
+def tail(
+    bootstrap_servers: str,
+    topic: str,
+    *,
+    from_beginning: bool = True,
+    as_json: bool = False,
+    max_seconds: float | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
     consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False, consumer_timeout_ms=1000)
     try:
         deadline = time.monotonic() + 30

@@ -6,7 +6,7 @@ same audio resampled in one call to float tolerance, and after `flush()` it has 
 `ceil(n_in * rate_out / rate_in)` samples: the media clock (samples since call start) never drifts.
 
 Cost per 20 ms frame, measured on the 2-core Xeon dev machine:
-    .venv/bin/python -m timeit -s "import numpy as np; from asr_stream.audio.resample import StreamResampler;
+    .venv/bin/python -m timeit -s "import numpy as np; from asr_stream.ingest.resample import StreamResampler;
         r = StreamResampler(8000, 16000); x = np.zeros(160, np.float32)" "r.process(x)"
 gives about 11 us for 8 -> 16 kHz (G.711) and, with (48000, 16000) and 960 samples, about 21 us
 for 48 -> 16 kHz (Opus): a few hundred channels cost a few ms of CPU per 20 ms of audio.
@@ -85,9 +85,7 @@ class StreamResampler:
         h = lowpass_filter(up, down) * up
         half_len = (h.shape[0] - 1) // 2
         # Output phase r reads inputs q*down + k for every k with 0 <= r*down + L - k*up <= 2L.
-        k_ranges = [
-            range(-((half_len - r * down) // up), (r * down + half_len) // up + 1) for r in range(up)
-        ]
+        k_ranges = [range(-((half_len - r * down) // up), (r * down + half_len) // up + 1) for r in range(up)]
         first = min(k.start for k in k_ranges)
         last = max(k.stop - 1 for k in k_ranges)
         matrix = np.zeros((last - first + 1, up), dtype=np.float32)

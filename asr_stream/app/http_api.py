@@ -30,14 +30,12 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from asr_stream.config import split_hostport
-from asr_stream.sinks.livefeed import LiveFeedHub, Subscription, SubscriberTooSlow
+from asr_stream.sinks.livefeed import LiveFeedHub, SubscriberTooSlow, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ class HttpSettings:
     """
 
     auth_token: str | None = field(default=None, repr=False)
-    require_auth: bool = True
+    require_auth: bool = True  # the config turns it off for a loopback listener (only this host can connect)
     max_websockets: int = 64
     max_request_bytes: int = 16 * 1024
     send_timeout_s: float = 5.0
@@ -81,18 +79,6 @@ class HttpSettings:
                 "HTTP auth is required (http.listen is not loopback, or http.require_auth is true) but no "
                 "http.auth_token is set; set one (e.g. ASR_STREAM__HTTP__AUTH_TOKEN) or set http.require_auth: false"
             )
-
-    @classmethod
-    def from_config(cls, http: Mapping[str, Any]) -> HttpSettings:
-        """From the config's `http` section; auth defaults to on unless listening on loopback."""
-        host, _ = split_hostport(http["listen"])
-        require_auth = http.get("require_auth")
-        limits = {key: http[key] for key in ("max_websockets", "max_request_bytes") if key in http}
-        return cls(
-            auth_token=http.get("auth_token") or None,
-            require_auth=not is_loopback(host) if require_auth is None else bool(require_auth),
-            **limits,
-        )
 
 
 def presented_token(request: web.Request) -> str | None:
@@ -146,7 +132,7 @@ def create_app(
         body = generate_latest(registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    page = resources.files("asr_stream.sinks").joinpath("static", "agent.html").read_bytes()
+    page = resources.files("asr_stream.app").joinpath("static", "agent.html").read_bytes()
 
     async def agent_page(request: web.Request) -> web.Response:
         # no-referrer: the page URL may carry ?token=, which must not leak to other origins.
@@ -235,9 +221,8 @@ class PathOnlyAccessLog(AbstractAccessLogger):
         self.logger.info("%s %s %s %d %.1f ms", request.remote, request.method, request.path, response.status, time * 1000)
 
 
-async def start_server(app: web.Application, listen: str) -> web.AppRunner:
-    """Serve `app` on `listen` ("host:port"); cleanup() the returned runner to stop."""
-    host, port = split_hostport(listen)
+async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Serve `app` on host:port; cleanup() the returned runner to stop."""
     runner = web.AppRunner(app, access_log_class=PathOnlyAccessLog)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from asr_stream.audio.whip import OfferRejected, SessionRefused, WhipIngest
+from asr_stream.ingest.webrtc.session import OfferRejected, SessionRefused, WhipIngest
 
 SDP = "application/sdp"
 WHIP_PATH = "/v1/whip"
@@ -38,9 +38,7 @@ def whip_routes(ingest: WhipIngest, path: str = WHIP_PATH) -> list[web.RouteDef]
         except OfferRejected as error:
             raise web.HTTPBadRequest(text=f"400: {error}") from error
         except SessionRefused as error:
-            raise web.HTTPServiceUnavailable(
-                text=f"503: {error}", headers={"Retry-After": str(error.retry_after)}
-            ) from error
+            raise web.HTTPServiceUnavailable(text=f"503: {error}", headers={"Retry-After": str(error.retry_after)}) from error
         return web.Response(status=201, body=answer.encode(), content_type=SDP, headers={"Location": f"{path}/{session_id}"})
 
     async def delete_session(request: web.Request) -> web.Response:

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from asr_stream.audio.resample import resample
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
 
 CODECS = {"PCMU": (0, ulaw_encode), "PCMA": (8, alaw_encode)}
@@ -176,7 +176,14 @@ async def run_sipp(
 
 
 async def place_call(
-    target: str, audio_file: str | Path, workdir: Path, *, codec: str = "PCMU", calls: int = 1, rate: float | None = None, hangup_after_s: float = 0.6
+    target: str,
+    audio_file: str | Path,
+    workdir: Path,
+    *,
+    codec: str = "PCMU",
+    calls: int = 1,
+    rate: float | None = None,
+    hangup_after_s: float = 0.6,
 ) -> SippRun:
     """Stream `audio_file` to `target` in `calls` calls; raise SippError unless all succeed."""
     pcm = telephone_pcm(audio_file)

@@ -79,7 +79,9 @@ class DaemonMetrics:
             "asr_partial_interval_seconds", "Time between consecutive partials of one segment", buckets=PARTIAL_INTERVAL_BUCKETS, registry=r
         )
         self.batch_size = Histogram("asr_inference_batch_size", "Utterances per engine call", buckets=BATCH_SIZE_BUCKETS, registry=r)
-        self.inference_seconds = Histogram("asr_inference_seconds", "Wall time of one batched engine call", buckets=INFERENCE_BUCKETS, registry=r)
+        self.inference_seconds = Histogram(
+            "asr_inference_seconds", "Wall time of one batched engine call", buckets=INFERENCE_BUCKETS, registry=r
+        )
         self._components = _ComponentCollector()
         r.register(self._components)
         self._channels_by_call: dict[str, int] = {}
@@ -160,7 +162,9 @@ class _ComponentCollector(Collector):
         if self.kafka is not None:
             yield from self._kafka(self.kafka)
         if self.hub is not None:
-            yield GaugeMetricFamily("asr_livefeed_subscribers", "Open live-feed subscriptions (WebSockets)", value=self.hub.subscriber_count)
+            yield GaugeMetricFamily(
+                "asr_livefeed_subscribers", "Open live-feed subscriptions (WebSockets)", value=self.hub.subscriber_count
+            )
             yield CounterMetricFamily(
                 "asr_livefeed_dropped_subscribers", "Live-feed clients cut off for falling behind", value=self.hub.dropped_subscribers
             )
@@ -172,7 +176,9 @@ class _ComponentCollector(Collector):
         yield CounterMetricFamily("asr_rtp_packets", "RTP packets accepted (duplicates excluded)", value=packets)
         yield CounterMetricFamily("asr_rtp_lost_packets", "RTP packets lost (RFC 3550 expected - received)", value=lost)
         yield GaugeMetricFamily(
-            "asr_rtp_jitter_max_ms", "Highest RFC 3550 interarrival jitter among open channels", value=max((s.jitter_ms for s in live), default=0.0)
+            "asr_rtp_jitter_max_ms",
+            "Highest RFC 3550 interarrival jitter among open channels",
+            value=max((s.jitter_ms for s in live), default=0.0),
         )
 
     @staticmethod
@@ -181,8 +187,12 @@ class _ComponentCollector(Collector):
         for priority in Priority:
             depth.add_metric([priority.name.lower()], scheduler.queued(priority))
         yield depth
-        yield GaugeMetricFamily("asr_scheduler_saturated", "1 while new calls are refused to protect finals", value=int(scheduler.saturated))
-        yield CounterMetricFamily("asr_scheduler_shed_partials", "Partial requests shed (superseded or overload)", value=scheduler.stats.shed_partials)
+        yield GaugeMetricFamily(
+            "asr_scheduler_saturated", "1 while new calls are refused to protect finals", value=int(scheduler.saturated)
+        )
+        yield CounterMetricFamily(
+            "asr_scheduler_shed_partials", "Partial requests shed (superseded or overload)", value=scheduler.stats.shed_partials
+        )
 
     @staticmethod
     def _kafka(sink: KafkaSink) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

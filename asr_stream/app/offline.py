@@ -69,7 +69,14 @@ def _transcribe_file(runner: WhisperRunner, path: str, language: str | None, tim
     return True
 
 
-def transcribe_files(files: Sequence[str | Path], model: str = "whisper-tiny.en", language: str | None = None, as_json: bool = False, timestamps: bool = False, engines_dir: str | Path = "engines") -> int:
+def transcribe_files(
+    files: Sequence[str | Path],
+    model: str = "whisper-tiny.en",
+    language: str | None = None,
+    as_json: bool = False,
+    timestamps: bool = False,
+    engines_dir: str | Path = "engines",
+) -> int:
     """Transcribe `files` with `model` prepared under `engines_dir`; returns the exit status."""
     try:
         runner = WhisperRunner.from_prepared(load_prepared(model, engines_dir), OnnxRuntimeEngine.load)

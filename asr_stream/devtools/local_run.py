@@ -12,33 +12,33 @@ import shlex
 import sys
 from pathlib import Path
 
-from asr_stream.config import Config, load_config, split_hostport
-from asr_stream.daemon import Daemon, serve
+from asr_stream.app.config import Config, load_config, split_hostport
+from asr_stream.app.daemon import Daemon, serve
+from asr_stream.app.logs import configure_logging
+from asr_stream.devtools.local_broker import LocalBroker
 from asr_stream.inference.models import prepare_model
-from asr_stream.logs import configure_logging
-from asr_stream.sinks.local_broker import LocalBroker
 
 DEMO_AUDIO = Path("deploy/demo/speech.wav")
 
 
 def _banner(config: Config, daemon: Daemon) -> str:
     assert daemon.ingest is not None
-    sip_host, _ = split_hostport(config.sip["listen"])
+    sip_host, _ = split_hostport(config.settings.sip.listen)
     target = f"{sip_host}:{daemon.ingest.sip.port}"
     exe = shlex.quote(sys.argv[0]) if sys.argv and sys.argv[0].endswith("asr-stream") else "asr-stream"
-    kafka = config.kafka
+    kafka = config.settings.kafka
     return "\n".join(
         [
             "",
             "asr-stream is running",
-            f"  SIP (UDP+TCP): {target}      model: {config.model} on {config.backend}",
-            f"  Kafka topic:   {kafka['topic']} at {kafka['bootstrap_servers']}" + ("  (embedded Tansu broker)" if kafka["embedded"] else ""),
-            f"  HTTP:          http://{config.http['listen']}/healthz",
+            f"  SIP (UDP+TCP): {target}      model: {config.settings.model} on {config.settings.backend}",
+            f"  Kafka topic:   {kafka.topic} at {kafka.bootstrap_servers}" + ("  (embedded Tansu broker)" if kafka.embedded else ""),
+            f"  HTTP:          http://{config.settings.http.listen}/healthz",
             "",
             "Place a call that streams real speech (SIPp, G.711 mu-law):",
             f"  {exe} call {target} {DEMO_AUDIO}",
             "Watch the transcript events:",
-            f"  {exe} tail --bootstrap {kafka['bootstrap_servers']} --topic {kafka['topic']}",
+            f"  {exe} tail --bootstrap {kafka.bootstrap_servers} --topic {kafka.topic}",
             "Stop with Ctrl-C (open calls are finalised and flushed first).",
             "",
         ]
@@ -47,13 +47,11 @@ def _banner(config: Config, daemon: Daemon) -> str:
 
 def run_local(config_path: str | Path, json_logs: bool = False) -> int:
     config = load_config(config_path)
-    prepare_model(config.model, engines_dir=config.engines_dir)
+    prepare_model(config.settings.model, engines_dir=config.settings.engines_dir)
     configure_logging("INFO", json_lines=json_logs, known_secrets=config.secrets())
     broker: LocalBroker | None = None
-    if config.kafka["embedded"]:
-        host, port = split_hostport(config.kafka["bootstrap_servers"])
-        if host not in ("127.0.0.1", "localhost"):
-            raise SystemExit(f"kafka.embedded starts a local broker: bootstrap_servers must be on 127.0.0.1, not {host}")
+    if config.settings.kafka.embedded:
+        _, port = split_hostport(config.settings.kafka.bootstrap_servers)  # on loopback: the config checks it
         broker = LocalBroker(port=port)
         broker.start()
     try:

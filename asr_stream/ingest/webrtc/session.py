@@ -12,9 +12,9 @@ The daemon consumes it exactly like `TelephonyIngest`:
     await whip.stop()
 
 A session is a call whose id is the WHIP session id. It starts (CallStarted) when the offer is
-answered and ends (CallEnded, exactly once) on: terminate() = HTTP DELETE (reason BYE, or the
-caller's), the peer closing its connection, which sends RTCP BYE (BYE), ICE/DTLS failure or no
-audio for `inactivity_timeout_s` (RTP_TIMEOUT), or stop() (SHUTDOWN).
+answered and ends (CallEnded, exactly once) on: terminate() = HTTP DELETE (reason HANGUP, or the
+caller's), the peer closing its connection, which sends RTCP BYE (HANGUP), ICE/DTLS failure or no
+audio for `inactivity_timeout_s` (MEDIA_TIMEOUT), or stop() (SHUTDOWN).
 
 Signalling is non-trickle: aiortc gathers every local candidate inside setLocalDescription,
 so the answer returned by offer() is complete and WHIP's PATCH (trickle, ICE restart) is not
@@ -34,9 +34,8 @@ from aiortc.exceptions import InvalidAccessError, OperationError
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from aiosipua import Codec as SdpCodec
 
-from asr_stream.audio.ingest import AdmissionHook, CallEnded, CallStarted
-from asr_stream.audio.webrtc_audio import WebRtcChannelAudio
-from asr_stream.sip.call import Call, Channel, Codec, EndReason, Party
+from asr_stream.ingest.types import AdmissionHook, CallEnded, CallInfo, CallStarted, ChannelInfo, EndReason, Party
+from asr_stream.ingest.webrtc.audio import WebRtcChannelAudio
 from asr_stream.sip.sdp import InvalidSdp, parse_offer
 
 log = logging.getLogger(__name__)
@@ -86,7 +85,7 @@ class WhipConfig:
 
 @dataclass
 class _Session:
-    call: Call
+    call: CallInfo
     pc: RTCPeerConnection
     audio: WebRtcChannelAudio
     receiver: asyncio.Task[None]  # feeds `audio` from the track; ends the session when the track does
@@ -101,15 +100,16 @@ class WhipIngest:
         self._sessions: dict[str, _Session] = {}
         self._opening = 0  # offers between admission and registration
         self._stopped = False
-        self._events: asyncio.Queue[WhipEvent] = asyncio.Queue(config.max_pending_events)
+        self._events: asyncio.Queue[WhipEvent | None] = asyncio.Queue(config.max_pending_events)  # None: stopped
 
     @property
     def active_sessions(self) -> int:
         return len(self._sessions)
 
     async def events(self) -> AsyncIterator[WhipEvent]:
-        while True:
-            yield await self._events.get()
+        """Every session's events in order, until `stop()` has ended the last session."""
+        while (event := await self._events.get()) is not None:
+            yield event
 
     async def offer(self, sdp_offer: str, peer: tuple[str, int] = ("", 0)) -> tuple[str, str]:
         """Answer a WHIP offer: returns (session id, SDP answer) and emits CallStarted.
@@ -134,7 +134,7 @@ class WhipIngest:
             await pc.close()
             raise SessionRefused(self.config.retry_after_s, "WHIP ingest is stopping")
         audio = WebRtcChannelAudio(
-            call,
+            session_id,
             call.channels[0],
             max_queued_frames=self.config.max_queued_frames,
             max_gap_s=self.config.inactivity_timeout_s,
@@ -145,13 +145,13 @@ class WhipIngest:
         @pc.on("connectionstatechange")
         async def on_connection_state() -> None:
             if pc.connectionState == "failed":  # ICE consent lost or DTLS failed: no media will come
-                await self.terminate(session_id, EndReason.RTP_TIMEOUT)
+                await self.terminate(session_id, EndReason.MEDIA_TIMEOUT)
 
         await self._events.put(CallStarted(call, (audio,)))
-        log.info("WHIP session %s started (%s from %s)", session_id, call.channels[0].codec.name, peer[0])
+        log.info("WHIP session %s started (%s from %s)", session_id, call.channels[0].codec, peer[0])
         return session_id, pc.localDescription.sdp
 
-    async def terminate(self, session_id: str, reason: EndReason = EndReason.BYE) -> bool:
+    async def terminate(self, session_id: str, reason: EndReason = EndReason.HANGUP) -> bool:
         """End a session (HTTP DELETE: the sender hung up); False if there is no such session.
 
         Returns after CallEnded is queued, with the peer connection closed and frames() ended.
@@ -169,19 +169,20 @@ class WhipIngest:
         return True
 
     async def stop(self) -> None:
-        """Refuse new offers and end every session (reason SHUTDOWN)."""
+        """Refuse new offers and end every session (reason SHUTDOWN); `events()` ends."""
         self._stopped = True
         for session_id in list(self._sessions):
             await self.terminate(session_id, EndReason.SHUTDOWN)
+        await self._events.put(None)
 
-    async def _answer(self, sdp_offer: str, codec: Codec) -> tuple[RTCPeerConnection, MediaStreamTrack]:
+    async def _answer(self, sdp_offer: str, codec: str) -> tuple[RTCPeerConnection, MediaStreamTrack]:
         """A receive-only peer connection for the offer, its answer set and every candidate gathered."""
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.config.ice_servers)))
         try:
             transceiver = pc.addTransceiver("audio", direction="recvonly")
-            # Only the codec chosen in _describe_call, so the Call's Codec is what aiortc decodes.
+            # Only the codec chosen in _describe_call, so the channel's codec is what aiortc decodes.
             transceiver.setCodecPreferences(
-                [c for c in RTCRtpReceiver.getCapabilities("audio").codecs if c.mimeType.lower() == f"audio/{codec.name.lower()}"]
+                [c for c in RTCRtpReceiver.getCapabilities("audio").codecs if c.mimeType.lower() == f"audio/{codec.lower()}"]
             )
             await pc.setRemoteDescription(RTCSessionDescription(sdp_offer, "offer"))
             answer = await pc.createAnswer()
@@ -206,18 +207,18 @@ class WhipIngest:
                 frame = await asyncio.wait_for(track.recv(), self.config.inactivity_timeout_s)
                 audio.push(frame)  # type: ignore[arg-type]  # an audio track yields av.AudioFrame
         except MediaStreamError:  # the sender's RTCP BYE ended the track
-            reason = EndReason.BYE
+            reason = EndReason.HANGUP
         except TimeoutError:
-            reason = EndReason.RTP_TIMEOUT
+            reason = EndReason.MEDIA_TIMEOUT
         await self.terminate(session_id, reason)
 
 
-def _describe_call(session_id: str, sdp_offer: str, peer: tuple[str, int]) -> Call:
-    """The Call for a session: one "caller" channel with the best codec of the offer we can decode.
+def _describe_call(session_id: str, sdp_offer: str, peer: tuple[str, int]) -> CallInfo:
+    """The call of a session: one "caller" channel with the best codec of the offer we can decode.
 
     The offer is checked with the SIP stage's SDP parser (same validity rules as for calls) before
-    aiortc sees it. Opus's rtpmap is always opus/48000/2 (RFC 7587), whatever the microphone,
-    so its Codec says 48000 Hz, 2 channels; the channel is mixed to mono on receipt.
+    aiortc sees it. Opus's rtpmap is always opus/48000/2 (RFC 7587), whatever the microphone, so
+    its clock rate is 48000 Hz; the channel is mixed to mono on receipt.
     """
     try:
         offer = parse_offer(sdp_offer)
@@ -229,30 +230,14 @@ def _describe_call(session_id: str, sdp_offer: str, peer: tuple[str, int]) -> Ca
     media = offer.media[0]
     if media.direction not in ("sendonly", "sendrecv"):
         raise OfferRejected(f"the audio stream must be sendonly or sendrecv, got {media.direction}")
-    offered = _best_codec(media.codecs)
-    connection = media.connection or offer.connection
-    channel = Channel(
-        index=0,
-        label="caller",
-        codec=Codec(
-            name=offered[0],
-            payload_type=offered[1].payload_type,
-            clock_rate=offered[1].clock_rate,
-            channels=offered[1].channels or 1,
-            fmtp=offered[1].fmtp,
-        ),
-        telephone_event_pt=None,  # aiortc does not receive RFC 4733 events
-        remote_address=connection.address if connection is not None else "",
-        remote_port=media.port,
-        direction="recvonly",
-    )
-    return Call(
+    name, codec = _best_codec(media.codecs)
+    return CallInfo(
         call_id=session_id,
         caller=Party(f"whip:{session_id}"),
         callee=Party("whip:asr-stream"),
-        channels=(channel,),
-        transport="tcp",  # the signalling is HTTP
-        signalling_peer=peer,
+        channels=(ChannelInfo(index=0, label="caller", codec=name, clock_rate=codec.clock_rate),),
+        source="webrtc",
+        peer=peer,
     )
 
 

@@ -1,0 +1,380 @@
+"""The daemon's configuration: one YAML file, overridable from the environment, validated up front.
+
+Each section is a typed model (pydantic) whose defaults are the components' own: a default lives
+once, on the dataclass of the component it configures (`IngestConfig`, `KafkaSettings`,
+`SegmenterConfig`, ...), and the section refers to it. The JSON Schema that operators read
+(`asr-stream config schema`) is generated from the same models, so schema, defaults and the
+daemon cannot disagree. Pydantic rather than hand-written checks: it reports every problem with
+its path in one pass and writes the schema.
+
+`load_config` does everything `serve` does before it binds a socket: parse, apply the environment,
+validate every field, and build every component's settings (`Config.components`), whose own
+checks (an HTTP listener reachable from other hosts needs a token, a digest realm must be quotable,
+...) run there too. So `asr-stream config check` says "ok" exactly when `serve` would start.
+
+Environment overrides: `ASR_STREAM__<SECTION>__<KEY>=value` sets `section.key` (any depth, `__`
+separates levels, names are case-insensitive); the value is parsed as a YAML scalar, so
+`ASR_STREAM__SCHEDULER__MAX_BATCH=16` is the integer 16. Overrides let a container image keep one
+config file and take per-deployment addresses and secrets from its environment.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from asr_stream.app.http_api import HttpSettings, is_loopback
+from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.errors import OperatorError
+from asr_stream.inference.scheduler import SchedulerSettings
+from asr_stream.ingest.telephony import IngestConfig
+from asr_stream.ingest.webrtc.session import WhipConfig
+from asr_stream.rtp.codecs import supported_encodings
+from asr_stream.rtp.receiver import Latching
+from asr_stream.sinks.kafka import KafkaSettings
+from asr_stream.sip import DigestAuthConfig, DigestCredential, SipServerConfig
+from asr_stream.transcript.channel import PARTIAL_INTERVAL_S
+
+ENV_PREFIX = "ASR_STREAM__"
+
+HostPort = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$", description="host:port")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Positive = Annotated[float, Field(gt=0)]
+Hex64 = Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$")]
+
+
+class ConfigError(OperatorError):
+    """A configuration that cannot be used; `problems` lists each one as 'path: message'."""
+
+    def __init__(self, source: str, problems: list[str]):
+        super().__init__(f"{source}: " + "; ".join(problems))
+        self.source = source
+        self.problems = problems
+
+
+class _Section(BaseModel):
+    """A config section; `build()` makes its component's settings, whose own checks then run too."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def build(self) -> object:
+        return None
+
+    @model_validator(mode="after")
+    def _component_accepts_it(self) -> _Section:
+        # In the same validation pass as the field checks, so `config check` lists every problem at once.
+        self.build()
+        return self
+
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'127.0.0.1:5060' -> ('127.0.0.1', 5060); '[::1]:5060' -> ('::1', 5060)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+# -- sections ------------------------------------------------------------------------------------
+
+
+class SipUser(_Section):
+    password: Annotated[str, Field(min_length=1)] | None = None
+    ha1: dict[Literal["SHA-256", "SHA-512-256", "MD5"], str] = Field(default_factory=dict, description="precomputed HA1 per algorithm")
+
+    @model_validator(mode="after")
+    def _has_a_secret(self) -> SipUser:
+        if self.password is None and not self.ha1:
+            raise ValueError("a user needs a password or an ha1")
+        return self
+
+
+class SipAuthSection(_Section):
+    """SIP digest authentication (RFC 7616/8760); absent: off."""
+
+    realm: Annotated[str, Field(min_length=1, pattern=r'^[^"\\\r\n]+$')]
+    users: Annotated[dict[str, SipUser], Field(min_length=1)]
+    methods: tuple[Literal["INVITE", "BYE", "OPTIONS"], ...] = DigestAuthConfig.methods  # type: ignore[assignment]
+    algorithms: tuple[Literal["SHA-256", "SHA-512-256", "MD5"], ...] = DigestAuthConfig.algorithms  # type: ignore[assignment]
+    proxy: bool = DigestAuthConfig.proxy
+    nonce_ttl_s: Positive = DigestAuthConfig.nonce_ttl_s
+    max_tracked_nonces: Annotated[int, Field(ge=1)] = DigestAuthConfig.max_tracked_nonces
+
+    def build(self) -> DigestAuthConfig:
+        users = {name: DigestCredential(password=user.password, ha1=dict(user.ha1)) for name, user in self.users.items()}
+        return DigestAuthConfig(
+            realm=self.realm,
+            users=users,
+            methods=self.methods,
+            algorithms=self.algorithms,
+            proxy=self.proxy,
+            nonce_ttl_s=self.nonce_ttl_s,
+            max_tracked_nonces=self.max_tracked_nonces,
+        )
+
+
+class SipSection(_Section):
+    listen: HostPort = f"{SipServerConfig.host}:{SipServerConfig.port}"
+    advertised_address: str | None = Field(default=None, description="address put in SDP c= lines (defaults to the listen host)")
+    max_calls: Annotated[int, Field(ge=1)] = SipServerConfig.max_calls
+    retry_after_s: Annotated[int, Field(ge=1)] = SipServerConfig.retry_after_s
+    allowed_sources: tuple[Annotated[str, Field(pattern=r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$")], ...] = Field(
+        default=SipServerConfig.allowed_sources, description="CIDRs allowed to send SIP; empty: all (docs/security.md)"
+    )
+    auth: SipAuthSection | None = None
+
+    def build(self) -> SipServerConfig:
+        host, port = split_hostport(self.listen)
+        return SipServerConfig(
+            host=host,
+            port=port,
+            advertised_address=self.advertised_address,
+            max_calls=self.max_calls,
+            retry_after_s=self.retry_after_s,
+            allowed_sources=self.allowed_sources,
+            auth=self.auth.build() if self.auth is not None else None,
+            # Everything the RTP stage decodes (Opus listed first); sdp.negotiate picks the
+            # offerer's most preferred of these, so this order only documents our preference.
+            accepted_codecs=tuple(supported_encodings()),
+        )
+
+
+class RtpSection(_Section):
+    port_range: tuple[Port, Port] = (IngestConfig.rtp_port_min, IngestConfig.rtp_port_max)
+    bind: str = IngestConfig.rtp_host
+    latching: bool = Field(default=IngestConfig.latching is Latching.FIRST, description="send to where RTP comes from (NAT)")
+    timeout_s: Positive = IngestConfig.rtp_timeout_s
+    playout_delay_ms: Annotated[int, Field(ge=0, le=1000)] = round(IngestConfig.playout_delay_s * 1000)
+
+    @field_validator("port_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] >= value[1]:
+            raise ValueError(f"first port {value[0]} must be below the last {value[1]}")
+        return value
+
+
+class WebRtcSection(_Section):
+    """WHIP ingest (POST /v1/whip) for browser softphones and agent microphones."""
+
+    enabled: bool = True
+    max_sessions: Annotated[int, Field(ge=1)] = WhipConfig.max_sessions
+    inactivity_timeout_s: Positive = WhipConfig.inactivity_timeout_s
+
+    def build(self) -> WhipConfig:
+        return WhipConfig(max_sessions=self.max_sessions, inactivity_timeout_s=self.inactivity_timeout_s)
+
+
+class HttpSection(_Section):
+    listen: HostPort = "127.0.0.1:8080"
+    auth_token: str | None = Field(default=None, description="bearer token for the page and WebSockets (set it from the environment)")
+    require_auth: bool | None = Field(default=None, description="null: required unless listening on loopback")
+    max_websockets: Annotated[int, Field(ge=1)] = HttpSettings.max_websockets
+    max_request_bytes: Annotated[int, Field(ge=1024)] = HttpSettings.max_request_bytes
+
+    def build(self) -> HttpSettings:
+        host, _ = split_hostport(self.listen)
+        return HttpSettings(
+            auth_token=self.auth_token or None,
+            require_auth=not is_loopback(host) if self.require_auth is None else self.require_auth,
+            max_websockets=self.max_websockets,
+            max_request_bytes=self.max_request_bytes,
+        )
+
+
+class KafkaSection(_Section):
+    bootstrap_servers: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
+    topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,249}$")] = KafkaSettings.topic
+    partitions: Annotated[int, Field(ge=1)] = Field(default=KafkaSettings.partitions, description="used when the daemon creates the topic")
+    spool_dir: str = str(KafkaSettings.spool_dir)
+    embedded: bool = Field(default=False, description="start the bundled Tansu broker on bootstrap_servers (local demo)")
+    security: dict[str, Any] = Field(default_factory=dict, description="passed to kafka-python as is (security_protocol, sasl_*, ssl_*)")
+
+    @model_validator(mode="after")
+    def _embedded_is_local(self) -> KafkaSection:
+        host = split_hostport(self.bootstrap_servers)[0] if ":" in self.bootstrap_servers else self.bootstrap_servers
+        if self.embedded and not is_loopback(host):
+            raise ValueError(f"embedded: true starts a local broker, so bootstrap_servers must be on loopback, not {host}")
+        return self
+
+    def build(self) -> KafkaSettings:
+        return KafkaSettings(
+            bootstrap_servers=self.bootstrap_servers,
+            topic=self.topic,
+            partitions=self.partitions,
+            spool_dir=Path(self.spool_dir),
+            security=self.security,
+        )
+
+
+class VadSection(_Section):
+    """Speech detection and segmentation per channel (Silero VAD + the segmenter, docs/vad.md)."""
+
+    start_threshold: Annotated[float, Field(ge=0, le=1)] = SegmenterConfig.start_threshold
+    stop_threshold: Annotated[float, Field(ge=0, le=1)] = SegmenterConfig.stop_threshold
+    min_speech_ms: Annotated[int, Field(ge=0)] = SegmenterConfig.min_speech_ms
+    min_silence_ms: Annotated[int, Field(ge=0)] = SegmenterConfig.min_silence_ms
+    pre_speech_pad_ms: Annotated[int, Field(ge=0)] = SegmenterConfig.pre_speech_pad_ms
+    post_speech_pad_ms: Annotated[int, Field(ge=0)] = SegmenterConfig.post_speech_pad_ms
+    max_segment_ms: Annotated[int, Field(gt=0)] = SegmenterConfig.max_segment_ms
+    split_search_ms: Annotated[int, Field(gt=0)] = SegmenterConfig.split_search_ms
+
+    def build(self) -> SegmenterConfig:
+        return SegmenterConfig(**self.model_dump())
+
+
+class SchedulerSection(_Section):
+    max_batch: Annotated[int, Field(ge=1, le=1024)] = SchedulerSettings.max_batch
+    max_wait_ms: Annotated[float, Field(ge=0)] = SchedulerSettings.max_wait_s * 1000
+    max_queue: Annotated[int, Field(ge=1)] = SchedulerSettings.max_queue
+    partial_interval_s: Positive = PARTIAL_INTERVAL_S
+    final_deadline_s: Positive = SchedulerSettings.final_deadline_s
+    engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
+
+    def build(self, engine_max_batch: int = 1024) -> SchedulerSettings:
+        return SchedulerSettings(
+            max_batch=min(self.max_batch, engine_max_batch),
+            max_wait_s=self.max_wait_ms / 1000,
+            max_queue=self.max_queue,
+            final_deadline_s=self.final_deadline_s,
+            threads=self.engine_threads,
+        )
+
+
+class Settings(_Section):
+    """The whole file."""
+
+    model: Annotated[str, Field(min_length=1)] = "whisper-tiny.en"
+    backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
+    engines_dir: str = "engines"
+    language: str | None = Field(default=None, description="fix the language of a multilingual model; null: detect")
+    sip: SipSection = SipSection()
+    rtp: RtpSection = RtpSection()
+    webrtc: WebRtcSection = WebRtcSection()
+    http: HttpSection = HttpSection()
+    kafka: KafkaSection = KafkaSection()
+    vad: VadSection = VadSection()
+    scheduler: SchedulerSection = SchedulerSection()
+
+
+# -- what the daemon builds from it --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Components:
+    """Every component's settings, built once from the sections (their own checks run here)."""
+
+    ingest: IngestConfig
+    whip: WhipConfig
+    http: HttpSettings
+    kafka: KafkaSettings
+    segmenter: SegmenterConfig
+
+
+@dataclass(frozen=True)
+class Config:
+    """A validated configuration: `settings` holds the sections, `components` what they build."""
+
+    settings: Settings
+    source: str = "<defaults>"
+
+    @cached_property
+    def components(self) -> Components:
+        s = self.settings
+        return Components(
+            ingest=IngestConfig(
+                sip=s.sip.build(),
+                rtp_host=s.rtp.bind,
+                rtp_port_min=s.rtp.port_range[0],
+                rtp_port_max=s.rtp.port_range[1],
+                latching=Latching.FIRST if s.rtp.latching else Latching.SDP,
+                playout_delay_s=s.rtp.playout_delay_ms / 1000,
+                rtp_timeout_s=s.rtp.timeout_s,
+            ),
+            whip=replace(s.webrtc.build(), retry_after_s=s.sip.retry_after_s),
+            http=s.http.build(),
+            kafka=s.kafka.build(),
+            segmenter=s.vad.build(),
+        )
+
+    def secrets(self) -> list[str]:
+        """Values logs must never show: the HTTP token, SIP credentials, Kafka credentials."""
+        s = self.settings
+        values: list[object] = [s.http.auth_token]
+        for user in s.sip.auth.users.values() if s.sip.auth else ():
+            values += [user.password, *user.ha1.values()]
+        values += [value for key, value in s.kafka.security.items() if "password" in key or "key" in key]
+        return [str(value) for value in values if value]
+
+
+def json_schema() -> str:
+    """The JSON Schema of the config file, with every default (`asr-stream config schema`)."""
+    schema = Settings.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "asr-stream configuration"
+    return json.dumps(schema, indent=2)
+
+
+# -- loading -------------------------------------------------------------------------------------
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        path = [part.lower() for part in name[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = yaml.safe_load(raw) if raw != "" else ""
+    return overrides
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{path}: {message}"
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Read `path` (YAML; None for defaults only), apply environment overrides, validate, build components.
+
+    Raises ConfigError listing every problem found, each with its path in the document.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    document: Any = {}
+    if path is not None:
+        try:
+            document = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(source, [f"(file): cannot read: {exc.strerror}"]) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(source, [f"(file): not valid YAML: {str(exc).splitlines()[0]}"]) from None
+        if not isinstance(document, dict):
+            raise ConfigError(source, ["(top level): expected a mapping of sections"])
+    merged = _merge(document, _env_overrides(os.environ if environ is None else environ))
+    try:
+        settings = Settings.model_validate(merged)
+    except ValidationError as error:
+        raise ConfigError(source, [_problem(e) for e in error.errors()]) from None
+    return Config(settings, source)

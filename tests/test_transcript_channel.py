@@ -1,0 +1,191 @@
+"""The per-channel transcriber, alone: when partials go out, that finals come once and in order.
+
+The VAD, the clock and the model are injected so the timing rules can be checked exactly: a VAD
+that says "speech" inside scripted intervals, a clock the test advances 20 ms per packet, and a
+queue that answers each request with text describing the audio it got (its length), optionally
+holding answers back until the test releases them. The real Silero VAD, BatchScheduler and
+Whisper are exercised end to end in test_daemon_e2e.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+
+from asr_stream.audio.features import SAMPLE_RATE
+from asr_stream.audio.vad import WINDOW_SAMPLES
+from asr_stream.inference.scheduler import Priority, Shed
+from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.state import Labels
+
+PACKET = SAMPLE_RATE // 50  # 20 ms, as RTP delivers it
+LABELS = Labels(call_id="call-1", model="test-model", engine="test-engine")
+
+
+class ScriptedVad:
+    """P(speech) = 0.9 inside the scripted (start_s, end_s) intervals, 0.05 elsewhere."""
+
+    def __init__(self, speech: list[tuple[float, float]]) -> None:
+        self._speech = speech
+        self._pending = 0
+        self._windows = 0
+
+    def process(self, audio: np.ndarray) -> np.ndarray:
+        self._pending += len(audio)
+        probs = []
+        while self._pending >= WINDOW_SAMPLES:
+            self._pending -= WINDOW_SAMPLES
+            middle_s = (self._windows + 0.5) * WINDOW_SAMPLES / SAMPLE_RATE
+            probs.append(0.9 if any(start <= middle_s < end for start, end in self._speech) else 0.05)
+            self._windows += 1
+        return np.asarray(probs, np.float32)
+
+
+@dataclass
+class Heard:
+    text: str
+    language: str | None = "en"
+
+
+@dataclass
+class Request:
+    key: Hashable
+    seconds: float
+    priority: Priority
+    submitted_at: float
+    answer: asyncio.Future[Heard] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+
+
+class ScriptedQueue:
+    """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so."""
+
+    def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None) -> None:
+        self.requests: list[Request] = []
+        self._clock = clock
+        self._hold = hold or set()
+        self._text = text
+
+    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Heard:
+        request = Request(key, len(payload) / SAMPLE_RATE, priority, self._clock())
+        self.requests.append(request)
+        if priority not in self._hold:
+            self.release(request)
+        return await request.answer
+
+    def release(self, request: Request) -> None:
+        text = self._text if self._text is not None else f"{round(request.seconds * 10)} tenths"
+        request.answer.set_result(Heard(text))
+
+
+class ManualClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def transcriber(queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list) -> ChannelTranscriber:
+    return ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock)
+
+
+async def stream(channel: ChannelTranscriber, clock: ManualClock, seconds: float) -> None:
+    """`seconds` of audio in 20 ms packets, the clock moving with them (real time)."""
+    for _ in range(round(seconds * 50)):
+        clock.now += 0.02
+        channel.feed(np.zeros(PACKET, np.float32))
+        await asyncio.sleep(0)  # let answered requests come back, as a live loop would between packets
+
+
+async def test_partials_follow_the_clock_and_one_final_closes_the_segment() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(1.0, 4.0)]), clock, emitted)
+    await stream(channel, clock, 6.0)
+    await channel.finish()
+
+    partials = [r for r in queue.requests if r.priority is Priority.PARTIAL]
+    assert len(partials) == 3  # the segment is open ~1.3-4.6 s: partials 1 s apart while it is
+    gaps = np.diff([r.submitted_at for r in partials])
+    assert np.all(gaps >= 1.0 - 1e-9) and np.all(gaps < 1.05)
+    assert [r.seconds for r in partials] == sorted(r.seconds for r in partials)  # each covers more audio
+    assert [type(e) for e in emitted] == [SegmentPartial] * 3 + [SegmentFinal]
+    assert [e.revision for e in emitted] == [0, 1, 2, 3] and channel.finals_emitted == 1
+    final = emitted[-1]
+    assert final.text == f"{round(queue.requests[-1].seconds * 10)} tenths"
+    assert 600 <= final.start_ms <= 1000 and 4000 <= final.end_ms <= 4700  # speech plus the pads
+
+
+async def test_at_most_one_partial_is_in_flight_per_channel() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, hold={Priority.PARTIAL})
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted)
+    await stream(channel, clock, 4.0)
+    assert sum(r.priority is Priority.PARTIAL for r in queue.requests) == 1  # the first is still unanswered
+    queue.release(queue.requests[0])
+    await stream(channel, clock, 1.1)
+    assert sum(r.priority is Priority.PARTIAL for r in queue.requests) == 2
+    for request in queue.requests:
+        if not request.answer.done():
+            request.answer.set_exception(Shed(request.key))
+    await stream(channel, clock, 1.0)
+    await channel.finish()
+    assert isinstance(emitted[-1], SegmentFinal)
+
+
+async def test_finals_are_emitted_in_segment_order_whatever_order_they_finish_in() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, hold={Priority.FINAL, Priority.PARTIAL})
+    channel = transcriber(queue, ScriptedVad([(0.5, 1.5), (2.5, 3.5)]), clock, emitted)
+    await stream(channel, clock, 5.0)
+    first, second = [r for r in queue.requests if r.priority is Priority.FINAL]
+    queue.release(second)
+    await asyncio.sleep(0)
+    assert not [e for e in emitted if isinstance(e, SegmentFinal)], "the second final overtook the first"
+    queue.release(first)
+    for request in queue.requests:
+        if not request.answer.done():
+            request.answer.set_exception(Shed(request.key))
+    await channel.finish()
+    finals = [e for e in emitted if isinstance(e, SegmentFinal)]
+    assert len(finals) == 2 and finals[0].index < finals[1].index
+
+
+async def test_a_segment_heard_as_nothing_is_never_published() -> None:
+    clock, emitted = ManualClock(), []
+    channel = transcriber(ScriptedQueue(clock, text=""), ScriptedVad([(0.5, 1.2)]), clock, emitted)
+    await stream(channel, clock, 3.0)
+    await channel.finish()
+    assert emitted == [] and channel.finals_emitted == 0
+
+
+async def test_finish_finalises_the_open_segment() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 99.0)]), clock, emitted)
+    await stream(channel, clock, 2.0)  # the call ends mid-speech
+    await channel.finish()
+    assert isinstance(emitted[-1], SegmentFinal) and emitted[-1].end_ms == pytest.approx(2000, abs=40)
+
+
+async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, hold={Priority.FINAL})
+    channel = transcriber(queue, ScriptedVad([(0.5, 1.5)]), clock, emitted)
+    while not any(r.priority is Priority.FINAL for r in queue.requests):  # bounded: the segment closes by ~2.1 s
+        assert clock.now < 1005
+        await stream(channel, clock, 0.02)
+    (final_request,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    clock.now += 0.25  # the model takes 250 ms
+    queue.release(final_request)
+    await channel.finish()
+    final = emitted[-1]
+    assert isinstance(final, SegmentFinal)
+    # Speech ended at 1.5 s; the segment closes after min_silence (600 ms); then 250 ms of model.
+    assert final_request.submitted_at - 1000.0 == pytest.approx(2.1, abs=0.05)
+    assert final.latency_ms == pytest.approx(600 + 250, abs=50)
