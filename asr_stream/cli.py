@@ -118,6 +118,25 @@ def _tail(args: argparse.Namespace) -> int:
     return tail(args.bootstrap, args.topic, from_beginning=not args.latest, as_json=args.json)
 
 
+def _workorders(args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    from asr_stream.app.logs import configure_logging
+    from asr_stream.workorders.consumer import WorkOrderSettings, run_until_signalled
+    from asr_stream.workorders.rules import load_rules
+
+    configure_logging("INFO", json_lines=args.log_format == "json")
+    settings = WorkOrderSettings(
+        bootstrap_servers=args.bootstrap,
+        topic=args.topic,
+        out_topic=args.out_topic,
+        group_id=args.group_id,
+        session_timeout_ms=args.session_timeout_ms,
+        abandon_after=timedelta(seconds=args.abandon_after_s),
+    )
+    return run_until_signalled(settings, load_rules(args.rules) if args.rules else None)
+
+
 def _engines_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -215,6 +234,18 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--latest", action="store_true", help="only events from now on")
     tail.add_argument("--json", action="store_true", help="print the records as they are")
     tail.set_defaults(handler=_tail)
+
+    workorders = commands.add_parser("workorders", help="consume transcripts, publish one work-order draft per call (docs/workorders.md)")
+    workorders.add_argument("--bootstrap", default="127.0.0.1:9092")
+    workorders.add_argument("--topic", default="asr.transcripts", help="the transcript events topic")
+    workorders.add_argument("--out-topic", default="asr.workorders", help="where the drafts go (key = call_id)")
+    workorders.add_argument("--rules", help="categories YAML, e.g. deploy/workorders/rules.yaml (default: no category)")
+    workorders.add_argument("--group-id", default="asr-stream-workorders", help="consumer group: run more members to share the calls")
+    workorders.add_argument("--session-timeout-ms", type=int, default=10_000, help="group session timeout")
+    workorders.add_argument(
+        "--abandon-after-s", type=float, default=7200, help="draft a call with no event for this long (stream time) as abandoned"
+    )
+    workorders.set_defaults(handler=_workorders)
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Imports follow the data: sip -> rtp -> ingest -> audio -> inference -> transcript -> sinks -> app.
+"""Imports follow the data: sip -> rtp -> ingest -> audio -> inference -> transcript -> sinks -> workorders -> app.
 
 A stage may import itself and the stages before it, never a later stage: the low layers stay
 free of Kafka, HTTP and model knowledge, and each is usable and testable on its own. `app` (the
@@ -14,7 +14,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "asr_stream"
-STAGES = ["common", "sip", "rtp", "ingest", "audio", "inference", "transcript", "sinks", "app", "devtools"]
+STAGES = ["common", "sip", "rtp", "ingest", "audio", "inference", "transcript", "sinks", "workorders", "app", "devtools"]
 TOP = len(STAGES)  # cli.py
 FOUNDATION = {"errors"}
 
