@@ -62,11 +62,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     from asr_stream.app.config import load_config
     from asr_stream.app.daemon import serve
-    from asr_stream.app.logs import configure_logging
+    from asr_stream.app.logs import LogSettings
 
     config = load_config(args.config)
-    configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
-    return asyncio.run(serve(config))
+    logs = LogSettings(json_lines=args.log_format != "text", known_secrets=tuple(config.secrets()))
+    logs.apply(process="main" if config.workers > 1 else None)  # every child process logs the same way, named
+    return asyncio.run(serve(config, logs=logs))
 
 
 def _run(args: argparse.Namespace) -> int:

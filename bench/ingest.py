@@ -4,7 +4,7 @@ Run by hand:  .venv/bin/python bench/ingest.py --channels 100 300 600 --seconds 
 
 For each channel count, a separate sender process streams real-time 20 ms μ-law packets of a
 speech clip on every channel to 127.0.0.1; this process runs one `RtpReceiver` per channel
-plus a consumer of `asr_stream.ingest.telephony.audio_frames` (int16 -> float32, 8 -> 16 kHz
+plus a consumer of `asr_stream.ingest.media.audio_frames` (int16 -> float32, 8 -> 16 kHz
 `StreamResampler`), exactly what the daemon reads per channel. Measured in this process only, over a steady-state window:
 CPU seconds per channel-second (UDP receive + parse + jitter + decode + queue + resample) and
 whether it kept up (every packet turned into audio, no drops). `channels/core` is the
@@ -26,7 +26,7 @@ import numpy as np
 
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.ingest.resample import resample
-from asr_stream.ingest.telephony import audio_frames
+from asr_stream.ingest.media import audio_frames
 from asr_stream.rtp.g711 import ulaw_encode
 from asr_stream.rtp.ports import PortAllocator
 from asr_stream.rtp.receiver import ReceiverConfig, RtpReceiver

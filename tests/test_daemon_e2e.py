@@ -120,9 +120,14 @@ def joined_text(finals: list[dict]) -> str:
     return " ".join(f["text"] for f in finals)
 
 
-@pytest.fixture
-async def daemon(tmp_path, kafka_broker, topic_name) -> AsyncIterator[Daemon]:
-    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)
+#: The daemon in one process (workers: 1, the default), and SIP in one process with each call in one
+#: of two ingest worker processes and the model in an inference process (workers: 2).
+WORKERS = pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+
+
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-workers"])
+async def daemon(request, tmp_path, kafka_broker, topic_name) -> AsyncIterator[Daemon]:
+    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, workers=request.param)
     try:
         yield daemon
     finally:

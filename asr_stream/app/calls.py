@@ -10,8 +10,13 @@ exactly once when it is over, whichever way that happens:
 - the daemon's stop deadline passed first: `cancel()`; the channel tasks are cancelled and
   `call.ended` still goes out (reason `shutdown`, with the finals that made it).
 
-`CallRegistry` keeps the sessions of one daemon: it starts them, routes ends to them, and on
+`CallRegistry` keeps the sessions of one process: it starts them, routes ends to them, and on
 shutdown waits for them up to a deadline (on their completion, not by polling) and cancels the rest.
+
+`CallPipeline` follows an ingest's call events and makes a session of each call. It is the same
+code in the single-process daemon and in each ingest worker of a multi-process one; only the
+transcription queue (the scheduler itself, or a client of the inference process) and where
+events are published differ.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
-from asr_stream.ingest.types import CallChannel, CallInfo, EndReason
+from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.ingest.media import ChannelAudio
+from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted, EndReason
 from asr_stream.transcript import events
-from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.channel import ChannelTranscriber, TranscriptionQueue
+from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +140,11 @@ class CallSession:
             log.exception("call %s: channel %s failed", self.call.call_id[:64], channel.info.label)
 
 
+def rtp_channels(sessions: Iterable[CallSession]) -> list[ChannelAudio]:
+    """The channels of `sessions` that have an RTP receiver of ours (WebRTC sessions have none)."""
+    return [channel for session in sessions for channel in session.channels if isinstance(channel, ChannelAudio)]
+
+
 class CallRegistry:
     """The live calls of one daemon, by call id; `on_finished` runs once a session's call.ended is out."""
 
@@ -170,3 +183,52 @@ class CallRegistry:
         if late:
             log.warning("shutdown deadline: %d calls still transcribing are cut short", len(late))
         await asyncio.gather(*(session.cancel() for session in late))
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What every call of a daemon shares: the names events carry, segmentation, partial cadence."""
+
+    model: str
+    engine: str
+    language: str | None  # the model's default language (None: detected per segment)
+    segmenter: SegmenterConfig
+    partial_interval_s: float
+
+
+class CallPipeline:
+    """Makes a transcribed `CallSession` of each call an ingest starts, and ends it when the ingest does."""
+
+    def __init__(self, settings: PipelineSettings, queue: TranscriptionQueue, publish: Publish, calls: CallRegistry) -> None:
+        self.settings = settings
+        self.calls = calls
+        self._queue = queue
+        self._publish = publish
+
+    async def consume(self, ingest_events: AsyncIterator[CallStarted | CallEnded | object]) -> None:
+        """Calls from any ingest (SIP/RTP or WebRTC) take the same path from here on."""
+        async for event in ingest_events:
+            try:
+                if isinstance(event, CallStarted):
+                    self.calls.add(self.session(event.call, event.channels))
+                elif isinstance(event, CallEnded):
+                    self.calls.end(event.call.call_id, event.reason)
+            except Exception:  # one broken call must not stop the process from taking others
+                log.exception("call event %s failed", type(event).__name__)
+
+    def session(self, call: CallInfo, channels: tuple[CallChannel, ...]) -> CallSession:
+        settings = self.settings
+        labels = Labels(call_id=call.call_id, model=settings.model, engine=settings.engine)
+        transcribers = tuple(
+            ChannelTranscriber(
+                labels=labels,
+                channel=channel_name(channel.info.label),
+                scheduler=self._queue,
+                emit=self._publish,
+                segmenter_config=settings.segmenter,
+                partial_interval_s=settings.partial_interval_s,
+            )
+            for channel in channels
+        )
+        envelope = Envelope(call.call_id, settings.model, settings.engine, settings.language)
+        return CallSession(call, channels, transcribers, envelope, self._publish)

@@ -277,9 +277,29 @@ class SchedulerSection(_Section):
         )
 
 
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container's cpuset, taskset)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def resolve_workers(workers: int | Literal["auto"], cores: int) -> int:
+    """The number of ingest worker processes for the `workers` setting on a machine with `cores`.
+
+    `auto` leaves one core to the main process (SIP, Kafka, HTTP, WebRTC) and one to the inference
+    process (batching, features, the decoder's host side), and gives every other core an ingest
+    worker (RTP, VAD, segmentation: CPU-bound per channel), at least one.
+    """
+    return max(1, cores - 2) if workers == "auto" else workers
+
+
 class Settings(_Section):
     """The whole file."""
 
+    workers: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default=1,
+        description="ingest worker processes: 1 keeps everything in one process; N > 1 runs SIP in the main process, "
+        "each call whole in one of N workers and the model in one inference process; auto: usable CPU cores - 2, at least 1",
+    )
     model: Annotated[str, Field(min_length=1)] = "whisper-tiny.en"
     backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     engines_dir: str = "engines"
@@ -291,6 +311,15 @@ class Settings(_Section):
     kafka: KafkaSection = KafkaSection()
     vad: VadSection = VadSection()
     scheduler: SchedulerSection = SchedulerSection()
+
+    @model_validator(mode="after")
+    def _a_port_pair_per_worker(self) -> Settings:
+        workers = resolve_workers(self.workers, usable_cores())
+        low, high = self.rtp.port_range
+        pairs = (high - (low + low % 2)) // 2
+        if workers > 1 and pairs < workers:
+            raise ValueError(f"rtp.port_range {low}-{high} holds {pairs} port pairs, fewer than the {workers} workers that share it")
+        return self
 
 
 # -- what the daemon builds from it --------------------------------------------------------------
@@ -313,6 +342,11 @@ class Config:
 
     settings: Settings
     source: str = "<defaults>"
+
+    @cached_property
+    def workers(self) -> int:
+        """Ingest worker processes (`workers: auto` resolved on this machine); 1: a single process."""
+        return resolve_workers(self.settings.workers, usable_cores())
 
     @cached_property
     def components(self) -> Components:

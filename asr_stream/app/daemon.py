@@ -1,17 +1,21 @@
 """The live daemon, composition root: ingest -> VAD/segments -> batched model -> transcript -> sinks.
 
-One asyncio loop owns SIP, RTP, VAD and transcript state; model work runs on the scheduler's
-engine threads, and Kafka delivery on the sink's own thread, so the loop never blocks.
+With `workers: 1` (the default) one asyncio loop owns SIP, RTP, VAD and transcript state; model
+work runs on the scheduler's engine threads, and Kafka delivery on the sink's own thread, so the
+loop never blocks. With `workers: N > 1` this process keeps SIP, admission, WebRTC, Kafka and
+HTTP; an inference process owns the model and scheduler (`app.workers.inference`), and N ingest
+worker processes each run whole calls (`app.workers.pool`); docs/architecture.md shows the layout.
 
 Lifecycle of a call as consumers see it: `call.started`, then per channel partials and finals in
 segment order, then `call.ended` once every final of the call has been emitted (app/calls.py).
 
 Start and stop are one stack: `start()` brings the components up in order (HTTP, Kafka, model and
-scheduler, calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
-fails, unwinds what it had started. `stop()` unwinds the same stack in reverse: stop admitting
-(503) and hang up every call, let the calls finish their finals up to the deadline and cancel the
-rest (each still gets its `call.ended`), stop the scheduler, flush Kafka (what is not acknowledged
-stays in the spool for the next start), close HTTP.
+scheduler or the inference process, calls, WebRTC, the ingest workers, SIP last, so nothing is
+admitted before it can be served) and, if a step fails, unwinds what it had started. `stop()`
+unwinds the same stack in reverse: stop admitting (503) and hang up every call, let the calls (in
+this process and in the workers) finish their finals up to the deadline and cancel the rest (each
+still gets its `call.ended`), stop the workers, the scheduler or inference process, flush Kafka
+(what is not acknowledged stays in the spool for the next start), close HTTP.
 """
 
 from __future__ import annotations
@@ -19,37 +23,42 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import shutil
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable
+import tempfile
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
 from typing import TypeVar
 
 from asr_stream.app import http_api
-from asr_stream.app.calls import CallRegistry, CallSession, Envelope, channel_name
+from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels
 from asr_stream.app.config import Config, split_hostport
+from asr_stream.app.logs import LogSettings
 from asr_stream.app.metrics import DaemonMetrics
+from asr_stream.app.serving import live_scheduler, load_live_model
 from asr_stream.app.whip_routes import whip_routes
+from asr_stream.app.workers.inference import InferenceSupervisor
+from asr_stream.app.workers.pool import ARENA_BYTES, WorkerPool
+from asr_stream.common.shm_arena import SharedArena
 from asr_stream.errors import OperatorError
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
-from asr_stream.inference.runners import LoadedModel, load_model
+from asr_stream.inference.remote import InferenceClient
+from asr_stream.inference.runners import LoadedModel
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.inference.tensorrt_backend import TensorRTEngine
-from asr_stream.ingest.telephony import ChannelAudio, TelephonyIngest
-from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted
+from asr_stream.ingest.media import HangUp, IngestConfig, MediaHost, RtpMediaHost
+from asr_stream.ingest.telephony import TelephonyIngest
+from asr_stream.ingest.types import CallInfo
 from asr_stream.ingest.webrtc.session import WhipIngest
 from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.transcript import events
-from asr_stream.transcript.channel import ChannelTranscriber
-from asr_stream.transcript.state import Labels
+from asr_stream.transcript.channel import TranscriptionQueue
 
 log = logging.getLogger(__name__)
 
-# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
-# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
-# fit the graph, profile, TensorRT version or GPU).
-ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
-
 _T = TypeVar("_T")
+#: Where the arenas of a multi-process daemon live (POSIX shared memory on Linux).
+SHARED_MEMORY_DIR = Path("/dev/shm")
 
 #: Of the stop deadline, what is kept for flushing Kafka after the calls (the rest is theirs).
 KAFKA_FLUSH_SHARE = 0.25
@@ -60,14 +69,25 @@ START_UNWIND_S = 10.0
 class Daemon:
     """Owns every component; `start()`, then `wait_stopped()`, or `stop()` from a signal."""
 
-    def __init__(self, config: Config, publish_hooks: tuple[Callable[[events.TranscriptEvent], None], ...] = ()) -> None:
+    def __init__(
+        self,
+        config: Config,
+        publish_hooks: tuple[Callable[[events.TranscriptEvent], None], ...] = (),
+        logs: LogSettings | None = None,
+    ) -> None:
         self.config = config
+        self.logs = logs if logs is not None else LogSettings(known_secrets=tuple(config.secrets()))
         self.metrics = DaemonMetrics()
         self.hub = LiveFeedHub()
         self._publish_hooks = (self.hub.publish, self.metrics.observe_event, *publish_hooks)
-        self.calls = CallRegistry(on_finished=self._call_finished)
+        self.calls = CallRegistry(on_finished=self._call_finished)  # this process's calls (all, with workers: 1)
+        # workers: 1 -- the model and scheduler in this process
         self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
+        # workers: N > 1 -- the inference process, this process's client of it, the ingest workers
+        self.inference: InferenceSupervisor | None = None
+        self.inference_client: InferenceClient | None = None
+        self.pool: WorkerPool | None = None
         self.kafka: KafkaSink | None = None
         self.ingest: TelephonyIngest | None = None
         self.whip: WhipIngest | None = None
@@ -76,6 +96,10 @@ class Daemon:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._deadline = 0.0
+
+    @property
+    def multiprocess(self) -> bool:
+        return self.config.workers > 1
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -86,16 +110,28 @@ class Daemon:
             self.kafka = KafkaSink(self.config.components.kafka)
             self.kafka.start()
             stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
-            await self._start_scheduler(stack)
+            self.metrics.watch_kafka(self.kafka)
+            queue, language = await (self._start_inference_process(stack) if self.multiprocess else self._start_scheduler(stack))
+            settings = self.config.settings
+            pipeline = CallPipeline(
+                PipelineSettings(
+                    settings.model, settings.backend, language, self.config.components.segmenter, settings.scheduler.partial_interval_s
+                ),
+                queue,
+                self.publish,
+                self.calls,
+            )
             stack.push_async_callback(lambda: self.calls.drain(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))
             if self.whip is not None:
-                self._consume_while_running(stack, self.whip.events(), self.whip.stop)
-            self.ingest = TelephonyIngest(self.config.components.ingest, admit=self._admit)
+                self._consume_while_running(stack, pipeline.consume(self.whip.events()), self.whip.stop)
+            self.ingest = TelephonyIngest(self.config.components.ingest, admit=self._admit, media=self._media_host(language))
+            if self.pool is not None:
+                await self.pool.start()
+                stack.push_async_callback(lambda: self.pool.stop(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
             await _listening("SIP", self.config.settings.sip.listen, self.ingest.start())
-            self._consume_while_running(stack, self.ingest.events(), self._hang_up)
+            self._consume_while_running(stack, pipeline.consume(self.ingest.events()), self._hang_up)
             self._stack = stack.pop_all()
         self._accepting = True
-        self.metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in self._rtp_channels()])
         self.metrics.watch_sip(self.ingest.sip.stats)
         self.metrics.watch_admission(lambda: self.saturated, lambda: self.ingest.rtp_port_pairs_free if self.ingest else 0)
         log.info(
@@ -105,6 +141,20 @@ class Daemon:
             self.config.settings.model,
             self.config.settings.backend,
         )
+        if self.pool is not None and self.inference is not None:
+            layout = {"main": [os.getpid()], **self.child_pids()}
+            log.info(
+                "process layout: main pid %d (SIP, admission, WebRTC, Kafka, HTTP); inference pid %s (%s on %s); "
+                "%d ingest workers, pids %s (RTP ports %s)",
+                os.getpid(),
+                self.inference.pid,
+                self.config.settings.model,
+                self.config.settings.backend,
+                self.config.workers,
+                ", ".join(map(str, layout["worker"])),
+                ", ".join(f"{low}-{high}" for low, high in self.pool.port_slices),
+                extra={"processes": layout},
+            )
 
     async def stop(self, deadline_s: float = 20.0) -> None:
         """Graceful shutdown within `deadline_s`: see the module docstring for the order."""
@@ -114,7 +164,7 @@ class Daemon:
         self._stopping = True
         self._accepting = False
         self._deadline = asyncio.get_running_loop().time() + deadline_s
-        log.info("shutting down: %d calls open", len(self.calls))
+        log.info("shutting down: %d calls open", len(self.calls) + (self.pool.open_calls if self.pool else 0))
         try:
             await self._stack.aclose()
         finally:
@@ -123,6 +173,12 @@ class Daemon:
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
+    def child_pids(self) -> dict[str, list[int]]:
+        """The daemon's child processes by role (empty with workers: 1)."""
+        if self.inference is None or self.pool is None:
+            return {}
+        return {"inference": [self.inference.pid] if self.inference.pid else [], "worker": self.pool.pids()}
+
     def _remaining_s(self) -> float:
         return max(0.0, self._deadline - asyncio.get_running_loop().time())
 
@@ -130,12 +186,15 @@ class Daemon:
     async def _start_http(self, stack: contextlib.AsyncExitStack) -> None:
         """Health, readiness, metrics, the live feed and the agent-assist page (docs/operations.md)."""
         checks = {
-            "model_loaded": lambda: self.model is not None,
+            # In a multi-process daemon: the inference process is up with its model (not restarting).
+            "model_loaded": lambda: self.model is not None or (self.inference is not None and self.inference.ready),
             "sip_listening": lambda: self._accepting,
             # A load balancer must stop sending calls while every RTP port pair is taken.
             "rtp_ports_free": lambda: self.ingest is not None and not self.ingest.rtp_ports_exhausted,
             "kafka_delivering_or_spooling": lambda: self.kafka is not None and self.kafka.alive,
         }
+        if self.multiprocess:
+            checks["ingest_workers_running"] = lambda: self.pool is not None and self.pool.workers_up > 0
         app = http_api.create_app(self.hub, self.metrics.registry, checks, self.config.components.http)
         if self.config.settings.webrtc.enabled:
             # Routed before the app starts (aiohttp freezes the router); offers get 503 until start() ends.
@@ -147,30 +206,67 @@ class Daemon:
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
 
-    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
-        settings = self.config.settings
-        self.model = await asyncio.to_thread(
-            load_model, settings.model, settings.engines_dir, settings.language, ENGINE_LOADERS[settings.backend], live=True
-        )
-        self.scheduler = BatchScheduler(
-            self.metrics.timed_batch(self.model.transcribe_batch),
-            settings.scheduler.build(self.model.max_batch),
-            bucket=self.model.bucket,
-        )
+    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> tuple[TranscriptionQueue, str | None]:
+        """workers: 1 -- the model and its scheduler in this process."""
+        self.model = await asyncio.to_thread(load_live_model, self.config.settings)
+        self.scheduler = live_scheduler(self.model, self.config.settings, self.metrics)
         await self.scheduler.start()
         stack.push_async_callback(lambda: self.scheduler.stop(timeout_s=self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
-        assert self.kafka is not None
         self.metrics.watch_scheduler(self.scheduler)
-        self.metrics.watch_kafka(self.kafka)
+        self.metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in rtp_channels(self.calls.sessions())])
+        return self.scheduler, self.model.language
+
+    async def _start_inference_process(self, stack: contextlib.AsyncExitStack) -> tuple[TranscriptionQueue, str | None]:
+        """workers: N > 1 -- the inference process, and this process's client of it (for WebRTC sessions)."""
+        _check_shared_memory(self.config.workers + 1)
+        rundir = Path(tempfile.mkdtemp(prefix="asr-stream-"))  # 0700: only this user reaches the sockets
+        stack.callback(shutil.rmtree, rundir, ignore_errors=True)
+        self.inference = InferenceSupervisor(self.config.settings, rundir, self.metrics, self.logs)
+        await self.inference.start()
+        stack.push_async_callback(lambda: self.inference.stop(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
+        arena = SharedArena.create(f"asr-{os.getpid()}-main", ARENA_BYTES)
+        stack.callback(arena.destroy)
+        self.inference_client = InferenceClient(self.inference.socket_path, arena, "main")
+        await self.inference_client.start()
+        stack.push_async_callback(self.inference_client.stop)
+        self.metrics.watch_inference_client(self.inference_client)
+        self.metrics.watch_processes(self._processes_up, self._process_restarts)
+        return self.inference_client, self.inference.language
+
+    def _media_host(self, language: str | None) -> Callable[[IngestConfig, HangUp], MediaHost]:
+        """Where SIP calls' media goes: this process (workers: 1), or the pool of ingest workers."""
+        if not self.multiprocess:
+            return RtpMediaHost
+
+        def pool(config: IngestConfig, hang_up: HangUp) -> WorkerPool:
+            assert self.inference is not None
+            self.pool = WorkerPool(
+                config,
+                hang_up,
+                count=self.config.workers,
+                settings=self.config.settings,
+                config_source=self.config.source,
+                inference_socket=self.inference.socket_path,
+                language=language,
+                publish=self.publish,
+                metrics=self.metrics,
+                logs=self.logs,
+            )
+            return self.pool
+
+        return pool
+
+    def _processes_up(self) -> dict[str, int]:
+        return {"inference": int(self.inference is not None and self.inference.ready), "worker": self.pool.workers_up if self.pool else 0}
+
+    def _process_restarts(self) -> dict[str, int]:
+        return {"inference": self.inference.restarts if self.inference else 0, "worker": self.pool.restarts if self.pool else 0}
 
     def _consume_while_running(
-        self,
-        stack: contextlib.AsyncExitStack,
-        ingest_events: AsyncIterator[CallStarted | CallEnded | object],
-        stop_ingest: Callable[[], Awaitable[None]],
+        self, stack: contextlib.AsyncExitStack, consuming: Coroutine[object, object, None], stop_ingest: Callable[[], Awaitable[None]]
     ) -> None:
         """Follow an ingest's events until, on stop, it has ended its last call (its stream ends then)."""
-        consumer = asyncio.create_task(self._consume(ingest_events), name="ingest-events")
+        consumer = asyncio.create_task(consuming, name="ingest-events")
 
         async def stop_and_drain() -> None:
             await stop_ingest()
@@ -191,13 +287,25 @@ class Daemon:
     @property
     def saturated(self) -> bool:
         """New calls are refused for capacity: the scheduler predicts missed finals, or no RTP port pair is free."""
-        scheduler_full = self.scheduler is not None and self.scheduler.saturated
-        return scheduler_full or (self.ingest is not None and self.ingest.rtp_ports_exhausted)
+        return self._scheduler_saturated or (self.ingest is not None and self.ingest.rtp_ports_exhausted)
+
+    @property
+    def _scheduler_saturated(self) -> bool:
+        if self.inference is not None:
+            return self.inference.saturated
+        return self.scheduler is not None and self.scheduler.saturated
 
     def _admit(self, call: CallInfo) -> int | None:
-        """Refuse new calls until started, while stopping, or while the scheduler predicts missed deadlines."""
-        if not self._accepting or (self.scheduler is not None and self.scheduler.saturated):
-            why = "saturated" if self._accepting else "not serving (starting or shutting down)"
+        """Refuse new calls until started, while stopping, while the scheduler predicts missed
+        deadlines, or while the inference process is down."""
+        why = None
+        if not self._accepting:
+            why = "not serving (starting or shutting down)"
+        elif self._scheduler_saturated:
+            why = "saturated"
+        elif self.inference is not None and not self.inference.ready:
+            why = "the inference process is restarting"
+        if why is not None:
             log.warning("refusing call %s: %s", call.call_id[:64], why)
             return self.config.settings.sip.retry_after_s
         return None
@@ -209,43 +317,20 @@ class Daemon:
         for hook in self._publish_hooks:
             hook(event)
 
-    def _rtp_channels(self) -> list[ChannelAudio]:
-        """Channels of SIP calls (WebRTC sessions have no RTP receiver of ours)."""
-        return [channel for session in self.calls.sessions() for channel in session.channels if isinstance(channel, ChannelAudio)]
-
-    async def _consume(self, ingest_events: AsyncIterator[CallStarted | CallEnded | object]) -> None:
-        """Calls from either ingest (SIP/RTP or WebRTC) take the same path from here on."""
-        async for event in ingest_events:
-            try:
-                if isinstance(event, CallStarted):
-                    self.calls.add(self._session(event.call, event.channels))
-                elif isinstance(event, CallEnded):
-                    self.calls.end(event.call.call_id, event.reason)
-            except Exception:  # one broken call must not stop the daemon from taking others
-                log.exception("call event %s failed", type(event).__name__)
-
-    def _session(self, call: CallInfo, channels: tuple[CallChannel, ...]) -> CallSession:
-        assert self.scheduler is not None and self.model is not None
-        settings = self.config.settings
-        labels = Labels(call_id=call.call_id, model=settings.model, engine=settings.backend)
-        transcribers = tuple(
-            ChannelTranscriber(
-                labels=labels,
-                channel=channel_name(channel.info.label),
-                scheduler=self.scheduler,
-                emit=self.publish,
-                segmenter_config=self.config.components.segmenter,
-                partial_interval_s=settings.scheduler.partial_interval_s,
-            )
-            for channel in channels
-        )
-        envelope = Envelope(call.call_id, settings.model, settings.backend, self.model.language)
-        return CallSession(call, channels, transcribers, envelope, self.publish)
-
     def _call_finished(self, session: CallSession) -> None:
-        for channel in session.channels:
-            if isinstance(channel, ChannelAudio):
-                self.metrics.channel_closed(channel.receiver.stats())
+        for channel in rtp_channels([session]):
+            self.metrics.channel_closed(channel.receiver.stats())
+
+
+def _check_shared_memory(arenas: int) -> None:
+    """Refuse to start when /dev/shm could not hold every arena: touching a page past its size is SIGBUS."""
+    needed = arenas * ARENA_BYTES
+    if SHARED_MEMORY_DIR.is_dir() and (free := shutil.disk_usage(SHARED_MEMORY_DIR).free) < needed:
+        raise OperatorError(
+            f"{SHARED_MEMORY_DIR} has {free // 2**20} MiB free, the {arenas - 1} workers and the main process need "
+            f"{needed // 2**20} MiB of shared memory: give it more (docker run --shm-size, a Kubernetes emptyDir "
+            "with medium: Memory) or lower `workers`"
+        )
 
 
 class ListenError(OperatorError):
@@ -259,9 +344,9 @@ async def _listening(what: str, address: str, opening: Awaitable[_T]) -> _T:
         raise ListenError(f"cannot listen for {what} on {address}: {error.strerror or error}") from error
 
 
-async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None) -> int:
+async def serve(config: Config, on_ready: Callable[[Daemon], None] | None = None, logs: LogSettings | None = None) -> int:
     """Run the daemon until SIGTERM/SIGINT."""
-    daemon = Daemon(config)
+    daemon = Daemon(config, logs=logs)
     await daemon.start()
     if on_ready is not None:
         on_ready(daemon)

@@ -4,6 +4,10 @@ JSON lines because the daemon runs under journald, Docker or Kubernetes, whose l
 (Loki, Fluent Bit, Elastic) index fields without fragile regexes; `call_id` is a field of its own
 so an operator can pull every line of one citizen's call (`logger.info(..., extra={"call_id": id})`).
 
+A daemon with several processes (`workers: N`) logs the same format from each, with a
+`process` field ("main", "inference", "worker-0", ...): each child configures its own handler
+from the main process's `LogSettings` and writes to the stderr it inherited, one line per record.
+
 Redaction is a handler filter, not a convention: a Kafka SASL password in a config dump, a
 bearer token in an exception message, or `?token=` in a URL must not reach disk whichever logger
 (ours, aiohttp's, kafka-python's) produced the line.
@@ -16,6 +20,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -90,15 +95,21 @@ class RedactSecrets(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, then call_id and other extras."""
+    """One JSON object per line: time, level, logger, [process,] message, then call_id and other extras."""
+
+    def __init__(self, process: str | None = None) -> None:
+        super().__init__()
+        self.process = process
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
         }
+        if self.process is not None:
+            entry["process"] = self.process
+        entry["message"] = record.getMessage()
         entry.update((name, value) for name, value in vars(record).items() if name not in _STANDARD_ATTRIBUTES)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
@@ -113,16 +124,24 @@ CHATTY_LIBRARIES = ("kafka", "aioice", "aiortc")
 
 
 def configure_logging(
-    level: str | int = "INFO", *, json_lines: bool = True, known_secrets: Iterable[str] = (), stream: TextIO | None = None
+    level: str | int = "INFO",
+    *,
+    json_lines: bool = True,
+    known_secrets: Iterable[str] = (),
+    stream: TextIO | None = None,
+    process: str | None = None,
 ) -> logging.Handler:
     """Replace the root logger's handlers with one redacting handler on `stream` (stderr).
 
     `json_lines=False` gives a plain one-line format for a developer's terminal; redaction
-    applies either way. Returns the handler, for whoever must remove it again (tests).
+    applies either way. `process` names this process in every line (multi-process daemon).
+    Returns the handler, for whoever must remove it again (tests).
     """
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
     handler.addFilter(RedactSecrets(known_secrets))
-    handler.setFormatter(JsonFormatter() if json_lines else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    tag = f" [{process}]" if process else ""
+    text_format = f"%(asctime)s %(levelname)s{tag} %(name)s: %(message)s"
+    handler.setFormatter(JsonFormatter(process) if json_lines else logging.Formatter(text_format))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
@@ -131,3 +150,15 @@ def configure_logging(
     for name in CHATTY_LIBRARIES:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     return handler
+
+
+@dataclass(frozen=True)
+class LogSettings:
+    """How the daemon logs, handed to its child processes so that they log the same way."""
+
+    level: str | int = "INFO"
+    json_lines: bool = True
+    known_secrets: tuple[str, ...] = ()
+
+    def apply(self, process: str | None = None) -> logging.Handler:
+        return configure_logging(self.level, json_lines=self.json_lines, known_secrets=self.known_secrets, process=process)

@@ -1,8 +1,11 @@
-"""Prometheus metrics of the daemon, in one `CollectorRegistry` the daemon owns.
+"""Prometheus metrics of the daemon, in registries the daemon owns.
 
-A private registry rather than prometheus-client's global one: two daemons in one test process
+Private registries rather than prometheus-client's global one: two daemons in one test process
 (or a test beside a daemon) must not share or collide on metrics, and `/metrics` should show
 exactly this daemon's series, without the client library's process defaults mixed in by import.
+`own` holds this process's series; `registry`, what /metrics serves, is `own` with the series of
+the daemon's child processes merged in (`app.process_metrics`; none with `workers: 1`). A child
+process keeps a `DaemonMetrics` of its own and sends `snapshot()`s of the families it feeds.
 
 Three ways in, chosen by where the truth lives, so no component needs to know about Prometheus:
 
@@ -27,6 +30,11 @@ asr_kafka_delivered_total, ..._failed_,    read at scrape time from `KafkaSink`'
 asr_kafka_spool_records, ..._spool_bytes
 asr_livefeed_subscribers,                  read at scrape time from `LiveFeedHub`
 asr_livefeed_dropped_subscribers_total
+asr_ipc_requests_total, ..._resent_,       read at scrape time from the `InferenceClient`s
+..._lost_finals_total,                     of the process (workers: N > 1)
+asr_ipc_shed_partials_total{reason}
+asr_processes_up{role},                    read at scrape time from the process
+asr_process_restarts_total{role}           supervisors (workers: N > 1)
 =========================================  ==============================================
 
 Labels are kept to small fixed sets (priority, end reason): a call id or channel label as a
@@ -37,7 +45,7 @@ from __future__ import annotations
 
 import collections
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -45,6 +53,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from asr_stream.app.process_metrics import ChildSeries, Family, MergedCollector, snapshot
+from asr_stream.inference.remote import InferenceClient
 from asr_stream.inference.scheduler import BatchScheduler, Priority
 from asr_stream.rtp.receiver import ReceiverStats
 from asr_stream.sinks.kafka import KafkaSink
@@ -66,9 +76,12 @@ BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 class DaemonMetrics:
     """Every metric of the daemon; attach components with `watch_*` as the daemon creates them."""
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry if registry is not None else CollectorRegistry()
-        r = self.registry
+    def __init__(self) -> None:
+        self.own = CollectorRegistry()
+        self.children = ChildSeries()
+        self.registry = CollectorRegistry()
+        self.registry.register(MergedCollector(self.own, self.children))
+        r = self.own
         self.calls_active = Gauge("asr_calls_active", "Calls between call.started and call.ended", registry=r)
         self.channels_active = Gauge("asr_channels_active", "Audio channels of the active calls", registry=r)
         self.calls_ended = Counter("asr_calls_ended", "Calls ended, by end reason", ["reason"], registry=r)
@@ -105,6 +118,18 @@ class DaemonMetrics:
 
     def watch_sip(self, stats: SipStats) -> None:
         self._components.sip = stats
+
+    def watch_inference_client(self, client: InferenceClient) -> None:
+        self._components.clients.append(client)
+
+    def watch_processes(self, up: Callable[[], Mapping[str, int]], restarts: Callable[[], Mapping[str, int]]) -> None:
+        """Child processes running and restarted so far, by role ("inference", "worker")."""
+        self._components.processes_up = up
+        self._components.process_restarts = restarts
+
+    def snapshot(self, prefixes: tuple[str, ...]) -> list[Family]:
+        """This process's families named with `prefixes`, for the main process to merge."""
+        return snapshot(self.own, prefixes)
 
     def watch_admission(self, saturated: Callable[[], bool], rtp_port_pairs_free: Callable[[], int]) -> None:
         """Whether new calls are refused for capacity (scheduler or RTP ports), and the ports left."""
@@ -169,6 +194,9 @@ class _ComponentCollector(Collector):
         self.sip: SipStats | None = None
         self.saturated: Callable[[], bool] | None = None
         self.rtp_port_pairs_free: Callable[[], int] | None = None
+        self.clients: list[InferenceClient] = []
+        self.processes_up: Callable[[], Mapping[str, int]] | None = None
+        self.process_restarts: Callable[[], Mapping[str, int]] | None = None
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
         yield from self._rtp()
@@ -183,6 +211,17 @@ class _ComponentCollector(Collector):
             )
         if self.scheduler is not None:
             yield from self._scheduler(self.scheduler)
+        if self.clients:
+            yield from self._clients(self.clients)
+        if self.processes_up is not None and self.process_restarts is not None:
+            up = GaugeMetricFamily("asr_processes_up", "Child processes running, by role", labels=["role"])
+            for role, count in sorted(self.processes_up().items()):
+                up.add_metric([role], count)
+            yield up
+            restarts = CounterMetricFamily("asr_process_restarts", "Child processes restarted after they died, by role", labels=["role"])
+            for role, count in sorted(self.process_restarts().items()):
+                restarts.add_metric([role], count)
+            yield restarts
         if self.kafka is not None:
             yield from self._kafka(self.kafka)
         if self.hub is not None:
@@ -240,6 +279,23 @@ class _ComponentCollector(Collector):
         yield CounterMetricFamily(
             "asr_scheduler_shed_partials", "Partial requests shed (superseded or overload)", value=scheduler.stats.shed_partials
         )
+
+    @staticmethod
+    def _clients(clients: list[InferenceClient]) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        stats = [client.stats for client in clients]
+        yield CounterMetricFamily(
+            "asr_ipc_requests", "Transcription requests sent to the inference process", value=sum(s.requests for s in stats)
+        )
+        yield CounterMetricFamily(
+            "asr_ipc_resent", "Requests sent again to a restarted inference process", value=sum(s.resent for s in stats)
+        )
+        yield CounterMetricFamily(
+            "asr_ipc_lost_finals", "Finals lost because the inference process died with them twice", value=sum(s.lost for s in stats)
+        )
+        shed = CounterMetricFamily("asr_ipc_shed_partials", "Partials shed before reaching the inference process", labels=["reason"])
+        shed.add_metric(["arena_full"], sum(s.shed_arena_full for s in stats))
+        shed.add_metric(["inference_down"], sum(s.shed_unavailable for s in stats))
+        yield shed
 
     @staticmethod
     def _kafka(sink: KafkaSink) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:

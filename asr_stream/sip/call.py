@@ -26,6 +26,7 @@ class EndReason(enum.StrEnum):
     ACK_TIMEOUT = "ack_timeout"  # our 200 OK was never acknowledged (64*T1)
     RTP_TIMEOUT = "rtp_timeout"  # daemon-initiated: media stopped arriving
     SHUTDOWN = "shutdown"  # daemon-initiated: the server is stopping
+    MEDIA_FAILURE = "media_failure"  # daemon-initiated: the process receiving the call's media died
     LOCAL_BYE = "local_bye"  # daemon-initiated for any other reason
 
 

@@ -1,0 +1,29 @@
+"""The model and its batch scheduler as the daemon serves them, in whichever process holds the model.
+
+With `workers: 1` that is the daemon's own process; with more, the inference process
+(`app.workers.inference`). Both build them here, so the two modes serve identically.
+"""
+
+from __future__ import annotations
+
+from asr_stream.app.config import Settings
+from asr_stream.app.metrics import DaemonMetrics
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.runners import LoadedModel, load_model
+from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.inference.tensorrt_backend import TensorRTEngine
+
+# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
+# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
+# fit the graph, profile, TensorRT version or GPU).
+ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
+
+
+def load_live_model(settings: Settings) -> LoadedModel:
+    """The configured model on the configured backend, with the live daemon's windows (blocking: seconds)."""
+    return load_model(settings.model, settings.engines_dir, settings.language, ENGINE_LOADERS[settings.backend], live=True)
+
+
+def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetrics) -> BatchScheduler:
+    """The scheduler over `model`, its batches measured into `metrics`; start() it in the serving loop."""
+    return BatchScheduler(metrics.timed_batch(model.transcribe_batch), settings.scheduler.build(model.max_batch), bucket=model.bucket)
