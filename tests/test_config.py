@@ -86,14 +86,47 @@ def test_secrets_for_log_redaction_are_collected_from_every_section(tmp_path):
     assert sorted(load_config(path, environ={}).secrets()) == ["kpw", "pw", "tok"]
 
 
-def test_serve_refuses_an_unusable_backend_in_one_line(tmp_path):
-    """backend: tensorrt without built engines (none can be built here): the operator is told what to run."""
-    path = write(tmp_path, 'model: whisper-tiny.en\nbackend: tensorrt\nengines_dir: engines\nsip: {listen: "127.0.0.1:0"}\n')
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "inference-process"])
+def test_serve_refuses_an_unusable_backend_in_one_line(tmp_path, workers):
+    """backend: tensorrt without built engines (none can be built here): the operator is told what to run,
+    also when the model is loaded by the inference process (workers: 2)."""
+    path = write(
+        tmp_path,
+        f"workers: {workers}\nmodel: whisper-tiny.en\nbackend: tensorrt\nengines_dir: engines\n"
+        'sip: {listen: "127.0.0.1:0"}\nhttp: {listen: "127.0.0.1:0"}\n',
+    )
     result = subprocess.run(
         [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "asr-stream engines build whisper-tiny.en" in result.stderr
+
+
+def test_workers_is_one_process_by_default_a_number_or_auto(tmp_path):
+    from asr_stream.app.config import json_schema, resolve_workers, usable_cores
+
+    assert load_config(None, environ={}).workers == 1
+    assert load_config(write(tmp_path, "workers: 4\n"), environ={}).workers == 4
+    assert load_config(write(tmp_path, "workers: auto\n"), environ={}).workers == max(1, usable_cores() - 2)
+    assert load_config(None, environ={"ASR_STREAM__WORKERS": "3"}).workers == 3
+    # auto: a core for the main process, one for the inference process, the rest ingest workers
+    assert [resolve_workers("auto", cores) for cores in (1, 2, 3, 16, 64)] == [1, 1, 1, 14, 62]
+    workers = json.loads(json_schema())["properties"]["workers"]
+    assert workers["default"] == 1 and {"const": "auto", "type": "string"} in workers["anyOf"]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("workers: 0\n", "workers: expected a number of ingest worker processes >= 1, or auto; got 0"),
+        ("workers: many\n", "workers: expected a number of ingest worker processes >= 1, or auto; got 'many'"),
+        ("workers: 3\nrtp: {port_range: [20000, 20005]}\n", "rtp.port_range 20000-20005 holds 2 port pairs, fewer than the 3 workers"),
+    ],
+)
+def test_workers_mistakes_are_named(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), environ={})
+    assert [problem for problem in error.value.problems if expected in problem] == error.value.problems, error.value.problems
 
 
 def test_each_default_lives_on_its_component(tmp_path):

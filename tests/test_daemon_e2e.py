@@ -228,10 +228,11 @@ async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, dur
     assert corpus_wer([reference], [joined_text(finals)]) <= 0.3
 
 
-def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_broker, topic_name):
-    """SIGTERM mid-speech of three calls: each ends with call.ended (shutdown), its finals exactly once."""
+@WORKERS
+def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_broker, topic_name, workers):
+    """SIGTERM mid-speech of three calls: each ends with call.ended (shutdown), its finals exactly once; no process is left."""
     wav, _ = clip("en8k_asterisk_conf-usermenu")
-    config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name)
+    config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name, workers=workers)
     sip_port = free_tcp_port()
     config["sip"]["listen"] = f"127.0.0.1:{sip_port}"
     path = tmp_path / "config.yaml"
@@ -244,9 +245,7 @@ def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_b
         text=True,
     )
     try:
-        for lines_read, line in enumerate(server.stderr, 1):  # wait for readiness (bounded by the test timeout)
-            if "asr-stream ready" in line or lines_read > 200:
-                break
+        children = wait_until_serving(server, workers)
 
         async def calls_then_terminate() -> None:
             calls = asyncio.create_task(place_call(f"127.0.0.1:{sip_port}", wav, tmp_path / "call", calls=3))
@@ -260,6 +259,7 @@ def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_b
         if server.poll() is None:
             server.kill()
         server.stderr.close()
+    assert not [pid for pid in children if process_alive(pid)], "a child process outlived the daemon"
     events = consume_calls(kafka_broker.bootstrap_servers, topic_name, 3, 30)
     call_ids = {e["call_id"] for e in events}
     assert len(call_ids) == 3
@@ -269,10 +269,33 @@ def test_sigterm_during_calls_finalises_and_flushes_every_call(tmp_path, kafka_b
         assert [e for e in events if e["call_id"] == call_id][-1]["end_reason"] == "shutdown"
 
 
-async def test_a_stop_deadline_cuts_calls_short_but_each_still_ends(tmp_path, kafka_broker, topic_name):
+def wait_until_serving(server: subprocess.Popen, workers: int) -> list[int]:
+    """Read the daemon's stderr until it is ready; with workers > 1, the child pids of its process-layout line."""
+    for lines_read, line in enumerate(server.stderr, 1):  # bounded by the test timeout and the line count
+        if workers == 1 and "asr-stream ready" in line:
+            return []
+        if "process layout" in line:
+            layout = json.loads(line)["processes"]
+            assert len(layout["worker"]) == workers and len(layout["inference"]) == 1, layout
+            return layout["inference"] + layout["worker"]
+        assert lines_read < 300, "the daemon never said it was ready"
+    raise AssertionError(f"the daemon exited with {server.wait()} before it was ready")
+
+
+def process_alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie, dead but not yet reaped by whoever adopted it, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@WORKERS
+async def test_a_stop_deadline_cuts_calls_short_but_each_still_ends(tmp_path, kafka_broker, topic_name, workers):
     """At the deadline, calls still transcribing are cancelled; each gets call.ended, from the spool if need be."""
     wav, _ = clip("en8k_asterisk_conf-usermenu")
-    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name)
+    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, workers=workers)
     calls = asyncio.create_task(place_call(target(daemon), wav, tmp_path / "call", calls=2))
     await asyncio.sleep(5)  # mid-speech
     await daemon.stop(deadline_s=0.05)

@@ -87,3 +87,22 @@ def test_plain_text_format_for_terminals_is_redacted_too() -> None:
         for old in saved:
             root.addHandler(old)
     assert stream.getvalue().rstrip().endswith(f"INFO asr_stream.cli: ssl_password={REDACTED}")
+
+
+def test_a_named_process_says_so_in_every_line_in_both_formats() -> None:
+    """With workers: N every process logs the same format, with its name in a `process` field."""
+    root = logging.getLogger()
+    saved = list(root.handlers)
+    json_stream, text_stream = io.StringIO(), io.StringIO()
+    try:
+        for stream, json_lines in ((json_stream, True), (text_stream, False)):
+            handler = configure_logging("INFO", json_lines=json_lines, stream=stream, process="worker-3")
+            logging.getLogger("asr_stream.app.workers.ingest").info("call %s opened", "c1", extra={"call_id": "c1"})
+            root.removeHandler(handler)
+    finally:
+        for old in saved:
+            root.addHandler(old)
+    [entry] = entries(json_stream)
+    assert (entry["process"], entry["message"], entry["call_id"]) == ("worker-3", "call c1 opened", "c1")
+    assert list(entry)[:5] == ["time", "level", "logger", "process", "message"]
+    assert " INFO [worker-3] asr_stream.app.workers.ingest: call c1 opened" in text_stream.getvalue()

@@ -12,8 +12,8 @@ from test_rtp_receiver import PACE_S, SPEECH, allocator, impaired_schedule, send
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.wavfile import load_audio
-from asr_stream.ingest.resample import resample
 from asr_stream.ingest.media import audio_frames
+from asr_stream.ingest.resample import resample
 from asr_stream.ingest.types import AudioFrame
 from asr_stream.rtp.codecs import make_decoder, supported_encodings
 from asr_stream.rtp.opus import CLOCK_RATE, OpusDecoder, packet_samples

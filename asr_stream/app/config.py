@@ -312,6 +312,14 @@ class Settings(_Section):
     vad: VadSection = VadSection()
     scheduler: SchedulerSection = SchedulerSection()
 
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _count_or_auto(cls, value: object) -> object:
+        # One problem in the operator's words rather than one per branch of the union.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+            return value
+        raise ValueError(f"expected a number of ingest worker processes >= 1, or auto; got {value!r}")
+
     @model_validator(mode="after")
     def _a_port_pair_per_worker(self) -> Settings:
         workers = resolve_workers(self.workers, usable_cores())

@@ -57,6 +57,11 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class Welcome:
+    """The server attached the client's arena: requests may be sent (and counted) from now on."""
+
+
+@dataclass(frozen=True, slots=True)
 class Transcribe:
     id: int
     key: Hashable
@@ -128,6 +133,7 @@ class InferenceServer:
             async for message in link.receive():
                 if isinstance(message, Hello):
                     client, arena = message.client, SharedArena.attach(message.arena)
+                    link.send(Welcome())
                 elif isinstance(message, Transcribe) and arena is not None:
                     task = asyncio.create_task(self._answer(link, arena, client, message))
                     requests.add(task)
@@ -250,15 +256,20 @@ class InferenceClient:
                 await asyncio.sleep(RECONNECT_INTERVAL_S)
                 continue
             try:
-                self._connect(link)
+                link.send(Hello(self.name, self._arena.name))
                 async for message in link.receive():
-                    self._answered(message)
+                    if isinstance(message, Welcome):
+                        self._welcomed(link)
+                    else:
+                        self._answered(message)
             finally:
-                link.close()
+                await link.aclose()
+            if self._link is None:  # a process dying, or not yet serving, accepted and dropped us
+                await asyncio.sleep(RECONNECT_INTERVAL_S)
             self._disconnected()  # not when stopped: stop() settles what is pending
 
-    def _connect(self, link: Link) -> None:
-        link.send(Hello(self.name, self._arena.name))
+    def _welcomed(self, link: Link) -> None:
+        """The server is there: send what is pending (again, for what a dead predecessor had)."""
         for pending in sorted(self._pending.values(), key=lambda p: p.request.id):
             if pending.sends:
                 self.stats.resent += 1
@@ -267,7 +278,7 @@ class InferenceClient:
         self._connected.set()
 
     def _disconnected(self) -> None:
-        """The process went away: partials are shed, finals wait to be sent once more."""
+        """The process went away after welcoming us: partials are shed, finals wait to be sent once more."""
         if self._link is None:
             return
         self._link = None

@@ -18,7 +18,8 @@ HEALTHY_AFTER_S = 60.0
 class Backoff:
     """Delays for successive restarts of one child: 0, 1, 2, 4, ... 30 s while it keeps dying early."""
 
-    def __init__(self) -> None:
+    def __init__(self, healthy_after_s: float = HEALTHY_AFTER_S) -> None:
+        self._healthy_after_s = healthy_after_s
         self._failures = 0
         self._ready_at: float | None = None  # when the child last came up, if it has since the last death
 
@@ -28,7 +29,7 @@ class Backoff:
 
     def delay(self) -> float:
         """Seconds to wait before the next start, counting this death (or failed start)."""
-        if self._ready_at is not None and time.monotonic() - self._ready_at >= HEALTHY_AFTER_S:
+        if self._ready_at is not None and time.monotonic() - self._ready_at >= self._healthy_after_s:
             self._failures = 0
         self._ready_at = None
         self._failures += 1
