@@ -13,7 +13,7 @@ import aiohttp
 import pytest
 from kafka_fixtures import kafka_broker, topic_name  # noqa: F401 (fixtures)
 from prometheus_client.parser import text_string_to_metric_families
-from test_daemon_e2e import clip, running_daemon, target
+from test_daemon_e2e import WORKERS, clip, running_daemon, target
 from test_http_api_browser import CHROMIUM, chromium_page
 
 from asr_stream.devtools.scoring import corpus_wer
@@ -28,9 +28,13 @@ def samples(text: str) -> dict[str, float]:
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="needs headless Chromium: apt-get install chromium")
-async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_broker, topic_name):
+@WORKERS
+async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_broker, topic_name, workers):
+    """The same metric names, live feed and page whether the call runs in the daemon's process or in an ingest worker."""
     wav, reference = clip("en_ljspeech_LJ001-0007")  # 8.4 s
-    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN, "require_auth": True})
+    daemon = await running_daemon(
+        tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN, "require_auth": True}, workers=workers
+    )
     base = f"http://{daemon.config.settings.http.listen}"
     try:
         async with aiohttp.ClientSession() as http:

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiortc import RTCSessionDescription
 from kafka_fixtures import kafka_broker, topic_name  # noqa: F401 (fixtures)
-from test_daemon_e2e import assert_call_lifecycle, clip, consume_calls, running_daemon
+from test_daemon_e2e import WORKERS, assert_call_lifecycle, clip, consume_calls, running_daemon
 from test_whip import AUTH, TOKEN, TRAILING_SILENCE_S, ClipTrack, post_offer, sending_peer
 
 from asr_stream.audio.wavfile import load_audio
@@ -21,11 +21,13 @@ from asr_stream.devtools.scoring import corpus_wer
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 
-async def test_a_whip_session_becomes_transcript_events(tmp_path, kafka_broker, topic_name):
+@WORKERS
+async def test_a_whip_session_becomes_transcript_events(tmp_path, kafka_broker, topic_name, workers):
+    """In one process, and with workers: 2, where the session is transcribed in the main process through the inference client."""
     wav, reference = clip("en_ljspeech_LJ001-0009")  # 7.6 s
     audio, _ = load_audio(wav)
     track = ClipTrack(audio[0], trailing_silence_s=TRAILING_SILENCE_S + 1.0)  # a pause before hanging up
-    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN})
+    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, http={"auth_token": TOKEN}, workers=workers)
     base = f"http://{daemon.config.settings.http.listen}"
     try:
         async with aiohttp.ClientSession() as http, sending_peer(track) as pc:
