@@ -21,6 +21,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         as_json=args.json,
         timestamps=args.timestamps,
         engines_dir=args.engines_dir,
+        backend=args.backend,
     )
 
 
@@ -59,14 +60,13 @@ def _serve(args: argparse.Namespace) -> int:
     from asr_stream.app.config import ConfigError, load_config
     from asr_stream.app.daemon import serve
     from asr_stream.app.logs import configure_logging
-    from asr_stream.inference.engine_cache import EngineCacheError
-    from asr_stream.inference.models import ModelError
+    from asr_stream.errors import OperatorError
 
     try:
         config = load_config(args.config)
         configure_logging(json_lines=args.log_format != "text", known_secrets=config.secrets())
         return asyncio.run(serve(config))
-    except (ConfigError, ModelError, EngineCacheError) as error:  # the operator's to fix: one line, no traceback
+    except (ConfigError, OperatorError) as error:  # the operator's to fix: one line, no traceback
         print(f"asr-stream serve: {error}", file=sys.stderr)
         return 2
 
@@ -123,20 +123,20 @@ def _tail(args: argparse.Namespace) -> int:
 def _engines_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from asr_stream.inference.engine_cache import build_command
+    from asr_stream.inference.tensorrt.commands import build_command
 
     calibration = [Path(p) for p in args.calibration] if args.calibration else None
     return build_command(args.model, args.profile, args.variant, args.precision, args.engines_dir, calibration)
 
 
 def _engines_list(args: argparse.Namespace) -> int:
-    from asr_stream.inference.engine_cache import list_command
+    from asr_stream.inference.tensorrt.commands import list_command
 
     return list_command(args.model, args.engines_dir)
 
 
 def _engines_use(args: argparse.Namespace) -> int:
-    from asr_stream.inference.engine_cache import use_command
+    from asr_stream.inference.tensorrt.commands import use_command
 
     return use_command(args.model, args.version, args.engines_dir)
 
@@ -153,6 +153,9 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--language", default=None, help="language code; default: detect (multilingual models)")
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file per line")
     transcribe.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens (segments)")
+    transcribe.add_argument(
+        "--backend", default="onnxruntime", help="onnxruntime (CPU, default) | tensorrt (built engines) | torch (CUDA GPU, Whisper only)"
+    )
     transcribe.set_defaults(handler=_transcribe)
 
     models = commands.add_parser("models", help="import model weights").add_subparsers(dest="models_command", required=True)

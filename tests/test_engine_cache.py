@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from asr_stream.inference.engine_cache import (
+from asr_stream.inference.profiles import load_profile
+from asr_stream.inference.tensorrt.build import fp16_graph, precision_flags
+from asr_stream.inference.tensorrt.cache import (
     BuildRecord,
-    CalibrationBatches,
     EngineCacheError,
     EngineMismatch,
     GraphBuild,
@@ -20,13 +21,11 @@ from asr_stream.inference.engine_cache import (
     build_key,
     check_compatible,
     format_builds,
-    fp16_graph,
     list_builds,
-    precision_flags,
     trt_directory,
     use_build,
 )
-from asr_stream.inference.profiles import load_profile
+from asr_stream.inference.tensorrt.calibration import CalibrationBatches
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "whisper-tiny.en.yaml"
 H100 = Platform("tensorrt", "10.13.0", "NVIDIA H100 80GB HBM3", "9.0")

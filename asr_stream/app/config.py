@@ -132,7 +132,7 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "model": {"type": "string", "minLength": 1},
-        "backend": {"enum": ["onnxruntime", "tensorrt"]},
+        "backend": {"enum": ["onnxruntime", "tensorrt", "torch"]},
         "engines_dir": {"type": "string"},
         "language": {"type": ["string", "null"]},
         "vad": {"type": "object"},

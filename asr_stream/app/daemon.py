@@ -27,10 +27,8 @@ from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
 from asr_stream.audio.segmenter import SegmenterConfig
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.inference.tensorrt_backend import TensorRTEngine
 from asr_stream.ingest.telephony import ChannelAudio, IngestConfig, TelephonyIngest
 from asr_stream.ingest.types import CallChannel, CallInfo, EndReason
 from asr_stream.ingest.types import CallEnded as IngestCallEnded
@@ -47,11 +45,6 @@ from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
-
-# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
-# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
-# fit the graph, profile, TensorRT version or GPU).
-ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
 
 
 def digest_auth(auth: dict | None) -> DigestAuthConfig | None:
@@ -173,8 +166,10 @@ class Daemon:
 
     # -- components ------------------------------------------------------------------------
     def _load_model(self) -> LoadedModel:
-        loader = ENGINE_LOADERS[self.config.backend]
-        return load_model(self.config.model, self.config.engines_dir, self.config.language, loader, live=True)
+        """`backend`: onnxruntime (CPU, the default), tensorrt (engines from `asr-stream engines build`,
+        refused with the reason if they do not fit the graph, profile, TensorRT or GPU) or torch (a CUDA
+        GPU; refused in one line without one). Every refusal is an OperatorError."""
+        return load_model(self.config.model, self.config.engines_dir, self.config.language, backend=self.config.backend, live=True)
 
     def _ingest_config(self) -> IngestConfig:
         sip_host, sip_port = split_hostport(self.config.sip["listen"])

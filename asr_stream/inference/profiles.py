@@ -31,6 +31,7 @@ from typing import Any, cast
 
 import yaml
 
+from asr_stream.errors import OperatorError
 from asr_stream.inference.engine import Precision, Profile, ShapeRange
 
 PRECISIONS: tuple[Precision, ...] = ("fp16", "int8", "fp32")
@@ -39,7 +40,7 @@ DEFAULT_OPTIMIZATION_LEVEL = 3
 SINGLE_VARIANT = "default"
 
 
-class ProfileError(ValueError):
+class ProfileError(OperatorError):
     """A profile file is wrong; the message names the file and the offending entry."""
 
 
