@@ -9,6 +9,8 @@ on a lent GPU: `pytest -m gpu tests/test_torch_backend.py`.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +30,7 @@ from asr_stream.inference.whisper.decode import FALLBACK_TEMPERATURES  # noqa: E
 from asr_stream.inference.whisper.host_stepper import HostStepper  # noqa: E402
 from asr_stream.inference.whisper.runner import WhisperRunner, live_windows  # noqa: E402
 
+REPO = Path(__file__).resolve().parents[1]
 MODEL = "whisper-tiny.en"
 LOOPS_IN_TEN_SECONDS = "en_pocketsphinx_cards_001"  # 1.1 s: loops in the 10 s window, retried in 30 s
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -137,6 +140,18 @@ def test_backend_torch_without_cuda_is_refused_in_one_line(engines_dir):
     assert str(refused.value) == (
         "backend torch needs a CUDA GPU: torch.cuda.is_available() is False on this machine; use backend onnxruntime"
     )
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without CUDA")
+def test_serve_refuses_backend_torch_without_cuda_in_one_line(tmp_path):
+    config = tmp_path / "config.yaml"
+    config.write_text('model: whisper-tiny.en\nbackend: torch\nengines_dir: engines\nsip: {listen: "127.0.0.1:0"}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(config)], cwd=REPO, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.endswith("backend torch needs a CUDA GPU: torch.cuda.is_available() is False on this machine; use backend onnxruntime")
 
 
 # -- on a CUDA GPU (the lead runs these on a lent H200: pytest -m gpu tests/test_torch_backend.py) ------------------
