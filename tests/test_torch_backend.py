@@ -159,6 +159,17 @@ def test_serve_refuses_backend_torch_without_cuda_in_one_line(tmp_path):
 
 @pytest.mark.gpu
 @needs_cuda
+def test_fp16_with_cuda_graphs_matches_fp32_reference_on_gpu(onnxruntime, english_clips, audio_by_id):
+    """The product's precision: 8 clips (the shortest 7 and the longest) in one bucket of 8, at most one row differing."""
+    by_length = sorted(english_clips, key=lambda row: row["duration_s"])
+    audios = [audio_by_id[row["id"]] for row in by_length[:7] + by_length[-1:]]
+    reference = [transcript.tokens for transcript in onnxruntime.transcribe_batch(audios)]
+    ours = [transcript.tokens for transcript in torch_runner("cuda", torch.float16, (1, 8)).transcribe_batch(audios)]
+    assert sum(a == b for a, b in zip(ours, reference)) >= len(audios) - 1, (ours, reference)
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_fp32_with_cuda_graphs_is_token_identical_to_onnxruntime(onnxruntime, english_clips, audio_by_id):
     """The graphs change nothing: fp32 on the GPU, every English clip, batches of 16 in buckets (1, 4, 16)."""
     runner = torch_runner("cuda", torch.float32, (1, 4, 16))
