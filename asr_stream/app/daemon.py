@@ -143,7 +143,13 @@ class Daemon:
     async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.settings
         self.model = await asyncio.to_thread(
-            load_model, settings.model, settings.engines_dir, settings.language, backend=settings.backend, live=True
+            load_model,
+            settings.model,
+            settings.engines_dir,
+            settings.language,
+            backend=settings.backend,
+            live=True,
+            profiles_dir=settings.profiles_dir,
         )
         self.scheduler = BatchScheduler(
             self.metrics.timed_batch(self.model.transcribe_batch),
