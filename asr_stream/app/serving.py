@@ -8,20 +8,21 @@ from __future__ import annotations
 
 from asr_stream.app.config import Settings
 from asr_stream.app.metrics import DaemonMetrics
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.inference.tensorrt_backend import TensorRTEngine
-
-# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
-# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
-# fit the graph, profile, TensorRT version or GPU).
-ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
 
 
 def load_live_model(settings: Settings) -> LoadedModel:
-    """The configured model on the configured backend, with the live daemon's windows (blocking: seconds)."""
-    return load_model(settings.model, settings.engines_dir, settings.language, ENGINE_LOADERS[settings.backend], live=True)
+    """The configured model on the configured backend (onnxruntime, tensorrt or torch; one that cannot
+    serve here is an OperatorError), with the live daemon's windows. Blocking: seconds."""
+    return load_model(
+        settings.model,
+        settings.engines_dir,
+        settings.language,
+        backend=settings.backend,
+        live=True,
+        profiles_dir=settings.profiles_dir,
+    )
 
 
 def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetrics) -> BatchScheduler:

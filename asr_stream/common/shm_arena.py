@@ -31,6 +31,8 @@ class SharedArena:
     def __init__(self, memory: shared_memory.SharedMemory, owner: bool) -> None:
         self._memory = memory
         self._owner = owner
+        assert memory.buf is not None  # open until close()
+        self._buf = memory.buf
         self.samples = memory.size // SAMPLE.itemsize
 
     @classmethod
@@ -51,7 +53,7 @@ class SharedArena:
         """Samples [offset, offset + count) without a copy; valid while the arena is open."""
         if offset < 0 or count < 0 or offset + count > self.samples:
             raise ValueError(f"samples {offset}..{offset + count} are outside the arena of {self.samples}")
-        return np.frombuffer(self._memory.buf, SAMPLE, count, offset * SAMPLE.itemsize)
+        return np.frombuffer(self._buf, SAMPLE, count, offset * SAMPLE.itemsize)
 
     def write(self, offset: int, audio: np.ndarray) -> None:
         self.view(offset, audio.shape[0])[:] = audio

@@ -35,6 +35,7 @@ import numpy as np
 
 from asr_stream.common.ipc import Link, LinkClosed
 from asr_stream.common.shm_arena import ArenaAllocator, SharedArena
+from asr_stream.inference.runners import Hypothesis
 from asr_stream.inference.scheduler import Priority, SchedulerStopped, Shed
 
 log = logging.getLogger(__name__)
@@ -71,12 +72,22 @@ class Transcribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Span:
+    """A timed span of the text (`runners.TimedText`), seconds from the utterance's start."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
 class Heard:
     """The answer: `RemoteHypothesis` fields."""
 
     id: int
     text: str
     language: str | None
+    segments: tuple[Span, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,14 +99,15 @@ class NotHeard:
 
 @dataclass(frozen=True, slots=True)
 class RemoteHypothesis:
-    """What a client gets back: the fields the transcript stage reads of a hypothesis."""
+    """What a client gets back: a `runners.Hypothesis` rebuilt from plain fields."""
 
     text: str
     language: str | None
+    segments: tuple[Span, ...] = ()
 
 
 class _Queue(Protocol):
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> object: ...
+    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Hypothesis: ...
 
 
 # -- the inference process's side ---------------------------------------------------------------
@@ -155,7 +167,8 @@ class InferenceServer:
         audio = arena.view(request.offset, request.count).copy()
         try:
             hypothesis = await self._scheduler.submit((client, request.key), audio, request.priority)
-            answer: Heard | NotHeard = Heard(request.id, hypothesis.text, hypothesis.language)  # type: ignore[attr-defined]
+            spans = tuple(Span(segment.start, segment.end, segment.text) for segment in hypothesis.segments)
+            answer: Heard | NotHeard = Heard(request.id, hypothesis.text, hypothesis.language, spans)
         except Shed:
             answer = NotHeard(request.id, shed=True)
         except Exception as error:  # the engine failed or the scheduler stopped: the client learns why
@@ -308,7 +321,7 @@ class InferenceClient:
         if pending is None:
             return
         if isinstance(message, Heard):
-            self._settle(pending, RemoteHypothesis(message.text, message.language))
+            self._settle(pending, RemoteHypothesis(message.text, message.language, message.segments))
         elif message.shed:
             self._settle(pending, Shed(pending.request.key))
         else:

@@ -22,7 +22,7 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
-from asr_stream.app.calls import CallPipeline, CallRegistry, PipelineSettings, rtp_channels
+from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels
 from asr_stream.app.config import Config, Settings
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.process_metrics import SNAPSHOT_INTERVAL_S
@@ -85,7 +85,12 @@ async def serve_calls(spec: WorkerSpec, link: Link) -> int:
 
     ingest = config.components.ingest
     media = RtpMediaHost(replace(ingest, rtp_port_min=spec.rtp_ports[0], rtp_port_max=spec.rtp_ports[1]), hang_up)
-    calls = CallRegistry(on_finished=lambda session: [metrics.channel_closed(c.receiver.stats()) for c in rtp_channels([session])])
+
+    def finished(session: CallSession) -> None:
+        for channel in rtp_channels([session]):
+            metrics.channel_closed(channel.receiver.stats())
+
+    calls = CallRegistry(on_finished=finished)
     metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in rtp_channels(calls.sessions())])
     settings = spec.settings
     pipeline = CallPipeline(

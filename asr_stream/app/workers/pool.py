@@ -55,7 +55,7 @@ from asr_stream.ingest.types import EndReason
 from asr_stream.rtp.ports import PortsExhausted
 from asr_stream.sip.call import Call, LocalMedia
 from asr_stream.sip.call import EndReason as SipEndReason
-from asr_stream.transcript import events
+from asr_stream.transcript.events import CallEnded, CallStarted, SegmentFinal, TranscriptEvent
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class _Call:
     worker: _Worker
     confirmed: bool = False
     closed: bool = False  # SIP ended it (CloseCall sent)
-    started: events.CallStarted | None = None  # its call.started was published
+    started: CallStarted | None = None  # its call.started was published
     started_at: float = 0.0
     finals: int = 0
     ended: bool = False  # its call.ended was published
@@ -124,7 +124,7 @@ class WorkerPool:
         config_source: str,
         inference_socket: str,
         language: str | None,
-        publish: Callable[[events.TranscriptEvent], None],
+        publish: Callable[[TranscriptEvent], None],
         metrics: DaemonMetrics,
         logs: LogSettings,
     ) -> None:
@@ -236,7 +236,8 @@ class WorkerPool:
     async def events(self) -> AsyncIterator[IngestEvent]:
         """None: the pool's calls are transcribed in the workers, which publish through `publish`."""
         await self._closed.wait()
-        for event in ():  # ends without an event once SIP has ended every call
+        nothing: tuple[IngestEvent, ...] = ()
+        for event in nothing:  # ends without an event once SIP has ended every call
             yield event
 
     async def close(self) -> None:
@@ -301,21 +302,21 @@ class WorkerPool:
             if isinstance(message, Publish):
                 self._published(message.event)
             elif isinstance(message, HangUp):
-                self._spawn(self._hang_up(message.call_id, message.reason))
+                self._spawn(self._end_call(message.call_id, message.reason))
             elif isinstance(message, MetricsReport):
                 self._metrics.children.update(worker.name, message.families)
                 if message.rtp_port_pairs_free is not None:
                     worker.free_pairs = message.rtp_port_pairs_free
         self._lost(worker)
 
-    def _published(self, event: events.TranscriptEvent) -> None:
+    def _published(self, event: TranscriptEvent) -> None:
         record = self._calls.get(event.call_id)
         if record is not None:
-            if isinstance(event, events.CallStarted):
+            if isinstance(event, CallStarted):
                 record.started, record.started_at = event, time.monotonic()
-            elif isinstance(event, events.SegmentFinal):
+            elif isinstance(event, SegmentFinal):
                 record.finals += 1
-            elif isinstance(event, events.CallEnded):
+            elif isinstance(event, CallEnded):
                 record.ended = True
                 if record.closed:
                     del self._calls[event.call_id]
@@ -333,7 +334,7 @@ class WorkerPool:
             del self._calls[record.call.call_id]
             if record.started is not None and not record.ended:
                 self._publish(
-                    events.CallEnded(
+                    CallEnded(
                         call_id=record.call.call_id,
                         model=record.started.model,
                         engine=record.started.engine,
@@ -344,7 +345,7 @@ class WorkerPool:
                     )
                 )
             if not record.closed:
-                self._spawn(self._hang_up(record.call.call_id, SipEndReason.MEDIA_FAILURE))
+                self._spawn(self._end_call(record.call.call_id, SipEndReason.MEDIA_FAILURE))
         worker.open_channels = 0
         if not self._stopping:
             self._spawn(self._restart(worker))
@@ -365,7 +366,10 @@ class WorkerPool:
             log.info("%s restarted (pid %s)", worker.name, worker.child.pid)
             return
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, object]) -> None:
+    async def _end_call(self, call_id: str, reason: SipEndReason) -> None:
+        await self._hang_up(call_id, reason)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
