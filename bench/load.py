@@ -2,6 +2,7 @@
 
 Run by hand:  .venv/bin/python bench/load.py --calls 1 2 4 6 8
        without partials:  ... --partial-interval-s 1000
+       with ingest worker processes:  ... --workers 2
 
 What it does: starts an embedded Tansu broker and the daemon (Whisper tiny.en on ONNX Runtime,
 the CPU default) in this process, then climbs a ladder of N. At each step N real SIPp processes
@@ -14,10 +15,13 @@ Each step gets a fresh daemon (see `warm_up`): the scheduler's `saturated` flag 
 a step ends and would refuse the next step's calls (docs/benchmarks.md), and one step's
 allocations would hide the next one's RSS growth.
 
-Why in-process rather than a daemon subprocess: the scheduler's batch sizes and shed partials are
-only visible as `daemon.scheduler.stats` (the daemon serves no metrics endpoint yet), and the only
-non-daemon work in this process is the consumer thread, whose CPU is measured with
-`time.thread_time()` and subtracted. SIPp and Tansu are separate processes and are not counted.
+Why in-process rather than a daemon subprocess: the only non-daemon work in this process is the
+consumer thread, whose CPU is measured with `time.thread_time()` and subtracted, and the daemon's
+own objects are at hand. With `--workers N` (N > 1) the daemon's child processes (the inference
+process and N ingest workers) are counted too: CPU time and RSS of the whole process tree come from
+/proc. Batch sizes, batch wall time, shed partials and saturation are read from the daemon's
+/metrics registry, which merges every process's series, so both modes are measured the same way.
+SIPp and Tansu are separate processes and are not counted.
 
 Latency is reported twice: the events' own `latency_ms` (daemon clock, from the moment the end of
 speech left the jitter buffer to publish) and an outside view on the bench's clock: the time the
@@ -42,7 +46,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -59,7 +63,7 @@ from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.scoring import corpus_wer
 from asr_stream.devtools.sipp import SippError, place_call
-from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.inference.scheduler import Priority
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "speech"
@@ -188,39 +192,80 @@ class TopicRecorder:
         self._consumer.close()
 
 
-def rss_bytes() -> int:
-    """Resident set size of this process now (/proc; ru_maxrss is a lifetime peak, useless per step)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+def daemon_pids(daemon: Daemon) -> list[int]:
+    """This process and, with workers > 1, the daemon's inference and ingest worker processes."""
+    return [os.getpid(), *(pid for pids in daemon.child_pids().values() for pid in pids)]
 
 
-def cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def rss_bytes(pids: list[int]) -> int:
+    """Resident set size of `pids` now (/proc; ru_maxrss is a lifetime peak, useless per step)."""
+    return sum(int(Path(f"/proc/{pid}/statm").read_text().split()[1]) for pid in pids) * resource.getpagesize()
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of `pids` so far (/proc/PID/stat utime and stime, in clock ticks)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def metric(daemon: Daemon, name: str, **labels: str) -> float:
+    """A sample of the daemon's /metrics registry (every process's series merged in), 0 if absent."""
+    return daemon.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class BatchCounters:
+    """The scheduler's batches as /metrics counts them (the same in one process and in the inference process)."""
+
+    batches: float
+    items: float
+    seconds: float
+    shed: float
+    buckets: dict[str, float]
+
+    @classmethod
+    def read(cls, daemon: Daemon) -> BatchCounters:
+        buckets = {str(le): metric(daemon, "asr_inference_batch_size_bucket", le=str(float(le))) for le in (1, 2, 4, 8, 16, 32, 64, 128)}
+        return cls(
+            metric(daemon, "asr_inference_batch_size_count"),
+            metric(daemon, "asr_inference_batch_size_sum"),
+            metric(daemon, "asr_inference_seconds_sum"),
+            metric(daemon, "asr_scheduler_shed_partials_total")
+            + metric(daemon, "asr_ipc_shed_partials_total", reason="arena_full")
+            + metric(daemon, "asr_ipc_shed_partials_total", reason="inference_down"),
+            buckets,
+        )
+
+    def since(self, before: BatchCounters) -> tuple[float, str, float, int]:
+        """Mean batch size, the largest batch's histogram bound, mean batch wall time, partials shed."""
+        batches = self.batches - before.batches
+        largest = next((f"<={le}" for le, count in self.buckets.items() if count - before.buckets[le] >= batches), "-")
+        return (
+            (self.items - before.items) / batches if batches else float("nan"),
+            largest if batches else "-",
+            (self.seconds - before.seconds) / batches if batches else float("nan"),
+            int(self.shed - before.shed),
+        )
 
 
 @dataclass
 class Sampler:
-    """Samples RSS and the scheduler every 100 ms during a step: peak RSS, every batch size, saturation."""
+    """Samples RSS and saturation every 100 ms during a step."""
 
-    scheduler: BatchScheduler
+    daemon: Daemon
     peak_rss: int = 0
-    batch_sizes: list[int] = field(default_factory=list)
-    batch_s: list[float] = field(default_factory=list)  # the scheduler's smoothed batch wall time, per new batch
     samples: int = 0
     saturated_samples: int = 0
 
     async def run(self) -> None:
-        stats = self.scheduler.stats
-        seen = stats.batches
         while True:
-            self.peak_rss = max(self.peak_rss, rss_bytes())
-            new = stats.batches - seen
-            seen = stats.batches
-            if new:
-                self.batch_sizes += stats.batch_sizes[-new:]  # the stats keep the last 64 only
-                self.batch_s.append(stats.ema_batch_s)
+            self.peak_rss = max(self.peak_rss, rss_bytes(daemon_pids(self.daemon)))
             self.samples += 1
-            self.saturated_samples += self.scheduler.saturated
+            self.saturated_samples += metric(self.daemon, "asr_scheduler_saturated") > 0
             await asyncio.sleep(0.1)
 
 
@@ -272,7 +317,7 @@ class StepResult:
     cores_used: float
     rss_per_call_mib: float
     batch_mean: float
-    batch_max: int
+    batch_max: str
     batch_s: float
     shed_partials: int
     saturated_share: float
@@ -290,7 +335,7 @@ def analyse(
     wall_s: float,
     sampler: Sampler,
     rss_before: int,
-    shed: int,
+    batches: tuple[float, str, float, int],
 ) -> StepResult:
     """Turn one step's calls, events and counters into the table row."""
     problems = [f"call {i}: {c.error}" for i, c in enumerate(placed) if c.error]
@@ -337,10 +382,10 @@ def analyse(
         cpu_per_call_s=cpu_s / sum(c.audio.duration_s for c in placed),
         cores_used=cpu_s / wall_s,
         rss_per_call_mib=(sampler.peak_rss - rss_before) / n / 2**20,
-        batch_mean=mean(sampler.batch_sizes),
-        batch_max=max(sampler.batch_sizes, default=0),
-        batch_s=mean(sampler.batch_s),
-        shed_partials=shed,
+        batch_mean=batches[0],
+        batch_max=batches[1],
+        batch_s=batches[2],
+        shed_partials=batches[3],
         saturated_share=sampler.saturated_samples / max(sampler.samples, 1),
         wer=corpus_wer(references, hypotheses) if references else float("nan"),
         failed_calls=sum(c.error is not None for c in placed),
@@ -350,17 +395,22 @@ def analyse(
 
 
 async def warm_up(daemon: Daemon, speech: np.ndarray) -> None:
-    """Run the model (twice) and the VAD on real speech, outside the scheduler.
+    """Run the model (twice) and the VAD on real speech before the step's calls.
 
     The first runs allocate (measured here: +250 MiB and +160 MiB RSS for the first two runs of a
-    batch shape) and are slow; that is not a per-call cost. Not through a warm-up call: on this
-    shared machine one call can leave the scheduler `saturated` for good, and the daemon then
-    refuses every later call with 503 (docs/benchmarks.md). The step's calls all arrive together,
-    before any batch has run, so they get in.
+    batch shape) and are slow; that is not a per-call cost. In one process the model is called
+    directly, outside the scheduler: on this shared machine one call can leave the scheduler
+    `saturated` for good, and the daemon then refuses every later call with 503
+    (docs/benchmarks.md). With workers > 1 the model lives in the inference process, so the
+    warm-up goes through its scheduler as two finals (with no backlog after them, `saturated` clears).
+    The step's calls all arrive together, before any batch has run, so they get in.
     """
-    assert daemon.model is not None
     for _ in range(2):  # ONNX Runtime plans and allocates its memory pattern on the second run
-        await asyncio.to_thread(daemon.model.transcribe_batch, [speech])
+        if daemon.model is not None:
+            await asyncio.to_thread(daemon.model.transcribe_batch, [speech])
+        else:
+            assert daemon.inference_client is not None
+            await daemon.inference_client.submit(("warm-up", 0), speech, Priority.FINAL)
     Vad().process(speech)
 
 
@@ -378,29 +428,24 @@ async def wait_ended(recorder: TopicRecorder, call_ids: set[str], timeout_s: flo
 
 async def run_step(n: int, daemon: Daemon, recorder: TopicRecorder, calls: list[CallAudio], workdir: Path) -> StepResult:
     """Place `n` calls at once, wait for their call.ended events, and measure the step."""
-    assert daemon.scheduler is not None
-    sampler, rss_before = Sampler(daemon.scheduler), rss_bytes()
-    shed_before, cpu_before, consumer_before, started = (
-        daemon.scheduler.stats.shed_partials,
-        cpu_seconds(),
-        recorder.cpu_s,
-        time.monotonic(),
-    )
+    pids = daemon_pids(daemon)
+    sampler, rss_before = Sampler(daemon), rss_bytes(pids)
+    batches_before, cpu_before, consumer_before, started = BatchCounters.read(daemon), cpu_seconds(pids), recorder.cpu_s, time.monotonic()
     sampling = asyncio.create_task(sampler.run())
     placed = list(await asyncio.gather(*(place(target(daemon), call, workdir / f"n{n}-{i}") for i, call in enumerate(calls[:n]))))
     call_ids = {c.call_id for c in placed if c.call_id}
     await wait_ended(recorder, call_ids)
     await asyncio.sleep(0.5)  # a little past the last call.ended, so duplicates would show
     sampling.cancel()
-    cpu_s = cpu_seconds() - cpu_before - (recorder.cpu_s - consumer_before)
-    shed = daemon.scheduler.stats.shed_partials - shed_before
-    return analyse(n, placed, recorder.events_of(call_ids), cpu_s, time.monotonic() - started, sampler, rss_before, shed)
+    cpu_s = cpu_seconds(pids) - cpu_before - (recorder.cpu_s - consumer_before)
+    batches = BatchCounters.read(daemon).since(batches_before)
+    return analyse(n, placed, recorder.events_of(call_ids), cpu_s, time.monotonic() - started, sampler, rss_before, batches)
 
 
 # -- report ------------------------------------------------------------------------------------
 HEADER = (
     "| N | finals | p50 / p95 / p99 latency_ms | outside p50 / p95 ms (pairs) | outside - own, median ms | partials | partial gap p50 / p95 s "
-    "| CPU s per call-s | cores used | RSS MiB per call | batch mean / max | batch s (EMA) | shed partials | saturated | WER | load avg |\n"
+    "| CPU s per call-s | cores used | RSS MiB per call | batch mean / max | batch s (mean) | shed partials | saturated | WER | load avg |\n"
     "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
@@ -443,6 +488,7 @@ async def main(args: argparse.Namespace) -> int:
             "model": "whisper-tiny.en",
             "engines_dir": str(REPO / "engines"),
             "scheduler": {"partial_interval_s": args.partial_interval_s},
+            "workers": args.workers,
         }
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
@@ -495,6 +541,7 @@ def parse_args() -> argparse.Namespace:
         "--partial-interval-s", type=float, default=1.0, help="the daemon's default is 1.0; a huge value turns partials off"
     )
     parser.add_argument("--seed", type=int, default=1, help="for the pauses between utterances")
+    parser.add_argument("--workers", type=int, default=1, help="the daemon's `workers`: 1 = one process, N = N ingest workers + inference")
     return parser.parse_args()
 
 
