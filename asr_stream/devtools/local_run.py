@@ -14,7 +14,7 @@ from pathlib import Path
 
 from asr_stream.app.config import Config, load_config, split_hostport
 from asr_stream.app.daemon import Daemon, serve
-from asr_stream.app.logs import configure_logging
+from asr_stream.app.logs import LogSettings
 from asr_stream.devtools.local_broker import LocalBroker
 from asr_stream.inference.models import prepare_model
 
@@ -48,14 +48,15 @@ def _banner(config: Config, daemon: Daemon) -> str:
 def run_local(config_path: str | Path, json_logs: bool = False) -> int:
     config = load_config(config_path)
     prepare_model(config.settings.model, engines_dir=config.settings.engines_dir)
-    configure_logging("INFO", json_lines=json_logs, known_secrets=config.secrets())
+    logs = LogSettings(json_lines=json_logs, known_secrets=tuple(config.secrets()))
+    logs.apply(process="main" if config.workers > 1 else None)
     broker: LocalBroker | None = None
     if config.settings.kafka.embedded:
         _, port = split_hostport(config.settings.kafka.bootstrap_servers)  # on loopback: the config checks it
         broker = LocalBroker(port=port)
         broker.start()
     try:
-        return asyncio.run(serve(config, on_ready=lambda daemon: print(_banner(config, daemon), flush=True)))
+        return asyncio.run(serve(config, on_ready=lambda daemon: print(_banner(config, daemon), flush=True), logs=logs))
     finally:
         if broker is not None:
             broker.stop()
