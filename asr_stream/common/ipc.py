@@ -37,7 +37,7 @@ _LIMIT = 2**20
 INBOX_MESSAGES = 4096
 #: Bytes a peer may leave unread before the link is given up as stuck (a bound, not a goal).
 MAX_UNSENT_BYTES = 256 * 2**20
-_END = object()  # inbox marker: the link closed
+_END = object()  # inbox marker: wakes a reader waiting when the link closes
 
 
 class LinkClosed(ConnectionError):
@@ -74,6 +74,7 @@ class Link:
         self._ids = itertools.count()
         self._waiting: dict[int, asyncio.Future[Any]] = {}
         self._inbox: asyncio.Queue[Any] = asyncio.Queue(INBOX_MESSAGES)
+        self._eof = False  # nothing more will enter the inbox
         self._closed = False
         self._reading = asyncio.create_task(self._read(), name="link-reader")
 
@@ -131,9 +132,10 @@ class Link:
 
     async def receive(self) -> AsyncIterator[Any]:
         """Messages and `Request`s from the peer, in order, until it closes (safe to stop iterating and resume)."""
-        while (message := await self._inbox.get()) is not _END:
-            yield message
-        self._inbox.put_nowait(_END)  # a later receive() ends at once too
+        while not (self._eof and self._inbox.empty()):
+            message = await self._inbox.get()
+            if message is not _END:  # _END only wakes a reader waiting on an empty inbox
+                yield message
 
     def close(self) -> None:
         self._ended()
@@ -160,16 +162,19 @@ class Link:
                     await self._inbox.put(message)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # the peer closed the link or died
-        except asyncio.CancelledError:  # closed on this side: whatever is unread no longer matters
-            self._ended()
-            while self._inbox.full():
-                self._inbox.get_nowait()
-            self._inbox.put_nowait(_END)
+        except asyncio.CancelledError:  # closed on this side
+            self._end_of_stream()
             raise
         except Exception:
             log.exception("unreadable message: link closed")
+        self._end_of_stream()
+
+    def _end_of_stream(self) -> None:
+        """No more messages: what is in the inbox is still read, then `receive()` ends."""
         self._ended()
-        await self._inbox.put(_END)  # after everything the peer sent
+        self._eof = True
+        with contextlib.suppress(asyncio.QueueFull):  # a full inbox has a reader coming back to it
+            self._inbox.put_nowait(_END)
 
     def _ended(self) -> None:
         self._closed = True

@@ -181,8 +181,11 @@ class WorkerPool:
         if child is not None and child.link is not None and worker.ready:
             with contextlib.suppress(LinkClosed, TimeoutError):
                 await asyncio.wait_for(child.link.request(Stop(deadline_s)), deadline_s + EXIT_GRACE_S)
+        if worker.follower is not None:  # it ends at the child's end of stream, once all it sent is published
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(worker.follower), EXIT_GRACE_S)
         if child is not None:
-            await child.reap()  # its link closes: the follower publishes what was left and ends
+            await child.reap()  # killed if it is still there; its link closes, so the follower ends too
         if worker.follower is not None:
             await worker.follower
         self._release(worker)
