@@ -22,6 +22,8 @@ import logging
 import os
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels
 from asr_stream.app.config import Config, Settings
 from asr_stream.app.metrics import DaemonMetrics
@@ -38,10 +40,12 @@ from asr_stream.app.workers.messages import (
     UpdateCall,
     WorkerReady,
 )
+from asr_stream.audio.vad import Vad
 from asr_stream.common.ipc import Link, LinkClosed, Request
 from asr_stream.common.shm_arena import SharedArena
 from asr_stream.inference.remote import InferenceClient
 from asr_stream.ingest.media import RtpMediaHost
+from asr_stream.ingest.types import SAMPLE_RATE
 from asr_stream.rtp.ports import PortsExhausted
 from asr_stream.sip.call import EndReason as SipEndReason
 from asr_stream.transcript.events import TranscriptEvent
@@ -101,6 +105,9 @@ async def serve_calls(spec: WorkerSpec, link: Link) -> int:
         publish,
         calls,
     )
+    # A fresh interpreter: build and run the VAD's ONNX session now, or the first segment of the
+    # worker's first call (also after a restart) would wait for it.
+    await asyncio.to_thread(Vad().process, np.zeros(SAMPLE_RATE, np.float32))
     await client.start()
     consuming = asyncio.create_task(pipeline.consume(media.events()), name="calls")
     reporting = asyncio.create_task(_report(link, metrics, media), name="metrics")
