@@ -217,10 +217,6 @@ class InferenceClient:
         self._task: asyncio.Task[None] | None = None
         self.stats = ClientStats()
 
-    @property
-    def connected(self) -> bool:
-        return self._link is not None
-
     async def wait_connected(self) -> None:
         await self._connected.wait()
 

@@ -145,8 +145,8 @@ class InferenceSupervisor:
     async def _spawn(self) -> None:
         child = ChildProcess(NAME, serve_inference, self._spec, self._logs)
         self._child = child
-        link = await child.start()
         try:
+            link = await child.start()
             async for message in link.receive():
                 if isinstance(message, InferenceReady):
                     self.language = message.language

@@ -18,13 +18,6 @@ from asr_stream.transcript.events import TranscriptEvent
 
 
 @dataclass(frozen=True, slots=True)
-class StartFailed:
-    """The child could not start (e.g. the model is not prepared); `message` is one line for the operator."""
-
-    message: str
-
-
-@dataclass(frozen=True, slots=True)
 class MetricsReport:
     """The child's metric families (`app.process_metrics`), every snapshot interval and before it exits."""
 
@@ -43,6 +36,13 @@ class Stop:
 
 
 # -- inference process -> main -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class StartFailed:
+    """The model cannot be loaded (e.g. it is not prepared); `message` is one line for the operator."""
+
+    message: str
 
 
 @dataclass(frozen=True, slots=True)

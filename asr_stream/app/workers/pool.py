@@ -39,7 +39,6 @@ from asr_stream.app.workers.messages import (
     OpenCall,
     Opened,
     Publish,
-    StartFailed,
     Stop,
     UpdateCall,
     WorkerReady,
@@ -275,8 +274,8 @@ class WorkerPool:
         spec = self._spec(index=worker.index, rtp_ports=worker.ports, arena=worker.arena.name)
         child = ChildProcess(worker.name, serve_calls, spec, self._logs)
         worker.child = child
-        link = await child.start()
         try:
+            link = await child.start()
             async for message in link.receive():
                 if isinstance(message, WorkerReady):
                     worker.free_pairs = message.rtp_port_pairs_free
@@ -284,9 +283,7 @@ class WorkerPool:
                     worker.backoff.started()
                     worker.follower = asyncio.create_task(self._follow(worker), name=f"{worker.name}-follower")
                     return
-                if isinstance(message, StartFailed):
-                    raise WorkerStartFailed(f"{worker.name}: {message.message}")
-            raise WorkerStartFailed(f"{worker.name} (pid {child.pid}) exited while starting")
+            raise WorkerStartFailed(f"{worker.name} (pid {child.pid}) exited while starting (its log says why)")
         except BaseException:
             await child.reap(0 if self._stopping else EXIT_GRACE_S)
             self._release(worker)
@@ -373,6 +370,9 @@ class WorkerPool:
         await self._hang_up(call_id, reason)
 
     def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        if self._stopping:  # SIP has stopped and nothing is restarted any more
+            coroutine.close()
+            return
         task = asyncio.create_task(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -60,7 +60,12 @@ def run_child(main: ChildMain, spec: object, control: socket.socket, name: str, 
     async def linked() -> int:
         return await main(spec, await Link.adopt(control))
 
-    sys.exit(asyncio.run(linked()))
+    try:
+        status = asyncio.run(linked())
+    except Exception:  # in the daemon's log format, not multiprocessing's bare traceback
+        log.exception("%s failed", name)
+        status = 1
+    sys.exit(status)
 
 
 class ChildProcess:
@@ -81,15 +86,16 @@ class ChildProcess:
     async def start(self) -> Link:
         """Spawn the process (a fresh interpreter: it then imports for a second or two) and link to it."""
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        process = SPAWN.Process(
+            target=run_child, args=(self._main, self._spec, child_end, self.name, self._logs, os.getpid()), name=self.name, daemon=True
+        )
         with child_end:  # the child has its own copy once started
-            self._process = SPAWN.Process(
-                target=run_child, args=(self._main, self._spec, child_end, self.name, self._logs, os.getpid()), name=self.name, daemon=True
-            )
             try:
-                self._process.start()
+                process.start()
             except BaseException:
                 parent_end.close()
                 raise
+        self._process = process
         self.link = await Link.adopt(parent_end)
         return self.link
 
