@@ -9,13 +9,15 @@ worker processes each run whole calls (`app.workers.pool`); docs/architecture.md
 Lifecycle of a call as consumers see it: `call.started`, then per channel partials and finals in
 segment order, then `call.ended` once every final of the call has been emitted (app/calls.py).
 
-Start and stop are one stack: `start()` brings the components up in order (HTTP, Kafka, model and
-scheduler or the inference process, calls, WebRTC, the ingest workers, SIP last, so nothing is
-admitted before it can be served) and, if a step fails, unwinds what it had started. `stop()`
-unwinds the same stack in reverse: stop admitting (503) and hang up every call, let the calls (in
-this process and in the workers) finish their finals up to the deadline and cancel the rest (each
-still gets its `call.ended`), stop the workers, the scheduler or inference process, flush Kafka
-(what is not acknowledged stays in the spool for the next start), close HTTP.
+Start and stop are one stack: `start()` loads the model first (in this process, or by starting the
+inference process and waiting for it: the likeliest operator mistake fails before any socket or
+thread), then brings the components up in order (HTTP, Kafka, scheduler, calls, WebRTC, the
+ingest workers, SIP last, so nothing is admitted before it can be served) and, if a step fails,
+unwinds what it had started. `stop()` unwinds the same stack in reverse: stop admitting (503) and
+hang up every call, let the calls (in this process and in the workers) finish their finals up to
+the deadline and cancel the rest (each still gets its `call.ended`), stop the workers and the
+scheduler, flush Kafka (what is not acknowledged stays in the spool for the next start), close
+HTTP, stop the inference process.
 """
 
 from __future__ import annotations
@@ -106,12 +108,19 @@ class Daemon:
         """Bring every component up; if one fails, what was started is stopped again and the error raised."""
         self._deadline = asyncio.get_running_loop().time() + START_UNWIND_S
         async with contextlib.AsyncExitStack() as stack:
+            # The model first: the likeliest operator mistake (not prepared, no CUDA) fails before any
+            # socket or thread. With workers: N > 1 the inference process loads it (and stops last).
+            if self.multiprocess:
+                language = await self._start_inference_process(stack)
+            else:
+                self.model = await asyncio.to_thread(load_live_model, self.config.settings)
+                language = self.model.language
             await self._start_http(stack)
             self.kafka = KafkaSink(self.config.components.kafka)
             self.kafka.start()
             stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
             self.metrics.watch_kafka(self.kafka)
-            queue, language = await (self._start_inference_process(stack) if self.multiprocess else self._start_scheduler(stack))
+            queue = self.inference_client if self.inference_client is not None else await self._start_scheduler(stack)
             settings = self.config.settings
             pipeline = CallPipeline(
                 PipelineSettings(
@@ -206,18 +215,19 @@ class Daemon:
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
 
-    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> tuple[TranscriptionQueue, str | None]:
-        """workers: 1 -- the model and its scheduler in this process."""
-        self.model = await asyncio.to_thread(load_live_model, self.config.settings)
+    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> TranscriptionQueue:
+        """workers: 1 -- the scheduler over the model loaded in this process."""
+        assert self.model is not None
         self.scheduler = live_scheduler(self.model, self.config.settings, self.metrics)
         await self.scheduler.start()
         stack.push_async_callback(lambda: self.scheduler.stop(timeout_s=self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
         self.metrics.watch_scheduler(self.scheduler)
         self.metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in rtp_channels(self.calls.sessions())])
-        return self.scheduler, self.model.language
+        return self.scheduler
 
-    async def _start_inference_process(self, stack: contextlib.AsyncExitStack) -> tuple[TranscriptionQueue, str | None]:
-        """workers: N > 1 -- the inference process, and this process's client of it (for WebRTC sessions)."""
+    async def _start_inference_process(self, stack: contextlib.AsyncExitStack) -> str | None:
+        """workers: N > 1 -- the inference process, and this process's client of it (for WebRTC sessions);
+        returns the model's default language."""
         _check_shared_memory(self.config.workers + 1)
         rundir = Path(tempfile.mkdtemp(prefix="asr-stream-"))  # 0700: only this user reaches the sockets
         stack.callback(shutil.rmtree, rundir, ignore_errors=True)
@@ -231,7 +241,7 @@ class Daemon:
         stack.push_async_callback(self.inference_client.stop)
         self.metrics.watch_inference_client(self.inference_client)
         self.metrics.watch_processes(self._processes_up, self._process_restarts)
-        return self.inference_client, self.inference.language
+        return self.inference.language
 
     def _media_host(self, language: str | None) -> Callable[[IngestConfig, HangUp], MediaHost]:
         """Where SIP calls' media goes: this process (workers: 1), or the pool of ingest workers."""
