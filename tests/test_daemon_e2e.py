@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import multiprocessing
 import os
 import signal
 import socket
@@ -311,10 +312,13 @@ async def test_a_stop_deadline_cuts_calls_short_but_each_still_ends(tmp_path, ka
         assert [e for e in events if e["call_id"] == call_id][-1]["end_reason"] == "shutdown"
 
 
-async def test_a_start_that_fails_half_way_releases_what_it_started(tmp_path, kafka_broker, topic_name):
+@WORKERS
+async def test_a_start_that_fails_half_way_releases_what_it_started(tmp_path, kafka_broker, topic_name, workers):
     taken = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     taken.bind(("127.0.0.1", 0))
-    config = daemon_config(tmp_path, kafka_broker.bootstrap_servers, topic_name, sip={"listen": f"127.0.0.1:{taken.getsockname()[1]}"})
+    config = daemon_config(
+        tmp_path, kafka_broker.bootstrap_servers, topic_name, sip={"listen": f"127.0.0.1:{taken.getsockname()[1]}"}, workers=workers
+    )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     daemon = Daemon(load_config(path, environ={}))
@@ -326,5 +330,6 @@ async def test_a_start_that_fails_half_way_releases_what_it_started(tmp_path, ka
         taken.close()
     assert daemon.kafka is not None and not daemon.kafka.alive, "the Kafka sink thread still runs"
     assert not [t for t in set(threading.enumerate()) - before if t.is_alive() and t.name.startswith(("kafka", "engine"))]
+    assert not multiprocessing.active_children(), "the inference process or an ingest worker is still running"
     with socket.socket() as http:  # the HTTP listener is closed again
         http.bind(split_hostport(config["http"]["listen"]))
