@@ -6,6 +6,7 @@
 - The inference process killed mid-call: /readyz fails until a new one has loaded the model; the
   call loses nothing (finals wait for the new process, or are sent to it again).
 - The main process killed: no child process outlives it.
+- re-INVITEs go to the worker that owns the call, and its refusal comes back as 488.
 
 SIPp, the Tansu broker, Whisper tiny.en and Silero VAD are real, as in test_daemon_e2e.py.
 """
@@ -41,9 +42,10 @@ from test_daemon_e2e import (
 )
 
 from asr_stream.devtools.scoring import corpus_wer
-from asr_stream.devtools.sipp import SippError, place_call
+from asr_stream.devtools.sipp import SippError, place_call, run_sipp
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
+SIPP_SCENARIOS = REPO / "tests" / "sipp"
 
 
 async def scrape(daemon, path: str) -> tuple[int, str]:
@@ -154,6 +156,23 @@ async def test_a_killed_inference_process_fails_readiness_until_restarted_and_th
     assert wer <= 0.3, "finals were lost with the inference process"
     assert sample(metrics, "asr_process_restarts_total", role="inference") == 1
     assert sample(metrics, "asr_processes_up", role="inference") == 1
+
+
+async def test_reinvites_are_applied_or_refused_by_the_worker_that_owns_the_call(tmp_path, kafka_broker, topic_name):
+    """Hold, resume and a codec change reach the worker (200 with the right direction); a clock-rate
+    change is refused there and the refusal comes back as 488."""
+    daemon = await running_daemon(tmp_path, kafka_broker.bootstrap_servers, topic_name, workers=2)
+    try:
+        for scenario in ("hold_resume.xml", "reinvite_clock_change.xml"):
+            workdir = tmp_path / scenario
+            workdir.mkdir()
+            run = await run_sipp(target(daemon), ["-sf", str(SIPP_SCENARIOS / scenario)], workdir, timeout_s=20)
+            assert run.returncode == 0, run.explain()
+        assert "SIP/2.0 488 Not Acceptable Here (" in run.messages
+    finally:
+        await daemon.stop()
+    events = await asyncio.to_thread(consume_calls, kafka_broker.bootstrap_servers, topic_name, 2, 30)
+    assert [e["end_reason"] for e in events if e["event"] == "call.ended"] == ["hangup", "hangup"]
 
 
 def test_no_child_process_outlives_a_killed_main_process(tmp_path, kafka_broker, topic_name):
