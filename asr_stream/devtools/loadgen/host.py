@@ -1,0 +1,23 @@
+"""Which machine a benchmark ran on and how busy it was: every number in docs/ names both."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages (the CPU machine is shared with other work)."""
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def machine() -> str:
+    """CPU model, usable cores and Python version, e.g. 'lscpu "Intel(R) Xeon(R) Processor", 2 cores, Python 3.11.7'."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except (OSError, subprocess.TimeoutExpired):
+        lscpu = []
+    model = next((line.split(":", 1)[1].strip() for line in lscpu if line.startswith("Model name")), platform.processor())
+    return f'lscpu "{model}", {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}'
