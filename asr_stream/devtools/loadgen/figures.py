@@ -68,6 +68,7 @@ class StepFigures:
     packets_refused: int
     wall_s: float
     consumer_cpu_s: float | None = None  # the topic recorder's thread, in the parent
+    sip_responses: dict[str, int] = field(default_factory=dict)  # e.g. {"INVITE 200": 500, "BYE 200": 500}
     problems: list[str] = field(default_factory=list)
     per_call: list[dict] = field(default_factory=list)
 
@@ -171,4 +172,5 @@ def step_figures(
         wall_s=wall_s,
         problems=problems,
         per_call=per_call,
+        sip_responses=dict(sum((Counter(w.sip_responses) for w in workers), Counter())),
     )

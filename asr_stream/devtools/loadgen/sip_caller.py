@@ -33,6 +33,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -121,6 +122,7 @@ class SipCaller:
         self._calls: dict[str, OutgoingCall] = {}  # answered, not yet hung up
         self._byes: dict[str, asyncio.Future[int]] = {}
         self.remote_hangups: set[str] = set()  # calls the server ended with its own BYE
+        self.responses: Counter[str] = Counter()  # "INVITE 100", "BYE 200", ...: retransmissions show here
         self.malformed = 0  # datagrams the strict parser refused
 
     async def start(self) -> None:
@@ -208,6 +210,7 @@ class SipCaller:
         call_id = response.call_id or ""
         method = response.cseq.method.upper() if response.cseq else ""
         status = response.status_code
+        self.responses[f"{method} {status}"] += 1
         if method == "BYE":
             answered = self._byes.get(call_id)
             if answered is not None and status >= 200 and not answered.done():

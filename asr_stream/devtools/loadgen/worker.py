@@ -93,6 +93,7 @@ class WorkerReport:
     cpu_s: float
     wall_s: float
     malformed_sip: int
+    sip_responses: dict[str, int]
 
 
 def allow_sockets(needed: int) -> None:
@@ -148,6 +149,7 @@ class Worker:
             time.process_time() - cpu,
             time.monotonic() - wall,
             self.caller.malformed,
+            dict(self.caller.responses),
         )
 
     async def _call(self, index: int, offset_s: float) -> None:
