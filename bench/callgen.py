@@ -214,8 +214,9 @@ def sipp_step(
 # -- report --------------------------------------------------------------------------------------
 HEADER = (
     "| gen | N | answered / failed | finals got / expected (matched) | lost | latency_ms p50 / p95 / p99 | outside ms p50 / p95 / p99 "
-    "| partials per segment | partial gap p50 / p95 s | WER (per call p50 / max) | gen lateness p99 / max ms | gen CPU s (cores) | wall s |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| outside - own ms | partials per segment | partial gap p50 / p95 s | WER or CER (per call p50 / max) | gen lateness p99 / max ms "
+    "| gen CPU s (cores) | wall s |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -230,7 +231,7 @@ def row(f: StepFigures, label: str | None = None) -> str:
     return (
         f"| {f.generator} | {label or f.calls} | {f.answered} / {failed} | {f.finals_received} / {f.finals_expected} ({f.utterances_matched}) "
         f"| {f.lost_calls} | {_n(lat['p50'])} / {_n(lat['p95'])} / {_n(lat['p99'])} | {_n(out['p50'])} / {_n(out['p95'])} / {_n(out['p99'])} "
-        f"| {_n(f.partials_per_segment, 2)} | {_n(gap['p50'], 2)} / {_n(gap['p95'], 2)} "
+        f"| {'-' if f.outside_minus_own_ms is None else f'{f.outside_minus_own_ms:+.0f}'} | {_n(f.partials_per_segment, 2)} | {_n(gap['p50'], 2)} / {_n(gap['p95'], 2)} "
         f"| {_n(f.error_rate, 3)} ({_n(err['p50'], 3)} / {_n(err['max'], 3)}) | {_n(late['p99'], 1)} / {_n(late['max'], 1)} | {cpu} | {f.wall_s:.0f} |"
     )
 

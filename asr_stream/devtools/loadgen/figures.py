@@ -54,6 +54,7 @@ class StepFigures:
     never_started: int  # answered, no call.started on the topic
     latency_ms: dict  # the events' own latency_ms, every final
     outside_ms: dict  # arrival - last speech packet sent, matched utterances
+    outside_minus_own_ms: float | None  # median over matched finals: where the two views disagree
     setup_ms: dict  # INVITE -> 200 OK
     partials_per_segment: float | None
     partial_gap_s: dict  # between consecutive partials of a segment (emitted_at)
@@ -74,6 +75,10 @@ class StepFigures:
 
     def as_json(self) -> dict:
         return asdict(self)
+
+
+def _failure(call: CallRecord) -> str:
+    return call.failure + (f" (Retry-After {call.retry_after_s})" if call.retry_after_s is not None else "")  # type: ignore[operator]
 
 
 def _match(call: CallRecord, finals: list[Arrival]) -> list[tuple[dict, Arrival]]:
@@ -105,7 +110,7 @@ def step_figures(
     for arrival in events:
         by_call.setdefault(arrival[1]["call_id"], []).append(arrival)
     answered = [c for c in calls if c.call_id is not None]
-    latencies, outside, gaps, per_call, problems = [], [], [], [], []
+    latencies, outside, differences, gaps, per_call, problems = [], [], [], [], [], []
     references, hypotheses = [], []
     finals_received = matched = lost = never_started = partials = segments = 0
     metric = corpus_wer if language == "en" else corpus_cer
@@ -127,7 +132,10 @@ def step_figures(
         gaps += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
         pairs = _match(call, finals)
         matched += len(pairs)
-        outside += [1000 * (arrived - u["speech_end_sent_at"]) for u, (arrived, _) in pairs if u["speech_end_sent_at"] is not None]
+        for utterance, (arrived, final) in pairs:
+            if utterance["speech_end_sent_at"] is not None:
+                outside.append(1000 * (arrived - utterance["speech_end_sent_at"]))
+                differences.append(outside[-1] - final["latency_ms"])
         reference = " ".join(u["text"] for u in call.utterances)
         hypothesis = " ".join(e["text"] for _, e in finals)
         references.append(reference)
@@ -148,7 +156,7 @@ def step_figures(
         generator=generator,
         calls=len(calls),
         answered=len(answered),
-        failed=dict(Counter(c.failure for c in calls if c.failure is not None)),
+        failed=dict(Counter(_failure(c) for c in calls if c.failure is not None)),
         hangup_problems=dict(Counter(c.ended_by for c in answered if c.ended_by != "us")),
         finals_expected=sum(len(c.utterances) for c in answered),
         finals_received=finals_received,
@@ -157,6 +165,7 @@ def step_figures(
         never_started=never_started,
         latency_ms=spread(latencies),
         outside_ms=spread(outside),
+        outside_minus_own_ms=pct(differences, 50),
         setup_ms=spread(setup),
         partials_per_segment=partials / segments if segments else None,
         partial_gap_s=spread(gaps),
