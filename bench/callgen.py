@@ -165,6 +165,7 @@ def callgen_step(
     drain(recorder, answered, args.drain_s)
     figures = step_figures("callgen", calls, recorder.events_of(answered), reports, end - start, args.lang)
     figures.problems += [f"worker {r.worker}: {r.malformed_sip} malformed SIP datagrams" for r in reports if r.malformed_sip]
+    figures.problems += [f"worker {r.worker}: {r.late_answers} answers after giving up" for r in reports if r.late_answers]
     figures.consumer_cpu_s = recorder.cpu_s - consumer_cpu
     return figures
 

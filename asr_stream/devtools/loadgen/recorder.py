@@ -30,6 +30,7 @@ class TopicRecorder:
         self._keep = keep
         self._lock = threading.Lock()
         self._events: list[Arrival] = []
+        self._ended: set[str] = set()  # call_ids whose call.ended arrived (polled often while draining)
         self._stop = threading.Event()
         self.cpu_s = 0.0
         self._thread = threading.Thread(target=self._run, name="topic-recorder", daemon=True)
@@ -55,6 +56,7 @@ class TopicRecorder:
                     events = [self._keep(event) for event in events]
                 with self._lock:
                     self._events.extend((arrived, event) for event in events)
+                    self._ended.update(event["call_id"] for event in events if event["event"] == "call.ended")
             self.cpu_s = time.thread_time()
 
     def events_of(self, call_ids: Collection[str]) -> list[Arrival]:
@@ -64,7 +66,8 @@ class TopicRecorder:
 
     def ended(self, call_ids: Collection[str]) -> int:
         """How many of `call_ids` have their call.ended on the topic."""
-        return sum(e["event"] == "call.ended" for _, e in self.events_of(call_ids))
+        with self._lock:
+            return len(self._ended.intersection(call_ids))
 
     def stop(self) -> None:
         self._stop.set()

@@ -37,7 +37,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from aiosipua import SipRequest, SipResponse, build_sdp
+from aiosipua import DialogState, SipRequest, SipResponse, build_sdp
 from aiosipua.outgoing_call import OutgoingCall
 from aiosipua.transport import SipTransport
 from aiosipua.uac import SipUAC
@@ -124,6 +124,7 @@ class SipCaller:
         self.remote_hangups: set[str] = set()  # calls the server ended with its own BYE
         self.responses: Counter[str] = Counter()  # "INVITE 100", "BYE 200", ...: retransmissions show here
         self.malformed = 0  # datagrams the strict parser refused
+        self.late_answers = 0  # 200 OKs after we had given up (hung up at once)
 
     async def start(self) -> None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -225,6 +226,8 @@ class SipCaller:
             self._ack_failure(response)
         assert self._uac is not None
         self._uac.handle_response(response, addr)  # 2xx: dialog confirmed, SDP parsed, ACK sent
+        if pending is None and 200 <= status < 300 and call_id not in self._calls:
+            self._hang_up_late_answer(call_id)
         if pending is None or pending.outcome.done() or status < 200:
             return
         if status >= 300:
@@ -239,6 +242,15 @@ class SipCaller:
             pending.outcome.set_exception(failure)
             return
         self._calls[call_id] = pending.call
+
+    def _hang_up_late_answer(self, call_id: str) -> None:
+        """A 200 OK after we gave up on the INVITE: BYE it once (not awaited) rather than leave the
+        server a call nobody streams to until its RTP timeout. Its retransmissions find no call."""
+        assert self._uac is not None
+        late = self._uac.get_call(call_id)
+        if late is not None and late.dialog.state == DialogState.CONFIRMED:
+            self._uac.send_bye(late.dialog, self.target)
+            self.late_answers += 1
 
     def _answered(self, call: OutgoingCall) -> Answered:
         """Where the answer asks for RTP: its first audio m-line with a port, and the codec it kept."""

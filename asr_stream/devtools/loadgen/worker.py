@@ -93,6 +93,7 @@ class WorkerReport:
     cpu_s: float
     wall_s: float
     malformed_sip: int
+    late_answers: int  # 200 OKs after the INVITE was given up (hung up at once)
     sip_responses: dict[str, int]
 
 
@@ -149,10 +150,20 @@ class Worker:
             time.process_time() - cpu,
             time.monotonic() - wall,
             self.caller.malformed,
+            self.caller.late_answers,
             dict(self.caller.responses),
         )
 
     async def _call(self, index: int, offset_s: float) -> None:
+        try:
+            await self._place(index, offset_s)
+        except asyncio.CancelledError:
+            record = self.records[index]
+            if record.call_id is not None and record.ended_by is None:
+                record.ended_by = "cut at the deadline"
+            raise
+
+    async def _place(self, index: int, offset_s: float) -> None:
         assert self.pacer is not None
         record, program = self.records[index], self.programs[index]
         await asyncio.sleep(max(0.0, self.start_mono + offset_s - time.monotonic()))
