@@ -29,12 +29,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import functools
 import json
 import math
 import multiprocessing
+import resource
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -44,8 +47,8 @@ from kafka.errors import KafkaError
 
 from asr_stream.devtools.loadgen.call_audio import CallProgram, Clip, load_clips
 from asr_stream.devtools.loadgen.figures import StepFigures, step_figures
-from asr_stream.devtools.loadgen.host import load_average, machine
-from asr_stream.devtools.loadgen.recorder import Event, TopicRecorder
+from asr_stream.devtools.loadgen.host import load_average, machine, process_cpu_s
+from asr_stream.devtools.loadgen.recorder import Event, TopicRecorder, counter_changes, scrape
 from asr_stream.devtools.loadgen.rtp_pacer import PERIOD_S
 from asr_stream.devtools.loadgen.spawned import SpawnedDaemon
 from asr_stream.devtools.loadgen.worker import CallRecord, ProgramSettings, WorkerPlan, WorkerReport, allow_sockets, program_for, run_worker
@@ -69,6 +72,8 @@ class Target:
     sip: tuple[str, int]
     bootstrap: str
     topic: str
+    daemon_pid: int | None = None  # when known (spawned, or --daemon-pid), its CPU time is reported per step
+    metrics_url: str | None = None  # when known (spawned, or --metrics-url), its counters' changes are too
 
 
 def hostport(value: str) -> tuple[str, int]:
@@ -203,21 +208,28 @@ def sipp_step(
         programs = [program_for(j, clips, settings) for j in range(n)]
         return list(await asyncio.gather(*(sipp_call(j, args.ramp_s * j / n, programs[j], target, workdir) for j in range(n))))
 
-    start = time.time()
+    start, sipp_cpu = time.time(), children_cpu_s()
     with tempfile.TemporaryDirectory(prefix="callgen-sipp-") as tmp:
         calls = asyncio.run(place_all(Path(tmp)))
-    end = time.time()
+    end, sipp_cpu = time.time(), children_cpu_s() - sipp_cpu
     answered = [c.call_id for c in calls if c.call_id is not None]
     drain(recorder, answered, args.drain_s)
-    return step_figures("sipp", calls, recorder.events_of(answered), [], end - start, args.lang)
+    figures = step_figures("sipp", calls, recorder.events_of(answered), [], end - start, args.lang)
+    figures.generator_cpu_s, figures.generator_cores = sipp_cpu, sipp_cpu / (end - start)  # the SIPp processes, all reaped
+    return figures
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 # -- report --------------------------------------------------------------------------------------
 HEADER = (
     "| gen | N | answered / failed | finals got / expected (matched) | lost | latency_ms p50 / p95 / p99 | outside ms p50 / p95 / p99 "
     "| outside - own ms | partials per segment | partial gap p50 / p95 s | WER or CER (per call p50 / max) | gen lateness p99 / max ms "
-    "| gen CPU s (cores) | wall s |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| gen CPU s (cores) | daemon CPU s (cores) | wall s |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -228,12 +240,13 @@ def _n(value: float | None, digits: int = 0) -> str:
 def row(f: StepFigures, label: str | None = None) -> str:
     lat, out, gap, err, late = f.latency_ms, f.outside_ms, f.partial_gap_s, f.error_rate_per_call, f.generator_lateness_ms
     cpu = "-" if f.generator_cpu_s is None else f"{f.generator_cpu_s:.1f} ({f.generator_cores:.2f})"
+    daemon = "-" if f.daemon_cpu_s is None else f"{f.daemon_cpu_s:.1f} ({f.daemon_cpu_s / f.wall_s:.2f})"
     failed = sum(f.failed.values())
     return (
         f"| {f.generator} | {label or f.calls} | {f.answered} / {failed} | {f.finals_received} / {f.finals_expected} ({f.utterances_matched}) "
         f"| {f.lost_calls} | {_n(lat['p50'])} / {_n(lat['p95'])} / {_n(lat['p99'])} | {_n(out['p50'])} / {_n(out['p95'])} / {_n(out['p99'])} "
         f"| {'-' if f.outside_minus_own_ms is None else f'{f.outside_minus_own_ms:+.0f}'} | {_n(f.partials_per_segment, 2)} | {_n(gap['p50'], 2)} / {_n(gap['p95'], 2)} "
-        f"| {_n(f.error_rate, 3)} ({_n(err['p50'], 3)} / {_n(err['max'], 3)}) | {_n(late['p99'], 1)} / {_n(late['max'], 1)} | {cpu} | {f.wall_s:.0f} |"
+        f"| {_n(f.error_rate, 3)} ({_n(err['p50'], 3)} / {_n(err['max'], 3)}) | {_n(late['p99'], 1)} / {_n(late['max'], 1)} | {cpu} | {daemon} | {f.wall_s:.0f} |"
     )
 
 
@@ -247,6 +260,13 @@ def emit(figures: StepFigures, args: argparse.Namespace, label: str | None = Non
         if figures.packets_dropped or figures.packets_refused
         else []
     )
+    if counters := figures.daemon_counters:
+        notes.append(
+            f"daemon: {counters['rtp_packets_total']:.0f} RTP packets ({counters['rtp_lost_packets_total']:.0f} lost), "
+            f"{counters['partials_total']:.0f} partials ({counters['scheduler_shed_partials_total']:.0f} shed), "
+            f"{counters['inference_batch_size_count']:.0f} batches of {counters.get('mean_batch_size', 0):.2f} "
+            f"taking {counters.get('mean_batch_s', 0):.3f} s, Kafka failed/dropped {counters['kafka_failed_total']:.0f}/{counters['kafka_dropped_total']:.0f}"
+        )
     notes += figures.problems[:10]
     for note in notes:
         print(f"    {figures.generator} N={figures.calls}: {note}", flush=True)
@@ -261,6 +281,20 @@ def emit(figures: StepFigures, args: argparse.Namespace, label: str | None = Non
 
 
 # -- main ----------------------------------------------------------------------------------------
+def observed(target: Target, step: Callable[[], StepFigures]) -> StepFigures:
+    """Run a step; add the daemon's CPU seconds and counter changes over it, where they can be read."""
+    cpu_before = process_cpu_s(target.daemon_pid) if target.daemon_pid else None
+    metrics_before = scrape(target.metrics_url) if target.metrics_url else None
+    figures = step()
+    cpu_after = process_cpu_s(target.daemon_pid) if target.daemon_pid else None
+    metrics_after = scrape(target.metrics_url) if target.metrics_url else None
+    if cpu_before is not None and cpu_after is not None:
+        figures.daemon_cpu_s = cpu_after - cpu_before
+    if metrics_before is not None and metrics_after is not None:
+        figures.daemon_counters = counter_changes(metrics_before, metrics_after)
+    return figures
+
+
 def run(args: argparse.Namespace, target: Target) -> int:
     clips = load_clips(args.speech, args.lang)
     if not clips:
@@ -275,16 +309,45 @@ def run(args: argparse.Namespace, target: Target) -> int:
         print(HEADER, flush=True)
         if args.warmup:  # an untimed call first: the model's first runs allocate and are slow
             warm = dataclasses.replace(settings, utterances=1, duration_s=None, seed=settings.seed + 1_000_003)
-            emit(callgen_step(1, args, target, recorder, clips, warm), args, label="warm-up")
+            emit(observed(target, functools.partial(callgen_step, 1, args, target, recorder, clips, warm)), args, label="warm-up")
+        steps = [callgen_step, sipp_step] if args.sipp_cross_check else [callgen_step]
+        results: list[StepFigures] = []
         for n in args.calls:
-            for _ in range(args.repeats):
-                if args.sipp_cross_check:
-                    emit(sipp_step(n, args, target, recorder, clips, settings), args)
-                emit(callgen_step(n, args, target, recorder, clips, settings), args)
-                time.sleep(args.settle_s)
+            for repeat in range(args.repeats):
+                # Cross-checking, the two generators take turns going first, so neither always meets
+                # the daemon (and this shared machine) a step later than the other.
+                for step in steps[:: 1 if repeat % 2 else -1]:
+                    results.append(observed(target, functools.partial(step, n, args, target, recorder, clips, settings)))
+                    emit(results[-1], args)
+                    time.sleep(args.settle_s)
     finally:
         recorder.stop()
+    if args.sipp_cross_check:
+        print(cross_check_summary(results), flush=True)
     return 0
+
+
+def cross_check_summary(results: list[StepFigures]) -> str:
+    """Per N and generator, the median and range over repeats of the figures that should agree."""
+    lines = [
+        "",
+        "| N | gen | steps | latency_ms p50 | latency_ms p95 | outside ms p50 | outside ms p95 | finals matched | WER |",
+        "|---:|---|---:|---|---|---|---|---|---|",
+    ]
+
+    def cell(values: list[float | None], digits: int = 0) -> str:
+        known = [v for v in values if v is not None]
+        return "-" if not known else f"{np.median(known):.{digits}f} ({min(known):.{digits}f}-{max(known):.{digits}f})"
+
+    for n in sorted({f.calls for f in results}):
+        for generator in ("sipp", "callgen"):
+            mine = [f for f in results if f.calls == n and f.generator == generator]
+            lines.append(
+                f"| {n} | {generator} | {len(mine)} | {cell([f.latency_ms['p50'] for f in mine])} | {cell([f.latency_ms['p95'] for f in mine])} "
+                f"| {cell([f.outside_ms['p50'] for f in mine])} | {cell([f.outside_ms['p95'] for f in mine])} "
+                f"| {' '.join(f'{f.utterances_matched}/{f.finals_expected}' for f in mine)} | {cell([f.error_rate for f in mine], 3)} |"
+            )
+    return "\n".join(lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -328,7 +391,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--drain-s", type=float, default=60.0, help="after the last hang-up, wait this long at most for every call.ended"
     )
     run_group.add_argument("--settle-s", type=float, default=3.0, help="pause between steps")
-    run_group.add_argument("--sipp-cross-check", action="store_true", help="before each callgen step, the same calls through SIPp")
+    run_group.add_argument(
+        "--sipp-cross-check", action="store_true", help="each step also with SIPp placing the same calls (the two alternate going first)"
+    )
     run_group.add_argument("--out", type=Path, help="append one JSON object per step to this file")
     args = parser.parse_args(argv)
     if (args.spawn_daemon is None) == (args.sip is None):
@@ -352,9 +417,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.spawn_daemon is not None:
             with SpawnedDaemon(args.spawn_daemon, args.local_host) as daemon:
                 print(f"daemon: SIP {daemon.sip[0]}:{daemon.sip[1]}, Kafka {daemon.bootstrap} topic {daemon.topic}", flush=True)
-                status = run(args, Target(daemon.sip, daemon.bootstrap, daemon.topic))
+                status = run(args, Target(daemon.sip, daemon.bootstrap, daemon.topic, daemon.pid, daemon.metrics_url))
         else:
-            status = run(args, Target(args.sip, args.bootstrap, args.topic))
+            status = run(args, Target(args.sip, args.bootstrap, args.topic, args.daemon_pid, args.metrics_url))
     except (OperatorError, BrokerStartError) as error:
         print(f"callgen: {error}", file=sys.stderr)
         return 2

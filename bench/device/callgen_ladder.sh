@@ -78,6 +78,7 @@ fi
 status=0
 # shellcheck disable=SC2086  # EXTRA is a list of arguments
 python3 bench/callgen.py --sip "$SIP" --bootstrap "$KAFKA" --topic "$TOPIC" --calls "${LADDER[@]}" \
+  --daemon-pid "$DAEMON" --metrics-url "http://$HTTP/metrics" \
   --ramp-s "${RAMP_S:-30}" --duration-s "${DURATION_S:-60}" --calls-per-worker "${CALLS_PER_WORKER:-500}" \
   --speech "$SPEECH" --out "$RESULTS/callgen.jsonl" ${EXTRA:-} 2>&1 | tee "$RESULTS/callgen.txt" || status=$?
 

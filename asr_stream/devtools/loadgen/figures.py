@@ -69,6 +69,8 @@ class StepFigures:
     packets_refused: int
     wall_s: float
     consumer_cpu_s: float | None = None  # the topic recorder's thread, in the parent
+    daemon_cpu_s: float | None = None  # over the step, where the daemon's process is known
+    daemon_counters: dict[str, float] = field(default_factory=dict)  # its metrics' changes over the step
     sip_responses: dict[str, int] = field(default_factory=dict)  # e.g. {"INVITE 200": 500, "BYE 200": 500}
     problems: list[str] = field(default_factory=list)
     per_call: list[dict] = field(default_factory=list)
@@ -114,6 +116,7 @@ def step_figures(
     references, hypotheses = [], []
     finals_received = matched = lost = never_started = partials = segments = 0
     metric = corpus_wer if language == "en" else corpus_cer
+    first_answer = min((c.answered_at for c in answered if c.answered_at is not None), default=0.0)
     for call in answered:
         mine = by_call.get(call.call_id or "", [])
         names = [e["event"] for _, e in mine]
@@ -144,6 +147,7 @@ def step_figures(
             {
                 "call_id": call.call_id,
                 "index": call.index,
+                "answered_s": None if call.answered_at is None else call.answered_at - first_answer,
                 "utterances": len(call.utterances),
                 "finals": len(finals),
                 "error_rate": metric([reference], [hypothesis], language),

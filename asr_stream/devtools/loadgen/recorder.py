@@ -10,9 +10,13 @@ from __future__ import annotations
 import json
 import threading
 import time
+import urllib.error
+import urllib.request
+from collections import Counter
 from collections.abc import Callable, Collection
 
 from kafka import KafkaConsumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 Event = dict
 Arrival = tuple[float, Event]  # (time.time() when the record reached the consumer, the event)
@@ -95,3 +99,41 @@ def check_order(events: list[Event]) -> list[str]:
         if segment_id not in {f["segment_id"] for f in finals}:
             problems.append(f"{segment_id}: partials but no final")
     return problems
+
+
+#: Daemon counters a load step reports the change of (docs/operations.md lists every metric).
+STEP_COUNTERS = (
+    "asr_rtp_packets_total",
+    "asr_rtp_lost_packets_total",
+    "asr_partials_total",
+    "asr_scheduler_shed_partials_total",
+    "asr_inference_batch_size_count",
+    "asr_inference_batch_size_sum",
+    "asr_inference_seconds_sum",
+    "asr_kafka_failed_total",
+    "asr_kafka_dropped_total",
+)
+
+
+def scrape(url: str, timeout_s: float = 5) -> dict[str, float] | None:
+    """The daemon's Prometheus metrics, each sample name summed over its labels; None if unreachable."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            text = response.read().decode()
+    except (urllib.error.URLError, OSError):
+        return None
+    totals: Counter[str] = Counter()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            totals[sample.name] += sample.value
+    return dict(totals)
+
+
+def counter_changes(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """What a step did, from two scrapes: `STEP_COUNTERS` deltas, plus mean batch size and batch time."""
+    changes = {name.removeprefix("asr_"): after.get(name, 0.0) - before.get(name, 0.0) for name in STEP_COUNTERS}
+    batches = changes["inference_batch_size_count"]
+    if batches:
+        changes["mean_batch_size"] = changes["inference_batch_size_sum"] / batches
+        changes["mean_batch_s"] = changes["inference_seconds_sum"] / batches
+    return changes

@@ -53,6 +53,14 @@ class SpawnedDaemon:
         return (self._host, self.sip_port)
 
     @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self._http_port}/metrics"
+
+    @property
     def bootstrap(self) -> str:
         return self._broker.bootstrap_servers
 
