@@ -47,7 +47,7 @@ from kafka.errors import KafkaError
 
 from asr_stream.devtools.loadgen.call_audio import CallProgram, Clip, load_clips
 from asr_stream.devtools.loadgen.figures import StepFigures, step_figures
-from asr_stream.devtools.loadgen.host import load_average, machine, process_cpu_s
+from asr_stream.devtools.loadgen.host import load_average, machine, machine_busy_s, process_cpu_s
 from asr_stream.devtools.loadgen.recorder import Event, TopicRecorder, counter_changes, scrape
 from asr_stream.devtools.loadgen.rtp_pacer import PERIOD_S
 from asr_stream.devtools.loadgen.spawned import SpawnedDaemon
@@ -228,8 +228,8 @@ def children_cpu_s() -> float:
 HEADER = (
     "| gen | N | answered / failed | finals got / expected (matched) | lost | latency_ms p50 / p95 / p99 | outside ms p50 / p95 / p99 "
     "| outside - own ms | partials per segment | partial gap p50 / p95 s | WER or CER (per call p50 / max) | gen lateness p99 / max ms "
-    "| gen CPU s (cores) | daemon CPU s (cores) | wall s |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "| gen CPU s (cores) | daemon CPU s (cores) | machine busy cores | wall s |\n"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -241,12 +241,13 @@ def row(f: StepFigures, label: str | None = None) -> str:
     lat, out, gap, err, late = f.latency_ms, f.outside_ms, f.partial_gap_s, f.error_rate_per_call, f.generator_lateness_ms
     cpu = "-" if f.generator_cpu_s is None else f"{f.generator_cpu_s:.1f} ({f.generator_cores:.2f})"
     daemon = "-" if f.daemon_cpu_s is None else f"{f.daemon_cpu_s:.1f} ({f.daemon_cpu_s / f.wall_s:.2f})"
+    busy = "-" if f.machine_busy_cores is None else f"{f.machine_busy_cores:.2f}"
     failed = sum(f.failed.values())
     return (
         f"| {f.generator} | {label or f.calls} | {f.answered} / {failed} | {f.finals_received} / {f.finals_expected} ({f.utterances_matched}) "
         f"| {f.lost_calls} | {_n(lat['p50'])} / {_n(lat['p95'])} / {_n(lat['p99'])} | {_n(out['p50'])} / {_n(out['p95'])} / {_n(out['p99'])} "
         f"| {'-' if f.outside_minus_own_ms is None else f'{f.outside_minus_own_ms:+.0f}'} | {_n(f.partials_per_segment, 2)} | {_n(gap['p50'], 2)} / {_n(gap['p95'], 2)} "
-        f"| {_n(f.error_rate, 3)} ({_n(err['p50'], 3)} / {_n(err['max'], 3)}) | {_n(late['p99'], 1)} / {_n(late['max'], 1)} | {cpu} | {daemon} | {f.wall_s:.0f} |"
+        f"| {_n(f.error_rate, 3)} ({_n(err['p50'], 3)} / {_n(err['max'], 3)}) | {_n(late['p99'], 1)} / {_n(late['max'], 1)} | {cpu} | {daemon} | {busy} | {f.wall_s:.0f} |"
     )
 
 
@@ -285,7 +286,9 @@ def observed(target: Target, step: Callable[[], StepFigures]) -> StepFigures:
     """Run a step; add the daemon's CPU seconds and counter changes over it, where they can be read."""
     cpu_before = process_cpu_s(target.daemon_pid) if target.daemon_pid else None
     metrics_before = scrape(target.metrics_url) if target.metrics_url else None
+    busy_before, started = machine_busy_s(), time.monotonic()
     figures = step()
+    figures.machine_busy_cores = (machine_busy_s() - busy_before) / (time.monotonic() - started)
     cpu_after = process_cpu_s(target.daemon_pid) if target.daemon_pid else None
     metrics_after = scrape(target.metrics_url) if target.metrics_url else None
     if cpu_before is not None and cpu_after is not None:

@@ -71,6 +71,7 @@ class StepFigures:
     consumer_cpu_s: float | None = None  # the topic recorder's thread, in the parent
     daemon_cpu_s: float | None = None  # over the step, where the daemon's process is known
     daemon_counters: dict[str, float] = field(default_factory=dict)  # its metrics' changes over the step
+    machine_busy_cores: float | None = None  # every process's CPU over the step / its wall time (host.machine_busy_s)
     sip_responses: dict[str, int] = field(default_factory=dict)  # e.g. {"INVITE 200": 500, "BYE 200": 500}
     problems: list[str] = field(default_factory=list)
     per_call: list[dict] = field(default_factory=list)
