@@ -104,7 +104,8 @@ def plans(n: int, args: argparse.Namespace, target: Target, clips: list[Clip], s
             calls=[(j, args.ramp_s * j / n) for j in range(w, n, workers)],
             clips=clips,
             settings=settings,
-            tick_phase_s=PERIOD_S * w / workers,
+            tick_phase_s=PERIOD_S * w / workers / args.tick_phases,
+            tick_phases=args.tick_phases,
             deadline_s=deadline,
         )
         for w in range(workers)
@@ -386,6 +387,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     load.add_argument("--seed", type=int, default=1, help="call j's clips and pauses come from (seed, j)")
     load.add_argument("--calls-per-worker", type=int, default=500, help="calls per generator process")
     load.add_argument("--workers", type=int, default=None, help="generator processes (default: from --calls-per-worker)")
+    load.add_argument("--tick-phases", type=int, default=4, help="each worker's calls send in this many bursts per 20 ms (1: all at once)")
     load.add_argument("--local-host", default="127.0.0.1", help="address the generator binds and offers for SIP and RTP")
     run_group = parser.add_argument_group("run")
     run_group.add_argument("--repeats", type=int, default=1, help="run each step this many times")
@@ -405,8 +407,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--sip needs --bootstrap and --topic")
     if max(args.calls) > args.max_calls or min(args.calls) < 1:
         parser.error(f"every step needs 1..{args.max_calls} calls (--max-calls)")
-    if args.calls_per_worker < 1 or (args.workers is not None and args.workers < 1) or args.utterances < 1:
-        parser.error("--calls-per-worker, --workers and --utterances must be at least 1")
+    if min(args.calls_per_worker, args.workers or 1, args.utterances, args.tick_phases) < 1:
+        parser.error("--calls-per-worker, --workers, --utterances and --tick-phases must be at least 1")
     return args
 
 

@@ -124,7 +124,7 @@ def main() -> int:
         base = 20000 + (args.serve_ingest % 20) * 2000
         asyncio.run(ingest_only(args.serve_ingest, (base, base + 1999)))
         return 0
-    args.workers, args.local_host = None, "127.0.0.1"
+    args.workers, args.local_host, args.tick_phases = None, "127.0.0.1", 4
     print(f"machine: {machine()}\nload average before: {load_average()}", flush=True)
     clips = load_clips(REPO.parent / "shared" / "speech", "en")
     settings = ProgramSettings(duration_s=args.duration_s)

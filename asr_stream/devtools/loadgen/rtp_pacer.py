@@ -82,24 +82,30 @@ class RtpStream:
 
 
 class RtpPacer:
-    """Sends one packet per active stream every 20 ms, from `start_mono` on, until `close()`."""
+    """Sends one packet per active stream every 20 ms, from `start_mono` on, until `close()`.
 
-    def __init__(self, start_mono: float) -> None:
+    With `phases` > 1 the timer ticks every 20 ms / `phases` and each stream belongs to one phase
+    (the least busy when it is added), so a process's packets leave in `phases` smaller bursts
+    instead of one: independent gateways' streams are not aligned either.
+    """
+
+    def __init__(self, start_mono: float, phases: int = 1) -> None:
         self._start = start_mono
-        self._active: list[RtpStream] = []
+        self._phases: list[list[RtpStream]] = [[] for _ in range(phases)]
         self._stopped = asyncio.Event()
-        self.lateness_s: list[float] = []  # per tick with at least one stream
+        self.lateness_s: list[float] = []  # per tick that sent at least one packet
         self.ticks = 0
 
     def add(self, stream: RtpStream) -> asyncio.Future[str]:
-        """Start streaming at the next tick; the future resolves "completed" after the last packet."""
-        self._active.append(stream)
+        """Start streaming at its phase's next tick; the future resolves "completed" after the last packet."""
+        min(self._phases, key=len).append(stream)
         return stream.done
 
     def stop(self, stream: RtpStream, why: str) -> None:
         """End a stream early (the far end hung up)."""
-        if stream in self._active:
-            self._active.remove(stream)
+        for phase in self._phases:
+            if stream in phase:
+                phase.remove(stream)
         if not stream.done.done():
             stream.done.set_result(why)
 
@@ -107,12 +113,13 @@ class RtpPacer:
         self._stopped.set()
 
     async def run(self) -> None:
-        k = max(0, int((time.monotonic() - self._start) / PERIOD_S))
+        period = PERIOD_S / len(self._phases)
+        k = max(0, int((time.monotonic() - self._start) / period))
         while not self._stopped.is_set():
-            due = self._start + k * PERIOD_S
+            due = self._start + k * period
             await asyncio.sleep(max(0.0, due - time.monotonic()))
-            if self._active:
-                finished = [stream for stream in self._active if not stream.send_next()]
+            if streams := self._phases[k % len(self._phases)]:
+                finished = [stream for stream in streams if not stream.send_next()]
                 self.lateness_s.append(time.monotonic() - due)
                 for stream in finished:
                     self.stop(stream, "completed")

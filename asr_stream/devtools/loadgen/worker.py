@@ -62,6 +62,7 @@ class WorkerPlan:
     clips: list[Clip]
     settings: ProgramSettings
     tick_phase_s: float  # this worker's tick offset within 20 ms, so workers do not burst together
+    tick_phases: int  # the worker's calls are spread over this many sub-ticks of 20 ms (rtp_pacer)
     deadline_s: float  # after the start: hang up whatever is still up, and report
 
 
@@ -129,7 +130,7 @@ class Worker:
         cpu, wall = time.process_time(), time.monotonic()
         # Wall-clock start -> this process's monotonic clock, once: pacing never reads the wall clock.
         self.start_mono = time.monotonic() + (start_wall - time.time())
-        self.pacer = RtpPacer(self.start_mono + self.plan.tick_phase_s)
+        self.pacer = RtpPacer(self.start_mono + self.plan.tick_phase_s, self.plan.tick_phases)
         await self.caller.start()
         ticking = asyncio.create_task(self.pacer.run(), name="rtp-pacer")
         calls = [asyncio.create_task(self._call(index, offset), name=f"call-{index}") for index, offset in self.plan.calls]
