@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 async def ingest_only(port: int, rtp_ports: tuple[int, int]) -> None:
-    """The sink process: serve calls until stdin closes, then print what arrived as one JSON line."""
+    """The sink process: serve calls until the parent says it is done, then print what arrived as one JSON line."""
     from asr_stream.ingest.telephony import IngestConfig, TelephonyIngest
     from asr_stream.ingest.types import CallEnded, CallStarted
     from asr_stream.sip.server import SipServerConfig
@@ -64,7 +64,11 @@ async def ingest_only(port: int, rtp_ports: tuple[int, int]) -> None:
     serving = asyncio.create_task(serve())
     print("ready", flush=True)
     cpu = time.process_time()
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # the parent closes stdin when done
+    # The parent writes a line once its workers are done; frames still queued are consumed (up to
+    # 30 s) before counting.
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    if consumers:  # every call was hung up: each channel's frames end once its queue is drained
+        await asyncio.wait(list(consumers), timeout=30)
     counts["cpu_s"] = time.process_time() - cpu
     serving.cancel()
     await ingest.stop()
@@ -86,6 +90,7 @@ def step(n: int, args: argparse.Namespace, clips: list, settings: ProgramSetting
         if sink.stdout.readline().strip() != "ready":
             raise RuntimeError("the ingest did not start")
         reports, start, end = run_workers(plans(n, args, Target(("127.0.0.1", port), "", ""), clips, settings))
+        sink.stdin.write("done\n")
         sink.stdin.close()
         received = json.loads(sink.stdout.readline())
     finally:
