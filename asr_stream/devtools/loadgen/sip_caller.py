@@ -73,7 +73,7 @@ class Answered:
 class _Transport(SipTransport, asyncio.DatagramProtocol):
     """aiosipua's transport interface (`send`, `local_addr`) over a socket bound before use."""
 
-    def __init__(self, sock: socket.socket, on_datagram) -> None:
+    def __init__(self, sock: socket.socket, on_datagram: Callable[[bytes, tuple[str, int]], None]) -> None:
         SipTransport.__init__(self, local_addr=sock.getsockname()[:2])
         self._sock = sock
         self._on_datagram = on_datagram

@@ -109,6 +109,8 @@ def allow_sockets(needed: int) -> None:
 
 
 class Worker:
+    """One process's calls: a task per call (asleep but for SIP), one RTP pacer for all of them."""
+
     def __init__(self, plan: WorkerPlan) -> None:
         """Builds every call's program up front, so that nothing but sending happens once calls start."""
         self.plan = plan
@@ -160,7 +162,9 @@ class Worker:
             await self._place(index, offset_s)
         except asyncio.CancelledError:
             record = self.records[index]
-            if record.call_id is not None and record.ended_by is None:
+            if record.call_id is None and record.failure is None:
+                record.failure = "cut at the deadline"
+            elif record.call_id is not None and record.ended_by is None:
                 record.ended_by = "cut at the deadline"
             raise
 
