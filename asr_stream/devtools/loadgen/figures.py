@@ -47,7 +47,7 @@ class StepFigures:
     answered: int
     failed: dict[str, int]  # reason -> calls
     hangup_problems: dict[str, int]  # calls not ended by our answered BYE, by what happened
-    finals_expected: int  # utterances of the answered calls
+    finals_expected: int  # utterances the answered calls spoke to the end
     finals_received: int
     utterances_matched: int
     lost_calls: int  # answered, call.started seen, no call.ended
@@ -84,10 +84,15 @@ def _failure(call: CallRecord) -> str:
     return call.failure + (f" (Retry-After {call.retry_after_s})" if call.retry_after_s is not None else "")  # type: ignore[operator]
 
 
+def _spoken(call: CallRecord) -> list[dict]:
+    """The call's utterances that were sent to the end (a call cut short did not say the rest)."""
+    return [u for u in call.utterances if u["speech_end_sent_at"] is not None]
+
+
 def _match(call: CallRecord, finals: list[Arrival]) -> list[tuple[dict, Arrival]]:
-    """(utterance, its final) for every utterance a final covers."""
+    """(utterance, its final) for every spoken utterance a final covers."""
     pairs = []
-    for utterance in call.utterances:
+    for utterance in _spoken(call):
         speech_end = call.media_offset_s + utterance["speech_end_s"]
         candidates = [
             (abs(e["end_ms"] / 1000 - POST_PAD_S - speech_end), arrival)
@@ -137,10 +142,9 @@ def step_figures(
         pairs = _match(call, finals)
         matched += len(pairs)
         for utterance, (arrived, final) in pairs:
-            if utterance["speech_end_sent_at"] is not None:
-                outside.append(1000 * (arrived - utterance["speech_end_sent_at"]))
-                differences.append(outside[-1] - final["latency_ms"])
-        reference = " ".join(u["text"] for u in call.utterances)
+            outside.append(1000 * (arrived - utterance["speech_end_sent_at"]))
+            differences.append(outside[-1] - final["latency_ms"])
+        reference = " ".join(u["text"] for u in _spoken(call))
         hypothesis = " ".join(e["text"] for _, e in finals)
         references.append(reference)
         hypotheses.append(hypothesis)
@@ -149,7 +153,7 @@ def step_figures(
                 "call_id": call.call_id,
                 "index": call.index,
                 "answered_s": None if call.answered_at is None else call.answered_at - first_answer,
-                "utterances": len(call.utterances),
+                "utterances": len(_spoken(call)),
                 "finals": len(finals),
                 "error_rate": metric([reference], [hypothesis], language),
             }
@@ -163,7 +167,7 @@ def step_figures(
         answered=len(answered),
         failed=dict(Counter(_failure(c) for c in calls if c.failure is not None)),
         hangup_problems=dict(Counter(c.ended_by for c in answered if c.ended_by != "us")),
-        finals_expected=sum(len(c.utterances) for c in answered),
+        finals_expected=sum(len(_spoken(c)) for c in answered),
         finals_received=finals_received,
         utterances_matched=matched,
         lost_calls=lost,
