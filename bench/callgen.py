@@ -364,6 +364,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     daemon.add_argument("--sip", type=hostport, help="the daemon's SIP address, HOST:PORT (UDP)")
     daemon.add_argument("--bootstrap", help="Kafka bootstrap servers the daemon publishes to")
     daemon.add_argument("--topic", help="the daemon's transcript topic")
+    daemon.add_argument("--daemon-pid", type=int, help="the running daemon's process id, to report its CPU time per step")
+    daemon.add_argument("--metrics-url", help="the running daemon's Prometheus endpoint, e.g. http://127.0.0.1:8080/metrics")
     daemon.add_argument(
         "--spawn-daemon",
         type=Path,

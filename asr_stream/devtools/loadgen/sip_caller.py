@@ -162,6 +162,7 @@ class SipCaller:
             raise CallFailed("no final response") from None
         finally:
             retransmission.cancel()
+            await asyncio.gather(retransmission, return_exceptions=True)
             self._invites.pop(call.call_id, None)
 
     async def hang_up(self, call_id: str) -> None:
@@ -187,6 +188,7 @@ class SipCaller:
             status = await answered
         finally:
             retransmission.cancel()
+            await asyncio.gather(retransmission, return_exceptions=True)
             self._byes.pop(call_id, None)
         if not 200 <= status < 300:
             raise CallFailed(f"BYE answered {status}")
