@@ -51,7 +51,16 @@ from asr_stream.devtools.loadgen.host import load_average, machine, machine_busy
 from asr_stream.devtools.loadgen.recorder import Event, TopicRecorder, counter_changes, scrape
 from asr_stream.devtools.loadgen.rtp_pacer import PERIOD_S
 from asr_stream.devtools.loadgen.spawned import SpawnedDaemon
-from asr_stream.devtools.loadgen.worker import CallRecord, ProgramSettings, WorkerPlan, WorkerReport, allow_sockets, program_for, run_worker
+from asr_stream.devtools.loadgen.worker import (
+    CallRecord,
+    ProgramSettings,
+    WorkerPlan,
+    WorkerReport,
+    allow_sockets,
+    longest_call_s,
+    program_for,
+    run_worker,
+)
 from asr_stream.devtools.local_broker import BrokerStartError
 from asr_stream.devtools.sipp import run_sipp, write_call
 from asr_stream.errors import OperatorError
@@ -94,8 +103,7 @@ def slim(event: Event) -> Event:
 def plans(n: int, args: argparse.Namespace, target: Target, clips: list[Clip], settings: ProgramSettings) -> list[WorkerPlan]:
     """Call j starts at ramp * j / n and goes to worker j mod W: every worker ramps over the whole ramp."""
     workers = args.workers or math.ceil(n / args.calls_per_worker)
-    longest = max(program_for(j, clips, settings).duration_s for j in range(min(n, 50)))  # same length class for all
-    deadline = args.ramp_s + longest + 2 * SipTimers().give_up_s + 10
+    deadline = args.ramp_s + longest_call_s(clips, settings) + 2 * SipTimers().give_up_s + 10
     return [
         WorkerPlan(
             worker=w,
@@ -190,14 +198,13 @@ async def sipp_call(index: int, offset_s: float, program: CallProgram, target: T
     await asyncio.sleep(offset_s)
     scenario = write_call(decode(program), workdir / f"call-{index}", program.codec, hangup_after_s=0.0)
     run = await run_sipp(f"{target.sip[0]}:{target.sip[1]}", ["-sf", str(scenario)], workdir, timeout_s=program.duration_s + 40)
-    record = CallRecord(index, worker=-1, call_id=run.call_id, invite_at=run.sent_at("INVITE"), packets=program.total_packets)
-    ack = run.sent_at("ACK")
-    if run.returncode != 0 or ack is None:
-        record.failure = f"sipp exit {run.returncode} {run.statuses()}"
-        record.call_id = record.call_id if ack is not None else None
+    record = CallRecord(index, worker=-1, invite_at=run.sent_at("INVITE"), packets=program.total_packets)
+    ack, outcome = run.sent_at("ACK"), f"sipp exit {run.returncode} {run.statuses()}"
+    if ack is None:  # never answered
+        record.failure = outcome
         return record
-    record.answered_at = record.first_packet_at = ack
-    record.ended_by = "us"
+    record.call_id, record.answered_at, record.first_packet_at = run.call_id, ack, ack
+    record.ended_by = "us" if run.returncode == 0 else outcome
     record.utterances = [dataclasses.asdict(u) | {"speech_end_sent_at": ack + u.last_packet * PERIOD_S} for u in program.utterances]
     return record
 

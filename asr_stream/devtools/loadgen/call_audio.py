@@ -24,6 +24,8 @@ from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
 
 RATE = 8000
 PACKET = 160  # samples in 20 ms
+LEAD_IN_S = 0.5  # silence before the first utterance
+TAIL_S = 1.5  # silence after the last one, so its segment closes on silence, not on the BYE
 ENCODERS: dict[str, Callable[[np.ndarray], bytes]] = {"PCMU": ulaw_encode, "PCMA": alaw_encode}
 
 
@@ -105,8 +107,8 @@ def build_program(
     utterances: int = 4,
     pause_s: tuple[float, float] = (0.8, 2.0),
     duration_s: float | None = None,
-    lead_in_s: float = 0.5,
-    tail_s: float = 1.5,
+    lead_in_s: float = LEAD_IN_S,
+    tail_s: float = TAIL_S,
     encoded_clips: dict[str, bytes] | None = None,
 ) -> CallProgram:
     """A call of `utterances` clips drawn by `rng`, each followed by a pause drawn from `pause_s`.

@@ -23,7 +23,7 @@ from multiprocessing.connection import Connection
 
 import numpy as np
 
-from asr_stream.devtools.loadgen.call_audio import CallProgram, Clip, build_program
+from asr_stream.devtools.loadgen.call_audio import LEAD_IN_S, RATE, TAIL_S, CallProgram, Clip, build_program
 from asr_stream.devtools.loadgen.rtp_pacer import RtpPacer, RtpStream
 from asr_stream.devtools.loadgen.sip_caller import CallFailed, SipCaller
 from asr_stream.errors import OperatorError
@@ -51,6 +51,12 @@ def program_for(index: int, clips: list[Clip], settings: ProgramSettings, cache:
         duration_s=settings.duration_s,
         encoded_clips=cache,
     )
+
+
+def longest_call_s(clips: list[Clip], settings: ProgramSettings) -> float:
+    """An upper bound on any call's length under `settings` (for deadlines), without building them all."""
+    speech_s = settings.duration_s or settings.utterances * (max(clip.pcm.size for clip in clips) / RATE + settings.pause_s[1])
+    return LEAD_IN_S + speech_s + TAIL_S
 
 
 @dataclass(frozen=True)
