@@ -104,11 +104,30 @@ class ChildProcess:
         process = self._process
         if process is None:
             return None
-        await asyncio.to_thread(process.join, max(timeout_s, 0.0))
-        if process.is_alive():
+        if not await _exited(process, timeout_s):
             log.warning("%s (pid %s) did not exit within %.1f s: killed", self.name, self.pid, timeout_s)
             process.kill()
-            await asyncio.to_thread(process.join, EXIT_GRACE_S)
+            await _exited(process, EXIT_GRACE_S)
+        process.join(0)  # it has exited: this only collects its status
         if self.link is not None:
             await self.link.aclose()
         return process.exitcode
+
+
+async def _exited(process: multiprocessing.process.BaseProcess, timeout_s: float) -> bool:
+    """Whether `process` exits within `timeout_s`, waited for on its sentinel (no thread blocked in join)."""
+    loop = asyncio.get_running_loop()
+    exited: asyncio.Future[None] = loop.create_future()
+
+    def readable() -> None:
+        if not exited.done():
+            exited.set_result(None)
+
+    loop.add_reader(process.sentinel, readable)
+    try:
+        await asyncio.wait_for(exited, max(timeout_s, 0.0))
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(process.sentinel)
