@@ -215,6 +215,7 @@ class InferenceClient:
         self._space = asyncio.Event()  # set whenever a region was freed
         self._connected = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopped = False
         self.stats = ClientStats()
 
     async def wait_connected(self) -> None:
@@ -224,7 +225,8 @@ class InferenceClient:
         self._task = asyncio.create_task(self._run(), name=f"inference-client {self.name}")
 
     async def stop(self) -> None:
-        """Disconnect; requests still waiting fail with SchedulerStopped."""
+        """Disconnect; requests still waiting, and any submitted later, fail with SchedulerStopped."""
+        self._stopped = True
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -234,6 +236,8 @@ class InferenceClient:
     async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> RemoteHypothesis:
         """Transcribe `payload` (16 kHz float32); partials may raise `Shed`, like the scheduler's."""
         audio = np.asarray(payload, dtype=np.float32).ravel()
+        if self._stopped:
+            raise SchedulerStopped()
         if priority is Priority.PARTIAL and self._link is None:
             self.stats.shed_unavailable += 1
             raise Shed(key)
@@ -244,6 +248,8 @@ class InferenceClient:
                 raise Shed(key)
             self._space.clear()
             await self._space.wait()
+            if self._stopped:
+                raise SchedulerStopped()
             offset = self._allocator.allocate(audio.shape[0])
         self._arena.write(offset, audio)
         future: asyncio.Future[RemoteHypothesis] = asyncio.get_running_loop().create_future()
@@ -271,6 +277,8 @@ class InferenceClient:
                         self._welcomed(link)
                     else:
                         self._answered(message)
+            except LinkClosed:  # it went away while we said hello
+                pass
             finally:
                 await link.aclose()
             if self._link is None:  # a process dying, or not yet serving, accepted and dropped us

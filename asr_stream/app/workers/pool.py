@@ -354,7 +354,7 @@ class WorkerPool:
         assert worker.child is not None
         status = await worker.child.reap()
         self._release(worker)
-        log.error("%s ended with status %s: restarting it", worker.name, status)
+        log.info("%s ended with status %s: restarting it", worker.name, status)
         while True:
             await asyncio.sleep(worker.backoff.delay())
             try:
