@@ -33,6 +33,7 @@ from asr_stream.app.workers.restarts import Backoff
 from asr_stream.common.ipc import Link, LinkClosed, Request
 from asr_stream.errors import OperatorError
 from asr_stream.inference.remote import InferenceServer
+from asr_stream.inference.scheduler import BatchScheduler
 
 log = logging.getLogger(__name__)
 
@@ -87,13 +88,13 @@ async def serve_inference(spec: InferenceSpec, link: Link) -> int:
     return 0
 
 
-async def _report(link: Link, scheduler: object, metrics: DaemonMetrics) -> None:
+async def _report(link: Link, scheduler: BatchScheduler, metrics: DaemonMetrics) -> None:
     """Saturation changes as they happen, metrics every snapshot interval."""
     saturated = False
     next_snapshot = 0.0
     with contextlib.suppress(LinkClosed):
         while True:
-            if scheduler.saturated != saturated:  # type: ignore[attr-defined]
+            if scheduler.saturated != saturated:
                 saturated = not saturated
                 link.send(Saturation(saturated))
             if time.monotonic() >= next_snapshot:
