@@ -43,6 +43,7 @@ from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings
 from asr_stream.sip import DigestAuthConfig, DigestCredential, InviteRateLimit, SipServerConfig, TransportLimits
 from asr_stream.transcript.channel import PARTIAL_INTERVAL_S
+from asr_stream.transcript.script import ChineseScript
 
 ENV_PREFIX = "ASR_STREAM__"
 
@@ -277,6 +278,14 @@ class SchedulerSection(_Section):
         )
 
 
+class TextSection(_Section):
+    """How transcripts are written (docs/mandarin.md)."""
+
+    chinese_script: ChineseScript = Field(
+        default="simplified", description="script of Chinese (zh, yue) partials and finals: simplified, traditional, or original (as the model wrote it)"
+    )
+
+
 class Settings(_Section):
     """The whole file."""
 
@@ -291,6 +300,7 @@ class Settings(_Section):
     kafka: KafkaSection = KafkaSection()
     vad: VadSection = VadSection()
     scheduler: SchedulerSection = SchedulerSection()
+    text: TextSection = TextSection()
 
 
 # -- what the daemon builds from it --------------------------------------------------------------

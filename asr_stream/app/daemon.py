@@ -40,6 +40,7 @@ from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.transcript import events
 from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Daemon:
         self.hub = LiveFeedHub()
         self._publish_hooks = (self.hub.publish, self.metrics.observe_event, *publish_hooks)
         self.calls = CallRegistry(on_finished=self._call_finished)
+        self.script = ScriptConverter(config.settings.text.chinese_script)  # every call's (the loop's thread only)
         self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
         self.kafka: KafkaSink | None = None
@@ -236,6 +238,7 @@ class Daemon:
                 emit=self.publish,
                 segmenter_config=self.config.components.segmenter,
                 partial_interval_s=settings.scheduler.partial_interval_s,
+                script=self.script,
             )
             for channel in channels
         )

@@ -29,6 +29,7 @@ from asr_stream.audio.vad import SpeechDetector, Vad
 from asr_stream.inference.runners import Hypothesis
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
 log = logging.getLogger(__name__)
@@ -66,7 +67,9 @@ class ChannelTranscriber:
         partial_interval_s: float = PARTIAL_INTERVAL_S,
         vad: SpeechDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        script: ScriptConverter | None = None,
     ) -> None:
+        """`script`: the Chinese script of partials and finals (default: Simplified, `text.chinese_script`)."""
         self.labels = labels
         self.channel = channel
         self._scheduler = scheduler
@@ -76,6 +79,7 @@ class ChannelTranscriber:
         self._vad = vad or Vad()
         self._partial_interval_s = partial_interval_s
         self._clock = clock
+        self._script = script or ScriptConverter()
         self._open: _OpenSegment | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_final: asyncio.Task[None] | None = None
@@ -134,7 +138,8 @@ class ChannelTranscriber:
         except Exception:
             log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
             return
-        event = transcript.partial(hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
+        text = self._script.convert(hypothesis.text, hypothesis.language)
+        event = transcript.partial(text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
         if event is not None:
             self._emit(event)
 
@@ -143,7 +148,7 @@ class ChannelTranscriber:
             hypothesis = await self._scheduler.submit(
                 (self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL
             )
-            text, language = hypothesis.text, hypothesis.language
+            text, language = self._script.convert(hypothesis.text, hypothesis.language), hypothesis.language
         except Exception:
             log.exception("final transcription failed", extra={"call_id": self.labels.call_id})
             text, language = "", None
