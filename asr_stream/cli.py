@@ -57,6 +57,16 @@ def _models_add_conformer(args: argparse.Namespace) -> int:
     return 0
 
 
+def _models_add_funasr(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from asr_stream.inference.funasr.importer import add_funasr_model
+
+    quantized = {"auto": None, "yes": True, "no": False}[args.quantized]
+    print(add_funasr_model(args.family, args.name, Path(args.dir), Path(args.engines_dir), quantized=quantized, language=args.language, itn=args.itn))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -186,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     conformer.add_argument("--preprocessor", required=True, help="model_config.yaml (its preprocessor section is read)")
     conformer.add_argument("--language", default=None, help="language code reported in events")
     conformer.set_defaults(handler=_models_add_conformer)
+    for family, description in (
+        ("sensevoice", "a FunASR SenseVoice ONNX export directory (see docs/mandarin.md)"),
+        ("paraformer", "a FunASR Paraformer ONNX export directory (see docs/mandarin.md)"),
+    ):
+        funasr = add.add_parser(family, help=description)
+        funasr.add_argument("name")
+        funasr.add_argument("--dir", required=True, help="holds model.onnx or model_quant.onnx, tokens.json, am.mvn, config.yaml")
+        funasr.add_argument("--quantized", choices=("auto", "yes", "no"), default="auto", help="take model_quant.onnx (auto: model.onnx if present)")
+        funasr.add_argument("--language", default=None, help="SenseVoice: fix it (default: detect); Paraformer: what it speaks (default zh)")
+        if family == "sensevoice":
+            funasr.add_argument("--itn", action="store_true", help="punctuation and digits (SenseVoice's withitn mode)")
+        funasr.set_defaults(handler=_models_add_funasr, itn=False)
 
     engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(
         dest="engines_command", required=True

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 
-
 # One CJK character (CJK punctuation, kana, Han incl. extension A and compatibility ideographs,
 # full-width forms), or a run of anything else up to the next space or CJK character.
 _CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"

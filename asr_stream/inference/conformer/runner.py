@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from asr_stream.audio.features_nemo import batch_features, nemo_log_mel
-from asr_stream.inference.conformer.ctc import TimedToken, TimedWord, greedy_ctc, group_words
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.manifest import FEATURES_INPUT, GRAPH_FILE, LENGTH_INPUT, TOKENIZER_FILE, ConformerManifest
 from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
+from asr_stream.inference.ctc import TimedToken, TimedWord, greedy_ctc, group_words
 from asr_stream.inference.engine import Engine
 
 
