@@ -63,7 +63,11 @@ def _models_add_funasr(args: argparse.Namespace) -> int:
     from asr_stream.inference.funasr.importer import add_funasr_model
 
     quantized = {"auto": None, "yes": True, "no": False}[args.quantized]
-    print(add_funasr_model(args.family, args.name, Path(args.dir), Path(args.engines_dir), quantized=quantized, language=args.language, itn=args.itn))
+    print(
+        add_funasr_model(
+            args.family, args.name, Path(args.dir), Path(args.engines_dir), quantized=quantized, language=args.language, itn=args.itn
+        )
+    )
     return 0
 
 
@@ -203,8 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         funasr = add.add_parser(family, help=description)
         funasr.add_argument("name")
         funasr.add_argument("--dir", required=True, help="holds model.onnx or model_quant.onnx, tokens.json, am.mvn, config.yaml")
-        funasr.add_argument("--quantized", choices=("auto", "yes", "no"), default="auto", help="take model_quant.onnx (auto: model.onnx if present)")
-        funasr.add_argument("--language", default=None, help="SenseVoice: fix it (default: detect); Paraformer: what it speaks (default zh)")
+        funasr.add_argument(
+            "--quantized", choices=("auto", "yes", "no"), default="auto", help="take model_quant.onnx (auto: model.onnx if present)"
+        )
+        funasr.add_argument(
+            "--language", default=None, help="SenseVoice: fix it (default: detect); Paraformer: what it speaks (default zh)"
+        )
         if family == "sensevoice":
             funasr.add_argument("--itn", action="store_true", help="punctuation and digits (SenseVoice's withitn mode)")
         funasr.set_defaults(handler=_models_add_funasr, itn=False)

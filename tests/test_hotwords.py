@@ -115,7 +115,9 @@ def test_paraformer_search_per_position() -> None:
 
 
 def test_spellings_in_both_vocabulary_styles() -> None:
-    sentencepiece = TokenTable(["<unk>", "<s>", "</s>", "<|zh|>", "\u2581住房", "住房", "公积金", "住", "房", "公", "积", "金", "\u2581ETC"])
+    sentencepiece = TokenTable(
+        ["<unk>", "<s>", "</s>", "<|zh|>", "\u2581住房", "住房", "公积金", "住", "房", "公", "积", "金", "\u2581ETC"]
+    )
     assert sentencepiece.spellings("住房公积金") == [[4, 6], [5, 6], [7, 8, 9, 10, 11]]
     assert sentencepiece.spellings("ETC") == [[12]]
     assert sentencepiece.spellings("社保") == []  # characters the model cannot write: reported by the caller

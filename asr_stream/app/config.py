@@ -282,7 +282,8 @@ class TextSection(_Section):
     """How transcripts are written (docs/mandarin.md)."""
 
     chinese_script: ChineseScript = Field(
-        default="simplified", description="script of Chinese (zh, yue) partials and finals: simplified, traditional, or original (as the model wrote it)"
+        default="simplified",
+        description="script of Chinese (zh, yue) partials and finals: simplified, traditional, or original (as the model wrote it)",
     )
 
 

@@ -52,7 +52,9 @@ class TinyConfig:
     n_layers: int = 2
 
     def conformer(self) -> ConformerConfig:
-        return ConformerConfig(vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, conv_kernel=15)
+        return ConformerConfig(
+            vocab_size=self.vocab_size, d_model=self.d_model, n_heads=self.n_heads, n_layers=self.n_layers, conv_kernel=15
+        )
 
 
 class _Encoder(nn.Module):
@@ -190,7 +192,9 @@ def write_export_dir(directory: Path, family: str, texts: Iterable[str], seed: i
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         # As FunASR's export(quantize=True): int8 weights for the MatMuls only, per channel, QUInt8.
-        quantize_dynamic(graph, directory / "model_quant.onnx", op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QUInt8)
+        quantize_dynamic(
+            graph, directory / "model_quant.onnx", op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QUInt8
+        )
     (directory / TOKENS_FILE).write_text(json.dumps(pieces, ensure_ascii=False))
     (directory / CMVN_FILE).write_text(_am_mvn(model.encoder.project.in_features))  # type: ignore[union-attr]
     (directory / CONFIG_FILE).write_text(yaml.safe_dump(_config(family), allow_unicode=True))

@@ -67,7 +67,9 @@ def _read_config(path: Path, family: str) -> dict[str, Any]:
         raise ModelError(f"{path}: no frontend_conf section: not a FunASR model config")
     model_class = str(config.get("model", ""))
     if model_class in CONTEXTUAL_CLASSES or (path.parent / "model_eb.onnx").exists():
-        raise ModelError(f"{path}: {model_class or 'a contextual Paraformer'} (with a hotword encoder graph) is not supported; export a plain Paraformer")
+        raise ModelError(
+            f"{path}: {model_class or 'a contextual Paraformer'} (with a hotword encoder graph) is not supported; export a plain Paraformer"
+        )
     if model_class not in MODEL_CLASSES[family]:
         other = next((name for name, classes in MODEL_CLASSES.items() if model_class in classes), None)
         hint = f": add it with `asr-stream models add {other}`" if other else ""
@@ -89,7 +91,9 @@ def _probe(graph: Path, family: str, feature_dim: int, vocab_size: int) -> None:
         raise ModelError(f"{graph} has outputs {outputs}, not FunASR's {family} export's {list(OUTPUTS[family])}")
     width = inputs[SPEECH].shape[-1]
     if inputs[SPEECH].type != "tensor(float)" or len(inputs[SPEECH].shape) != 3 or (isinstance(width, int) and width != feature_dim):
-        raise ModelError(f"{graph}: input speech is {inputs[SPEECH].type} {inputs[SPEECH].shape}, the front end makes float [batch, frames, {feature_dim}]")
+        raise ModelError(
+            f"{graph}: input speech is {inputs[SPEECH].type} {inputs[SPEECH].shape}, the front end makes float [batch, frames, {feature_dim}]"
+        )
     integer_inputs = [name for name in (SPEECH_LENGTHS, LANGUAGE, TEXTNORM) if name in inputs]
     for name in integer_inputs:
         if inputs[name].type not in _INT_TYPES:
@@ -105,7 +109,9 @@ def _probe(graph: Path, family: str, feature_dim: int, vocab_size: int) -> None:
     if scores.ndim != 3 or scores.shape[-1] != vocab_size:
         raise ModelError(f"{graph} emits {scores.shape[-1] if scores.ndim == 3 else scores.shape} classes; the token list has {vocab_size}")
     if family == SENSEVOICE and (scores.shape[1], int(counts[0])) != (_PROBE_FRAMES + SENSEVOICE_QUERY_FRAMES,) * 2:
-        raise ModelError(f"{graph} maps {_PROBE_FRAMES} frames to {scores.shape[1]}: not SenseVoice's {SENSEVOICE_QUERY_FRAMES} query frames in front")
+        raise ModelError(
+            f"{graph} maps {_PROBE_FRAMES} frames to {scores.shape[1]}: not SenseVoice's {SENSEVOICE_QUERY_FRAMES} query frames in front"
+        )
 
 
 def add_funasr_model(
@@ -145,7 +151,9 @@ def add_funasr_model(
     if family == SENSEVOICE:
         language = None if language == "auto" else language
         if language is not None and language not in SENSEVOICE_LANGUAGE_IDS:
-            raise ModelError(f"SenseVoice transcribes {', '.join(sorted(set(SENSEVOICE_LANGUAGE_IDS) - {'auto', 'nospeech'}))}, not {language!r}")
+            raise ModelError(
+                f"SenseVoice transcribes {', '.join(sorted(set(SENSEVOICE_LANGUAGE_IDS) - {'auto', 'nospeech'}))}, not {language!r}"
+            )
         if tokens.ids.get("<|zh|>") is None:
             raise ModelError(f"{token_path} lacks SenseVoice's tags (<|zh|>, <|NEUTRAL|>, ...): not a SenseVoice token list")
     else:

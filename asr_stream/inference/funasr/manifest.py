@@ -75,7 +75,9 @@ class FunasrManifest:
         try:
             document = json.loads((engine_dir / MANIFEST).read_text())
         except (OSError, ValueError):
-            raise ModelError(f"{engine_dir} holds no readable {MANIFEST}: add the model with `asr-stream models add sensevoice|paraformer`") from None
+            raise ModelError(
+                f"{engine_dir} holds no readable {MANIFEST}: add the model with `asr-stream models add sensevoice|paraformer`"
+            ) from None
         if document.get("family") not in FAMILIES or document.get("format") != MANIFEST_FORMAT:
             raise ModelError(f"{engine_dir} does not hold a SenseVoice or Paraformer model of manifest format {MANIFEST_FORMAT}")
         entries = [document["graphs"][GRAPH], *document["files"].values()]

@@ -141,7 +141,9 @@ class FunasrRunner:
     def _run(self, audios: Sequence[np.ndarray], hotwords: ContextGraph | None) -> list[FunasrTranscript]:
         features = [funasr_features(audio, self.manifest.features, self.cmvn) for audio in audios]
         durations = [len(audio) / self.manifest.features.sample_rate for audio in audios]
-        results: list[FunasrTranscript | None] = [None if len(item) else FunasrTranscript("", self.manifest.language, (), d) for item, d in zip(features, durations)]
+        results: list[FunasrTranscript | None] = [
+            None if len(item) else FunasrTranscript("", self.manifest.language, (), d) for item, d in zip(features, durations)
+        ]
         rows = [i for i, result in enumerate(results) if result is None]  # under one 25 ms frame: nothing to run
         if rows:
             batch, lengths = pad_batch([features[i] for i in rows])

@@ -76,7 +76,7 @@ class TokenTable:
         return self._special[token_id]
 
     def tag(self, token_id: int) -> str | None:
-        """"zh" for `<|zh|>`: the name inside a SenseVoice tag, else None."""
+        """ "zh" for `<|zh|>`: the name inside a SenseVoice tag, else None."""
         match = _TAG.fullmatch(self.pieces[token_id])
         return match.group(1) if match else None
 
