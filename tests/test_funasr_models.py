@@ -32,10 +32,12 @@ from asr_stream.inference.funasr.runner import FunasrRunner, FunasrTranscript, r
 from asr_stream.inference.funasr.tokens import TokenTable
 from asr_stream.inference.models import ModelError
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.profiles import check_against_graph, load_profile
 
 pytestmark = pytest.mark.slow  # two ONNX exports and a quantisation, ~25 s
 
 ASR_STREAM = Path(sys.executable).parent / "asr-stream"
+PROFILES = Path(__file__).resolve().parents[1] / "profiles"
 # The vocabulary of the test models: the Mandarin references and a few hotline terms.
 HOTLINE_TERMS = ["住房公积金", "社保卡", "市民热线", "不动产登记"]
 
@@ -220,3 +222,27 @@ def test_cli_adds_a_model_in_one_command_and_refuses_in_one_line(exports, tmp_pa
     assert again.returncode == 2 and "exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
     wrong = cli("sensevoice", "sv", "--dir", tmp_path / "nowhere")
     assert wrong.returncode == 2 and "is not a directory" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+@pytest.mark.parametrize("family", [SENSEVOICE, PARAFORMER])
+def test_graph_fits_its_profile_and_runs_at_the_corners(family, exports) -> None:
+    """Variable length: one profile from 0.3 s to 30 s of 60 ms frames, checked against the graph's declared inputs."""
+    profile = load_profile(PROFILES / f"{family}.yaml")
+    session = onnxruntime.InferenceSession(str(exports[family] / "model.onnx"), providers=["CPUExecutionProvider"])
+    check_against_graph(profile, "model.onnx", {arg.name: arg.shape for arg in session.get_inputs()})
+    speech = profile.inputs("model.onnx")["speech"]
+    assert [speech.min[1], speech.opt[1], speech.max[1]] == [5, 134, 500]  # 0.3 s, 8 s, 30 s
+    for batch, frames in ((speech.min[0], speech.min[1]), (2, speech.max[1])):  # the max batch is too slow for CPU tests
+        scores, counts = session.run(None, feeds_for(family, np.zeros((batch, frames, 560), np.float32), np.full(batch, frames)))
+        assert scores.shape[0] == batch and counts.shape == (batch,)
+
+
+def test_audio_longer_than_the_profile_goes_in_30_s_pieces(exports, mandarin, tmp_path) -> None:
+    engine_dir = add_funasr_model(SENSEVOICE, "long", exports[SENSEVOICE], tmp_path, language="zh")
+    runner = FunasrRunner.load(engine_dir, OnnxRuntimeEngine.load)
+    long = np.concatenate(mandarin * 3)  # ~38 s: a 30 s piece and an 8 s one
+    (whole,) = runner.transcribe_batch([long])
+    first, second = runner.transcribe_batch([long[: 30 * 16000], long[30 * 16000 :]])
+    assert whole.tokens == first.tokens + second.tokens and whole.text == runner.tokens.decode(list(whole.tokens))
+    assert whole.timed_tokens[len(first.tokens)].start_ms == second.timed_tokens[0].start_ms + 30_000
+    assert whole.duration_s == pytest.approx(len(long) / 16000)

@@ -44,6 +44,8 @@ from asr_stream.inference.hotwords import ContextGraph, biased_token_search, ctc
 SENSEVOICE_LANGUAGE_IDS = {"auto": 0, "zh": 3, "en": 4, "yue": 7, "ja": 11, "ko": 12, "nospeech": 13}
 SENSEVOICE_TEXTNORM_IDS = {"withitn": 14, "woitn": 15}
 SENSEVOICE_QUERY_FRAMES = 4  # language, emotion, event, text norm: prepended by the graph itself
+#: The longest audio one engine call takes (profiles/sensevoice.yaml and paraformer.yaml: 500 frames of 60 ms).
+MAX_PIECE_S = 30
 NO_SPEECH = "nospeech"
 EMOTIONS = frozenset({"HAPPY", "SAD", "ANGRY", "NEUTRAL", "FEARFUL", "DISGUSTED", "SURPRISED", "EMO_UNKNOWN"})
 EVENTS = frozenset({"Speech", "BGM", "Applause", "Laughter", "Cry", "Sneeze", "Breath", "Cough", "Sing", "Speech_Noise", "Event_UNK"})
@@ -134,9 +136,41 @@ class FunasrRunner:
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], hotwords: ContextGraph | None = None) -> list[FunasrTranscript]:
         """Transcribe mono 16 kHz float32 waveforms, one result per waveform, in order, in engine
-        calls of at most `engine.max_batch` utterances; `hotwords` switches on the biased search."""
+        calls of at most `engine.max_batch` utterances; `hotwords` switches on the biased search.
+
+        Audio longer than `MAX_PIECE_S` (a file offline) is transcribed in pieces of that length,
+        the shape profiles' maximum (attention cost grows with the square of the length), and the
+        pieces' tokens joined.
+        """
+        piece = MAX_PIECE_S * self.manifest.features.sample_rate
+        owners: list[int] = []
+        pieces: list[np.ndarray] = []
+        for index, audio in enumerate(audios):
+            for start in range(0, max(len(audio), 1), piece):
+                owners.append(index)
+                pieces.append(audio[start : start + piece])
         step = self.engine.max_batch
-        return [result for start in range(0, len(audios), step) for result in self._run(audios[start : start + step], hotwords)]
+        results = [result for start in range(0, len(pieces), step) for result in self._run(pieces[start : start + step], hotwords)]
+        return [self._join([r for owner, r in zip(owners, results) if owner == i]) for i in range(len(audios))]
+
+    def _join(self, pieces: list[FunasrTranscript]) -> FunasrTranscript:
+        """One utterance's result from its consecutive pieces (usually just one)."""
+        if len(pieces) == 1:
+            return pieces[0]
+        timed: list[TimedToken] = []
+        for index, piece in enumerate(pieces):
+            offset_ms = index * MAX_PIECE_S * 1000
+            timed += [TimedToken(t.token_id, t.start_ms + offset_ms, t.end_ms + offset_ms) for t in piece.timed_tokens]
+        tokens = tuple(token for piece in pieces for token in piece.tokens)
+        return FunasrTranscript(
+            self.tokens.decode(list(tokens)),
+            next((p.language for p in pieces if p.language), None),
+            tokens,
+            sum(p.duration_s for p in pieces),
+            next((p.emotion for p in pieces if p.emotion), None),
+            next((p.event for p in pieces if p.event), None),
+            tuple(timed),
+        )
 
     def _run(self, audios: Sequence[np.ndarray], hotwords: ContextGraph | None) -> list[FunasrTranscript]:
         features = [funasr_features(audio, self.manifest.features, self.cmvn) for audio in audios]
