@@ -26,6 +26,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         timestamps=args.timestamps,
         engines_dir=args.engines_dir,
         backend=args.backend,
+        chinese_script=args.chinese_script,
+        hotwords_file=args.hotwords_file,
     )
 
 
@@ -186,6 +188,10 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--language", default=None, help="language code; default: detect (multilingual models)")
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file per line")
     transcribe.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens (segments)")
+    transcribe.add_argument(
+        "--chinese-script", choices=("simplified", "traditional", "original"), default="simplified", help="script of Chinese output"
+    )
+    transcribe.add_argument("--hotwords-file", default=None, help="domain terms, UTF-8, one per line (# comments): see docs/mandarin.md")
     transcribe.add_argument(
         "--backend", default="onnxruntime", help="onnxruntime (CPU, default) | tensorrt (built engines) | torch (CUDA GPU, Whisper only)"
     )

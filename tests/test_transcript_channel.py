@@ -18,6 +18,7 @@ import pytest
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.vad import WINDOW_SAMPLES
+from asr_stream.inference.runners import Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
@@ -59,6 +60,7 @@ class Request:
     seconds: float
     priority: Priority
     submitted_at: float
+    hotwords: str | None
     answer: asyncio.Future[Heard] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -72,8 +74,8 @@ class ScriptedQueue:
         self._text = text
         self._language = language
 
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Heard:
-        request = Request(key, len(payload) / SAMPLE_RATE, priority, self._clock())
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard:
+        request = Request(key, len(payload.audio) / SAMPLE_RATE, priority, self._clock(), payload.hotwords)
         self.requests.append(request)
         if priority not in self._hold:
             self.release(request)
@@ -211,3 +213,13 @@ async def test_partials_and_finals_are_written_in_the_configured_script(script, 
     await channel.finish()
     assert [type(e) for e in emitted] == [SegmentPartial, SegmentFinal]
     assert [e.text for e in emitted] == [expected, expected]
+
+
+async def test_every_request_carries_the_calls_hotword_list() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 3.0)]), clock, emitted, hotwords="housing")
+    await stream(channel, clock, 4.0)
+    await channel.finish()
+    assert {Priority.PARTIAL, Priority.FINAL} <= {r.priority for r in queue.requests}
+    assert {r.hotwords for r in queue.requests} == {"housing"}

@@ -152,11 +152,12 @@ class Daemon:
             backend=settings.backend,
             live=True,
             profiles_dir=settings.profiles_dir,
+            hotwords=self.config.components.hotwords,
         )
         self.scheduler = BatchScheduler(
-            self.metrics.timed_batch(self.model.transcribe_batch),
+            self.metrics.timed_batch(self.model.transcribe),
             settings.scheduler.build(self.model.max_batch),
-            bucket=self.model.bucket,
+            bucket=self.model.utterance_bucket,
         )
         await self.scheduler.start()
         stack.push_async_callback(lambda: self.scheduler.stop(timeout_s=self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
@@ -229,6 +230,7 @@ class Daemon:
         assert self.scheduler is not None and self.model is not None
         settings = self.config.settings
         labels = Labels(call_id=call.call_id, model=settings.model, engine=settings.backend)
+        hotwords = self._hotword_list(call)
         transcribers = tuple(
             ChannelTranscriber(
                 labels=labels,
@@ -238,11 +240,22 @@ class Daemon:
                 segmenter_config=self.config.components.segmenter,
                 partial_interval_s=settings.scheduler.partial_interval_s,
                 script=self.script,
+                hotwords=hotwords,
             )
             for channel in channels
         )
         envelope = Envelope(call.call_id, settings.model, settings.backend, self.model.language)
         return CallSession(call, channels, transcribers, envelope, self.publish)
+
+    def _hotword_list(self, call: CallInfo) -> str | None:
+        """The named list the call asked for (SIP X-ASR-Hotwords) if the config has it; else the default list."""
+        assert self.model is not None
+        if call.hotword_list is None or call.hotword_list in self.model.hotword_lists:
+            return call.hotword_list
+        log.warning(
+            "call %s asked for hotword list %r, which is not configured: using the default list", call.call_id[:64], call.hotword_list
+        )
+        return None
 
     def _call_finished(self, session: CallSession) -> None:
         for channel in session.channels:

@@ -21,7 +21,7 @@ Without hotwords every family decodes greedily, exactly as before.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,24 @@ MAX_TERM_CHARS = 64
 
 class HotwordError(OperatorError):
     """A hotword list cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True)
+class HotwordLists:
+    """A deployment's terms: `default` for every utterance, and `named` lists an utterance may use instead.
+
+    A call picks a named list with the SIP header X-ASR-Hotwords; only names configured here are
+    ever used, so no caller's text reaches a prompt. The named list replaces the default one (a
+    department's list should repeat the terms every call needs): a Whisper prompt holds one list.
+    """
+
+    default: tuple[str, ...] = ()
+    named: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    boost: float = DEFAULT_BOOST
+
+    def by_name(self) -> dict[str | None, tuple[str, ...]]:
+        """Every list, the default one under None."""
+        return {None: self.default, **self.named}
 
 
 def parse_hotwords(lines: Iterable[str], source: str) -> tuple[str, ...]:

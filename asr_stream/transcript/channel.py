@@ -26,7 +26,7 @@ import numpy as np
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import SpeechDetector, Vad
-from asr_stream.inference.runners import Hypothesis
+from asr_stream.inference.runners import Hypothesis, Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.script import ScriptConverter
@@ -44,7 +44,7 @@ PARTIAL_INTERVAL_S = 1.0
 class TranscriptionQueue(Protocol):
     """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
 
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Hypothesis: ...
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Hypothesis: ...
 
 
 @dataclass
@@ -68,8 +68,10 @@ class ChannelTranscriber:
         vad: SpeechDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
         script: ScriptConverter | None = None,
+        hotwords: str | None = None,
     ) -> None:
-        """`script`: the Chinese script of partials and finals (default: Simplified, `text.chinese_script`)."""
+        """`script`: the Chinese script of partials and finals (default: Simplified, `text.chinese_script`).
+        `hotwords`: the named hotword list the call uses (None: the default list)."""
         self.labels = labels
         self.channel = channel
         self._scheduler = scheduler
@@ -80,6 +82,7 @@ class ChannelTranscriber:
         self._partial_interval_s = partial_interval_s
         self._clock = clock
         self._script = script or ScriptConverter()
+        self._hotwords = hotwords
         self._open: _OpenSegment | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_final: asyncio.Task[None] | None = None
@@ -132,7 +135,7 @@ class ChannelTranscriber:
     async def _partial(self, transcript: SegmentTranscript, audio: np.ndarray, end_sample: int) -> None:
         key = (self.labels.call_id, self.channel)
         try:
-            hypothesis = await self._scheduler.submit(key, audio, Priority.PARTIAL)
+            hypothesis = await self._scheduler.submit(key, Utterance(audio, self._hotwords), Priority.PARTIAL)
         except Shed:
             return
         except Exception:
@@ -146,7 +149,7 @@ class ChannelTranscriber:
     async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
         try:
             hypothesis = await self._scheduler.submit(
-                (self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL
+                (self.labels.call_id, self.channel, closed.seq), Utterance(np.array(closed.audio), self._hotwords), Priority.FINAL
             )
             text, language = self._script.convert(hypothesis.text, hypothesis.language), hypothesis.language
         except Exception:
