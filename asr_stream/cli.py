@@ -112,6 +112,12 @@ def _config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _header(value: str) -> str:
+    if ":" not in value:
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return value
+
+
 def _call(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
@@ -121,7 +127,11 @@ def _call(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="asr-stream-call-") as workdir:
         try:
-            asyncio.run(place_call(args.target, args.file, Path(workdir), codec=args.codec, calls=args.calls, rate=args.rate))
+            headers = dict(header.split(":", 1) for header in args.header)
+            headers = {name.strip(): value.strip() for name, value in headers.items()}
+            asyncio.run(
+                place_call(args.target, args.file, Path(workdir), codec=args.codec, calls=args.calls, rate=args.rate, headers=headers)
+            )
         except SippError as error:
             print(f"asr-stream call: {error}", file=sys.stderr)
             return 1
@@ -266,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU")
     call.add_argument("--calls", type=int, default=1)
     call.add_argument("--rate", type=float, default=None, help="calls per second (default: all at once)")
+    call.add_argument("--header", action="append", default=[], type=_header, help='an INVITE header, e.g. "X-ASR-Hotwords: housing"')
     call.set_defaults(handler=_call)
 
     tail = commands.add_parser("tail", help="print transcript events from Kafka")
