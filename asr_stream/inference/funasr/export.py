@@ -28,6 +28,7 @@ from torch import nn
 
 from asr_stream.inference.conformer.model import ConformerConfig, ConformerLayer, relative_positions, time_mask
 from asr_stream.inference.funasr.manifest import CMVN_FILE, CONFIG_FILE, GRAPH_FILE, INPUTS, OUTPUTS, SENSEVOICE, TOKENS_FILE
+from asr_stream.inference.onnx_export import export_graph
 
 # FunASR's SenseVoice embedding table: 7 rows of its own, then the language and text-norm rows.
 SENSEVOICE_QUERY_ROWS = 16
@@ -124,7 +125,7 @@ class TinyParaformer(nn.Module):
         return torch.log_softmax(self.output(x), dim=-1), token_num.to(torch.int32)
 
 
-def export_graph(model: nn.Module, family: str, path: Path) -> Path:
+def export_onnx(model: nn.Module, family: str, path: Path) -> Path:
     """Write `model` (eval mode) as one ONNX file with FunASR's input/output names and dynamic batch and time."""
     model.eval()
     speech = torch.randn(_EXAMPLE_BATCH, _EXAMPLE_FRAMES, model.encoder.project.in_features)  # type: ignore[union-attr]
@@ -135,17 +136,7 @@ def export_graph(model: nn.Module, family: str, path: Path) -> Path:
     if family == SENSEVOICE:
         inputs += (torch.tensor([0, 3], dtype=torch.int32), torch.tensor([15, 14], dtype=torch.int32))
         dynamic |= {"language": {0: batch}, "textnorm": {0: batch}}
-    program = torch.onnx.export(
-        model,
-        inputs,
-        input_names=list(INPUTS[family]),
-        output_names=list(OUTPUTS[family]),
-        dynamic_shapes=dynamic,
-        dynamo=True,
-        external_data=False,
-    )
-    program.save(str(path))
-    return path
+    return export_graph(model, inputs, path, input_names=INPUTS[family], output_names=OUTPUTS[family], dynamic_shapes=dynamic)
 
 
 def sensevoice_vocabulary(texts: Iterable[str]) -> list[str]:
@@ -187,7 +178,7 @@ def write_export_dir(directory: Path, family: str, texts: Iterable[str], seed: i
     directory.mkdir(parents=True, exist_ok=True)
     pieces = (sensevoice_vocabulary if family == SENSEVOICE else paraformer_vocabulary)(list(texts))
     model = build_model(family, len(pieces), seed)
-    graph = export_graph(model, family, directory / GRAPH_FILE)
+    graph = export_onnx(model, family, directory / GRAPH_FILE)
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
