@@ -19,6 +19,8 @@ from test_funasr_models import ASR_STREAM, HOTLINE_TERMS, exports, mandarin, tex
 from asr_stream.devtools.sipp import place_call
 from asr_stream.inference.funasr.importer import add_funasr_model
 from asr_stream.inference.funasr.manifest import PARAFORMER, SENSEVOICE
+from asr_stream.inference.hotwords import HotwordLists
+from asr_stream.inference.runners import Utterance, load_model
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -66,3 +68,17 @@ def test_transcribe_cli_with_an_imported_model_and_hotwords(family, exports, man
     unwritable.write_text("ÄÖÜ\n", encoding="utf-8")
     refused = subprocess.run([*command, "--hotwords-file", str(unwritable), str(wav)], capture_output=True, text=True, timeout=120)
     assert refused.returncode == 2 and "cannot be written with" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+
+
+def test_utterances_of_different_lists_are_decoded_with_their_own(exports, mandarin, tmp_path):
+    """What the scheduler hands the model: a mixed batch is split by list, each decoded with its graph, order kept."""
+    engines = tmp_path / "engines"
+    add_funasr_model(SENSEVOICE, "sv", exports[SENSEVOICE], engines, language="zh")
+    model = load_model("sv", engines, hotwords=HotwordLists(HOTLINE_TERMS[:2], {"other": HOTLINE_TERMS[2:]}))
+    assert model.hotword_lists == {"other"}
+    utterances = [Utterance(mandarin[0], "other"), Utterance(mandarin[1]), Utterance(mandarin[2], "other"), Utterance(mandarin[0])]
+    mixed = [h.text for h in model.transcribe(utterances)]
+    assert mixed[0] == model.transcribe_with([mandarin[0]], "other")[0].text
+    assert mixed[3] == model.transcribe_batch([mandarin[0]])[0].text
+    assert mixed[0] != mixed[3]  # the two lists' graphs lead the search to different texts on a random model
+    assert model.utterance_bucket(utterances[0]) != model.utterance_bucket(utterances[1])

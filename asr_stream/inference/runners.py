@@ -237,7 +237,7 @@ def _conformer_model(name: str, directory: Path, language: str | None, backend: 
     declared = conformer.manifest.language
     if language is not None and declared is not None and language != declared:
         raise ModelError(f"model {name} transcribes {declared!r} (declared when it was added), not {language!r}")
-    graphs = _graphs(hotwords, lambda term: [conformer.tokenizer.encode(term)], name)
+    graphs = _graphs(hotwords, conformer.tokenizer.spellings, name)
 
     def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
         return conformer.transcribe_batch(audios, graphs.get(hotword_list, graphs[None]))

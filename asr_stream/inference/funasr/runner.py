@@ -128,12 +128,6 @@ class FunasrRunner:
     def family(self) -> str:
         return self.manifest.family
 
-    def hotword_graph(self, terms: Sequence[str], boost: float) -> tuple[ContextGraph, list[str]]:
-        """The context graph of `terms` in this model's tokens, and the terms it cannot write (to report)."""
-        spellings = {term: self.tokens.spellings(term) for term in terms}
-        graph = ContextGraph([spelling for forms in spellings.values() for spelling in forms], boost)
-        return graph, [term for term, forms in spellings.items() if not forms]
-
     def transcribe_batch(self, audios: Sequence[np.ndarray], hotwords: ContextGraph | None = None) -> list[FunasrTranscript]:
         """Transcribe mono 16 kHz float32 waveforms, one result per waveform, in order, in engine
         calls of at most `engine.max_batch` utterances; `hotwords` switches on the biased search.
