@@ -6,8 +6,9 @@ engine threads, and Kafka delivery on the sink's own thread, so the loop never b
 Lifecycle of a call as consumers see it: `call.started`, then per channel partials and finals in
 segment order, then `call.ended` once every final of the call has been emitted (app/calls.py).
 
-Start and stop are one stack: `start()` brings the components up in order (HTTP, Kafka, model and
-scheduler, calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
+Start and stop are one stack: `start()` loads the model (before any socket or thread: the likeliest
+operator mistake fails first), then brings the components up in order (HTTP, Kafka, scheduler,
+calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
 fails, unwinds what it had started. `stop()` unwinds the same stack in reverse: stop admitting
 (503) and hang up every call, let the calls finish their finals up to the deadline and cancel the
 rest (each still gets its `call.ended`), stop the scheduler, flush Kafka (what is not acknowledged
@@ -76,6 +77,8 @@ class Daemon:
     async def start(self) -> None:
         """Bring every component up; if one fails, what was started is stopped again and the error raised."""
         self._deadline = asyncio.get_running_loop().time() + START_UNWIND_S
+        # The model first: the likeliest operator mistake (not prepared, no CUDA) fails before any socket or thread.
+        self.model = await asyncio.to_thread(self._load_model)
         async with contextlib.AsyncExitStack() as stack:
             await self._start_http(stack)
             self.kafka = KafkaSink(self.config.components.kafka)
@@ -142,10 +145,9 @@ class Daemon:
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
 
-    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
+    def _load_model(self) -> LoadedModel:
         settings = self.config.settings
-        self.model = await asyncio.to_thread(
-            load_model,
+        return load_model(
             settings.model,
             settings.engines_dir,
             settings.language,
@@ -154,6 +156,10 @@ class Daemon:
             profiles_dir=settings.profiles_dir,
             hotwords=self.config.components.hotwords,
         )
+
+    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
+        settings = self.config.settings
+        assert self.model is not None
         self.scheduler = BatchScheduler(
             self.metrics.timed_batch(self.model.transcribe),
             settings.scheduler.build(self.model.max_batch),
