@@ -58,7 +58,9 @@ class HotwordLists:
 
     def by_name(self) -> dict[str | None, tuple[str, ...]]:
         """Every list, the default one under None."""
-        return {None: self.default, **self.named}
+        lists: dict[str | None, tuple[str, ...]] = {None: self.default}
+        lists.update(self.named)
+        return lists
 
 
 def parse_hotwords(lines: Iterable[str], source: str) -> tuple[str, ...]:
@@ -186,7 +188,7 @@ def ctc_prefix_beam_search(
     only counts twice when a blank separates the two.
     """
     log_probs = _log_softmax(np.asarray(logits, dtype=np.float64))
-    prefixes = {(): _Prefix((), (), graph.root, 0.0, blank=0.0)}
+    prefixes: dict[tuple[int, ...], _Prefix] = {(): _Prefix((), (), graph.root, 0.0, blank=0.0)}
     candidates_per_frame = min(beam, log_probs.shape[-1])
     for frame, scores in enumerate(log_probs):
         candidates = np.argpartition(scores, -candidates_per_frame)[-candidates_per_frame:]

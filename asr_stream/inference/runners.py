@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol, TypeVar
 
@@ -169,7 +170,7 @@ def whisper_model(
         raise ModelError(f"model {name} cannot transcribe language {language!r}")
     runners = {}
     for list_name, terms in hotwords.by_name().items():
-        prompt = _compiled(list_name, lambda terms=terms: hotword_prompt(runner.tokenizer, terms, runner.dims.n_text_ctx, name))
+        prompt = _compiled(list_name, partial(hotword_prompt, runner.tokenizer, terms, runner.dims.n_text_ctx, name))
         runners[list_name] = runner.prompted(prompt) if prompt else runner
 
     def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
@@ -206,7 +207,7 @@ def _graphs(hotwords: HotwordLists, spell: Callable[[str], list[list[int]]], mod
             )
         return ContextGraph([form for forms in spellings.values() for form in forms], hotwords.boost)
 
-    return {list_name: _compiled(list_name, lambda terms=terms: compile_list(terms)) for list_name, terms in hotwords.by_name().items()}
+    return {list_name: _compiled(list_name, partial(compile_list, terms)) for list_name, terms in hotwords.by_name().items()}
 
 
 def _graph_engine(name: str, family: str, backend: str) -> Callable[[Path], Engine]:

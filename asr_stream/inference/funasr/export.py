@@ -42,12 +42,13 @@ SENSEVOICE_TAGS = (
 # A CIF weight per frame in (0, 0.4): about 2 to 3 tokens per second of 60 ms frames, and fewer tokens than frames.
 _ALPHA_SCALE = 0.4
 _EXAMPLE_BATCH, _EXAMPLE_FRAMES = 2, 37  # >= 2, so torch.export keeps the dims symbolic
+FEATURE_DIM = 560  # 80 mels x LFR 7, as every published SenseVoice and Paraformer
 
 
 @dataclass(frozen=True)
 class TinyConfig:
     vocab_size: int
-    feature_dim: int = 560  # 80 mels x LFR 7
+    feature_dim: int = FEATURE_DIM
     d_model: int = 64
     n_heads: int = 4
     n_layers: int = 2
@@ -128,7 +129,7 @@ class TinyParaformer(nn.Module):
 def export_onnx(model: nn.Module, family: str, path: Path) -> Path:
     """Write `model` (eval mode) as one ONNX file with FunASR's input/output names and dynamic batch and time."""
     model.eval()
-    speech = torch.randn(_EXAMPLE_BATCH, _EXAMPLE_FRAMES, model.encoder.project.in_features)  # type: ignore[union-attr]
+    speech = torch.randn(_EXAMPLE_BATCH, _EXAMPLE_FRAMES, FEATURE_DIM)
     lengths = torch.tensor([_EXAMPLE_FRAMES, _EXAMPLE_FRAMES - 9], dtype=torch.int32)
     batch, frames = torch.export.Dim("batch_size", min=1, max=1024), torch.export.Dim("feats_length", min=1, max=100_000)
     inputs: tuple[torch.Tensor, ...] = (speech, lengths)
@@ -187,6 +188,6 @@ def write_export_dir(directory: Path, family: str, texts: Iterable[str], seed: i
             graph, directory / "model_quant.onnx", op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QUInt8
         )
     (directory / TOKENS_FILE).write_text(json.dumps(pieces, ensure_ascii=False))
-    (directory / CMVN_FILE).write_text(_am_mvn(model.encoder.project.in_features))  # type: ignore[union-attr]
+    (directory / CMVN_FILE).write_text(_am_mvn(FEATURE_DIM))
     (directory / CONFIG_FILE).write_text(yaml.safe_dump(_config(family), allow_unicode=True))
     return directory

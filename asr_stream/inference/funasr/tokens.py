@@ -39,12 +39,12 @@ def read_tokens(path: Path) -> list[str]:
         raise TokenError(f"{path}: cannot read ({error})") from None
     if Path(path).suffix == ".json":
         try:
-            pieces = json.loads(text)
+            listed = json.loads(text)
         except ValueError as error:
             raise TokenError(f"{path}: not JSON ({error})") from None
-        if not isinstance(pieces, list) or not pieces or not all(isinstance(piece, str) for piece in pieces):
+        if not isinstance(listed, list) or not listed or not all(isinstance(piece, str) for piece in listed):
             raise TokenError(f"{path}: expected a JSON list of token strings")
-        return pieces
+        return listed
     pieces: list[str] = []
     for number, line in enumerate(text.splitlines(), start=1):
         piece, _, token_id = line.rstrip("\n").rpartition(" ")
