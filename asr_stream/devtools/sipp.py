@@ -12,11 +12,13 @@ a SIP proxy such as Kamailio in front of several (deploy/kamailio).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,8 @@ from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
 
 CODECS = {"PCMU": (0, ulaw_encode), "PCMA": (8, alaw_encode)}
+_CALL_ID = re.compile(r"^Call-ID: *(\S+)", re.MULTILINE)
+_STATUS_LINE = re.compile(r"^SIP/2\.0 \d{3} .*$", re.MULTILINE)
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="asr-stream test call: stream one file, then hang up">
@@ -100,6 +104,26 @@ class SippRun:
     @property
     def log(self) -> str:
         return self.output + self.messages
+
+    @property
+    def call_id(self) -> str | None:
+        """The Call-ID of the (first) call, from the message trace."""
+        found = _CALL_ID.search(self.messages)
+        return found.group(1) if found else None
+
+    def sent_at(self, method: str) -> float | None:
+        """Wall time (epoch s) SIPp first sent a `method` request, from the trace's time stamps.
+
+        Benchmarks take the ACK's: SIPp starts the call's RTP stream right after it.
+        """
+        sent = re.search(
+            rf"-{{20,}} (\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+UDP message sent \(\d+ bytes\):\s+{method} ", self.messages
+        )
+        return datetime.fromisoformat(sent.group(1)).timestamp() if sent else None
+
+    def statuses(self) -> list[str]:
+        """Every distinct SIP status line SIPp saw (for a failure report)."""
+        return sorted(set(_STATUS_LINE.findall(self.log)))
 
     def explain(self) -> str:
         """The tail of both, for a failure report."""
