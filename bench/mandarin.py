@@ -10,6 +10,9 @@ domain term (CLIP_TERMS); hotword lists add seven terms a 12345 hotline would li
 - term in the list: a list with every clip's term and the hotline terms;
 - term not in the list: the same list without the clip's own term (does a list harm other speech?).
 
+Also the no-speech gate that keeps a prompt out of silence: how many of all shared clips (speech,
+every language) and of six synthetic non-speech signals Whisper hears as speech (first 30 s).
+
 Offline runs `load_model` as `asr-stream transcribe` does. Live starts an embedded broker and the
 daemon in this process; SIPp calls stream each clip as PCMU at 8 kHz, naming the list in
 X-ASR-Hotwords (or no header), three calls at a time; the text of a call is its finals joined.
@@ -25,6 +28,7 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from asr_stream.app.config import load_config
@@ -34,7 +38,10 @@ from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.scoring import corpus_cer
 from asr_stream.devtools.sipp import place_call
 from asr_stream.inference.hotwords import HotwordLists
+from asr_stream.inference.models import load_prepared
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import load_model
+from asr_stream.inference.whisper.runner import WhisperRunner
 from asr_stream.sip.offer import HOTWORD_LIST_HEADER
 from asr_stream.transcript.events import CallEnded, CallStarted, SegmentFinal, TranscriptEvent
 from asr_stream.transcript.script import ScriptConverter
@@ -62,6 +69,33 @@ def without(clip_id: str) -> str:
 def lists(rows: list[dict]) -> dict[str, tuple[str, ...]]:
     every = (*CLIP_TERMS.values(), *HOTLINE_TERMS)
     return {IN_LIST: every} | {without(row["id"]): tuple(t for t in every if t != CLIP_TERMS[row["id"]]) for row in rows}
+
+
+def gate(model_name: str, engines_dir: str) -> dict[str, object]:
+    """`WhisperDecoder.hears_speech` on every shared clip and on six non-speech signals."""
+    runner = WhisperRunner.from_prepared(load_prepared(model_name, engines_dir), OnnxRuntimeEngine.load)
+    rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if line.strip()]
+    heard: list[bool] = []
+    for start in range(0, len(rows), 8):
+        batch = [load_audio(SPEECH / row["path_wav16k"])[0][0][: 30 * 16000] for row in rows[start : start + 8]]
+        heard += runner.decoder.hears_speech(runner.encode(batch))
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * 16000) / 16000
+    pink = np.fft.irfft(np.fft.rfft(rng.normal(size=len(t))) / np.sqrt(np.arange(1, len(t) // 2 + 2)), len(t))
+    signals = {
+        "digital silence": np.zeros(len(t)),
+        "hiss -50 dBFS": rng.normal(size=len(t)) * 10 ** (-50 / 20),
+        "white noise -20 dBFS": rng.normal(size=len(t)) * 0.1,
+        "pink noise": pink / np.abs(pink).max() * 0.1,
+        "50 Hz hum": 0.1 * np.sin(2 * np.pi * 50 * t),
+        "DTMF 1": 0.2 * (np.sin(2 * np.pi * 697 * t) + np.sin(2 * np.pi * 1209 * t)),
+    }
+    noise_heard = runner.decoder.hears_speech(runner.encode([signal.astype(np.float32) for signal in signals.values()]))
+    return {
+        "speech clips heard as speech": f"{sum(heard)} of {len(heard)}",
+        "speech clips not heard": [row["id"] for row, h in zip(rows, heard) if not h],
+        "non-speech heard as speech": dict(zip(signals, noise_heard)),
+    }
 
 
 def offline(model_name: str, engines_dir: str, rows: list[dict]) -> dict[str, list[str]]:
@@ -152,6 +186,7 @@ def main(args: argparse.Namespace) -> None:
         "references": [row["text"] for row in rows],
         "offline": {"cer": score(rows, offline_texts), "texts": offline_texts},
         "live_g711_8k": {"cer": score(rows, live_texts), "texts": live_texts},
+        "no_speech_gate": gate(args.model, args.engines_dir),
     }
     print(json.dumps(result, ensure_ascii=False, indent=2))
     if args.out:
