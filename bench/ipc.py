@@ -40,6 +40,7 @@ from asr_stream.app.workers.process import ChildProcess
 from asr_stream.common.ipc import Link, Request
 from asr_stream.common.shm_arena import SharedArena
 from asr_stream.inference.remote import InferenceClient, InferenceServer, RemoteHypothesis
+from asr_stream.inference.runners import Utterance
 from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings
 from asr_stream.transcript.events import SegmentPartial
 
@@ -48,8 +49,8 @@ RATE = 16_000
 INSTANT = SchedulerSettings(max_wait_s=0.0)
 
 
-def answer_at_once(batch: Sequence[np.ndarray]) -> list[RemoteHypothesis]:
-    return [RemoteHypothesis(str(audio.shape[0]), "en") for audio in batch]
+def answer_at_once(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
+    return [RemoteHypothesis(str(utterance.audio.shape[0]), "en") for utterance in batch]
 
 
 CPU_TIME = "cpu"  # a request the children answer with their own process CPU time (µs resolution, unlike /proc's ticks)
@@ -139,7 +140,7 @@ async def timed(requests: int, child: Link | None, one) -> Measured:  # type: ig
 
 async def requests_bench(requests: int) -> dict[int, dict[str, Measured]]:
     results: dict[int, dict[str, Measured]] = {seconds: {} for seconds in SECONDS}
-    audio = {seconds: np.random.default_rng(seconds).standard_normal(seconds * RATE).astype(np.float32) for seconds in SECONDS}
+    audio = {seconds: Utterance(np.random.default_rng(seconds).standard_normal(seconds * RATE).astype(np.float32)) for seconds in SECONDS}
 
     scheduler = BatchScheduler(answer_at_once, INSTANT)
     await scheduler.start()
@@ -167,7 +168,7 @@ async def requests_bench(requests: int) -> dict[int, dict[str, Measured]]:
     child, link = await spawned(echo_arrays, None)
     assert await anext(link.receive()) == "ready"
     for seconds in SECONDS:
-        results[seconds]["pickled arrays"] = await timed(requests, link, lambda s=seconds: link.request(audio[s]))
+        results[seconds]["pickled arrays"] = await timed(requests, link, lambda s=seconds: link.request(audio[s].audio))
     link.close()
     await child.reap()
     return results

@@ -62,6 +62,7 @@ from asr_stream.devtools.loadgen.recorder import TopicRecorder, check_order
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.scoring import corpus_wer
 from asr_stream.devtools.sipp import SippError, place_call
+from asr_stream.inference.runners import Utterance
 from asr_stream.inference.scheduler import Priority
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,7 +335,7 @@ async def warm_up(daemon: Daemon, speech: np.ndarray) -> None:
             await asyncio.to_thread(daemon.model.transcribe_batch, [speech])
         else:
             assert daemon.inference_client is not None
-            await daemon.inference_client.submit(("warm-up", 0), speech, Priority.FINAL)
+            await daemon.inference_client.submit(("warm-up", 0), Utterance(speech), Priority.FINAL)
     Vad().process(speech)
 
 

@@ -25,6 +25,7 @@ from asr_stream.app.workers.process import ChildProcess
 from asr_stream.common.ipc import Link
 from asr_stream.common.shm_arena import ALIGN_SAMPLES, ArenaAllocator, SharedArena
 from asr_stream.inference.remote import InferenceClient, InferenceServer, InferenceUnavailable, RemoteHypothesis
+from asr_stream.inference.runners import Utterance
 from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings, Shed
 
 pytestmark = pytest.mark.timeout(120)
@@ -34,8 +35,9 @@ def fingerprint(audio: np.ndarray) -> str:
     return f"{audio.shape[0]}:{float(np.sum(audio, dtype=np.float64)):.4f}"
 
 
-def heard(batch: Sequence[np.ndarray]) -> list[RemoteHypothesis]:
-    return [RemoteHypothesis(fingerprint(audio), "en") for audio in batch]
+def heard(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
+    """The 'model': each utterance's fingerprint, and its hotword list as the language (so both cross intact)."""
+    return [RemoteHypothesis(fingerprint(utterance.audio), utterance.hotwords or "en") for utterance in batch]
 
 
 @pytest.fixture
@@ -93,11 +95,15 @@ async def test_audio_crosses_intact_and_every_answer_reaches_its_caller(served, 
         rng = np.random.default_rng(3)
         audios = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(1_000, 160_000, size=24)]
         answers = await asyncio.gather(
-            *(client.submit(("call", i), audio, Priority.FINAL if i % 3 else Priority.PARTIAL) for i, audio in enumerate(audios))
+            *(
+                client.submit(("call", i), Utterance(audio, "hotline" if i % 2 else None), Priority.FINAL if i % 3 else Priority.PARTIAL)
+                for i, audio in enumerate(audios)
+            )
         )
     finally:
         await client.stop()
     assert [answer.text for answer in answers] == [fingerprint(audio) for audio in audios]
+    assert [answer.language for answer in answers] == ["hotline" if i % 2 else "en" for i in range(len(audios))]
     assert served.stats.batches < len(audios), "requests of one client were batched together"
     assert client._allocator.used == 0, "every region was freed when its answer came back"
 
@@ -105,7 +111,7 @@ async def test_audio_crosses_intact_and_every_answer_reaches_its_caller(served, 
 async def test_a_full_arena_sheds_partials_at_once_and_makes_finals_wait(socket_path) -> None:
     release = threading.Event()
 
-    def held(batch: Sequence[np.ndarray]) -> list[RemoteHypothesis]:
+    def held(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
         release.wait(10)
         return heard(batch)
 
@@ -118,11 +124,11 @@ async def test_a_full_arena_sheds_partials_at_once_and_makes_finals_wait(socket_
     await client.start()
     try:
         await client.wait_connected()
-        first = asyncio.create_task(client.submit(("c", "a", 0), np.ones(200_000, np.float32), Priority.FINAL))
+        first = asyncio.create_task(client.submit(("c", "a", 0), Utterance(np.ones(200_000, np.float32)), Priority.FINAL))
         await asyncio.sleep(0.2)
         with pytest.raises(Shed):
-            await client.submit(("c", "a"), np.ones(100_000, np.float32), Priority.PARTIAL)
-        second = asyncio.create_task(client.submit(("c", "a", 1), np.full(100_000, 2, np.float32), Priority.FINAL))
+            await client.submit(("c", "a"), Utterance(np.ones(100_000, np.float32)), Priority.PARTIAL)
+        second = asyncio.create_task(client.submit(("c", "a", 1), Utterance(np.full(100_000, 2, np.float32)), Priority.FINAL))
         await asyncio.sleep(0.3)
         assert not second.done(), "a final that does not fit waits for space"
         release.set()
@@ -149,7 +155,7 @@ class ServerSpec:
 async def serve_fingerprints(spec: ServerSpec, link: Link) -> int:
     """A child process: an InferenceServer over a scheduler whose 'model' is `heard`, slowed down."""
 
-    def slow(batch: Sequence[np.ndarray]) -> list[RemoteHypothesis]:
+    def slow(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
         time.sleep(spec.batch_s)
         return heard(batch)
 
@@ -185,8 +191,8 @@ async def test_finals_are_sent_once_more_to_a_restarted_process_and_partials_she
     first = await start_server(socket_path, batch_s=3.0)
     try:
         await client.wait_connected()
-        final_1 = asyncio.create_task(client.submit(("c", "a", 0), audio_1, Priority.FINAL))
-        partial = asyncio.create_task(client.submit(("c", "b"), audio_2, Priority.PARTIAL))
+        final_1 = asyncio.create_task(client.submit(("c", "a", 0), Utterance(audio_1), Priority.FINAL))
+        partial = asyncio.create_task(client.submit(("c", "b"), Utterance(audio_2), Priority.PARTIAL))
         await asyncio.sleep(0.5)  # the final is in the engine, the partial queued behind it
         await killed(first)
         with pytest.raises(Shed):
@@ -195,7 +201,7 @@ async def test_finals_are_sent_once_more_to_a_restarted_process_and_partials_she
 
         second = await start_server(socket_path, batch_s=3.0)
         await client.wait_connected()
-        final_2 = asyncio.create_task(client.submit(("c", "a", 1), audio_2, Priority.FINAL))
+        final_2 = asyncio.create_task(client.submit(("c", "a", 1), Utterance(audio_2), Priority.FINAL))
         await asyncio.sleep(0.5)  # the resent final_1 is in the engine (its second send), final_2 queued (its first)
         await killed(second)
         with pytest.raises(InferenceUnavailable):

@@ -32,6 +32,7 @@ from asr_stream.ingest.media import ChannelAudio
 from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted, EndReason
 from asr_stream.transcript import events
 from asr_stream.transcript.channel import ChannelTranscriber, TranscriptionQueue
+from asr_stream.transcript.script import ChineseScript, ScriptConverter
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
@@ -191,13 +192,16 @@ class CallRegistry:
 
 @dataclass(frozen=True)
 class PipelineSettings:
-    """What every call of a daemon shares: the names events carry, segmentation, partial cadence."""
+    """What every call of a daemon shares: the names events carry, segmentation, partial cadence,
+    the script of Chinese text, and the hotword lists a call may pick."""
 
     model: str
     engine: str
     language: str | None  # the model's default language (None: detected per segment)
     segmenter: SegmenterConfig
     partial_interval_s: float
+    chinese_script: ChineseScript
+    hotword_lists: frozenset[str]  # the named lists the model has (a call asks for one with X-ASR-Hotwords)
 
 
 class CallPipeline:
@@ -208,6 +212,7 @@ class CallPipeline:
         self.calls = calls
         self._queue = queue
         self._publish = publish
+        self._script = ScriptConverter(settings.chinese_script)  # every call's (the loop's thread only)
 
     async def consume(self, ingest_events: AsyncIterator[CallStarted | CallEnded | object]) -> None:
         """Calls from any ingest (SIP/RTP or WebRTC) take the same path from here on."""
@@ -223,6 +228,7 @@ class CallPipeline:
     def session(self, call: CallInfo, channels: tuple[CallChannel, ...]) -> CallSession:
         settings = self.settings
         labels = Labels(call_id=call.call_id, model=settings.model, engine=settings.engine)
+        hotwords = self._hotword_list(call)
         transcribers = tuple(
             ChannelTranscriber(
                 labels=labels,
@@ -231,8 +237,19 @@ class CallPipeline:
                 emit=self._publish,
                 segmenter_config=settings.segmenter,
                 partial_interval_s=settings.partial_interval_s,
+                script=self._script,
+                hotwords=hotwords,
             )
             for channel in channels
         )
         envelope = Envelope(call.call_id, settings.model, settings.engine, settings.language)
         return CallSession(call, channels, transcribers, envelope, self._publish)
+
+    def _hotword_list(self, call: CallInfo) -> str | None:
+        """The named list the call asked for (SIP X-ASR-Hotwords) if the config has it; else the default list."""
+        if call.hotword_list is None or call.hotword_list in self.settings.hotword_lists:
+            return call.hotword_list
+        log.warning(
+            "call %s asked for hotword list %r, which is not configured: using the default list", call.call_id[:64], call.hotword_list
+        )
+        return None

@@ -111,10 +111,12 @@ class Daemon:
             # The model first: the likeliest operator mistake (not prepared, no CUDA) fails before any
             # socket or thread. With workers: N > 1 the inference process loads it (and stops last).
             if self.multiprocess:
-                language = await self._start_inference_process(stack)
+                await self._start_inference_process(stack)
+                assert self.inference is not None
+                language, hotword_lists = self.inference.language, self.inference.hotword_lists
             else:
-                self.model = await asyncio.to_thread(load_live_model, self.config.settings)
-                language = self.model.language
+                self.model = await asyncio.to_thread(load_live_model, self.config)
+                language, hotword_lists = self.model.language, self.model.hotword_lists
             await self._start_http(stack)
             self.kafka = KafkaSink(self.config.components.kafka)
             self.kafka.start()
@@ -124,7 +126,13 @@ class Daemon:
             settings = self.config.settings
             pipeline = CallPipeline(
                 PipelineSettings(
-                    settings.model, settings.backend, language, self.config.components.segmenter, settings.scheduler.partial_interval_s
+                    settings.model,
+                    settings.backend,
+                    language,
+                    self.config.components.segmenter,
+                    settings.scheduler.partial_interval_s,
+                    settings.text.chinese_script,
+                    hotword_lists,
                 ),
                 queue,
                 self.publish,
@@ -133,7 +141,7 @@ class Daemon:
             stack.push_async_callback(lambda: self.calls.drain(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))
             if self.whip is not None:
                 self._consume_while_running(stack, pipeline.consume(self.whip.events()), self.whip.stop)
-            self.ingest = TelephonyIngest(self.config.components.ingest, admit=self._admit, media=self._media_host(language))
+            self.ingest = TelephonyIngest(self.config.components.ingest, admit=self._admit, media=self._media_host(language, hotword_lists))
             if self.pool is not None:
                 await self.pool.start()
                 stack.push_async_callback(lambda: self.pool.stop(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
@@ -225,13 +233,12 @@ class Daemon:
         self.metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in rtp_channels(self.calls.sessions())])
         return self.scheduler
 
-    async def _start_inference_process(self, stack: contextlib.AsyncExitStack) -> str | None:
-        """workers: N > 1 -- the inference process, and this process's client of it (for WebRTC sessions);
-        returns the model's default language."""
+    async def _start_inference_process(self, stack: contextlib.AsyncExitStack) -> None:
+        """workers: N > 1 -- the inference process (its model loaded), and this process's client of it (for WebRTC sessions)."""
         _check_shared_memory(self.config.workers + 1)
         rundir = Path(tempfile.mkdtemp(prefix="asr-stream-"))  # 0700: only this user reaches the sockets
         stack.callback(shutil.rmtree, rundir, ignore_errors=True)
-        self.inference = InferenceSupervisor(self.config.settings, rundir, self.metrics, self.logs)
+        self.inference = InferenceSupervisor(self.config, rundir, self.metrics, self.logs)
         await self.inference.start()
         stack.push_async_callback(lambda: self.inference.stop(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
         arena = SharedArena.create(f"asr-{os.getpid()}-main", ARENA_BYTES)
@@ -241,9 +248,8 @@ class Daemon:
         stack.push_async_callback(self.inference_client.stop)
         self.metrics.watch_inference_client(self.inference_client)
         self.metrics.watch_processes(self._processes_up, self._process_restarts)
-        return self.inference.language
 
-    def _media_host(self, language: str | None) -> Callable[[IngestConfig, HangUp], MediaHost]:
+    def _media_host(self, language: str | None, hotword_lists: frozenset[str]) -> Callable[[IngestConfig, HangUp], MediaHost]:
         """Where SIP calls' media goes: this process (workers: 1), or the pool of ingest workers."""
         if not self.multiprocess:
             return RtpMediaHost
@@ -258,6 +264,7 @@ class Daemon:
                 config_source=self.config.source,
                 inference_socket=self.inference.socket_path,
                 language=language,
+                hotword_lists=hotword_lists,
                 publish=self.publish,
                 metrics=self.metrics,
                 logs=self.logs,

@@ -6,15 +6,17 @@ With `workers: 1` that is the daemon's own process; with more, the inference pro
 
 from __future__ import annotations
 
-from asr_stream.app.config import Settings
+from asr_stream.app.config import Config, Settings
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
 
 
-def load_live_model(settings: Settings) -> LoadedModel:
+def load_live_model(config: Config) -> LoadedModel:
     """The configured model on the configured backend (onnxruntime, tensorrt or torch; one that cannot
-    serve here is an OperatorError), with the live daemon's windows. Blocking: seconds."""
+    serve here is an OperatorError), with the live daemon's windows and the configured hotword lists.
+    Blocking: seconds."""
+    settings = config.settings
     return load_model(
         settings.model,
         settings.engines_dir,
@@ -22,9 +24,10 @@ def load_live_model(settings: Settings) -> LoadedModel:
         backend=settings.backend,
         live=True,
         profiles_dir=settings.profiles_dir,
+        hotwords=config.components.hotwords,
     )
 
 
 def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetrics) -> BatchScheduler:
     """The scheduler over `model`, its batches measured into `metrics`; start() it in the serving loop."""
-    return BatchScheduler(metrics.timed_batch(model.transcribe_batch), settings.scheduler.build(model.max_batch), bucket=model.bucket)
+    return BatchScheduler(metrics.timed_batch(model.transcribe), settings.scheduler.build(model.max_batch), bucket=model.utterance_bucket)

@@ -35,7 +35,7 @@ import numpy as np
 
 from asr_stream.common.ipc import Link, LinkClosed
 from asr_stream.common.shm_arena import ArenaAllocator, SharedArena
-from asr_stream.inference.runners import Hypothesis
+from asr_stream.inference.runners import Hypothesis, Utterance
 from asr_stream.inference.scheduler import Priority, SchedulerStopped, Shed
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,14 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Transcribe:
+    """One utterance: its audio at (offset, count) of the client's arena, and its hotword list."""
+
     id: int
     key: Hashable
     priority: Priority
     offset: int
     count: int
+    hotwords: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,7 +110,7 @@ class RemoteHypothesis:
 
 
 class _Queue(Protocol):
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Hypothesis: ...
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Hypothesis: ...
 
 
 # -- the inference process's side ---------------------------------------------------------------
@@ -164,9 +167,9 @@ class InferenceServer:
     async def _answer(self, link: Link, arena: SharedArena, client: str, request: Transcribe) -> None:
         # Copied out at once (a memcpy: about a thousandth of what the features cost): no view of the
         # arena outlives this line, so a client's arena can always be unmapped when it goes away.
-        audio = arena.view(request.offset, request.count).copy()
+        utterance = Utterance(arena.view(request.offset, request.count).copy(), request.hotwords)
         try:
-            hypothesis = await self._scheduler.submit((client, request.key), audio, request.priority)
+            hypothesis = await self._scheduler.submit((client, request.key), utterance, request.priority)
             spans = tuple(Span(segment.start, segment.end, segment.text) for segment in hypothesis.segments)
             answer: Heard | NotHeard = Heard(request.id, hypothesis.text, hypothesis.language, spans)
         except Shed:
@@ -233,9 +236,9 @@ class InferenceClient:
         for pending in list(self._pending.values()):
             self._settle(pending, SchedulerStopped())
 
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> RemoteHypothesis:
-        """Transcribe `payload` (16 kHz float32); partials may raise `Shed`, like the scheduler's."""
-        audio = np.asarray(payload, dtype=np.float32).ravel()
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> RemoteHypothesis:
+        """Transcribe `payload` (16 kHz float32 audio, its hotword list); partials may raise `Shed`, like the scheduler's."""
+        audio = np.asarray(payload.audio, dtype=np.float32).ravel()
         if self._stopped:
             raise SchedulerStopped()
         if priority is Priority.PARTIAL and self._link is None:
@@ -253,7 +256,7 @@ class InferenceClient:
             offset = self._allocator.allocate(audio.shape[0])
         self._arena.write(offset, audio)
         future: asyncio.Future[RemoteHypothesis] = asyncio.get_running_loop().create_future()
-        pending = _Pending(Transcribe(next(self._ids), key, priority, offset, audio.shape[0]), future)
+        pending = _Pending(Transcribe(next(self._ids), key, priority, offset, audio.shape[0], payload.hotwords), future)
         self._pending[pending.request.id] = pending
         self.stats.requests += 1
         if self._link is not None:

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from asr_stream.app.config import Settings
+from asr_stream.app.config import Config, Settings
 from asr_stream.app.logs import LogSettings
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.process_metrics import SNAPSHOT_INTERVAL_S
@@ -47,6 +47,7 @@ SATURATION_POLL_S = 0.05
 @dataclass(frozen=True)
 class InferenceSpec:
     settings: Settings
+    config_source: str
     socket_path: str
 
 
@@ -57,7 +58,7 @@ class InferenceStartFailed(OperatorError):
 async def serve_inference(spec: InferenceSpec, link: Link) -> int:
     """The inference process's main coroutine (see the module docstring)."""
     try:
-        model = await asyncio.to_thread(load_live_model, spec.settings)
+        model = await asyncio.to_thread(load_live_model, Config(spec.settings, spec.config_source))
     except OperatorError as error:
         link.send(StartFailed(str(error)))
         await link.drain()
@@ -68,7 +69,7 @@ async def serve_inference(spec: InferenceSpec, link: Link) -> int:
     await scheduler.start()
     server = InferenceServer(scheduler, spec.socket_path)
     await server.start()
-    link.send(InferenceReady(os.getpid(), model.language, model.max_batch))
+    link.send(InferenceReady(os.getpid(), model.language, model.max_batch, model.hotword_lists))
     reporter = asyncio.create_task(_report(link, scheduler, metrics))
     stop: Request | None = None
     async for message in link.receive():
@@ -106,9 +107,9 @@ async def _report(link: Link, scheduler: BatchScheduler, metrics: DaemonMetrics)
 class InferenceSupervisor:
     """The main process's owner of the inference process; see the module docstring."""
 
-    def __init__(self, settings: Settings, rundir: Path, metrics: DaemonMetrics, logs: LogSettings) -> None:
+    def __init__(self, config: Config, rundir: Path, metrics: DaemonMetrics, logs: LogSettings) -> None:
         self.socket_path = str(rundir / "inference.sock")
-        self._spec = InferenceSpec(settings, self.socket_path)
+        self._spec = InferenceSpec(config.settings, config.source, self.socket_path)
         self._metrics = metrics
         self._logs = logs
         self._child: ChildProcess | None = None
@@ -118,6 +119,7 @@ class InferenceSupervisor:
         self.ready = False
         self.saturated = False
         self.language: str | None = None
+        self.hotword_lists: frozenset[str] = frozenset()
         self.restarts = 0
 
     @property
@@ -150,7 +152,7 @@ class InferenceSupervisor:
             link = await child.start()
             async for message in link.receive():
                 if isinstance(message, InferenceReady):
-                    self.language = message.language
+                    self.language, self.hotword_lists = message.language, message.hotword_lists
                     self.ready = True
                     self._backoff.started()
                     log.info("inference process ready (pid %d)", message.pid)

@@ -65,6 +65,7 @@ class WorkerSpec:
     arena: str  # the shared memory its audio goes through, created by the main process
     inference_socket: str
     language: str | None  # the model's default language, which every call's events carry
+    hotword_lists: frozenset[str]  # the named hotword lists the model has
 
     @property
     def name(self) -> str:
@@ -99,7 +100,13 @@ async def serve_calls(spec: WorkerSpec, link: Link) -> int:
     settings = spec.settings
     pipeline = CallPipeline(
         PipelineSettings(
-            settings.model, settings.backend, spec.language, config.components.segmenter, settings.scheduler.partial_interval_s
+            settings.model,
+            settings.backend,
+            spec.language,
+            config.components.segmenter,
+            settings.scheduler.partial_interval_s,
+            settings.text.chinese_script,
+            spec.hotword_lists,
         ),
         client,
         publish,

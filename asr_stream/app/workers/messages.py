@@ -50,6 +50,7 @@ class InferenceReady:
     pid: int
     language: str | None  # the model's default language, which every call's events carry
     max_batch: int
+    hotword_lists: frozenset[str]  # the named hotword lists the model compiled (calls pick one by name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -123,6 +123,7 @@ class WorkerPool:
         config_source: str,
         inference_socket: str,
         language: str | None,
+        hotword_lists: frozenset[str],
         publish: Callable[[TranscriptEvent], None],
         metrics: DaemonMetrics,
         logs: LogSettings,
@@ -132,7 +133,12 @@ class WorkerPool:
         self._metrics = metrics
         self._logs = logs
         self._spec = functools.partial(
-            WorkerSpec, settings=settings, config_source=config_source, inference_socket=inference_socket, language=language
+            WorkerSpec,
+            settings=settings,
+            config_source=config_source,
+            inference_socket=inference_socket,
+            language=language,
+            hotword_lists=hotword_lists,
         )
         slices = split_port_range(config.rtp_port_min, config.rtp_port_max, count)
         self._workers = [_Worker(index, ports) for index, ports in enumerate(slices)]
