@@ -28,6 +28,7 @@ from asr_stream.app.calls import CallRegistry, CallSession, Envelope, channel_na
 from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.errors import OperatorError
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
@@ -76,6 +77,7 @@ class Daemon:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._deadline = 0.0
+        self._refusals = ThrottledLog(log)  # a retry storm while saturated must not flood the log
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -198,7 +200,7 @@ class Daemon:
         """Refuse new calls until started, while stopping, or while the scheduler predicts missed deadlines."""
         if not self._accepting or (self.scheduler is not None and self.scheduler.saturated):
             why = "saturated" if self._accepting else "not serving (starting or shutting down)"
-            log.warning("refusing call %s: %s", call.call_id[:64], why)
+            self._refusals.warning((call.peer[0], why), "refusing call %s from %s: %s", clip(call.call_id), call.peer[0], why)
             return self.config.settings.sip.retry_after_s
         return None
 

@@ -30,6 +30,7 @@ from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.sinks.spool import Spool, SpoolFull, SpoolRecord
 from asr_stream.transcript.events import SegmentPartial, TranscriptEvent
 
@@ -127,6 +128,7 @@ class KafkaSink:
         # an event handed over after close() is kept for the next start, never left in a dead queue.
         self._closed_lock = threading.Lock()
         self._closed = False
+        self._per_event_log = ThrottledLog(log)  # lines that would otherwise come once per event
 
     def start(self) -> None:
         self._thread.start()
@@ -141,14 +143,23 @@ class KafkaSink:
         item = _Outgoing(SpoolRecord(event.call_id.encode(), event.to_json()), isinstance(event, SegmentPartial))
         with self._closed_lock:
             if self._closed:
-                log.warning("kafka sink closed: %s for call %s goes to the spool", event.event, event.call_id[:64])
+                self._per_event_log.warning(
+                    "closed", "kafka sink closed: %s for call %s goes to the spool", event.event, clip(event.call_id)
+                )
                 self._spool_items([item])
                 return
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
                 self.dropped += 1
-                log.error("kafka sink queue full (%d); dropped a %s for call %s", self._queue.maxsize, event.event, event.call_id[:64])
+                self._per_event_log.log(
+                    logging.ERROR,
+                    "queue full",
+                    "kafka sink queue full (%d); dropped a %s for call %s",
+                    self._queue.maxsize,
+                    event.event,
+                    clip(event.call_id),
+                )
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued within `timeout_s`; whatever is not acknowledged stays spooled."""
