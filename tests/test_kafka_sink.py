@@ -286,3 +286,34 @@ async def test_full_spool_keeps_room_for_finals_and_drops_what_does_not_fit(tmp_
             assert used_before < PARTIALS_HIGH_WATER * 5000, "a partial was spooled above the high-water mark"
         used_before += 12 + len(record.key) + len(record.value)
     assert used_before >= PARTIALS_HIGH_WATER * 5000, "finals must be able to use the room kept for them"
+
+
+async def test_a_batch_in_flight_through_a_broker_freeze_is_delivered_once(
+    kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
+) -> None:
+    """Issue 11: the broker freezes (SIGSTOP) with a batch on its socket, longer than the delivery
+    timeout, so the sink spools it; then it thaws and writes that batch after all. The spooled copy
+    must not be published a second time: the producer retries the batch with its original producer
+    id and sequence numbers, and the broker drops whichever copy comes second (idempotence).
+    """
+    published = interleaved(calls=3, segments=6)  # 3 x 20 events
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    half = len(published) // 2
+    for event in published[:half]:
+        sink.publish(event)
+    await wait_for(lambda: sink.delivered == half, 20, "the first half to be delivered")
+    assert sink.idempotent
+    kafka_broker.freeze()
+    try:
+        for event in published[half:]:
+            sink.publish(event)
+        await wait_for(lambda: sink.spooled >= len(published) - half, 20, "the unacknowledged batch to be spooled")
+        await asyncio.sleep(1.0)  # frozen well past the delivery timeout
+    finally:
+        kafka_broker.thaw()
+    await wait_for(lambda: sink.spool_size == 0, 30, "the spool to drain")
+    await sink.close(timeout_s=10)
+    assert sink.failed > 0, "no send was ever in doubt: the freeze came too late"
+    assert (sink.delivered, sink.dropped) == (len(published), 0)
+    assert_delivered_once_in_order(consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published)), published)
