@@ -37,7 +37,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeAlias
 
 from kafka import KafkaAdminClient, KafkaProducer
 from kafka.admin import NewTopic
@@ -130,7 +130,7 @@ class _Outgoing:
 
 #: What a send came to, per record: acknowledged (True), not written (False), or still being
 #: retried by the producer with its original sequence numbers (its future: in doubt).
-Outcome = bool | FutureRecordMetadata
+Outcome: TypeAlias = bool | FutureRecordMetadata
 
 
 @dataclass(frozen=True)
