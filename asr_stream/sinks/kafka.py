@@ -18,9 +18,13 @@ producer it is also left in the producer, which keeps retrying it with its origi
 and sequence numbers (up to `in_doubt_retry_ms`); the broker keeps one copy of a sequence number
 (Kafka's idempotence), so whether the stale request or the retry lands first, the batch is
 written once. The spool is not replayed until the producer knows; what it acknowledged is then
-skipped. What remains duplicable is written down in docs/events.md: a batch in doubt when the
-daemon itself stops or crashes, or when the broker stays away longer than `in_doubt_retry_ms`
-(a replay is a new producer id, which the broker cannot match to the old copy).
+skipped. A retry answered "duplicate" with an offset (what Kafka does for a batch it holds) is
+trusted; one answered DUPLICATE_SEQUENCE_NUMBER without an offset is checked against the log
+first (`_found_in_log`): Tansu gives that answer, and after a crash of its own it gave it for a
+batch whose offset it then reused, so trusting it lost a record. What remains duplicable is
+written down in docs/events.md: a batch in doubt when the daemon itself stops or crashes, or when
+the broker stays away longer than `in_doubt_retry_ms` (a replay is a new producer id, which the
+broker cannot match to the old copy).
 
 Durability hook: a `DeliveryLedger` (the open-calls journal, sinks/journal.py) hears of events
 on this thread just before they can reach the broker or the spool, and again once each is
@@ -39,7 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
@@ -138,10 +142,9 @@ class _SpoolHeadSent:
     """What is known of the spool's first records from sends that were not all acknowledged in time.
 
     `keys[i]`, `outcomes[i]` describe the i-th oldest spooled record. Once no outcome is in doubt,
-    `delivered()` names the records the replay must skip: acknowledged ones, as long as every
-    earlier record of the same key was acknowledged too (a call's events must not overtake each
-    other, so after a record of a call that must be sent again, that call's later ones are sent
-    again as well).
+    `delivered()` names the records the replay must skip: those written, as long as every earlier
+    record of the same key was written too (a call's events must not overtake each other, so after
+    a record of a call that must be sent again, that call's later ones are sent again as well).
     """
 
     keys: list[bytes]
@@ -150,11 +153,23 @@ class _SpoolHeadSent:
     def settled(self) -> bool:
         return all(not isinstance(outcome, FutureRecordMetadata) or outcome.is_done for outcome in self.outcomes)
 
-    def delivered(self) -> set[int]:
+    def unconfirmed(self) -> dict[int, TopicPartition]:
+        """Positions the broker called duplicates without saying where they are: to be looked up."""
+        return {
+            position: outcome.value.topic_partition
+            for position, outcome in enumerate(self.outcomes)
+            if isinstance(outcome, FutureRecordMetadata) and outcome.succeeded() and outcome.value.offset < 0
+        }
+
+    def delivered(self, confirmed: set[int]) -> set[int]:
+        """`confirmed`: the `unconfirmed()` positions found in the log."""
         resent_keys: set[bytes] = set()
         delivered = set()
         for position, (key, outcome) in enumerate(zip(self.keys, self.outcomes, strict=True)):
-            written = outcome.succeeded() if isinstance(outcome, FutureRecordMetadata) else outcome
+            if isinstance(outcome, FutureRecordMetadata):
+                written = outcome.succeeded() and (outcome.value.offset >= 0 or position in confirmed)
+            else:
+                written = outcome
             if written and key not in resent_keys:
                 delivered.add(position)
             else:
@@ -192,6 +207,9 @@ class KafkaSink:
         self._producer: KafkaProducer | None = None
         self._spool: Spool | None = None
         self._head_sent: _SpoolHeadSent | None = None  # set while the spool's head holds records sent in doubt
+        # Per partition, one past the highest offset the broker acknowledged to us: records sent
+        # later can only be at or after it, which bounds the search in `_found_in_log`.
+        self._acknowledged_end: dict[TopicPartition, int] = {}
         self._retry_at = 0.0
         self._backoff_s = 0.5
         self._spool_full_logged = False
@@ -325,10 +343,15 @@ class KafkaSink:
         if head_sent is not None and not head_sent.settled():
             self._head_sent = head_sent  # the producer is still retrying them: wait for its answer
             return
-        skip = head_sent.delivered() if head_sent is not None else set()
+        chunk = self._spool.peek(max(self._replay_chunk, len(head_sent.keys) if head_sent is not None else 0))
+        skip: set[int] = set()
+        if head_sent is not None:
+            unconfirmed = head_sent.unconfirmed()
+            skip = head_sent.delivered(
+                self._found_in_log({position: (partition, chunk[position]) for position, partition in unconfirmed.items()})
+            )
         if skip:
             log.info("kafka: %d spooled events in doubt were written by the broker after all; they are not sent again", len(skip))
-        chunk = self._spool.peek(max(self._replay_chunk, max(skip, default=-1) + 1))
         sent = iter(self._send_and_wait([record for position, record in enumerate(chunk) if position not in skip]))
         outcomes: list[Outcome] = [True if position in skip else next(sent) for position in range(len(chunk))]
         prefix = next((index for index, outcome in enumerate(outcomes) if outcome is not True), len(chunk))
@@ -355,6 +378,10 @@ class KafkaSink:
             send_error = error
         outcomes: list[Outcome] = [future.succeeded() if future.is_done else future for future in futures]
         outcomes += [False] * (len(records) - len(futures))
+        for future in futures:
+            if future.succeeded() and future.value.offset >= 0:
+                partition = future.value.topic_partition
+                self._acknowledged_end[partition] = max(self._acknowledged_end.get(partition, 0), future.value.offset + 1)
         if all(outcome is True for outcome in outcomes):
             return outcomes
         self.failed += sum(outcome is not True for outcome in outcomes)
@@ -372,6 +399,44 @@ class KafkaSink:
             return outcomes
         self._note_failure(errors[0] if errors else send_error)
         return [outcome if outcome is True else False for outcome in outcomes]
+
+    def _found_in_log(self, wanted: Mapping[int, tuple[TopicPartition, SpoolRecord]]) -> set[int]:
+        """Which of `wanted` (position -> partition, record) the partition holds now, byte for byte.
+
+        Reads each partition from the end of what the broker acknowledged to us before, up to its
+        high watermark (what consumers can read), within one request timeout. A record that is
+        not found, or whose partition has no acknowledged offset to start from, is sent again: a
+        possible duplicate, never a loss. Records are unique (each carries its emission time and
+        revision), so equal bytes are the same event.
+        """
+        found: set[int] = set()
+        by_partition: dict[TopicPartition, dict[tuple[bytes, bytes], int]] = {}
+        for position, (partition, record) in wanted.items():
+            if partition in self._acknowledged_end:
+                by_partition.setdefault(partition, {})[(record.key, record.value)] = position
+        if not by_partition:
+            return found
+        consumer: KafkaConsumer | None = None
+        try:
+            consumer = KafkaConsumer(**self._client_options(), enable_auto_commit=False, fetch_max_wait_ms=100)
+            for partition, positions in by_partition.items():
+                consumer.assign([partition])
+                consumer.seek(partition, self._acknowledged_end[partition])
+                deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
+                while positions and time.monotonic() < deadline:
+                    for record in consumer.poll(timeout_ms=100).get(partition, []):
+                        if (record.key, record.value) in positions:
+                            found.add(positions.pop((record.key, record.value)))
+                    high_watermark = consumer.highwater(partition)
+                    if high_watermark is not None and consumer.position(partition) >= high_watermark:
+                        break
+        except KafkaError as error:
+            log.warning("kafka: could not read back %d events in doubt (%s); sending them again", len(wanted) - len(found), error)
+        finally:
+            if consumer is not None:
+                consumer.close()
+        log.info("kafka: %d of %d events answered as duplicates without an offset were found in the log", len(found), len(wanted))
+        return found
 
     def _wait_budget_s(self) -> float:
         budget = self.settings.delivery_timeout_ms / 1000 + 1
