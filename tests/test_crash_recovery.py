@@ -154,3 +154,23 @@ async def test_sigkill_mid_call_then_restart_ends_the_call_lost_with_every_kept_
     assert 0 < ended["final_segments"] <= len(finals) <= ended["final_segments"] + 1
     assert ended["duration_ms"] == max(f["end_ms"] for f in finals) or len(finals) == ended["final_segments"] + 1
     assert OpenCallJournal(spool_dir / JOURNAL_NAME).open() == [], "the lost call stays open in the journal"
+
+
+def test_an_unusable_spool_directory_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """The journal opens at start, in kafka.spool_dir: a path that cannot be a directory is an operator mistake."""
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    config = daemon_config(tmp_path, "127.0.0.1:9", "unused")
+    config["kafka"]["spool_dir"] = str(blocker / "spool")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    serve = subprocess.run(
+        [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(config_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert serve.returncode == 2 and "Traceback" not in serve.stderr, serve.stderr
+    [line] = [line for line in serve.stderr.splitlines() if "open-calls journal" in line]
+    assert str(blocker) in line

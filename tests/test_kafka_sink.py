@@ -317,3 +317,41 @@ async def test_a_batch_in_flight_through_a_broker_freeze_is_delivered_once(
     assert sink.failed > 0, "no send was ever in doubt: the freeze came too late"
     assert (sink.delivered, sink.dropped) == (len(published), 0)
     assert_delivered_once_in_order(consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published)), published)
+
+
+async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_that_batch(
+    kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
+) -> None:
+    """What remains duplicable (docs/events.md, case 2): the sink stops while the frozen broker still
+    holds a batch unanswered. The stop is prompt, nothing is lost, and when the broker thaws and a
+    new sink replays the spool, only that batch can appear twice (a new producer id)."""
+    published = interleaved(calls=3, segments=6)
+    first, in_flight, later = published[:20], published[20:40], published[40:]
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    for event in first:
+        sink.publish(event)
+    await wait_for(lambda: sink.delivered == len(first), 20, "the first events to be delivered")
+    kafka_broker.freeze()
+    try:
+        for event in in_flight:
+            sink.publish(event)
+        await wait_for(lambda: sink.spooled >= len(in_flight), 20, "the batch in doubt to be spooled")
+        for event in later:
+            sink.publish(event)
+        await wait_for(lambda: sink.spooled >= len(in_flight) + len(later), 20, "later events to be spooled behind it")
+        started = time.monotonic()
+        await sink.close(timeout_s=1)
+        assert time.monotonic() - started < 5, "a stop must not wait for the frozen broker"
+        assert (sink.delivered, sink.spool_size) == (len(first), len(in_flight) + len(later))
+    finally:
+        kafka_broker.thaw()
+    successor = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    successor.start()
+    await wait_for(lambda: successor.spool_size == 0, 30, "the successor to replay the spool")
+    await successor.close(timeout_s=10)
+    records = consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published))
+    values = [record.value for record in records]
+    repeated = {value for value in values if values.count(value) > 1}
+    assert repeated <= {event.to_json() for event in in_flight}, "only the batch in doubt may be repeated"
+    assert_delivered_once_in_order(records, published, in_doubt=len(in_flight))

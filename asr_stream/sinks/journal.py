@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from asr_stream.errors import OperatorError
 from asr_stream.sinks.spool import SpoolRecord, frame, fsync_directory, read_frames
 from asr_stream.transcript.events import CallEnded, CallStarted, EndReason, SegmentFinal, TranscriptEvent
 
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 JOURNAL_NAME = "open-calls.journal"
 
 _STARTED, _FINAL, _ENDED = b"S", b"F", b"E"
+
+
+class JournalError(OperatorError):
+    """The journal's directory cannot be used (not writable, not a directory, a full disk)."""
 
 
 @dataclass
@@ -98,17 +103,20 @@ class OpenCallJournal:
         before that reports them again on the following start.
         """
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            valid_end = 0
-            if self.path.exists():
-                with self.path.open("rb") as existing:
-                    for record, end in read_frames(existing, 0):
-                        self._apply(record.key.decode(), record.value)
-                        valid_end = end
-                torn = self.path.stat().st_size - valid_end
-                if torn:
-                    log.warning("journal %s: ignoring a torn last record (%d B) left by a crash", self.path, torn)
-            self._rewrite()
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                valid_end = 0
+                if self.path.exists():
+                    with self.path.open("rb") as existing:
+                        for record, end in read_frames(existing, 0):
+                            self._apply(record.key.decode(), record.value)
+                            valid_end = end
+                    torn = self.path.stat().st_size - valid_end
+                    if torn:
+                        log.warning("journal %s: ignoring a torn last record (%d B) left by a crash", self.path, torn)
+                self._rewrite()
+            except OSError as error:
+                raise JournalError(f"cannot use the open-calls journal {self.path}: {error.strerror or error}") from error
             return list(self._open.values())
 
     def close(self) -> None:
@@ -164,8 +172,9 @@ class OpenCallJournal:
         call.media_ms = max(call.media_ms, end_ms)
 
     def _append(self, data: bytes, *, sync: bool) -> None:
-        if self._file is None:
-            raise RuntimeError(f"journal {self.path} is not open")
+        if self._file is None:  # closed: the sink outlived its stop deadline and the process is ending
+            log.warning("journal %s is closed: %d B not written", self.path, len(data))
+            return
         self._file.write(data)
         self._size += len(data)
         if sync:

@@ -34,11 +34,12 @@ acknowledged or spooled, the moment from which a crash can no longer lose it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeAlias
@@ -342,6 +343,8 @@ class KafkaSink:
         head_sent, self._head_sent = self._head_sent, None
         if head_sent is not None and not head_sent.settled():
             self._head_sent = head_sent  # the producer is still retrying them: wait for its answer
+            with contextlib.suppress(KafkaError):  # briefly, so a stop does not spin while it waits
+                self._producer.flush(timeout=0.1)  # type: ignore[union-attr]
             return
         chunk = self._spool.peek(max(self._replay_chunk, len(head_sent.keys) if head_sent is not None else 0))
         skip: set[int] = set()
@@ -557,12 +560,20 @@ class KafkaSink:
     # --- ledger ----------------------------------------------------------------------------
 
     def _leaving(self, items: list[_Outgoing]) -> None:
-        if self._ledger is not None and items:
-            self._ledger.leaving([item.event for item in items])
+        if self._ledger is not None:
+            self._tell_ledger(self._ledger.leaving, items)
 
     def _kept(self, items: list[_Outgoing]) -> None:
-        if self._ledger is not None and items:
-            self._ledger.kept([item.event for item in items])
+        if self._ledger is not None:
+            self._tell_ledger(self._ledger.kept, items)
+
+    def _tell_ledger(self, hook: Callable[[Sequence[TranscriptEvent]], None], items: list[_Outgoing]) -> None:
+        """A ledger that cannot write (a full disk) must not stop delivery: its failure is logged."""
+        if items:
+            try:
+                hook([item.event for item in items])
+            except OSError as error:
+                self._per_event_log.log(logging.ERROR, "ledger", "kafka: the delivery ledger failed (%s); delivering anyway", error)
 
     def _update_spool_counters(self) -> None:
         assert self._spool is not None
