@@ -6,8 +6,9 @@ engine threads, and Kafka delivery on the sink's own thread, so the loop never b
 Lifecycle of a call as consumers see it: `call.started`, then per channel partials and finals in
 segment order, then `call.ended` once every final of the call has been emitted (app/calls.py).
 
-Start and stop are one stack: `start()` brings the components up in order (HTTP, Kafka, model and
-scheduler, calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
+Start and stop are one stack: `start()` loads the model (before any socket or thread: the likeliest
+operator mistake fails first), then brings the components up in order (HTTP, Kafka, scheduler,
+calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
 fails, unwinds what it had started. `stop()` unwinds the same stack in reverse: stop admitting
 (503) and hang up every call, let the calls finish their finals up to the deadline and cancel the
 rest (each still gets its `call.ended`), stop the scheduler, flush Kafka (what is not acknowledged
@@ -34,10 +35,8 @@ from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
 from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.errors import OperatorError
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.inference.tensorrt_backend import TensorRTEngine
 from asr_stream.ingest.telephony import ChannelAudio, TelephonyIngest
 from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted
 from asr_stream.ingest.webrtc.session import WhipIngest
@@ -49,11 +48,6 @@ from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
-
-# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
-# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
-# fit the graph, profile, TensorRT version or GPU).
-ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
 
 _T = TypeVar("_T")
 
@@ -88,6 +82,8 @@ class Daemon:
     async def start(self) -> None:
         """Bring every component up; if one fails, what was started is stopped again and the error raised."""
         self._deadline = asyncio.get_running_loop().time() + START_UNWIND_S
+        # The model first: the likeliest operator mistake (not prepared, no CUDA) fails before any socket or thread.
+        self.model = await asyncio.to_thread(self._load_model)
         async with contextlib.AsyncExitStack() as stack:
             await self._start_http(stack)
             self._start_kafka(stack)
@@ -170,11 +166,15 @@ class Daemon:
         for call in left_open:
             self.publish(call.lost())
 
+    def _load_model(self) -> LoadedModel:
+        settings = self.config.settings
+        return load_model(
+            settings.model, settings.engines_dir, settings.language, backend=settings.backend, live=True, profiles_dir=settings.profiles_dir
+        )
+
     async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.settings
-        self.model = await asyncio.to_thread(
-            load_model, settings.model, settings.engines_dir, settings.language, ENGINE_LOADERS[settings.backend], live=True
-        )
+        assert self.model is not None
         self.scheduler = BatchScheduler(
             self.metrics.timed_batch(self.model.transcribe_batch),
             settings.scheduler.build(self.model.max_batch),
