@@ -308,7 +308,8 @@ async def test_a_batch_in_flight_through_a_broker_freeze_is_delivered_once(
     try:
         for event in published[half:]:
             sink.publish(event)
-        await wait_for(lambda: sink.spooled >= len(published) - half, 20, "the unacknowledged batch to be spooled")
+        # A request already read when the broker stopped may still be acknowledged; the rest is spooled.
+        await wait_for(lambda: sink.delivered + sink.spooled >= len(published), 20, "the unacknowledged batch to be spooled")
         await asyncio.sleep(1.0)  # frozen well past the delivery timeout
     finally:
         kafka_broker.thaw()
@@ -336,14 +337,14 @@ async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_tha
     try:
         for event in in_flight:
             sink.publish(event)
-        await wait_for(lambda: sink.spooled >= len(in_flight), 20, "the batch in doubt to be spooled")
+        await wait_for(lambda: sink.delivered + sink.spooled >= len(first) + len(in_flight), 20, "the batch in doubt to be spooled")
         for event in later:
             sink.publish(event)
-        await wait_for(lambda: sink.spooled >= len(in_flight) + len(later), 20, "later events to be spooled behind it")
+        await wait_for(lambda: sink.delivered + sink.spooled >= len(published), 20, "later events to be spooled behind it")
         started = time.monotonic()
         await sink.close(timeout_s=1)
         assert time.monotonic() - started < 5, "a stop must not wait for the frozen broker"
-        assert (sink.delivered, sink.spool_size) == (len(first), len(in_flight) + len(later))
+        assert sink.spool_size > len(later) and sink.delivered + sink.spool_size == len(published)
     finally:
         kafka_broker.thaw()
     successor = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))

@@ -228,7 +228,7 @@ class PathOnlyAccessLog(AbstractAccessLogger):
         self.logger.info("%s %s %s %d %.1f ms", request.remote, request.method, request.path, response.status, time * 1000)
 
 
-class BadRequestLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+class BadRequestLog(logging.LoggerAdapter[logging.Logger]):
     """aiohttp's server logger for one listener, with the client's malformed requests tamed.
 
     aiohttp answers a request it cannot parse with 400 and logs it through

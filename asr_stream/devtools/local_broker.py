@@ -122,10 +122,18 @@ class LocalBroker:
         self.stop()
         raise BrokerStartError(f"Tansu did not accept connections on {url} within {timeout_s} s")
 
-    def freeze(self) -> None:
-        """SIGSTOP: the broker keeps its connections but answers nothing (a GC pause, a stuck disk)."""
+    def freeze(self, timeout_s: float = 2.0) -> None:
+        """SIGSTOP: the broker keeps its connections but answers nothing (a GC pause, a stuck disk).
+
+        Returns once the kernel reports the process stopped (Linux /proc), since a signal to a
+        busy multi-threaded process takes effect a little later than it is sent.
+        """
         assert self._process is not None, "start() first"
         self._process.send_signal(signal.SIGSTOP)
+        status = Path(f"/proc/{self._process.pid}/stat")
+        deadline = time.monotonic() + timeout_s
+        while status.exists() and status.read_text().rpartition(")")[2].split()[0] != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def thaw(self) -> None:
         """SIGCONT: the broker reads what queued up on its sockets meanwhile and carries on."""
