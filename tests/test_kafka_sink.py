@@ -10,10 +10,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401
 
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
+from asr_stream.sinks.in_doubt import SpoolHeadSent
 from asr_stream.sinks.kafka import PARTIALS_HIGH_WATER, KafkaSettings, KafkaSink
 from asr_stream.sinks.spool import Spool
 from asr_stream.transcript.events import (
@@ -356,3 +359,24 @@ async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_tha
     repeated = {value for value in values if values.count(value) > 1}
     assert repeated <= {event.to_json() for event in in_flight}, "only the batch in doubt may be repeated"
     assert_delivered_once_in_order(records, published, in_doubt=len(in_flight))
+
+
+def test_which_spooled_records_in_doubt_the_replay_skips() -> None:
+    """Written records are skipped unless an earlier record of the same call must be sent again;
+    a 'duplicate' answer without an offset counts only once found in the log."""
+    partition = TopicPartition("t", 0)
+
+    def answered(base_offset: int | None) -> FutureRecordMetadata:
+        produce = FutureProduceResult(partition)
+        future = FutureRecordMetadata(produce, 0, 0, None, 1, 1, -1)
+        if base_offset is not None:
+            produce.success((base_offset, -1, None))
+        return future
+
+    pending = answered(None)
+    head = SpoolHeadSent([b"a", b"b", b"a", b"b", b"c", b"c"], [True, False, answered(7), True, answered(-1), pending])
+    assert not head.settled()
+    pending.failure(KafkaTimeoutError("expired"))
+    assert head.settled() and head.unconfirmed() == {4: partition}
+    assert head.delivered(confirmed=set()) == {0, 2}  # b's later record waits for b's resend; c's 'duplicate' was not found
+    assert head.delivered(confirmed={4}) == {0, 2, 4}

@@ -18,10 +18,8 @@ producer it is also left in the producer, which keeps retrying it with its origi
 and sequence numbers (up to `in_doubt_retry_ms`); the broker keeps one copy of a sequence number
 (Kafka's idempotence), so whether the stale request or the retry lands first, the batch is
 written once. The spool is not replayed until the producer knows; what it acknowledged is then
-skipped. A retry answered "duplicate" with an offset (what Kafka does for a batch it holds) is
-trusted; one answered DUPLICATE_SEQUENCE_NUMBER without an offset is checked against the log
-first (`_found_in_log`): Tansu gives that answer, and after a crash of its own it gave it for a
-batch whose offset it then reused, so trusting it lost a record. What remains duplicable is
+skipped, after a look at the log where the broker's answer leaves a doubt (sinks/in_doubt.py).
+What remains duplicable is
 written down in docs/events.md: a batch in doubt when the daemon itself stops or crashes, or when
 the broker stays away longer than `in_doubt_retry_ms` (a replay is a new producer id, which the
 broker cannot match to the old copy).
@@ -42,14 +40,15 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, TypeAlias
+from typing import Any, Protocol
 
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
 
 from asr_stream.common.throttled_log import ThrottledLog, clip
+from asr_stream.sinks.in_doubt import Outcome, SpoolHeadSent, find_in_log
 from asr_stream.sinks.spool import Spool, SpoolFull, SpoolRecord
 from asr_stream.transcript.events import SegmentPartial, TranscriptEvent
 
@@ -135,51 +134,6 @@ class _Outgoing:
         return isinstance(self.event, SegmentPartial)
 
 
-#: What a send came to, per record: acknowledged (True), not written (False), or still being
-#: retried by the producer with its original sequence numbers (its future: in doubt).
-Outcome: TypeAlias = bool | FutureRecordMetadata
-
-
-@dataclass(frozen=True)
-class _SpoolHeadSent:
-    """What is known of the spool's first records from sends that were not all acknowledged in time.
-
-    `keys[i]`, `outcomes[i]` describe the i-th oldest spooled record. Once no outcome is in doubt,
-    `delivered()` names the records the replay must skip: those written, as long as every earlier
-    record of the same key was written too (a call's events must not overtake each other, so after
-    a record of a call that must be sent again, that call's later ones are sent again as well).
-    """
-
-    keys: list[bytes]
-    outcomes: list[Outcome]
-
-    def settled(self) -> bool:
-        return all(not isinstance(outcome, FutureRecordMetadata) or outcome.is_done for outcome in self.outcomes)
-
-    def unconfirmed(self) -> dict[int, TopicPartition]:
-        """Positions the broker called duplicates without saying where they are: to be looked up."""
-        return {
-            position: outcome.value.topic_partition
-            for position, outcome in enumerate(self.outcomes)
-            if isinstance(outcome, FutureRecordMetadata) and outcome.succeeded() and outcome.value.offset < 0
-        }
-
-    def delivered(self, confirmed: set[int]) -> set[int]:
-        """`confirmed`: the `unconfirmed()` positions found in the log."""
-        resent_keys: set[bytes] = set()
-        delivered = set()
-        for position, (key, outcome) in enumerate(zip(self.keys, self.outcomes, strict=True)):
-            if isinstance(outcome, FutureRecordMetadata):
-                written = outcome.succeeded() and (outcome.value.offset >= 0 or position in confirmed)
-            else:
-                written = outcome
-            if written and key not in resent_keys:
-                delivered.add(position)
-            else:
-                resent_keys.add(key)
-        return delivered
-
-
 class KafkaSink:
     """Delivers events to one topic; counters are plain attributes for the metrics stage.
 
@@ -209,9 +163,9 @@ class KafkaSink:
         self._thread = threading.Thread(target=self._run, name="kafka-sink", daemon=True)
         self._producer: KafkaProducer | None = None
         self._spool: Spool | None = None
-        self._head_sent: _SpoolHeadSent | None = None  # set while the spool's head holds records sent in doubt
+        self._head_sent: SpoolHeadSent | None = None  # set while the spool's head holds records sent in doubt
         # Per partition, one past the highest offset the broker acknowledged to us: records sent
-        # later can only be at or after it, which bounds the search in `_found_in_log`.
+        # later can only be at or after it, which bounds the search in `find_in_log`.
         self._acknowledged_end: dict[TopicPartition, int] = {}
         self._retry_at = 0.0
         self._backoff_s = 0.5
@@ -335,7 +289,7 @@ class KafkaSink:
         self.delivered += len(acknowledged)
         self._kept(acknowledged)
         if self._spool_items(to_spool) == len(to_spool):
-            self._head_sent = _SpoolHeadSent([item.record.key for item in to_spool], spooled_outcomes)
+            self._head_sent = SpoolHeadSent([item.record.key for item in to_spool], spooled_outcomes)
 
     def _replay_chunk_from_spool(self) -> None:
         """Send the spool's oldest records, skipping those known written; remove the acknowledged prefix."""
@@ -353,7 +307,12 @@ class KafkaSink:
         if head_sent is not None:
             unconfirmed = head_sent.unconfirmed()
             skip = head_sent.delivered(
-                self._found_in_log({position: (partition, chunk[position]) for position, partition in unconfirmed.items()})
+                find_in_log(
+                    self._client_options(),
+                    self._acknowledged_end,
+                    {position: (partition, chunk[position]) for position, partition in unconfirmed.items()},
+                    self.settings.request_timeout_ms / 1000,
+                )
             )
         if skip:
             log.info("kafka: %d spooled events in doubt were written by the broker after all; they are not sent again", len(skip))
@@ -364,7 +323,7 @@ class KafkaSink:
         self.delivered += prefix
         self._update_spool_counters()
         if prefix < len(chunk):
-            self._head_sent = _SpoolHeadSent([record.key for record in chunk[prefix:]], outcomes[prefix:])
+            self._head_sent = SpoolHeadSent([record.key for record in chunk[prefix:]], outcomes[prefix:])
         elif not len(self._spool):
             log.info("kafka spool replayed; publishing directly again")
 
@@ -404,44 +363,6 @@ class KafkaSink:
             return outcomes
         self._note_failure(errors[0] if errors else send_error)
         return [outcome if outcome is True else False for outcome in outcomes]
-
-    def _found_in_log(self, wanted: Mapping[int, tuple[TopicPartition, SpoolRecord]]) -> set[int]:
-        """Which of `wanted` (position -> partition, record) the partition holds now, byte for byte.
-
-        Reads each partition from the end of what the broker acknowledged to us before, up to its
-        high watermark (what consumers can read), within one request timeout. A record that is
-        not found, or whose partition has no acknowledged offset to start from, is sent again: a
-        possible duplicate, never a loss. Records are unique (each carries its emission time and
-        revision), so equal bytes are the same event.
-        """
-        found: set[int] = set()
-        by_partition: dict[TopicPartition, dict[tuple[bytes, bytes], int]] = {}
-        for position, (partition, record) in wanted.items():
-            if partition in self._acknowledged_end:
-                by_partition.setdefault(partition, {})[(record.key, record.value)] = position
-        if not by_partition:
-            return found
-        consumer: KafkaConsumer | None = None
-        try:
-            consumer = KafkaConsumer(**self._client_options(), enable_auto_commit=False, fetch_max_wait_ms=100)
-            for partition, positions in by_partition.items():
-                consumer.assign([partition])
-                consumer.seek(partition, self._acknowledged_end[partition])
-                deadline = time.monotonic() + self.settings.request_timeout_ms / 1000
-                while positions and time.monotonic() < deadline:
-                    for record in consumer.poll(timeout_ms=100).get(partition, []):
-                        if (record.key, record.value) in positions:
-                            found.add(positions.pop((record.key, record.value)))
-                    high_watermark = consumer.highwater(partition)
-                    if high_watermark is not None and consumer.position(partition) >= high_watermark:
-                        break
-        except KafkaError as error:
-            log.warning("kafka: could not read back %d events in doubt (%s); sending them again", len(wanted) - len(found), error)
-        finally:
-            if consumer is not None:
-                consumer.close()
-        log.info("kafka: %d of %d events answered as duplicates without an offset were found in the log", len(found), len(wanted))
-        return found
 
     def _wait_budget_s(self) -> float:
         budget = self.settings.delivery_timeout_ms / 1000 + 1
