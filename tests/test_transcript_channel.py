@@ -18,9 +18,11 @@ import pytest
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.vad import WINDOW_SAMPLES
+from asr_stream.inference.runners import Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as RTP delivers it
@@ -58,20 +60,22 @@ class Request:
     seconds: float
     priority: Priority
     submitted_at: float
+    hotwords: str | None
     answer: asyncio.Future[Heard] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class ScriptedQueue:
     """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so."""
 
-    def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None) -> None:
+    def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None, language: str | None = "en") -> None:
         self.requests: list[Request] = []
         self._clock = clock
         self._hold = hold or set()
         self._text = text
+        self._language = language
 
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Heard:
-        request = Request(key, len(payload) / SAMPLE_RATE, priority, self._clock())
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard:
+        request = Request(key, len(payload.audio) / SAMPLE_RATE, priority, self._clock(), payload.hotwords)
         self.requests.append(request)
         if priority not in self._hold:
             self.release(request)
@@ -79,7 +83,7 @@ class ScriptedQueue:
 
     def release(self, request: Request) -> None:
         text = self._text if self._text is not None else f"{round(request.seconds * 10)} tenths"
-        request.answer.set_result(Heard(text))
+        request.answer.set_result(Heard(text, self._language))
 
 
 class ManualClock:
@@ -90,8 +94,8 @@ class ManualClock:
         return self.now
 
 
-def transcriber(queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list) -> ChannelTranscriber:
-    return ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock)
+def transcriber(queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list, **options) -> ChannelTranscriber:
+    return ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock, **options)
 
 
 async def stream(channel: ChannelTranscriber, clock: ManualClock, seconds: float) -> None:
@@ -189,3 +193,33 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     # Speech ended at 1.5 s; the segment closes after min_silence (600 ms); then 250 ms of model.
     assert final_request.submitted_at - 1000.0 == pytest.approx(2.1, abs=0.05)
     assert final.latency_ms == pytest.approx(600 + 250, abs=50)
+
+
+@pytest.mark.parametrize(
+    ("script", "language", "expected"),
+    [
+        ("simplified", "zh", "广州市房地产中介协会"),  # the default
+        ("traditional", "zh", "廣州市房地產中介協會"),
+        ("original", "zh", "廣州市房地產中介協會"),
+        ("simplified", "en", "廣州市房地產中介協會"),  # not a Chinese hypothesis: left alone
+    ],
+)
+async def test_partials_and_finals_are_written_in_the_configured_script(script, language, expected) -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, text="廣州市房地產中介協會", language=language)
+    options = {} if script == "simplified" else {"script": ScriptConverter(script)}
+    channel = transcriber(queue, ScriptedVad([(0.5, 3.0)]), clock, emitted, **options)
+    await stream(channel, clock, 4.0)
+    await channel.finish()
+    assert [type(e) for e in emitted] == [SegmentPartial, SegmentFinal]
+    assert [e.text for e in emitted] == [expected, expected]
+
+
+async def test_every_request_carries_the_calls_hotword_list() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 3.0)]), clock, emitted, hotwords="housing")
+    await stream(channel, clock, 4.0)
+    await channel.finish()
+    assert {Priority.PARTIAL, Priority.FINAL} <= {r.priority for r in queue.requests}
+    assert {r.hotwords for r in queue.requests} == {"housing"}

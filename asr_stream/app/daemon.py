@@ -45,6 +45,7 @@ from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.transcript import events
 from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,7 @@ class Daemon:
         self.hub = LiveFeedHub()
         self._publish_hooks = (self.hub.publish, self.metrics.observe_event, *publish_hooks)
         self.calls = CallRegistry(on_finished=self._call_finished)
+        self.script = ScriptConverter(config.settings.text.chinese_script)  # every call's (the loop's thread only)
         self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
         self.kafka: KafkaSink | None = None
@@ -169,16 +171,22 @@ class Daemon:
     def _load_model(self) -> LoadedModel:
         settings = self.config.settings
         return load_model(
-            settings.model, settings.engines_dir, settings.language, backend=settings.backend, live=True, profiles_dir=settings.profiles_dir
+            settings.model,
+            settings.engines_dir,
+            settings.language,
+            backend=settings.backend,
+            live=True,
+            profiles_dir=settings.profiles_dir,
+            hotwords=self.config.components.hotwords,
         )
 
     async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.settings
         assert self.model is not None
         self.scheduler = BatchScheduler(
-            self.metrics.timed_batch(self.model.transcribe_batch),
+            self.metrics.timed_batch(self.model.transcribe),
             settings.scheduler.build(self.model.max_batch),
-            bucket=self.model.bucket,
+            bucket=self.model.utterance_bucket,
         )
         await self.scheduler.start()
         stack.push_async_callback(lambda: self.scheduler.stop(timeout_s=self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
@@ -251,6 +259,7 @@ class Daemon:
         assert self.scheduler is not None and self.model is not None
         settings = self.config.settings
         labels = Labels(call_id=call.call_id, model=settings.model, engine=settings.backend)
+        hotwords = self._hotword_list(call)
         transcribers = tuple(
             ChannelTranscriber(
                 labels=labels,
@@ -259,11 +268,23 @@ class Daemon:
                 emit=self.publish,
                 segmenter_config=self.config.components.segmenter,
                 partial_interval_s=settings.scheduler.partial_interval_s,
+                script=self.script,
+                hotwords=hotwords,
             )
             for channel in channels
         )
         envelope = Envelope(call.call_id, settings.model, settings.backend, self.model.language)
         return CallSession(call, channels, transcribers, envelope, self.publish)
+
+    def _hotword_list(self, call: CallInfo) -> str | None:
+        """The named list the call asked for (SIP X-ASR-Hotwords) if the config has it; else the default list."""
+        assert self.model is not None
+        if call.hotword_list is None or call.hotword_list in self.model.hotword_lists:
+            return call.hotword_list
+        log.warning(
+            "call %s asked for hotword list %r, which is not configured: using the default list", call.call_id[:64], call.hotword_list
+        )
+        return None
 
     def _call_finished(self, session: CallSession) -> None:
         for channel in session.channels:

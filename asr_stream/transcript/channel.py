@@ -26,9 +26,10 @@ import numpy as np
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import SpeechDetector, Vad
-from asr_stream.inference.runners import Hypothesis
+from asr_stream.inference.runners import Hypothesis, Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ PARTIAL_INTERVAL_S = 1.0
 class TranscriptionQueue(Protocol):
     """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
 
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Hypothesis: ...
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Hypothesis: ...
 
 
 @dataclass
@@ -66,7 +67,11 @@ class ChannelTranscriber:
         partial_interval_s: float = PARTIAL_INTERVAL_S,
         vad: SpeechDetector | None = None,
         clock: Callable[[], float] = time.monotonic,
+        script: ScriptConverter | None = None,
+        hotwords: str | None = None,
     ) -> None:
+        """`script`: the Chinese script of partials and finals (default: Simplified, `text.chinese_script`).
+        `hotwords`: the named hotword list the call uses (None: the default list)."""
         self.labels = labels
         self.channel = channel
         self._scheduler = scheduler
@@ -76,6 +81,8 @@ class ChannelTranscriber:
         self._vad = vad or Vad()
         self._partial_interval_s = partial_interval_s
         self._clock = clock
+        self._script = script or ScriptConverter()
+        self._hotwords = hotwords
         self._open: _OpenSegment | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_final: asyncio.Task[None] | None = None
@@ -128,22 +135,23 @@ class ChannelTranscriber:
     async def _partial(self, transcript: SegmentTranscript, audio: np.ndarray, end_sample: int) -> None:
         key = (self.labels.call_id, self.channel)
         try:
-            hypothesis = await self._scheduler.submit(key, audio, Priority.PARTIAL)
+            hypothesis = await self._scheduler.submit(key, Utterance(audio, self._hotwords), Priority.PARTIAL)
         except Shed:
             return
         except Exception:
             log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
             return
-        event = transcript.partial(hypothesis.text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
+        text = self._script.convert(hypothesis.text, hypothesis.language)
+        event = transcript.partial(text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
         if event is not None:
             self._emit(event)
 
     async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
         try:
             hypothesis = await self._scheduler.submit(
-                (self.labels.call_id, self.channel, closed.seq), np.array(closed.audio), Priority.FINAL
+                (self.labels.call_id, self.channel, closed.seq), Utterance(np.array(closed.audio), self._hotwords), Priority.FINAL
             )
-            text, language = hypothesis.text, hypothesis.language
+            text, language = self._script.convert(hypothesis.text, hypothesis.language), hypothesis.language
         except Exception:
             log.exception("final transcription failed", extra={"call_id": self.labels.call_id})
             text, language = "", None

@@ -7,26 +7,35 @@ when it closes. This module decides what of that reaches consumers:
   revision that grows by one each time;
 - the final carries the last revision + 1, is published exactly once, and anything that arrives
   for the segment after it (a partial that was still in flight) is dropped: finals never change;
-- `stable_prefix` is the part of the text that two consecutive hypotheses agree on, word by
-  word: Whisper rewrites the tail of a growing utterance far more often than its head, so an
-  agent-assist UI can show the stable part as settled and the rest as provisional.
+- `stable_prefix` is the part of the text that two consecutive hypotheses agree on, unit by
+  unit: Whisper rewrites the tail of a growing utterance far more often than its head, so an
+  agent-assist UI can show the stable part as settled and the rest as provisional. A unit is a
+  space-separated word, except that every CJK character (Han, kana, CJK punctuation) is a unit of
+  its own: Chinese and Japanese are written without spaces, so a whole Chinese sentence would
+  otherwise be one "word" that any change anywhere makes unstable.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 
+# One CJK character (CJK punctuation, kana, Han incl. extension A and compatibility ideographs,
+# full-width forms), or a run of anything else up to the next space or CJK character.
+_CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
+_UNIT = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
+
 
 def agreed_prefix(previous: str, current: str) -> str:
-    """The longest run of leading words two hypotheses share, as it appears in `current`."""
-    shared = 0
-    for old, new in zip(previous.split(), current.split(), strict=False):
-        if old != new:
+    """The longest run of leading units (words; single CJK characters) two hypotheses share, as it appears in `current`."""
+    end = 0
+    for old, new in zip(_UNIT.finditer(previous), _UNIT.finditer(current), strict=False):
+        if old.group() != new.group():
             break
-        shared += 1
-    return " ".join(current.split()[:shared])
+        end = new.end()
+    return current[:end]
 
 
 @dataclass(frozen=True)

@@ -98,6 +98,12 @@ class WhisperRunner:
         )
         return cls.for_spec(prepared, compute, windows_s, margin_s)
 
+    def prompted(self, previous_text: Sequence[int]) -> WhisperRunner:
+        """The same model on the same compute (sharing its lock), each window prompted with `previous_text` (hotwords)."""
+        runner = WhisperRunner(self.decoder.with_previous_text(previous_text), self.windows_s, self.margin_s)
+        runner._exclusive = self._exclusive
+        return runner
+
     def window_for(self, audio_seconds: float) -> int:
         """The smallest window (s) that holds `audio_seconds` plus the margin; the full window at most."""
         return next((window for window in self.windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
