@@ -116,9 +116,7 @@ class SippRun:
 
         Benchmarks take the ACK's: SIPp starts the call's RTP stream right after it.
         """
-        sent = re.search(
-            rf"-{{20,}} (\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+UDP message sent \(\d+ bytes\):\s+{method} ", self.messages
-        )
+        sent = re.search(rf"-{{20,}} (\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+UDP message sent \(\d+ bytes\):\s+{method} ", self.messages)
         return datetime.fromisoformat(sent.group(1)).timestamp() if sent else None
 
     def statuses(self) -> list[str]:
