@@ -18,6 +18,11 @@ hang up every call, let the calls (in this process and in the workers) finish th
 the deadline and cancel the rest (each still gets its `call.ended`), stop the workers and the
 scheduler, flush Kafka (what is not acknowledged stays in the spool for the next start), close
 HTTP, stop the inference process.
+
+A daemon that is killed cannot end its calls, so the Kafka sink keeps a journal of the calls
+consumers have seen start and not end (sinks/journal.py); the next start publishes their
+`call.ended` with reason `lost` before it admits a call. With `workers: N` every event goes through
+the main process's sink, so the journal covers the workers' calls too.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from asr_stream.app.whip_routes import whip_routes
 from asr_stream.app.workers.inference import InferenceSupervisor
 from asr_stream.app.workers.pool import ARENA_BYTES, WorkerPool
 from asr_stream.common.shm_arena import SharedArena
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.errors import OperatorError
 from asr_stream.inference.remote import InferenceClient
 from asr_stream.inference.runners import LoadedModel
@@ -51,6 +57,7 @@ from asr_stream.ingest.media import HangUp, IngestConfig, MediaHost, RtpMediaHos
 from asr_stream.ingest.telephony import TelephonyIngest
 from asr_stream.ingest.types import CallInfo
 from asr_stream.ingest.webrtc.session import WhipIngest
+from asr_stream.sinks.journal import JOURNAL_NAME, OpenCallJournal
 from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.transcript import events
@@ -98,6 +105,7 @@ class Daemon:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._deadline = 0.0
+        self._refusals = ThrottledLog(log)  # a retry storm while saturated must not flood the log
 
     @property
     def multiprocess(self) -> bool:
@@ -118,10 +126,7 @@ class Daemon:
                 self.model = await asyncio.to_thread(load_live_model, self.config)
                 language, hotword_lists = self.model.language, self.model.hotword_lists
             await self._start_http(stack)
-            self.kafka = KafkaSink(self.config.components.kafka)
-            self.kafka.start()
-            stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
-            self.metrics.watch_kafka(self.kafka)
+            self._start_kafka(stack)
             queue = self.inference_client if self.inference_client is not None else await self._start_scheduler(stack)
             settings = self.config.settings
             pipeline = CallPipeline(
@@ -223,6 +228,25 @@ class Daemon:
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
 
+    def _start_kafka(self, stack: contextlib.AsyncExitStack) -> None:
+        """The Kafka sink with its journal of open calls; a call a crash left open gets its call.ended (lost)."""
+        settings = self.config.components.kafka
+        journal = OpenCallJournal(settings.spool_dir / JOURNAL_NAME)
+        left_open = journal.open()
+        stack.callback(journal.close)  # after the sink has stopped writing to it
+        self.kafka = KafkaSink(settings, ledger=journal)
+        self.kafka.start()
+        stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
+        self.metrics.watch_kafka(self.kafka)
+        if left_open:
+            log.warning(
+                "%d calls were left open by the previous run (killed or crashed), e.g. %s: publishing their call.ended, reason lost",
+                len(left_open),
+                ", ".join(clip(call.call_id, 60) for call in left_open[:3]),
+            )
+        for call in left_open:
+            self.publish(call.lost())
+
     async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> TranscriptionQueue:
         """workers: 1 -- the scheduler over the model loaded in this process."""
         assert self.model is not None
@@ -323,7 +347,7 @@ class Daemon:
         elif self.inference is not None and not self.inference.ready:
             why = "the inference process is restarting"
         if why is not None:
-            log.warning("refusing call %s: %s", call.call_id[:64], why)
+            self._refusals.warning((call.peer[0], why), "refusing call %s from %s: %s", clip(call.call_id), call.peer[0], why)
             return self.config.settings.sip.retry_after_s
         return None
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.ingest.media import HangUp, IngestConfig, IngestEvent, MediaHost, RtpMediaHost, describe_call
 from asr_stream.ingest.types import AdmissionHook
 from asr_stream.rtp.codecs import supported_encodings
@@ -53,6 +54,7 @@ class TelephonyIngest:
         self.config = config
         self._admit = admit
         self._server = SipServer(self, config.sip)
+        self._refusals = ThrottledLog(log)  # one line per source every 10 s while ports are out
         self.media = media(config, self.end_call)
 
     @property
@@ -95,7 +97,8 @@ class TelephonyIngest:
             except PortsExhausted as error:
                 # Out of ports: the oldest call still waiting for its ACK makes room, if there is one.
                 if await self._server.release_oldest_unconfirmed() is None:
-                    log.warning("call %s refused: %s", call.call_id, error)
+                    source = call.signalling_peer[0]
+                    self._refusals.warning(source, "call %s from %s refused: %s", clip(call.call_id), source, error)
                     raise SipReject(503, "Service Unavailable", self.config.sip.retry_after_s) from error
 
     async def on_dialog_confirmed(self, call: Call) -> None:
