@@ -4,20 +4,25 @@ The VAD, the clock and the model are injected so the timing rules can be checked
 that says "speech" inside scripted intervals, a clock the test advances 20 ms per packet, and a
 queue that answers each request with text describing the audio it got (its length), optionally
 holding answers back until the test releases them. The real Silero VAD, BatchScheduler and
-Whisper are exercised end to end in test_daemon_e2e.py.
+Whisper are exercised end to end in test_daemon_e2e.py; here the real Silero VAD appears only to
+check that a shared, batched VAD segments a channel exactly as the channel's own does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.vad import WINDOW_SAMPLES
+from asr_stream.audio.vad_batch import BatchedVad
+from asr_stream.audio.wavfile import load_audio
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
@@ -25,6 +30,7 @@ from asr_stream.transcript.state import Labels
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as RTP delivers it
 LABELS = Labels(call_id="call-1", model="test-model", engine="test-engine")
+SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 
 
 class ScriptedVad:
@@ -189,3 +195,51 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     # Speech ended at 1.5 s; the segment closes after min_silence (600 ms); then 250 ms of model.
     assert final_request.submitted_at - 1000.0 == pytest.approx(2.1, abs=0.05)
     assert final.latency_ms == pytest.approx(600 + 250, abs=50)
+
+
+def _speech_call() -> np.ndarray:
+    """Two shared clips with pauses around them: two segments through the real Silero VAD."""
+    entries = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()][:2]
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    return np.concatenate([pause, *(np.concatenate([load_audio(SPEECH / e["path_wav16k"])[0][0], pause]) for e in entries)])
+
+
+async def _finals_of(audio: np.ndarray, shared_vad: BatchedVad | None) -> list[tuple[int, int, int, str]]:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, shared_vad=shared_vad, clock=clock)
+    for start in range(0, audio.shape[0], PACKET):
+        clock.now += 0.02
+        channel.feed(audio[start : start + PACKET])
+        await asyncio.sleep(0)
+    await channel.finish()
+    return [(e.index, e.start_ms, e.end_ms, e.text) for e in emitted if isinstance(e, SegmentFinal)]
+
+
+async def test_a_shared_batched_vad_gives_the_same_finals_as_the_channels_own() -> None:
+    audio = _speech_call()
+    inline = await _finals_of(audio, None)
+    scorer = BatchedVad(tick_s=0.004)
+    await scorer.start()
+    try:
+        batched = await _finals_of(audio, scorer)
+        assert scorer.channels == 0  # finish() gave the channel's state slot back
+    finally:
+        await scorer.stop()
+    assert len(inline) == 2 and batched == inline
+
+
+async def test_closing_a_cancelled_channel_releases_its_shared_vad_stream() -> None:
+    scorer = BatchedVad(tick_s=0.004)
+    await scorer.start()
+    try:
+        clock, emitted = ManualClock(), []
+        channel = ChannelTranscriber(
+            labels=LABELS, channel="caller", scheduler=ScriptedQueue(clock), emit=emitted.append, shared_vad=scorer, clock=clock
+        )
+        channel.feed(np.zeros(10 * PACKET, np.float32))
+        assert scorer.channels == 1
+        channel.close()
+        assert scorer.channels == 0
+    finally:
+        await scorer.stop()

@@ -130,6 +130,8 @@ class CallSession:
         except Exception:  # one broken channel must not take the call's other channels down
             self._failed = True
             log.exception("call %s: channel %s failed", self.call.call_id[:64], channel.info.label)
+        finally:  # also when cancelled: the channel's VAD stream and partial go with it
+            transcriber.close()
 
 
 class CallRegistry:

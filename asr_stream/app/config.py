@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from asr_stream.app.http_api import HttpSettings, is_loopback
 from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.audio.vad_batch import TICK_S as VAD_TICK_S
 from asr_stream.errors import OperatorError
 from asr_stream.inference.scheduler import SchedulerSettings
 from asr_stream.ingest.telephony import IngestConfig
@@ -254,9 +255,13 @@ class VadSection(_Section):
     post_speech_pad_ms: Annotated[int, Field(ge=0)] = SegmenterConfig.post_speech_pad_ms
     max_segment_ms: Annotated[int, Field(gt=0)] = SegmenterConfig.max_segment_ms
     split_search_ms: Annotated[int, Field(gt=0)] = SegmenterConfig.split_search_ms
+    batch_tick_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=VAD_TICK_S * 1000,
+        description="score every channel's VAD windows in one batch per tick (adds up to a tick of latency); 0: each channel scores its own",
+    )
 
     def build(self) -> SegmenterConfig:
-        return SegmenterConfig(**self.model_dump())
+        return SegmenterConfig(**self.model_dump(exclude={"batch_tick_ms"}))
 
 
 class SchedulerSection(_Section):

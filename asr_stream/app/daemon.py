@@ -28,6 +28,7 @@ from asr_stream.app.calls import CallRegistry, CallSession, Envelope, channel_na
 from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
+from asr_stream.audio.vad_batch import BatchedVad
 from asr_stream.errors import OperatorError
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
@@ -68,6 +69,7 @@ class Daemon:
         self.calls = CallRegistry(on_finished=self._call_finished)
         self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
+        self.vad: BatchedVad | None = None  # None: each channel scores its own VAD windows
         self.kafka: KafkaSink | None = None
         self.ingest: TelephonyIngest | None = None
         self.whip: WhipIngest | None = None
@@ -87,6 +89,7 @@ class Daemon:
             self.kafka.start()
             stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
             await self._start_scheduler(stack)
+            await self._start_vad(stack)
             stack.push_async_callback(lambda: self.calls.drain(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))
             if self.whip is not None:
                 self._consume_while_running(stack, self.whip.events(), self.whip.stop)
@@ -163,6 +166,14 @@ class Daemon:
         self.metrics.watch_scheduler(self.scheduler)
         self.metrics.watch_kafka(self.kafka)
 
+    async def _start_vad(self, stack: contextlib.AsyncExitStack) -> None:
+        """One Silero batch per tick for every channel (docs/vad.md); stopped after the calls' last finals."""
+        tick_ms = self.config.settings.vad.batch_tick_ms
+        if tick_ms > 0:
+            self.vad = BatchedVad(tick_s=tick_ms / 1000)
+            await self.vad.start()
+            stack.push_async_callback(self.vad.stop)
+
     def _consume_while_running(
         self,
         stack: contextlib.AsyncExitStack,
@@ -236,6 +247,7 @@ class Daemon:
                 emit=self.publish,
                 segmenter_config=self.config.components.segmenter,
                 partial_interval_s=settings.scheduler.partial_interval_s,
+                shared_vad=self.vad,
             )
             for channel in channels
         )

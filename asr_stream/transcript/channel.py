@@ -1,7 +1,11 @@
 """Live transcription of one channel: 16 kHz audio in, partial and final events out.
 
 Per channel the audio goes through its own VAD state and segmenter; the model work goes through
-the shared `BatchScheduler`, which batches it with every other channel's. While a segment is
+the shared `BatchScheduler`, which batches it with every other channel's. The VAD is either the
+channel's own detector, called inline on every frame, or a stream of a `BatchedVad` shared by every
+channel of the process (the daemon's default), which scores all channels' windows in one batch per
+tick and hands the probabilities back up to one tick later; the segmenter takes the audio at once
+and the probabilities when they come, so both give the same segments. While a segment is
 open it is re-transcribed every `partial_interval_s` at low priority (at most one partial in
 flight per channel: a newer one would only supersede it); when it closes, its final goes in at
 high priority. Finals are emitted strictly in segment order even if batches finish out of order.
@@ -26,6 +30,7 @@ import numpy as np
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import SpeechDetector, Vad
+from asr_stream.audio.vad_batch import InlineVadStream, VadSource
 from asr_stream.inference.runners import Hypothesis
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
@@ -38,6 +43,9 @@ SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
 
 #: How often an open segment is re-transcribed for a partial (the agent sees text move about once a second).
 PARTIAL_INTERVAL_S = 1.0
+
+_NO_AUDIO = np.zeros(0, np.float32)
+_NO_PROBS = np.zeros(0, np.float32)
 
 
 class TranscriptionQueue(Protocol):
@@ -65,15 +73,22 @@ class ChannelTranscriber:
         segmenter_config: SegmenterConfig = SegmenterConfig(),
         partial_interval_s: float = PARTIAL_INTERVAL_S,
         vad: SpeechDetector | None = None,
+        shared_vad: VadSource | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`vad`: this channel's own detector (default: a Silero `Vad`); `shared_vad`: score through a
+        scorer shared with other channels instead. At most one of the two."""
+        if vad is not None and shared_vad is not None:
+            raise ValueError("give a channel its own vad or a shared_vad, not both")
         self.labels = labels
         self.channel = channel
         self._scheduler = scheduler
         self._emit = emit
         self._segmenter = Segmenter(segmenter_config)
         self._post_pad_samples = segmenter_config.post_speech_pad_ms * SAMPLE_RATE // 1000
-        self._vad = vad or Vad()
+        self._vad = (
+            shared_vad.open(self._on_speech_probs) if shared_vad is not None else InlineVadStream(vad or Vad(), self._on_speech_probs)
+        )
         self._partial_interval_s = partial_interval_s
         self._clock = clock
         self._open: _OpenSegment | None = None
@@ -89,16 +104,30 @@ class ChannelTranscriber:
         audio = np.asarray(audio, dtype=np.float32).ravel()
         self._received += audio.shape[0]
         self._received_at = self._clock()
-        self._handle(self._segmenter.push(audio, self._vad.process(audio)))
+        self._handle(self._segmenter.push(audio, _NO_PROBS))
+        self._vad.submit(audio)  # its probabilities reach _on_speech_probs now (inline) or within a tick (shared)
         self._maybe_partial()
+
+    def _on_speech_probs(self, probs: np.ndarray) -> None:
+        self._handle(self._segmenter.push(_NO_AUDIO, probs))
 
     async def finish(self) -> None:
         """The channel ended: close the open segment and wait until every final is out."""
+        try:
+            await self._vad.drain()  # the last windows' probabilities, before the segmenter closes
+        finally:
+            self._vad.close()
         self._handle(self._segmenter.finish())
         if self._partial_task is not None:
             self._partial_task.cancel()
         if self._last_final is not None:
             await self._last_final
+
+    def close(self) -> None:
+        """Stop without finalising (the call was cancelled): give up the VAD stream and the partial in flight."""
+        self._vad.close()
+        if self._partial_task is not None:
+            self._partial_task.cancel()
 
     # -- segments ----------------------------------------------------------------------
     def _handle(self, events: list[SegmentEvent]) -> None:
