@@ -25,6 +25,7 @@ def _transcribe(args: argparse.Namespace) -> int:
         as_json=args.json,
         timestamps=args.timestamps,
         engines_dir=args.engines_dir,
+        backend=args.backend,
     )
 
 
@@ -140,20 +141,20 @@ def _workorders(args: argparse.Namespace) -> int:
 def _engines_build(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from asr_stream.inference.engine_cache import build_command
+    from asr_stream.inference.tensorrt.commands import build_command
 
     calibration = [Path(p) for p in args.calibration] if args.calibration else None
     return build_command(args.model, args.profile, args.variant, args.precision, args.engines_dir, calibration)
 
 
 def _engines_list(args: argparse.Namespace) -> int:
-    from asr_stream.inference.engine_cache import list_command
+    from asr_stream.inference.tensorrt.commands import list_command
 
     return list_command(args.model, args.engines_dir)
 
 
 def _engines_use(args: argparse.Namespace) -> int:
-    from asr_stream.inference.engine_cache import use_command
+    from asr_stream.inference.tensorrt.commands import use_command
 
     return use_command(args.model, args.version, args.engines_dir)
 
@@ -171,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--language", default=None, help="language code; default: detect (multilingual models)")
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file per line")
     transcribe.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens (segments)")
+    transcribe.add_argument(
+        "--backend", default="onnxruntime", help="onnxruntime (CPU, default) | tensorrt (built engines) | torch (CUDA GPU, Whisper only)"
+    )
     transcribe.set_defaults(handler=_transcribe)
 
     models = commands.add_parser("models", help="import model weights").add_subparsers(dest="models_command", required=True)

@@ -1,9 +1,14 @@
-"""GPU benchmark (H100): correctness against ONNX Runtime, offline throughput against HF transformers,
+"""GPU benchmark (H100/H200): correctness against ONNX Runtime, offline throughput against HF transformers,
 and the number of real-time call channels the real scheduler sustains.
+
+"Ours" is the product's torch backend as `backend: torch` loads it (`runners.torch_runner`: the
+shared WhisperRunner with its loop guard, on TorchWhisperCompute with CUDA graphs), fed log-mel
+windows computed beforehand (`WhisperRunner.decode_features`) so that the model, not the host's
+feature extraction, is timed, as for HF.
 
 Three parts, each bounded in time so that the whole fits one 10-minute device call:
 
-    parity    fp32 PyTorch-CUDA tokens vs ONNX Runtime CPU fp32 (must be identical), fp16 WER vs fp32
+    parity    fp32 torch-CUDA tokens (CUDA graphs) vs ONNX Runtime CPU fp32 (must be identical), fp16 WER vs fp32
     offline   audio-seconds per second and latency per batch vs batch size, ours (fp16, CUDA graphs)
               and HF WhisperForConditionalGeneration (fp16, batched greedy `generate`, our CT2
               weights mapped into its state dict) on the same log-mel windows in the same run
@@ -40,9 +45,8 @@ import torch
 from asr_stream.audio.features import log_mel_spectrogram
 from asr_stream.inference.models import PreparedModel, load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
-from asr_stream.inference.profiles import load_profile
+from asr_stream.inference.runners import torch_runner
 from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
-from asr_stream.inference.torch_backend import TorchWhisper
 from asr_stream.inference.whisper.runner import WhisperRunner
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
 
@@ -98,30 +102,35 @@ def wer(references: Sequence[str], hypotheses: Sequence[str]) -> float:
 
 
 class Model:
-    """A prepared model with its tokenizer, and our backend built from the profile's throughput buckets."""
+    """A prepared model (its ONNX graphs are the parity reference) with its tokenizer, and our torch runner."""
 
     def __init__(self, name: str, engines_dir: Path) -> None:
         self.name = name
         self.prepared: PreparedModel = load_prepared(name, engines_dir)
         self.tokenizer = WhisperTokenizer.from_file(self.prepared.tokenizer_path, self.prepared.dims.is_multilingual)
-        self.buckets = load_profile(Path("profiles") / f"{name}.yaml", "throughput").buckets
+
+    def languages(self, clips: Sequence[Clip]) -> list[str | None]:
+        """The clips' languages for a multilingual model (as the daemon's configured language); None for English-only."""
+        return [clip.language if self.tokenizer.multilingual else None for clip in clips]
 
     def prompts(self, clips: Sequence[Clip]) -> np.ndarray:
-        language = [clip.language if self.tokenizer.multilingual else None for clip in clips]
-        return np.array([self.tokenizer.prompt(lang, False) for lang in language], dtype=np.int64)
+        return np.array([self.tokenizer.prompt(language, False) for language in self.languages(clips)], dtype=np.int64)
 
-    def ours(self, dtype: torch.dtype) -> TorchWhisper:
-        backend = TorchWhisper.from_packages(
-            self.name,
-            self.prepared.suppress_ids,
-            self.prepared.suppress_ids_begin,
-            self.tokenizer.eot,
-            self.buckets,
-            device="cuda",
-            dtype=dtype,
-        )
-        backend.warm_up()
-        return backend
+    def ours(self, dtype: torch.dtype) -> WhisperRunner:
+        """What `backend: torch` serves (fp16), or fp32 for parity: every CUDA graph captured up front."""
+        return torch_runner(self.name, "profiles", dtype=dtype)
+
+
+def decode(runner: WhisperRunner, model: Model, clips: Sequence[Clip], mel: np.ndarray | None = None) -> list[list[int]]:
+    """Tokens of full 30 s windows through the shared runner (loop guard included), in batches it takes."""
+    mel = np.stack([clip.mel for clip in clips]) if mel is None else mel
+    step = runner.compute.max_batch
+    tokens: list[list[int]] = []
+    for start in range(0, len(clips), step):
+        rows = clips[start : start + step]
+        decoded = runner.decode_features(mel[start : start + step], [clip.seconds for clip in rows], model.languages(rows))
+        tokens += [window.tokens for window in decoded]
+    return tokens
 
 
 def parity(model: Model, clips: list[Clip]) -> dict[str, object]:
@@ -133,10 +142,9 @@ def parity(model: Model, clips: list[Clip]) -> dict[str, object]:
         audios = [clips[i].audio for i in rows]
         for i, transcript in zip(rows, runner.transcribe_batch(audios, language=language if model.tokenizer.multilingual else None)):
             reference[i] = transcript.tokens
-    mel, prompts = np.stack([clip.mel for clip in clips]), model.prompts(clips)
-    fp32 = model.ours(torch.float32).transcribe(mel, prompts)
+    fp32 = decode(model.ours(torch.float32), model, clips)
     torch.cuda.empty_cache()
-    fp16 = model.ours(torch.float16).transcribe(mel, prompts)
+    fp16 = decode(model.ours(torch.float16), model, clips)
     english = [i for i, clip in enumerate(clips) if clip.language == "en"]
     texts = {
         name: [model.tokenizer.decode(tokens[i]) for i in english]
@@ -250,26 +258,28 @@ def offline(model: Model, clips: list[Clip], batches: Sequence[int], budget_s: f
     for batch in batches:
         chosen = [clips[i % len(clips)] for i in range(batch)]
         mel, prompts = np.stack([clip.mel for clip in chosen]), model.prompts(chosen)
+        max_new_tokens = model.prepared.dims.n_text_ctx - prompts.shape[1]  # our limit too: prompt + output <= the text context
         audio_seconds = sum(clip.seconds for clip in chosen)
         row: dict[str, object] = {"model": model.name, "batch": batch, "audio_s": round(audio_seconds, 1)}
-        for name, run in (
-            ("ours", lambda: ours.transcribe(mel, prompts)),
-            ("hf", lambda: hf_transcribe(hf, mel, prompts, ours.max_new_tokens)),
-        ):
+        systems = {
+            "ours": lambda chosen=chosen, mel=mel: decode(ours, model, chosen, mel),
+            "hf": lambda mel=mel, prompts=prompts, max_new_tokens=max_new_tokens: hf_transcribe(hf, mel, prompts, max_new_tokens),
+        }
+        tokens = {}
+        for name, run in systems.items():
             if time.monotonic() > deadline:
                 row[name] = "skipped: time budget"
                 continue
-            run()  # warm-up (HF allocates its cache on first use)
+            tokens[name] = run()  # warm-up (HF allocates its cache on first use)
             times = timed(run, 3)
             median = statistics.median(times)
             row[name] = {"batch_latency_ms": round(1000 * median, 1), "audio_s_per_s": round(audio_seconds / median, 1)}
-        ours_tokens, hf_tokens = ours.transcribe(mel, prompts), hf_transcribe(hf, mel, prompts, ours.max_new_tokens)
-        row["hf_token_agreement"] = round(sum(a == b for a, b in zip(ours_tokens, hf_tokens)) / batch, 3)
+        if len(tokens) == len(systems):
+            row["hf_token_agreement"] = round(sum(a == b for a, b in zip(tokens["ours"], tokens["hf"])) / batch, 3)
+            row["speedup_vs_hf"] = round(row["ours"]["audio_s_per_s"] / row["hf"]["audio_s_per_s"], 2)  # type: ignore[index]
         print(json.dumps(row), flush=True)
         rows.append(row)
-    del hf
-    torch.cuda.empty_cache()
-    return rows
+    return rows  # HF's model is freed with this frame; main() empties the CUDA cache
 
 
 def partial_mels(clips: Sequence[Clip]) -> dict[tuple[int, int], np.ndarray]:
@@ -286,7 +296,7 @@ def percentile_ms(sorted_seconds: Sequence[float], share: float) -> float | None
 
 
 async def simulate(
-    backend: TorchWhisper,
+    runner: WhisperRunner,
     model: Model,
     clips: list[Clip],
     partials: dict[tuple[int, int], np.ndarray],
@@ -299,12 +309,12 @@ async def simulate(
 
     A payload is (clip, seconds spoken) for a partial and (clip, 0) for the final's whole clip.
     """
-    prompts = model.prompts(clips)
 
     def run_batch(payloads: Sequence[tuple[int, int]]) -> list[list[int]]:
-        index = [clip for clip, _ in payloads]
         mels = [partials[payload] if payload[1] else clips[payload[0]].mel for payload in payloads]
-        return backend.transcribe(np.stack(mels), prompts[index])
+        seconds = [float(spoken) if spoken else clips[index].seconds for index, spoken in payloads]
+        languages = model.languages([clips[index] for index, _ in payloads])
+        return [window.tokens for window in runner.decode_features(np.stack(mels), seconds, languages)]
 
     scheduler: BatchScheduler[int, list[int]] = BatchScheduler(
         run_batch, max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S
@@ -367,14 +377,14 @@ async def simulate(
 
 
 def channels_search(model: Model, clips: list[Clip], levels: Sequence[int], seconds: float) -> dict[str, object]:
-    backend = model.ours(torch.float16)
+    runner = model.ours(torch.float16)
     partials = partial_mels(clips)
     torch.cuda.synchronize()
     engine_mib = torch.cuda.memory_reserved() / 2**20
     results = []
     for level in levels:
         torch.cuda.reset_peak_memory_stats()
-        result = asyncio.run(simulate(backend, model, clips, partials, level, seconds, backend.buckets.batch[-1]))
+        result = asyncio.run(simulate(runner, model, clips, partials, level, seconds, runner.compute.max_batch))
         print(json.dumps(result), flush=True)
         results.append(result)
         if result["p95_ms"] is None or result["p95_ms"] > 1000 * FINAL_P95_LIMIT_S:

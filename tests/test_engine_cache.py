@@ -8,10 +8,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import soundfile
 
-from asr_stream.inference.engine_cache import (
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.errors import OperatorError
+from asr_stream.inference.models import MANIFEST, load_prepared
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.profiles import ProfileError, load_profile
+from asr_stream.inference.tensorrt.build import fp16_graph, precision_flags
+from asr_stream.inference.tensorrt.cache import (
     BuildRecord,
-    CalibrationBatches,
     EngineCacheError,
     EngineMismatch,
     GraphBuild,
@@ -20,13 +26,14 @@ from asr_stream.inference.engine_cache import (
     build_key,
     check_compatible,
     format_builds,
-    fp16_graph,
     list_builds,
-    precision_flags,
     trt_directory,
     use_build,
 )
-from asr_stream.inference.profiles import load_profile
+from asr_stream.inference.tensorrt.calibration import CalibrationBatches, whisper_calibration
+from asr_stream.inference.tensorrt.commands import build_command, list_command, use_command
+from asr_stream.inference.whisper.engine_compute import EngineCompute
+from asr_stream.inference.whisper.runner import WhisperRunner
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "whisper-tiny.en.yaml"
 H100 = Platform("tensorrt", "10.13.0", "NVIDIA H100 80GB HBM3", "9.0")
@@ -155,3 +162,77 @@ def test_fp16_graph_is_fp16_typed_and_close_to_fp32(engines_dir: Path, tmp_path:
     [half] = onnxruntime.InferenceSession(str(tmp_path / "encoder.fp16.onnx")).run(None, {"mel": mel.astype(np.float16)})
     assert half.dtype == np.float16
     assert np.linalg.norm(half.astype(np.float32) - reference) / np.linalg.norm(reference) < 5e-3
+
+
+def test_whisper_calibration_feeds_what_the_runner_feeds(engines_dir: Path, tmp_path: Path, english_clips: list[dict]) -> None:
+    """INT8 calibration batches are the served encoder inputs (each channel one utterance) and the decoder's first step."""
+    mono = [row["wav"] for row in english_clips[:2]]
+    left, right = (soundfile.read(row["wav"], dtype="float32")[0] for row in english_clips[2:4])
+    stereo = np.zeros((max(len(left), len(right)), 2), np.float32)
+    stereo[: len(left), 0], stereo[: len(right), 1] = left, right
+    soundfile.write(tmp_path / "call.wav", stereo, 16000, subtype="FLOAT")
+    wavs = [*mono, tmp_path / "call.wav"]
+    batches = whisper_calibration(engines_dir, "whisper-tiny.en", wavs, batch=3)
+
+    # What the runner itself feeds its encoder when it transcribes the same four utterances, three at a time.
+    served = WhisperRunner.from_prepared(load_prepared("whisper-tiny.en", engines_dir), OnnxRuntimeEngine.load)
+    assert isinstance(served.compute, EngineCompute)
+    encoder_inputs: list[np.ndarray] = []
+    run = served.compute.encoder.run
+    served.compute.encoder.run = lambda feeds: encoder_inputs.append(feeds["mel"]) or run(feeds)  # type: ignore[method-assign]
+    audios = [channel for path in wavs for channel in load_audio(path)[0]]
+    assert len(audios) == 4
+    for start in (0, 3):
+        served.transcribe_batch(audios[start : start + 3])
+
+    encoder = batches["encoder.onnx"]
+    mels = [encoder.next_batch()["mel"], encoder.next_batch()["mel"]]
+    assert encoder.next_batch() is None
+    assert [mel.shape for mel in mels] == [(3, 80, 3000), (1, 80, 3000)]
+    for mel, fed in zip(mels, encoder_inputs):
+        np.testing.assert_array_equal(mel, fed)
+    decoder = batches["decoder.onnx"]
+    for mel in mels:
+        feeds = decoder.next_batch()
+        np.testing.assert_array_equal(feeds["cross_kv"], run({"mel": mel})["cross_kv"])
+        rows = len(mel)
+        assert feeds["tokens"].tolist() == [[served.tokenizer.sot]] * rows and feeds["offset"].tolist() == [0] * rows
+        assert feeds["self_kv"].shape == (4, 2, rows, 6, 1, 64) and not feeds["self_kv"].any()
+    assert decoder.next_batch() is None
+    assert encoder.cache_file.parent == decoder.cache_file.parent == trt_directory(engines_dir, "whisper-tiny.en") / "calibration"
+    assert encoder.cache_file != decoder.cache_file
+
+
+def test_engines_commands_refuse_operator_mistakes_in_one_line(engines_dir: Path, tmp_path: Path, capsys) -> None:
+    """`engines build|list|use` mistakes are OperatorErrors (one line, exit 2 from the CLI), found before TensorRT is needed."""
+    unprepared = tmp_path / "unprepared"
+    (unprepared / "whisper-tiny.en").mkdir(parents=True)
+    (unprepared / "whisper-tiny.en" / MANIFEST).write_text((engines_dir / "whisper-tiny.en" / MANIFEST).read_text())  # graphs missing
+    not_here = f"model whisper-nope is not in {tmp_path}: run `asr-stream models prepare whisper-nope`"
+    cases = [
+        (lambda: list_command("whisper-nope", str(tmp_path)), EngineCacheError, not_here),
+        (lambda: use_command("whisper-nope", "1", str(tmp_path)), EngineCacheError, not_here),
+        (lambda: build_command("whisper-nope", engines_dir=str(tmp_path)), EngineCacheError, not_here),
+        (
+            lambda: use_command("whisper-tiny.en", "9", str(engines_dir)),
+            EngineCacheError,
+            "build '9' of whisper-tiny.en does not exist; builds: none",
+        ),
+        (
+            lambda: build_command("whisper-tiny.en", str(PROFILE), "latency", engines_dir=str(unprepared)),
+            EngineCacheError,
+            f"{unprepared / 'whisper-tiny.en' / 'encoder.onnx'} does not exist: run `asr-stream models prepare whisper-tiny.en` first",
+        ),
+        (
+            lambda: build_command("whisper-tiny.en", str(tmp_path / "none.yaml"), engines_dir=str(engines_dir)),
+            ProfileError,
+            "cannot read profile",
+        ),
+    ]
+    for command, error_type, message in cases:
+        with pytest.raises(error_type) as raised:
+            command()
+        assert isinstance(raised.value, OperatorError) and message in str(raised.value) and "\n" not in str(raised.value)
+    assert capsys.readouterr().out == ""
+    assert list_command("whisper-tiny.en", str(engines_dir)) == 0
+    assert capsys.readouterr().out == "no TensorRT builds\n"

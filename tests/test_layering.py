@@ -5,7 +5,8 @@ free of Kafka, HTTP and model knowledge, and each is usable and testable on its 
 daemon as composition root, config, HTTP, metrics, logs) wires the stages; `devtools` (SIPp
 runner, embedded broker, demo, scoring) may use the product but the product never uses it; `cli`
 at the top is the only entry point. `common` is not a stage of the data but helpers beneath all of
-them (throttled logging), and `errors` (OperatorError) may be raised by any stage.
+them (throttled logging), and `errors` (OperatorError) may be raised by any stage. Within a
+stage, modules import each other without cycles.
 """
 
 from __future__ import annotations
@@ -26,6 +27,10 @@ def _rank(module: str) -> int:
     return STAGES.index(parts[1]) if parts[1] in STAGES else TOP
 
 
+def _module_name(path: Path) -> str:
+    return "asr_stream." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
 def _imports(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), filename=str(path))
     found: list[str] = []
@@ -40,7 +45,7 @@ def _imports(path: Path) -> list[str]:
 def test_no_stage_imports_a_later_stage():
     violations = []
     for path in sorted(PACKAGE.rglob("*.py")):
-        module = "asr_stream." + ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+        module = _module_name(path)
         own = _rank(module.removesuffix(".__init__"))
         for imported in _imports(path):
             if _rank(imported) > own:
@@ -57,3 +62,73 @@ def test_serving_path_does_not_need_torch():
         if path.name not in allowed and any(name.split(".")[0] == "torch" for name in _imports(path))
     ]
     assert not offenders, offenders
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Each asr_stream module -> the asr_stream modules it imports, wherever the import statement sits.
+
+    Function-local imports count too: deferring an import to call time hides a cycle, it does not
+    remove it (engine_cache and tensorrt_backend once imported each other that way). A lazy import
+    stays fine for an optional heavy dependency (torch, TensorRT), as long as no cycle closes.
+    `from package import name` counts as importing the submodule when `name` is one.
+    """
+    paths = {_module_name(path).removesuffix(".__init__"): path for path in PACKAGE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        edges = graph.setdefault(module, set())
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                edges.update(alias.name for alias in node.names if alias.name in paths)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                for alias in node.names:
+                    submodule = f"{node.module}.{alias.name}"
+                    target = submodule if submodule in paths else node.module
+                    if target in paths:
+                        edges.add(target)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module, or a module importing itself (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        on_stack.add(module)
+        for imported in sorted(graph[module]):
+            if imported not in index:
+                visit(imported)
+                low[module] = min(low[module], low[imported])
+            elif imported in on_stack:
+                low[module] = min(low[module], index[imported])
+        if low[module] == index[module]:
+            component = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == module:
+                    break
+            if len(component) > 1 or module in graph[module]:
+                found.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return found
+
+
+def test_no_import_cycles():
+    cycles = _cycles(_import_graph())
+    assert not cycles, "import cycles:\n" + "\n".join(" <-> ".join(cycle) for cycle in cycles)
+
+
+def test_cycle_finder_finds_a_hidden_cycle():
+    """The check itself: a cycle closed by a function-local import, as engine_cache <-> tensorrt_backend was."""
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}, "e": {"e"}}
+    assert _cycles(graph) == [["a", "b", "c"], ["e"]]

@@ -31,6 +31,7 @@ from kafka.partitioner.default import murmur2
 from kafka_fixtures import consume_all
 from sip_cluster import Kamailio, Replica, write_dispatcher_list
 from test_daemon_e2e import assert_call_lifecycle, clip
+from test_workorders_kafka import read_drafts, running, settings_for, split_between, wait_until
 
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.sipp import SippRun, place_call, run_sipp, telephone_pcm, write_call
@@ -228,6 +229,26 @@ async def test_every_call_keeps_to_one_partition_in_order(cluster: Cluster, tmp_
         assert used == {(murmur2(call_id.encode()) & 0x7FFFFFFF) % len(partitions)}, (call_id, used)
         assert_call_lifecycle(events_of(records, call_id), call_id)
     print(f"\n{len(call_ids)} calls over partitions {sorted({r.partition for r in records})}")
+
+
+async def test_two_workorders_consumers_split_the_replicas_calls_and_draft_each_once(cluster: Cluster, tmp_path: Path) -> None:
+    """Behind the replicas: one consumer group over the 4-partition topic drafts every call exactly once."""
+    run = await place_short_calls(cluster, tmp_path, calls=3)
+    assert {r.name for r in routed(cluster, run).values()} == {"asr-a", "asr-b"}
+    records = await asyncio.to_thread(records_of_calls, cluster, set(routed(cluster, run)))
+    ended = {record.key.decode() for record in records if json.loads(record.value)["event"] == "call.ended"}
+    settings = settings_for(cluster.broker, cluster.topic, group=f"drafts-{uuid.uuid4().hex[:6]}")
+
+    def draft_everything() -> tuple[list[dict], tuple[int, int]]:
+        with running(settings) as first, running(settings) as second:
+            wait_until(split_between(first, second, 4), 20, "the group to split the partitions")
+            drafts = read_drafts(cluster.broker.bootstrap_servers, settings.out_topic, expected=len(ended))
+            return drafts, (first.drafts_published, second.drafts_published)
+
+    drafts, counts = await asyncio.to_thread(draft_everything)
+    assert sorted(draft["call_id"] for draft in drafts) == sorted(ended), "each ended call drafted exactly once"
+    # The first member drafts the backlog alone until the second joins; together they publish each call once.
+    assert sum(counts) == len(ended), counts
 
 
 async def test_kamcmd_reload_adds_a_replica_that_takes_calls(cluster: Cluster, tmp_path: Path) -> None:

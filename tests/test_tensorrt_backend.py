@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 
 from asr_stream.inference.engine import ShapeRange
-from asr_stream.inference.engine_cache import EngineCacheError
-from asr_stream.inference.tensorrt_backend import TensorRTEngine, buffer_bytes, numpy_dtype, shape_problem
+from asr_stream.inference.tensorrt.buffers import buffer_bytes
+from asr_stream.inference.tensorrt.cache import EngineCacheError
+from asr_stream.inference.tensorrt.engine import TensorRTEngine, numpy_dtype, shape_problem
 
 MEL = ShapeRange(min=(1, 80, 1500), opt=(64, 80, 3000), max=(128, 80, 3000))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -10,8 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
+from conftest import load_mono
+from test_conformer_export import exported  # noqa: F401 (fixture: a NeMo-style export + tokenizer)
 
 from asr_stream.devtools.scoring import corpus_wer, normalize
+from asr_stream.inference.conformer.importer import add_conformer
+from asr_stream.inference.conformer.runner import ConformerRunner
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 
 ASR_STREAM = Path(sys.executable).parent / "asr-stream"
 
@@ -90,3 +96,48 @@ def test_unprepared_model_says_how_to_prepare(tmp_path, good_clip):
 def test_english_only_model_refuses_another_language(good_clip, engines_dir):
     result = run_cli("--language", "de", good_clip["wav"], engines_dir=engines_dir)
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("backend", "message"),
+    [
+        ("torch", "backend torch needs a CUDA GPU: torch.cuda.is_available() is False on this machine; use backend onnxruntime"),
+        ("cuda", "unknown backend 'cuda'; known: onnxruntime, tensorrt, torch"),
+    ],
+)
+def test_a_backend_that_cannot_run_here_is_one_line_and_exit_2(backend, message, good_clip, engines_dir):
+    if backend == "torch" and importlib.util.find_spec("torch") is not None:
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("checks the refusal on a machine without CUDA")
+    result = run_cli("--backend", backend, good_clip["wav"], engines_dir=engines_dir)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == [f"asr-stream: {message}"]
+
+
+@pytest.mark.slow
+def test_an_imported_conformer_is_transcribed_offline(exported, tmp_path, good_clip):
+    """Any model family the daemon serves, through the same loader: the small random Conformer-CTC (its text is noise)."""
+    _, graph, tokenizer, preprocessor = exported
+    engines = tmp_path / "engines"
+    directory = add_conformer("conformer-random", graph, tokenizer, preprocessor, engines, language="en")
+    result = run_cli("--model", "conformer-random", "--json", good_clip["wav"], engines_dir=engines)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.strip().splitlines()
+    record = json.loads(line)
+    expected = ConformerRunner.load(directory, OnnxRuntimeEngine.load).transcribe_batch([load_mono(good_clip["wav"])])[0]
+    assert expected.words, "the random model emits some words on speech"
+    assert (record["model"], record["engine"], record["language"], record["text"]) == (
+        "conformer-random",
+        "onnxruntime",
+        "en",
+        expected.text,
+    )
+    [segment] = record["segments"]
+    assert segment == {"start": expected.words[0].start_ms / 1000, "end": expected.words[-1].end_ms / 1000, "text": expected.text.strip()}
+    refused = run_cli("--model", "conformer-random", "--language", "de", good_clip["wav"], engines_dir=engines)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "asr-stream: model conformer-random transcribes 'en' (declared when it was added), not 'de'"
+    ]

@@ -21,7 +21,8 @@ from asr_stream.devtools.scoring import corpus_cer, corpus_wer
 from asr_stream.inference.models import MODELS, load_prepared, prepare_model
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.whisper.ct2 import read_model_bin
-from asr_stream.inference.whisper.decode import WhisperDecoder, compression_ratio, looks_broken
+from asr_stream.inference.whisper.decode import compression_ratio, looks_broken
+from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.export import DecoderGraph, EncoderGraph
 from asr_stream.inference.whisper.graphs import DECODER_INPUTS, ENCODER_INPUTS
 from asr_stream.inference.whisper.model import Whisper
@@ -98,17 +99,12 @@ class TorchEngine:
 def test_onnx_runtime_equals_pytorch_definition(runner, english_audio, ours_b1):
     model = Whisper.from_ct2(read_model_bin(packaged.locate() for packaged in MODELS["whisper-tiny.en"].weights))
     torch.set_num_threads(2)
-    torch_runner = WhisperRunner(
+    compute = EngineCompute(
         TorchEngine(EncoderGraph(model).eval(), ENCODER_INPUTS, ("cross_kv",)),
-        WhisperDecoder(
-            TorchEngine(DecoderGraph(model).eval(), DECODER_INPUTS, ("logits", "new_kv")),
-            runner.tokenizer,
-            runner.decoder.suppress_ids,
-            runner.decoder.suppress_ids_begin,
-            model.dims.n_text_ctx,
-        ),
-        model.dims,
+        TorchEngine(DecoderGraph(model).eval(), DECODER_INPUTS, ("logits", "new_kv")),
+        model.dims.n_text_ctx,
     )
+    torch_runner = WhisperRunner(runner.decoder.on(compute))
     for i in [1, 12, 25, 33]:
         assert torch_runner.transcribe_batch([english_audio[i]])[0].tokens == ours_b1[i].tokens
 

@@ -16,6 +16,7 @@ from asr_stream.inference.engine import Engine
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.whisper.decode import looks_broken, max_plausible_tokens
+from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_windows
 
 
@@ -24,6 +25,7 @@ class FrameRecorder:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
+        self.backend = engine.backend
         self.max_batch = engine.max_batch
         self.frames: list[int] = []
 
@@ -37,9 +39,17 @@ def full(engines_dir: Path) -> WhisperRunner:
     return WhisperRunner.from_prepared(load_prepared("whisper-tiny.en", engines_dir), OnnxRuntimeEngine.load)
 
 
+def recording(full: WhisperRunner, windows_s: tuple[int, ...] = (FULL_WINDOW_S,), margin_s: float = 0.0) -> WhisperRunner:
+    """`full`'s model and engines with the encoder's frame counts recorded (`runner.compute.encoder.frames`)."""
+    compute = full.compute
+    assert isinstance(compute, EngineCompute)
+    recorded = EngineCompute(FrameRecorder(compute.encoder), compute.decoder, compute.n_text_ctx)
+    return WhisperRunner(full.decoder.on(recorded), windows_s, margin_s)
+
+
 @pytest.fixture
 def live(full: WhisperRunner) -> WhisperRunner:
-    return WhisperRunner(FrameRecorder(full.encoder), full.decoder, full.dims, *live_windows("whisper-tiny.en"))
+    return recording(full, *live_windows("whisper-tiny.en"))
 
 
 @pytest.fixture(scope="module")
@@ -60,19 +70,19 @@ def test_only_tiny_en_was_measured_to_keep_accuracy_in_buckets():
 @pytest.mark.parametrize("windows_s", [(10, 20), (20, 10, 30), (10, 10, 30), (0, 30), ()])
 def test_windows_must_rise_and_end_with_the_full_window(full, windows_s):
     with pytest.raises(ValueError):
-        WhisperRunner(full.encoder, full.decoder, full.dims, windows_s)
+        WhisperRunner(full.decoder, windows_s)
 
 
 def test_default_runner_always_encodes_the_full_window(full, clip_by_id):
-    runner = WhisperRunner(FrameRecorder(full.encoder), full.decoder, full.dims)
+    runner = recording(full)
     runner.transcribe_batch([clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0880"]])
-    assert runner.encoder.frames == [3000]
+    assert runner.compute.encoder.frames == [3000]
 
 
 def test_short_speech_is_encoded_in_the_ten_second_window_with_the_same_text(live, full, clip_by_id):
     audio = clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0930"]  # 3.3 s
     assert live.transcribe_batch([audio])[0].tokens == full.transcribe_batch([audio])[0].tokens
-    assert live.encoder.frames == [1000]
+    assert live.compute.encoder.frames == [1000]
 
 
 def test_a_batch_shares_the_window_of_its_longest_segment(live, clip_by_id):
@@ -81,14 +91,14 @@ def test_a_batch_shares_the_window_of_its_longest_segment(live, clip_by_id):
         clip_by_id["en_librivox_sense_and_sensibility_01_austen_64kb-0870"],
     )
     live.transcribe_batch([short, np.concatenate([long, long])])  # 3.3 s and 14.2 s
-    assert live.encoder.frames == [2000]
+    assert live.compute.encoder.frames == [2000]
 
 
 def test_broken_bucket_output_is_decoded_again_from_the_full_window(live):
     # Silence decodes to (almost) no tokens: fewer than 0.8 per second trips the loop guard.
     silence = np.zeros(6 * 16_000, dtype=np.float32)
     live.transcribe_batch([silence])
-    assert live.encoder.frames == [1000, 3000]
+    assert live.compute.encoder.frames == [1000, 3000]
 
 
 def test_first_pass_limit_is_the_loop_guards_own_threshold():
@@ -107,4 +117,4 @@ def test_live_windows_keep_the_full_windows_accuracy(live, full, english_clips, 
     live_wer = corpus_wer(references, [live.transcribe_batch([audio])[0].text for audio in audios])
     print(f"\nwhisper-tiny.en corpus WER on {len(audios)} English clips: full window {full_wer:.4f}, live windows {live_wer:.4f}")
     assert live_wer <= full_wer + 0.005
-    assert sum(frames < 3000 for frames in live.encoder.frames) >= len(audios) * 0.9  # the buckets are actually used
+    assert sum(frames < 3000 for frames in live.compute.encoder.frames) >= len(audios) * 0.9  # the buckets are actually used

@@ -66,6 +66,7 @@ class CallSession:
         self._envelope = envelope
         self._publish = publish
         self._reason: EndReason | None = None
+        self._ended = asyncio.Event()  # the ingest said why the call ended (it closes the audio first)
         self._failed = False
         self._started_at = time.monotonic()
         self._task: asyncio.Task[None] | None = None
@@ -100,6 +101,7 @@ class CallSession:
     def end(self, reason: EndReason) -> None:
         """The ingest ended the call: its audio streams are ending; the session finishes on its own."""
         self._reason = reason
+        self._ended.set()
 
     async def cancel(self) -> None:
         """Stop transcribing now; `call.ended` (reason shutdown unless one was given) still goes out."""
@@ -111,6 +113,8 @@ class CallSession:
             async with asyncio.TaskGroup() as channels:
                 for channel, transcriber in zip(self.channels, self.transcribers, strict=True):
                     channels.create_task(self._transcribe(channel, transcriber))
+            # The audio ends before the ingest's CallEnded arrives: wait for its reason.
+            await self._ended.wait()
         finally:  # also when cancelled: every answered call gets its call.ended
             reason = EndReason.ERROR if self._failed else (self._reason or EndReason.SHUTDOWN)
             self._publish(

@@ -288,6 +288,7 @@ class Settings(_Section):
     model: Annotated[str, Field(min_length=1)] = "whisper-tiny.en"
     backend: Literal["onnxruntime", "tensorrt", "torch"] = "onnxruntime"
     engines_dir: str = "engines"
+    profiles_dir: str = Field(default="profiles", description="shape profiles (profiles/<model>.yaml): TensorRT and torch batch buckets")
     language: str | None = Field(default=None, description="fix the language of a multilingual model; null: detect")
     sip: SipSection = SipSection()
     rtp: RtpSection = RtpSection()

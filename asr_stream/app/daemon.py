@@ -30,10 +30,8 @@ from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
 from asr_stream.audio.vad_batch import BatchedVad
 from asr_stream.errors import OperatorError
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
-from asr_stream.inference.tensorrt_backend import TensorRTEngine
 from asr_stream.ingest.telephony import ChannelAudio, TelephonyIngest
 from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted
 from asr_stream.ingest.webrtc.session import WhipIngest
@@ -44,11 +42,6 @@ from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
-
-# Engines the daemon can serve with: ONNX Runtime on CPU (the default), TensorRT on NVIDIA GPUs
-# (engines built beforehand with `asr-stream engines build`; refused with the reason if they do not
-# fit the graph, profile, TensorRT version or GPU).
-ENGINE_LOADERS = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
 
 _T = TypeVar("_T")
 
@@ -153,7 +146,13 @@ class Daemon:
     async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
         settings = self.config.settings
         self.model = await asyncio.to_thread(
-            load_model, settings.model, settings.engines_dir, settings.language, ENGINE_LOADERS[settings.backend], live=True
+            load_model,
+            settings.model,
+            settings.engines_dir,
+            settings.language,
+            backend=settings.backend,
+            live=True,
+            profiles_dir=settings.profiles_dir,
         )
         self.scheduler = BatchScheduler(
             self.metrics.timed_batch(self.model.transcribe_batch),

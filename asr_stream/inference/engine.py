@@ -18,7 +18,13 @@ from typing import Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 
+from asr_stream.errors import OperatorError
+
 Precision = Literal["fp32", "fp16", "int8"]
+
+
+class BackendError(OperatorError):
+    """A backend cannot serve here: unknown name, a library or GPU it needs is missing, or a model family it does not run."""
 
 
 @dataclass(frozen=True)

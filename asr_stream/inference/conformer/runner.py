@@ -23,6 +23,15 @@ from asr_stream.inference.engine import Engine
 
 
 @dataclass(frozen=True)
+class ConformerSegment:
+    """A span of text with times in seconds from the start of the utterance (as Whisper's segments)."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
 class ConformerTranscript:
     """One utterance's result; `language` is the one declared when the model was added (or None)."""
 
@@ -30,6 +39,14 @@ class ConformerTranscript:
     tokens: list[TimedToken]
     words: list[TimedWord]
     language: str | None
+
+    @property
+    def segments(self) -> list[ConformerSegment]:
+        """One segment from the first word's start to the last word's end (none without words):
+        CTC has no sentence boundaries of its own, and its word times are kept in `words`."""
+        if not self.words:
+            return []
+        return [ConformerSegment(self.words[0].start_ms / 1000, self.words[-1].end_ms / 1000, self.text)]
 
 
 class ConformerRunner:

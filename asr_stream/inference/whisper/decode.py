@@ -1,16 +1,24 @@
-"""Batched greedy decoding of Whisper windows through a decoder Engine, with Whisper's logit rules.
+"""Whisper's decoding rules and the one batched decoding loop every backend runs them through.
 
-Written here rather than taken from a library because it must drive any Engine (ONNX Runtime
-today, TensorRT later) with our explicit KV cache, and decode many calls' windows as one batch.
+A backend supplies only per-step compute (`WhisperCompute`: encode a batch, pick rows of it, and a
+`Stepper` that feeds tokens and chooses the next ones). Everything that decides *which* tokens come
+out is here, once:
 
-Rules, as CTranslate2 applies them (the tests hold us token-identical to it): `suppress_ids`
-every step, `suppress_ids_begin` on the first sampled step, prompt + output <= n_text_ctx.
-Timestamp mode adds openai-whisper's timestamp rules (pairs, monotonic, first token a timestamp
-<= 1 s, timestamps win when their total probability beats any text token).
+- the prompt (`<|startoftranscript|>`, language and task for multilingual models,
+  `<|notimestamps|>` unless timestamps are wanted);
+- `suppress_ids` on every step, `suppress_ids_begin` on the first sampled token, as additive masks
+  the stepper adds to the logits (CTranslate2's rules: the tests hold us token-identical to it);
+- timestamp mode's per-row rules (`timestamp_rules.py`), which need each row's history;
+- greedy choice (argmax), or sampling at a temperature by inverse CDF with uniforms drawn here from
+  one seeded generator, so that every backend samples the same tokens from the same logits;
+- stop at the end token, at most `n_text_ctx` positions of prompt and output, and trimming;
+- the loop guard: a window whose text compresses too well (gzip ratio > 2.4: "Thank you. Thank
+  you. ...") or has implausibly many or few tokens for its audio is decoded again at rising
+  temperatures (seeded, so runs repeat); the first attempt that passes is kept, else the greedy one.
 
-Loop guard: a window whose text compresses too well (gzip ratio > 2.4: "Thank you. Thank you. ...")
-or has implausibly many or few tokens for its audio is decoded again with temperature sampling
-(seeded, so runs repeat); the first attempt that passes is kept, else the greedy one.
+Written here rather than taken from a library because it must drive any backend with our explicit
+KV cache (host numpy for ONNX Runtime and TensorRT, device tensors and CUDA graphs for PyTorch) and
+decode many calls' windows as one batch.
 """
 
 from __future__ import annotations
@@ -18,31 +26,20 @@ from __future__ import annotations
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 
-from asr_stream.inference.engine import Engine
-from asr_stream.inference.whisper.graphs import KV_BATCH_AXIS, KV_POSITION_AXIS
+from asr_stream.inference.whisper.dims import WhisperDims
+from asr_stream.inference.whisper.timestamp_rules import TimestampRules
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
 
-MAX_INITIAL_TIMESTAMP_S = 1.0
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_LIMIT = 2.4
 # Measured on tiny.en (NOTES.md): looping output exceeds 6 tokens/s + 10; stalled output stays
 # under 0.8 tokens/s.
 MAX_TOKENS_PER_SECOND, TOKEN_SLACK = 6.0, 10
 MIN_TOKENS_PER_SECOND = 0.8
-_FIRST_CACHE_CAPACITY = 64
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    """One window's decoded tokens (text and timestamps, no prompt, no end token)."""
-
-    tokens: list[int]
-    language: str
-    avg_logprob: float
-    temperature: float
 
 
 def compression_ratio(text: str) -> float:
@@ -63,145 +60,180 @@ def looks_broken(text: str, n_tokens: int, audio_seconds: float) -> bool:
     return compression_ratio(text) > COMPRESSION_RATIO_LIMIT or too_many or too_few
 
 
-def _log_softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+@dataclass(frozen=True)
+class DecodedWindow:
+    """One window's decoded tokens (text and timestamps, no prompt, no end token), and the
+    temperature of the attempt that was kept (0.0: greedy)."""
+
+    tokens: list[int]
+    language: str
+    temperature: float
 
 
-class LogitRules:
-    """Masks forbidden tokens in a [B, V] logits array in place (-inf), given each row's output so far."""
+@dataclass(frozen=True)
+class DecodingPass:
+    """One batched pass as the rules define it; a backend's `Stepper` carries it out.
 
-    def __init__(
-        self, tokenizer: WhisperTokenizer, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], timestamps: bool
-    ) -> None:
-        self.tokenizer = tokenizer
-        self.suppress_ids = np.asarray(suppress_ids, dtype=np.int64)
-        self.suppress_ids_begin = np.asarray(suppress_ids_begin, dtype=np.int64)
-        self.timestamps = timestamps
-        self.max_initial_timestamp = tokenizer.timestamp_begin + round(MAX_INITIAL_TIMESTAMP_S / 0.02)
+    Each row's first token is chosen from logits + `first_mask`, every later one from logits +
+    `step_mask` (masks hold 0 or -inf per vocabulary id), then `timestamp_rules` per row where set.
+    Greedy when `temperature` is 0; otherwise row r's token at position n is the inverse CDF of
+    softmax(scores / temperature) at `uniforms[n, r]`.
+    """
 
-    def apply(self, logits: np.ndarray, outputs: Sequence[list[int]]) -> None:
-        logits[:, self.suppress_ids] = -np.inf
-        if not outputs[0]:  # every row in a call has produced the same number of tokens
-            logits[:, self.suppress_ids_begin] = -np.inf
-        if self.timestamps:
-            for row, output in zip(logits, outputs):
-                self._timestamp_rules(row, output)
+    prompts: np.ndarray  # [B, P] int64, one prompt per row
+    first_mask: np.ndarray  # [V] float32
+    step_mask: np.ndarray  # [V] float32
+    limit: int  # at most this many tokens per row
+    eot: int
+    temperature: float = 0.0
+    uniforms: np.ndarray | None = None  # [limit, B] float64 in [0, 1) when sampling
+    timestamp_rules: TimestampRules | None = None
 
-    def _timestamp_rules(self, row: np.ndarray, output: list[int]) -> None:
-        """openai-whisper's ApplyTimestampRules for one row."""
-        begin, eot = self.tokenizer.timestamp_begin, self.tokenizer.eot
-        row[self.tokenizer.no_timestamps] = -np.inf
-        if not output:
-            row[:begin] = -np.inf  # the first token is a timestamp ...
-            row[self.max_initial_timestamp + 1 :] = -np.inf  # ... no later than 1 s
-            return
-        last_was_timestamp = output[-1] >= begin
-        penultimate_was_timestamp = len(output) < 2 or output[-2] >= begin
-        if last_was_timestamp:
-            if penultimate_was_timestamp:
-                row[begin:] = -np.inf  # a closed pair: text must follow
-            else:
-                row[:eot] = -np.inf  # an open segment: close it or end
-        timestamps = [token for token in output if token >= begin]
-        if timestamps:
-            # Never go back in time; a new segment must not start where the last one ended.
-            floor = timestamps[-1] if last_was_timestamp and not penultimate_was_timestamp else timestamps[-1] + 1
-            row[begin:floor] = -np.inf
-        logprobs = _log_softmax(row[None])[0]
-        timestamp_mass = np.logaddexp.reduce(logprobs[begin:])
-        if timestamp_mass > logprobs[:begin].max():
-            row[:begin] = -np.inf
+    @property
+    def rows(self) -> int:
+        return len(self.prompts)
+
+
+class Encoded(Protocol):
+    """A batch of encoded windows (cross-attention K/V), opaque here: host arrays or device tensors.
+
+    Only its backend looks inside; for PyTorch on a GPU it never leaves the device (whisper-base's
+    K/V at batch 128 is over 2 GB).
+    """
+
+    @property
+    def rows(self) -> int: ...
+
+
+class Stepper(Protocol):
+    """The per-step compute of one `DecodingPass` over one `Encoded` batch."""
+
+    def prefill(self) -> None:
+        """Feed every row's prompt and choose its first token."""
+        ...
+
+    def step(self) -> None:
+        """Feed each row's last token and choose its next one."""
+        ...
+
+    def done(self) -> bool:
+        """Whether every row has chosen the end token. May answer False when finding out would stall a device."""
+        ...
+
+    def tokens(self) -> np.ndarray:
+        """[rows, n] every token chosen so far (n = 1 + steps); what follows a row's end token is undefined."""
+        ...
+
+
+class WhisperCompute(Protocol):
+    """What a backend provides for Whisper: encoding, row selection, and steppers."""
+
+    backend: str  # "onnxruntime", "tensorrt", "torch"
+    # False when calls share device state (PyTorch's CUDA-graph buffers): the runner serialises them.
+    reentrant: bool
+
+    @property
+    def max_batch(self) -> int:
+        """The most windows `encode` takes at once."""
+        ...
+
+    def encode(self, mel: np.ndarray) -> Any:
+        """Log-mel windows [B, n_mels, frames] -> an `Encoded` batch."""
+        ...
+
+    def select(self, encoded: Any, rows: Sequence[int]) -> Any:
+        """The `Encoded` batch of the given rows of `encoded`, in that order."""
+        ...
+
+    def stepper(self, encoded: Any, plan: DecodingPass) -> Stepper: ...
+
+    def describe(self) -> dict[str, object]: ...
+
+
+def run_pass(compute: WhisperCompute, encoded: Encoded, plan: DecodingPass) -> list[list[int]]:
+    """The decoding loop: each row's tokens up to (not including) its end token, at most `plan.limit`."""
+    stepper = compute.stepper(encoded, plan)
+    stepper.prefill()
+    for _ in range(plan.limit - 1):
+        if stepper.done():
+            break
+        stepper.step()
+    return [_until(row.tolist(), plan.eot) for row in stepper.tokens()]
+
+
+def _until(tokens: list[int], eot: int) -> list[int]:
+    return tokens[: tokens.index(eot)] if eot in tokens else tokens
 
 
 class WhisperDecoder:
-    """Runs the decoder graph: language detection and batched decoding of encoded windows."""
+    """Language detection and batched decoding of encoded windows, with the loop guard, on any backend."""
 
     def __init__(
-        self, engine: Engine, tokenizer: WhisperTokenizer, suppress_ids: Sequence[int], suppress_ids_begin: Sequence[int], n_text_ctx: int
+        self,
+        compute: WhisperCompute,
+        tokenizer: WhisperTokenizer,
+        suppress_ids: Sequence[int],
+        suppress_ids_begin: Sequence[int],
+        dims: WhisperDims,
     ) -> None:
-        self.engine = engine
+        self.compute = compute
         self.tokenizer = tokenizer
         self.suppress_ids = tuple(suppress_ids)
         self.suppress_ids_begin = tuple(suppress_ids_begin)
-        self.n_text_ctx = n_text_ctx
+        self.dims = dims
+        self.n_text_ctx = dims.n_text_ctx
+        self._step_mask = np.zeros(dims.n_vocab, dtype=np.float32)
+        self._step_mask[list(self.suppress_ids)] = -np.inf
+        self._first_mask = self._step_mask.copy()
+        self._first_mask[list(self.suppress_ids_begin)] = -np.inf
+        self._languages_only = np.full(dims.n_vocab, -np.inf, dtype=np.float32)
+        self._languages_only[list(tokenizer.languages.values())] = 0.0
+        self._timestamp_rules = TimestampRules(tokenizer)
 
-    def _empty_cache(self, cross_kv: np.ndarray, capacity: int) -> np.ndarray:
-        shape = list(cross_kv.shape)
-        shape[KV_POSITION_AXIS] = capacity
-        return np.zeros(shape, dtype=np.float32)
+    def on(self, compute: WhisperCompute) -> WhisperDecoder:
+        """The same model's rules over another backend's compute."""
+        return WhisperDecoder(compute, self.tokenizer, self.suppress_ids, self.suppress_ids_begin, self.dims)
 
-    def _step(self, tokens: np.ndarray, offset: int, cache: np.ndarray, cross_kv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Feed `tokens` at `offset`, grow the cache if needed and store their K/V; returns logits and the cache."""
-        needed = offset + tokens.shape[1]
-        if needed > cache.shape[KV_POSITION_AXIS]:
-            # Doubling keeps the few distinct cache shapes an engine sees (and attention cost) small.
-            capacity = min(self.n_text_ctx, max(needed, 2 * cache.shape[KV_POSITION_AXIS]))
-            grown = self._empty_cache(cross_kv, capacity)
-            grown[..., :offset, :] = cache[..., :offset, :]
-            cache = grown
-        feeds = {"tokens": tokens, "offset": np.full(tokens.shape[0], offset, dtype=np.int64), "self_kv": cache, "cross_kv": cross_kv}
-        out = self.engine.run(feeds)
-        cache[..., offset:needed, :] = out["new_kv"]
-        return out["logits"], cache
-
-    def detect_languages(self, cross_kv: np.ndarray) -> list[str]:
+    def detect_languages(self, encoded: Encoded) -> list[str]:
         """Most likely language token after <|startoftranscript|>, per row."""
-        batch = cross_kv.shape[KV_BATCH_AXIS]
-        start = np.full((batch, 1), self.tokenizer.sot, dtype=np.int64)
-        logits, _ = self._step(start, 0, self._empty_cache(cross_kv, 1), cross_kv)
-        language_ids = np.fromiter(self.tokenizer.languages.values(), dtype=np.int64)
-        best = language_ids[logits[:, language_ids].argmax(axis=1)]
-        return [self.tokenizer.language_of(int(token)) for token in best]
+        prompts = np.full((encoded.rows, 1), self.tokenizer.sot, dtype=np.int64)
+        plan = DecodingPass(prompts, self._languages_only, self._languages_only, limit=1, eot=self.tokenizer.eot)
+        return [self.tokenizer.language_of(tokens[0]) for tokens in run_pass(self.compute, encoded, plan)]
 
-    def _sample(
+    def plan(
         self,
-        prompts: np.ndarray,
-        cross_kv: np.ndarray,
-        rules: LogitRules,
-        temperature: float,
-        rng: np.random.Generator,
+        languages: Sequence[str],
+        timestamps: bool,
+        temperature: float = 0.0,
+        rng: np.random.Generator | None = None,
         max_tokens: int | None = None,
-    ) -> list[tuple[list[int], float]]:
-        """Decode every row to its end token, `max_tokens` or the context limit; returns (tokens, avg logprob) per row."""
-        batch, prompt_length = prompts.shape
-        outputs: list[list[int]] = [[] for _ in range(batch)]
-        logprob_sums = np.zeros(batch)
-        active = np.arange(batch)
-        cache = self._empty_cache(cross_kv, min(self.n_text_ctx, max(_FIRST_CACHE_CAPACITY, prompt_length)))
-        tokens, offset = prompts, 0
-        steps = self.n_text_ctx - prompt_length if max_tokens is None else min(self.n_text_ctx - prompt_length, max_tokens)
-        for _ in range(steps):
-            logits, cache = self._step(tokens, offset, cache, cross_kv)
-            offset += tokens.shape[1]
-            rules.apply(logits, [outputs[row] for row in active])
-            logprobs = _log_softmax(logits.astype(np.float64))
-            if temperature == 0.0:
-                chosen = logits.argmax(axis=1)
-            else:
-                probabilities = np.exp(_log_softmax(logits.astype(np.float64) / temperature))
-                chosen = np.array([rng.choice(len(p), p=p / p.sum()) for p in probabilities])
-            logprob_sums[active] += logprobs[np.arange(len(active)), chosen]
-            finished = chosen == self.tokenizer.eot
-            for row, token in zip(active[~finished], chosen[~finished]):
-                outputs[row].append(int(token))
-            if finished.all():
-                break
-            if finished.any():
-                keep = np.flatnonzero(~finished)
-                cache = np.take(cache, keep, axis=KV_BATCH_AXIS)
-                cross_kv = np.take(cross_kv, keep, axis=KV_BATCH_AXIS)
-                active, chosen = active[keep], chosen[keep]
-            tokens = chosen.astype(np.int64)[:, None]
-        return [(output, float(total) / (len(output) + 1)) for output, total in zip(outputs, logprob_sums)]
+    ) -> DecodingPass:
+        """The pass that decodes rows in `languages`: greedy at temperature 0, else sampled with draws from `rng`."""
+        prompts = self._prompts(languages, timestamps)
+        limit = self.n_text_ctx - prompts.shape[1]
+        limit = limit if max_tokens is None else min(limit, max_tokens)
+        uniforms = None
+        if temperature > 0.0:
+            assert rng is not None, "sampling needs a seeded generator"
+            uniforms = rng.random((limit, len(prompts)))
+        timestamp_rules = self._timestamp_rules if timestamps else None
+        return DecodingPass(prompts, self._first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules)
 
-    def _prompts(self, languages: Sequence[str], timestamps: bool) -> np.ndarray:
-        language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
-        return np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
+    def sample(
+        self,
+        encoded: Encoded,
+        languages: Sequence[str],
+        timestamps: bool,
+        temperature: float = 0.0,
+        rng: np.random.Generator | None = None,
+        max_tokens: int | None = None,
+    ) -> list[list[int]]:
+        """One pass over every row of `encoded` (see `plan`)."""
+        return run_pass(self.compute, encoded, self.plan(languages, timestamps, temperature, rng, max_tokens))
 
     def decode_greedy(
-        self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool
-    ) -> list[Hypothesis | None]:
+        self, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool
+    ) -> list[DecodedWindow | None]:
         """One greedy pass without the loop guard's sampling retries; None for a row that looks broken.
 
         For a caller with a better remedy than sampling (the runner re-decodes a short window
@@ -209,38 +241,36 @@ class WhisperDecoder:
         unfinished row has more tokens than its audio can hold: a looping window then costs a
         few dozen decoder steps, not the whole text context.
         """
-        rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
         limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1
-        samples = self._sample(self._prompts(languages, timestamps), cross_kv, rules, 0.0, np.random.default_rng(0), limit)
-        hypotheses = [Hypothesis(tokens, language, logprob, 0.0) for (tokens, logprob), language in zip(samples, languages)]
-        return [None if self._broken(hypothesis, seconds) else hypothesis for hypothesis, seconds in zip(hypotheses, audio_seconds)]
+        samples = self.sample(encoded, languages, timestamps, max_tokens=limit)
+        windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
+        return [None if self._broken(window, seconds) else window for window, seconds in zip(windows, audio_seconds)]
 
     def decode(
-        self, cross_kv: np.ndarray, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0
-    ) -> list[Hypothesis]:
-        """Decode B encoded windows (cross_kv's batch axis) in the given languages, with the loop guard."""
-        rules = LogitRules(self.tokenizer, self.suppress_ids, self.suppress_ids_begin, timestamps)
-        prompts = self._prompts(languages, timestamps)
+        self, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0
+    ) -> list[DecodedWindow]:
+        """Decode the rows of `encoded` in the given languages, with the loop guard."""
         rng = np.random.default_rng(seed)
-        results = [
-            Hypothesis(tokens, language, logprob, 0.0)
-            for (tokens, logprob), language in zip(self._sample(prompts, cross_kv, rules, 0.0, rng), languages)
-        ]
-        retry = [row for row, hypothesis in enumerate(results) if self._broken(hypothesis, audio_seconds[row])]
+        results = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(self.sample(encoded, languages, timestamps), languages)]
+        retry = [row for row, window in enumerate(results) if self._broken(window, audio_seconds[row])]
         for temperature in FALLBACK_TEMPERATURES:
             if not retry:
                 break
-            rows = np.array(retry)
-            attempts = self._sample(prompts[rows], np.take(cross_kv, rows, axis=KV_BATCH_AXIS), rules, temperature, rng)
+            retry_languages = [languages[row] for row in retry]
+            attempts = self.sample(self.compute.select(encoded, retry), retry_languages, timestamps, temperature, rng)
             still_broken = []
-            for row, (tokens, logprob) in zip(retry, attempts):
-                hypothesis = Hypothesis(tokens, languages[row], logprob, temperature)
-                if self._broken(hypothesis, audio_seconds[row]):
+            for row, tokens in zip(retry, attempts):
+                window = DecodedWindow(tokens, languages[row], temperature)
+                if self._broken(window, audio_seconds[row]):
                     still_broken.append(row)
                 else:
-                    results[row] = hypothesis
+                    results[row] = window
             retry = still_broken
         return results
 
-    def _broken(self, hypothesis: Hypothesis, audio_seconds: float) -> bool:
-        return looks_broken(self.tokenizer.decode(hypothesis.tokens), len(hypothesis.tokens), audio_seconds)
+    def _prompts(self, languages: Sequence[str], timestamps: bool) -> np.ndarray:
+        language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
+        return np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
+
+    def _broken(self, window: DecodedWindow, audio_seconds: float) -> bool:
+        return looks_broken(self.tokenizer.decode(window.tokens), len(window.tokens), audio_seconds)

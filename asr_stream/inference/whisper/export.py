@@ -7,14 +7,13 @@ torch 2.13's exporter is dynamo-based; dynamic dims are declared with example si
 
 from __future__ import annotations
 
-import logging
-import warnings
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
 
+from asr_stream.inference.onnx_export import export_graph
 from asr_stream.inference.whisper import graphs
 from asr_stream.inference.whisper.model import Whisper
 
@@ -23,7 +22,9 @@ ONNX_OPSET = 18
 # The version of the graphs this code writes. Bump it with every change to model.py or this file
 # that changes an exported graph (its ops or numerics): `models prepare` records it, so graphs
 # exported by older code are not reused. 2: attention through F.scaled_dot_product_attention.
-EXPORT_VERSION = 2
+# 3: no stack traces (absolute source paths) in node metadata, so graphs are byte-identical
+# whichever checkout exported them.
+EXPORT_VERSION = 3
 
 
 class EncoderGraph(nn.Module):
@@ -46,33 +47,6 @@ class DecoderGraph(nn.Module):
         return self.decoder(tokens, offset, self_kv, cross_kv)
 
 
-def _export(
-    module: nn.Module,
-    args: tuple[Tensor, ...],
-    dynamic_shapes: dict,
-    input_names: tuple[str, ...],
-    output_names: tuple[str, ...],
-    path: Path,
-) -> None:
-    # The exporter logs and warns about things irrelevant here (torchvision ops, deprecations);
-    # an operator running `models prepare` should see only real errors.
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module,
-            args,
-            dynamo=True,
-            dynamic_shapes=dynamic_shapes,
-            input_names=list(input_names),
-            output_names=list(output_names),
-            opset_version=ONNX_OPSET,
-            external_data=False,
-            verbose=False,
-        )
-    program.save(str(path))
-
-
 def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
     """Write encoder.onnx and decoder.onnx into `out_dir`; returns graph name -> path."""
     dims = model.dims
@@ -87,13 +61,14 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
     paths = {name: out_dir / filename for name, filename in graphs.GRAPH_FILES.items()}
     with torch.no_grad():
         mel = torch.zeros(example_batch, dims.n_mels, example_frames)
-        _export(
+        export_graph(
             EncoderGraph(model).eval(),
             (mel,),
-            {"mel": {0: batch, 2: 2 * half_frames}},
-            graphs.ENCODER_INPUTS,
-            graphs.ENCODER_OUTPUTS,
             paths[graphs.ENCODER],
+            input_names=graphs.ENCODER_INPUTS,
+            output_names=graphs.ENCODER_OUTPUTS,
+            dynamic_shapes={"mel": {0: batch, 2: 2 * half_frames}},
+            opset_version=ONNX_OPSET,
         )
         decoder_args = (
             torch.zeros(example_batch, 3, dtype=torch.int64),
@@ -107,7 +82,13 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
             "self_kv": {2: batch, 4: capacity},
             "cross_kv": {2: batch, 4: audio_ctx},
         }
-        _export(
-            DecoderGraph(model).eval(), decoder_args, decoder_dynamic, graphs.DECODER_INPUTS, graphs.DECODER_OUTPUTS, paths[graphs.DECODER]
+        export_graph(
+            DecoderGraph(model).eval(),
+            decoder_args,
+            paths[graphs.DECODER],
+            input_names=graphs.DECODER_INPUTS,
+            output_names=graphs.DECODER_OUTPUTS,
+            dynamic_shapes=decoder_dynamic,
+            opset_version=ONNX_OPSET,
         )
     return paths

@@ -1,4 +1,4 @@
-"""WhisperRunner: 16 kHz audio in, text, tokens, segments and language out, through any two Engines.
+"""WhisperRunner: 16 kHz audio in, text, tokens, segments and language out, on any backend.
 
 By default every window is the full 30 s Whisper was trained on (shorter audio is zero-padded):
 feeding tiny.en the unpadded mel of a short chunk was measured to loop or stop early on a third
@@ -8,11 +8,17 @@ output that trips the loop guard is decoded again from the full window (docs/whi
 has the measurements and the decision).
 Audio longer than a window is processed window by window; all utterances of a batch advance
 together, so B calls cost one encoder run and one decoder run per step, not B.
+
+Features, windows, language detection, the loop guard and the full-window retry live here and in
+`decode.py`, once: a backend only supplies a `WhisperCompute` (engine_compute.py for ONNX Runtime
+and TensorRT, torch_backend.py for PyTorch), whose encoded batches stay opaque to this module.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,10 +26,10 @@ import numpy as np
 
 from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from asr_stream.inference.engine import Engine
-from asr_stream.inference.models import PreparedModel
-from asr_stream.inference.whisper.decode import Hypothesis, WhisperDecoder
-from asr_stream.inference.whisper.dims import WhisperDims
-from asr_stream.inference.whisper.graphs import DECODER, ENCODER, KV_BATCH_AXIS
+from asr_stream.inference.models import PreparedModel, WhisperSpec
+from asr_stream.inference.whisper.decode import DecodedWindow, Encoded, WhisperCompute, WhisperDecoder
+from asr_stream.inference.whisper.engine_compute import EngineCompute
+from asr_stream.inference.whisper.graphs import DECODER, ENCODER
 from asr_stream.inference.whisper.segments import Segment, split_segments
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
 
@@ -53,14 +59,7 @@ def live_windows(model: str) -> tuple[tuple[int, ...], float]:
 
 
 class WhisperRunner:
-    def __init__(
-        self,
-        encoder: Engine,
-        decoder: WhisperDecoder,
-        dims: WhisperDims,
-        windows_s: Sequence[int] = (FULL_WINDOW_S,),
-        margin_s: float = 0.0,
-    ) -> None:
+    def __init__(self, decoder: WhisperDecoder, windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0) -> None:
         """`windows_s`: the window lengths (seconds) a batch may be encoded in, ending with the full 30 s.
 
         A batch uses the smallest window >= its longest audio + `margin_s`; the full window is
@@ -68,16 +67,22 @@ class WhisperRunner:
         """
         if not windows_s or list(windows_s) != sorted(set(windows_s)) or windows_s[-1] != FULL_WINDOW_S or windows_s[0] <= 0:
             raise ValueError(f"windows_s must be increasing positive seconds ending with {FULL_WINDOW_S}, not {tuple(windows_s)}")
-        self.encoder = encoder
         self.decoder = decoder
-        self.dims = dims
+        self.compute: WhisperCompute = decoder.compute
+        self.dims = decoder.dims
         self.tokenizer = decoder.tokenizer
         self.windows_s = tuple(windows_s)
         self.margin_s = margin_s
+        # A backend whose calls share device buffers takes one batch at a time (the GPU runs them in turn anyway).
+        self._exclusive: AbstractContextManager[object] = nullcontext() if self.compute.reentrant else threading.Lock()
 
-    def window_for(self, audio_seconds: float) -> int:
-        """The smallest window (s) that holds `audio_seconds` plus the margin; the full window at most."""
-        return next((window for window in self.windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
+    @classmethod
+    def for_spec(
+        cls, spec: WhisperSpec, compute: WhisperCompute, windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0
+    ) -> WhisperRunner:
+        """A runner of model `spec` (its tokenizer and suppress rules) on `compute`."""
+        tokenizer = WhisperTokenizer.from_file(spec.tokenizer_path, spec.dims.is_multilingual)
+        return cls(WhisperDecoder(compute, tokenizer, spec.suppress_ids, spec.suppress_ids_begin, spec.dims), windows_s, margin_s)
 
     @classmethod
     def from_prepared(
@@ -87,17 +92,24 @@ class WhisperRunner:
         windows_s: Sequence[int] = (FULL_WINDOW_S,),
         margin_s: float = 0.0,
     ) -> WhisperRunner:
-        """Load both graphs with `load_engine` (e.g. `OnnxRuntimeEngine.load`) and the model's tokenizer and rules."""
-        tokenizer = WhisperTokenizer.from_file(prepared.tokenizer_path, prepared.dims.is_multilingual)
-        decoder = load_engine(prepared.graph_path(DECODER))
-        whisper_decoder = WhisperDecoder(decoder, tokenizer, prepared.suppress_ids, prepared.suppress_ids_begin, prepared.dims.n_text_ctx)
-        return cls(load_engine(prepared.graph_path(ENCODER)), whisper_decoder, prepared.dims, windows_s, margin_s)
+        """Load both exported graphs with `load_engine` (e.g. `OnnxRuntimeEngine.load`)."""
+        compute = EngineCompute(
+            load_engine(prepared.graph_path(ENCODER)), load_engine(prepared.graph_path(DECODER)), prepared.dims.n_text_ctx
+        )
+        return cls.for_spec(prepared, compute, windows_s, margin_s)
 
-    def encode(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> np.ndarray:
-        """Cross-attention K/V of up to `max_batch` pieces of audio, each zero-padded to `window_s` seconds."""
+    def window_for(self, audio_seconds: float) -> int:
+        """The smallest window (s) that holds `audio_seconds` plus the margin; the full window at most."""
+        return next((window for window in self.windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
+
+    def features(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> np.ndarray:
+        """Log-mel [B, n_mels, 100 x window_s] of pieces of audio, each zero-padded to `window_s` seconds."""
         n_samples = window_s * SAMPLE_RATE
-        mel = np.stack([log_mel_spectrogram(window, n_mels=self.dims.n_mels, n_samples=n_samples) for window in windows])
-        return self.encoder.run({"mel": mel})["cross_kv"]
+        return np.stack([log_mel_spectrogram(window, n_mels=self.dims.n_mels, n_samples=n_samples) for window in windows])
+
+    def encode(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> Encoded:
+        """Up to `compute.max_batch` pieces of audio, encoded in windows of `window_s` seconds."""
+        return self.compute.encode(self.features(windows, window_s))
 
     def transcribe_batch(self, audios: Sequence[np.ndarray], language: str | None = None, timestamps: bool = False) -> list[Transcript]:
         """Transcribe mono 16 kHz float32 utterances together.
@@ -114,18 +126,39 @@ class WhisperRunner:
         segments: list[list[Segment]] = [[] for _ in audios]
         # Each round consumes at least one timestamp step (20 ms) of every pending utterance.
         max_rounds = max((len(audio) for audio in audios), default=0) // 320 + 1
-        for _ in range(max_rounds):
-            pending = [i for i, audio in enumerate(audios) if positions[i] < len(audio)]
-            if not pending:
-                break
-            for start in range(0, len(pending), self.encoder.max_batch):
-                self._decode_round(
-                    pending[start : start + self.encoder.max_batch], audios, positions, languages, tokens, segments, timestamps
-                )
+        with self._exclusive:
+            for _ in range(max_rounds):
+                pending = [i for i, audio in enumerate(audios) if positions[i] < len(audio)]
+                if not pending:
+                    break
+                for start in range(0, len(pending), self.compute.max_batch):
+                    self._decode_round(
+                        pending[start : start + self.compute.max_batch], audios, positions, languages, tokens, segments, timestamps
+                    )
         return [
             Transcript(text=self.tokenizer.decode(tokens[i]).strip(), tokens=tokens[i], segments=segments[i], language=languages[i])
             for i in range(len(audios))
         ]
+
+    def decode_features(
+        self, mel: np.ndarray, audio_seconds: Sequence[float], languages: Sequence[str | None] | None = None
+    ) -> list[DecodedWindow]:
+        """Decode full 30 s log-mel windows [B <= max_batch, n_mels, 3000] computed beforehand.
+
+        For benchmarks that time the model rather than the host's feature extraction; the same
+        language detection and loop guard as `transcribe_batch`, no timestamps.
+        """
+        english_only = None if self.tokenizer.multilingual else "en"
+        wanted = [english_only or language for language in (languages or [None] * len(mel))]
+        with self._exclusive:
+            encoded = self.compute.encode(mel)
+            return self.decoder.decode(encoded, self._languages(encoded, wanted), audio_seconds, timestamps=False)
+
+    def _languages(self, encoded: Encoded, languages: Sequence[str | None]) -> list[str]:
+        """The given language of each row, or the one detected from its encoding where none is given."""
+        undetected = [row for row, language in enumerate(languages) if language is None]
+        detected = dict(zip(undetected, self.decoder.detect_languages(self.compute.select(encoded, undetected)) if undetected else []))
+        return [language or detected[row] for row, language in enumerate(languages)]
 
     def _decode_round(
         self,
@@ -141,40 +174,36 @@ class WhisperRunner:
         windows = [np.asarray(audios[i][positions[i] : positions[i] + N_SAMPLES], dtype=np.float32) for i in rows]
         window_seconds = [len(window) / SAMPLE_RATE for window in windows]
         window_s = self.window_for(max(window_seconds))
-        cross_kv = self.encode(windows, window_s)
-        undetected = [k for k, i in enumerate(rows) if languages[i] is None]
-        if undetected:
-            detected = self.decoder.detect_languages(np.take(cross_kv, undetected, axis=KV_BATCH_AXIS))
-            for k, language in zip(undetected, detected):
-                languages[rows[k]] = language
-        row_languages = [languages[i] for i in rows]
-        assert all(row_languages), "every row has a fixed or detected language by now"
+        encoded = self.encode(windows, window_s)
+        row_languages = self._languages(encoded, [languages[i] for i in rows])
+        for i, language in zip(rows, row_languages):
+            languages[i] = language
         if window_s == FULL_WINDOW_S:
-            hypotheses = self.decoder.decode(cross_kv, row_languages, window_seconds, timestamps)
+            decoded = self.decoder.decode(encoded, row_languages, window_seconds, timestamps)
         else:
-            hypotheses = self._decode_bucket(windows, cross_kv, row_languages, window_seconds, timestamps)
-        for i, window, seconds, hypothesis in zip(rows, windows, window_seconds, hypotheses):
+            decoded = self._decode_bucket(windows, encoded, row_languages, window_seconds, timestamps)
+        for i, window, seconds, result in zip(rows, windows, window_seconds, decoded):
             full_window = len(window) == N_SAMPLES and positions[i] + N_SAMPLES < len(audios[i])
-            window_segments, consumed = split_segments(hypothesis.tokens, self.tokenizer, positions[i] / SAMPLE_RATE, seconds, full_window)
+            window_segments, consumed = split_segments(result.tokens, self.tokenizer, positions[i] / SAMPLE_RATE, seconds, full_window)
             tokens[i] += [token for segment in window_segments for token in segment.tokens]
             segments[i] += [segment for segment in window_segments if segment.text.strip()]
             positions[i] += max(1, round(consumed * SAMPLE_RATE))
 
     def _decode_bucket(
-        self, windows: list[np.ndarray], cross_kv: np.ndarray, languages: list[str], window_seconds: list[float], timestamps: bool
-    ) -> list[Hypothesis]:
+        self, windows: list[np.ndarray], encoded: Encoded, languages: list[str], window_seconds: list[float], timestamps: bool
+    ) -> list[DecodedWindow]:
         """Greedy decoding of a short window; rows whose output looks broken start over from the full window.
 
         The full window, not temperature sampling, is the first remedy: a short window is what
         made tiny.en loop or stop early (NOTES.md). The full-window decode keeps the loop guard's
         sampling retries.
         """
-        first_pass = self.decoder.decode_greedy(cross_kv, languages, window_seconds, timestamps)
-        broken = [k for k, hypothesis in enumerate(first_pass) if hypothesis is None]
-        retried: dict[int, Hypothesis] = {}
+        first_pass = self.decoder.decode_greedy(encoded, languages, window_seconds, timestamps)
+        broken = [k for k, result in enumerate(first_pass) if result is None]
+        retried: dict[int, DecodedWindow] = {}
         if broken:
-            full_kv = self.encode([windows[k] for k in broken])
+            full = self.encode([windows[k] for k in broken])
             retried = dict(
-                zip(broken, self.decoder.decode(full_kv, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps))
+                zip(broken, self.decoder.decode(full, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps))
             )
-        return [hypothesis or retried[k] for k, hypothesis in enumerate(first_pass)]
+        return [result or retried[k] for k, result in enumerate(first_pass)]

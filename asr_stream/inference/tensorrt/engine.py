@@ -8,8 +8,6 @@ Why these choices:
   cudaMalloc, host staging in pinned memory so copies are truly asynchronous); a run only sets
   the input shapes, so no allocation sits on the request path. Output sizes are read from the
   context after the input shapes are set.
-- cuda-python (`cuda.bindings.runtime`), not pycuda: it is NVIDIA's maintained binding, needs no
-  compilation and holds no global context of its own.
 
 Status: TensorRT-RTX (the only TensorRT installable where this was developed) builds engines on
 the H100 but its runtime refuses compute capability 9.0, and full TensorRT cannot be installed
@@ -28,7 +26,10 @@ from typing import Any, Self
 import numpy as np
 
 from asr_stream.inference.engine import Precision, Profile, ShapeRange, TensorSpec
-from asr_stream.inference.engine_cache import (
+from asr_stream.inference.models import sha256_of
+from asr_stream.inference.profiles import load_profile
+from asr_stream.inference.tensorrt.buffers import DeviceBuffer, PinnedBuffer, buffer_bytes, check
+from asr_stream.inference.tensorrt.cache import (
     BuildRecord,
     EngineCacheError,
     active_build,
@@ -37,8 +38,6 @@ from asr_stream.inference.engine_cache import (
     load_trt,
     trt_directory,
 )
-from asr_stream.inference.models import sha256_of
-from asr_stream.inference.profiles import load_profile
 
 DEFAULT_CONTEXTS = 2  # one batch computing while the next one's inputs are copied in
 
@@ -72,64 +71,14 @@ def shape_problem(name: str, shape: tuple[int, ...], allowed: ShapeRange) -> str
     return None
 
 
-def buffer_bytes(shape: tuple[int, ...], dtype: np.dtype) -> int:
-    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-
-def _check(result: tuple[Any, ...]) -> Any:
-    """cuda-python returns (error, values...): raise on error, return the value(s)."""
-    from cuda.bindings import runtime as cudart
-
-    error, *values = result
-    if error != cudart.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA call failed: {error.name}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-class DeviceBuffer:
-    """A cudaMalloc'd allocation of `nbytes`, freed with the object."""
-
-    def __init__(self, nbytes: int) -> None:
-        from cuda.bindings import runtime as cudart
-
-        self._cudart = cudart
-        self.nbytes = nbytes
-        self.pointer = int(_check(cudart.cudaMalloc(max(nbytes, 1))))
-
-    def upload(self, array: np.ndarray) -> None:
-        """Synchronous host-to-device copy (calibration only; serving copies asynchronously)."""
-        _check(self._cudart.cudaMemcpy(self.pointer, array.ctypes.data, array.nbytes, self._cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-
-    def __del__(self) -> None:
-        self._cudart.cudaFree(self.pointer)
-
-
-class PinnedBuffer:
-    """Page-locked host memory of `nbytes`, viewable as a numpy array of any shape and dtype."""
-
-    def __init__(self, nbytes: int) -> None:
-        from cuda.bindings import runtime as cudart
-
-        self._cudart = cudart
-        self.nbytes = nbytes
-        self.pointer = int(_check(cudart.cudaMallocHost(max(nbytes, 1))))
-        self._bytes = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * max(nbytes, 1)).from_address(self.pointer))
-
-    def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return self._bytes[: buffer_bytes(shape, dtype)].view(dtype).reshape(shape)
-
-    def __del__(self) -> None:
-        self._cudart.cudaFreeHost(self.pointer)
-
-
 class _Slot:
     """One execution context with its stream and max-sized buffers: one batch in flight."""
 
     def __init__(self, engine: Any, tensors: Mapping[str, tuple[tuple[int, ...], np.dtype]]) -> None:
-        from cuda.bindings import runtime as cudart
+        from cuda.bindings import runtime as cudart  # optional GPU dependency (asr-stream[gpu])
 
         self.context = engine.create_execution_context()
-        self.stream = _check(cudart.cudaStreamCreate())
+        self.stream = check(cudart.cudaStreamCreate())
         self.device = {name: DeviceBuffer(buffer_bytes(shape, dtype)) for name, (shape, dtype) in tensors.items()}
         self.host = {name: PinnedBuffer(buffer_bytes(shape, dtype)) for name, (shape, dtype) in tensors.items()}
         for name, buffer in self.device.items():
@@ -211,7 +160,7 @@ class TensorRTEngine:
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy in, execute on a free context's stream, copy out; blocks only this thread."""
-        from cuda.bindings import runtime as cudart
+        from cuda.bindings import runtime as cudart  # optional GPU dependency (asr-stream[gpu])
 
         slot = self._slots.get()
         try:
@@ -223,7 +172,7 @@ class TensorRTEngine:
                     raise ValueError(problem)
                 slot.context.set_input_shape(spec.name, array.shape)
                 slot.host[spec.name].view(array.shape, spec.dtype)[...] = array
-                _check(
+                check(
                     cudart.cudaMemcpyAsync(
                         slot.device[spec.name].pointer, slot.host[spec.name].pointer, array.nbytes, to_device, slot.stream
                     )
@@ -232,7 +181,7 @@ class TensorRTEngine:
                 raise RuntimeError(f"TensorRT could not enqueue {self._graph}")
             shapes = {spec.name: tuple(slot.context.get_tensor_shape(spec.name)) for spec in self._outputs}
             for spec in self._outputs:
-                _check(
+                check(
                     cudart.cudaMemcpyAsync(
                         slot.host[spec.name].pointer,
                         slot.device[spec.name].pointer,
@@ -241,7 +190,7 @@ class TensorRTEngine:
                         slot.stream,
                     )
                 )
-            _check(cudart.cudaStreamSynchronize(slot.stream))
+            check(cudart.cudaStreamSynchronize(slot.stream))
             return {spec.name: slot.host[spec.name].view(shapes[spec.name], spec.dtype).copy() for spec in self._outputs}
         finally:
             self._slots.put(slot)

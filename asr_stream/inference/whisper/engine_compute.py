@@ -1,0 +1,104 @@
+"""Whisper's per-step compute through two `Engine`s (ONNX Runtime, TensorRT): host numpy arrays.
+
+The encoder graph turns log-mel windows into every decoder layer's cross-attention K/V; the decoder
+graph takes new tokens, their offset and a fixed-capacity self-attention cache and returns logits
+and only the new tokens' K/V (graphs.py, model.py). The cache lives here, on the host: it starts
+small and doubles as the output grows (a few distinct cache shapes keep attention cheap), and rows
+that have ended are dropped from it so that a batch gets faster as its rows finish.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from asr_stream.inference.engine import Engine
+from asr_stream.inference.whisper.decode import DecodingPass
+from asr_stream.inference.whisper.graphs import KV_BATCH_AXIS, KV_POSITION_AXIS
+from asr_stream.inference.whisper.host_stepper import HostStepper
+
+_FIRST_CACHE_CAPACITY = 64
+
+
+@dataclass(frozen=True)
+class HostEncoded:
+    """Encoded windows as the encoder graph returns them: cross_kv [L, 2, B, H, frames/2, D]."""
+
+    cross_kv: np.ndarray
+
+    @property
+    def rows(self) -> int:
+        return self.cross_kv.shape[KV_BATCH_AXIS]
+
+
+class EngineSession:
+    """The decoder graph over one encoded batch, with the self-attention cache on the host."""
+
+    def __init__(self, engine: Engine, cross_kv: np.ndarray, n_text_ctx: int, first_capacity: int) -> None:
+        self._engine = engine
+        self._cross_kv = cross_kv
+        self._n_text_ctx = n_text_ctx
+        self._cache = self._empty_cache(first_capacity)
+        self._rows = np.arange(cross_kv.shape[KV_BATCH_AXIS])
+        self._offset = 0
+
+    def _empty_cache(self, capacity: int) -> np.ndarray:
+        shape = list(self._cross_kv.shape)
+        shape[KV_POSITION_AXIS] = capacity
+        return np.zeros(shape, dtype=np.float32)
+
+    def feed(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        if len(rows) != len(self._rows):  # rows ended: drop them from the batch
+            keep = np.searchsorted(self._rows, rows)
+            self._cache = np.take(self._cache, keep, axis=KV_BATCH_AXIS)
+            self._cross_kv = np.take(self._cross_kv, keep, axis=KV_BATCH_AXIS)
+            self._rows = rows
+        offset, needed = self._offset, self._offset + tokens.shape[1]
+        if needed > self._cache.shape[KV_POSITION_AXIS]:
+            # Doubling keeps the few distinct cache shapes an engine sees (and attention cost) small.
+            grown = self._empty_cache(min(self._n_text_ctx, max(needed, 2 * self._cache.shape[KV_POSITION_AXIS])))
+            grown[..., :offset, :] = self._cache[..., :offset, :]
+            self._cache = grown
+        feeds = {
+            "tokens": tokens,
+            "offset": np.full(tokens.shape[0], offset, dtype=np.int64),
+            "self_kv": self._cache,
+            "cross_kv": self._cross_kv,
+        }
+        out = self._engine.run(feeds)
+        self._cache[..., offset:needed, :] = out["new_kv"]
+        self._offset = needed
+        return out["logits"]
+
+
+class EngineCompute:
+    """`WhisperCompute` over an encoder and a decoder Engine; safe to call from several threads at once."""
+
+    reentrant = True
+
+    def __init__(self, encoder: Engine, decoder: Engine, n_text_ctx: int) -> None:
+        self.encoder = encoder
+        self.decoder = decoder
+        self.n_text_ctx = n_text_ctx
+        self.backend = encoder.backend
+
+    @property
+    def max_batch(self) -> int:
+        return self.encoder.max_batch
+
+    def encode(self, mel: np.ndarray) -> HostEncoded:
+        return HostEncoded(self.encoder.run({"mel": mel})["cross_kv"])
+
+    def select(self, encoded: HostEncoded, rows: Sequence[int]) -> HostEncoded:
+        return HostEncoded(np.take(encoded.cross_kv, list(rows), axis=KV_BATCH_AXIS))
+
+    def stepper(self, encoded: HostEncoded, plan: DecodingPass) -> HostStepper:
+        prompt_length = plan.prompts.shape[1]
+        # Never more than the pass can fill (one slot for a language detection), else room for a typical utterance.
+        capacity = min(self.n_text_ctx, prompt_length + plan.limit - 1, max(_FIRST_CACHE_CAPACITY, prompt_length))
+        return HostStepper(EngineSession(self.decoder, encoded.cross_kv, self.n_text_ctx, capacity), plan)
+
+    def describe(self) -> dict[str, object]:
+        return {"encoder": self.encoder.describe(), "decoder": self.decoder.describe()}
