@@ -23,9 +23,11 @@ from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.vad import WINDOW_SAMPLES
 from asr_stream.audio.vad_batch import BatchedVad
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.inference.live import LiveRequest
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.state import Labels
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as RTP delivers it
@@ -56,6 +58,7 @@ class ScriptedVad:
 class Heard:
     text: str
     language: str | None = "en"
+    tokens: tuple[int, ...] = ()
 
 
 @dataclass
@@ -64,11 +67,13 @@ class Request:
     seconds: float
     priority: Priority
     submitted_at: float
+    prefix: tuple[int, ...]
     answer: asyncio.Future[Heard] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class ScriptedQueue:
-    """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so."""
+    """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so; its
+    tokens are 0, 1, ... n-1 tenths, so consecutive answers share the earlier one's tokens."""
 
     def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None) -> None:
         self.requests: list[Request] = []
@@ -76,16 +81,17 @@ class ScriptedQueue:
         self._hold = hold or set()
         self._text = text
 
-    async def submit(self, key: Hashable, payload: np.ndarray, priority: Priority) -> Heard:
-        request = Request(key, len(payload) / SAMPLE_RATE, priority, self._clock())
+    async def submit(self, key: Hashable, payload: LiveRequest, priority: Priority) -> Heard:
+        request = Request(key, payload.seconds, priority, self._clock(), payload.prefix)
         self.requests.append(request)
         if priority not in self._hold:
             self.release(request)
         return await request.answer
 
     def release(self, request: Request) -> None:
-        text = self._text if self._text is not None else f"{round(request.seconds * 10)} tenths"
-        request.answer.set_result(Heard(text))
+        tenths = round(request.seconds * 10)
+        text = self._text if self._text is not None else f"{tenths} tenths"
+        request.answer.set_result(Heard(text, tokens=tuple(range(tenths))))
 
 
 class ManualClock:
@@ -96,8 +102,12 @@ class ManualClock:
         return self.now
 
 
-def transcriber(queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list) -> ChannelTranscriber:
-    return ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock)
+def transcriber(
+    queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list, partials: PartialPolicy = PartialPolicy()
+) -> ChannelTranscriber:
+    return ChannelTranscriber(
+        labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock, partials=partials
+    )
 
 
 async def stream(channel: ChannelTranscriber, clock: ManualClock, seconds: float) -> None:
@@ -243,3 +253,43 @@ async def test_closing_a_cancelled_channel_releases_its_shared_vad_stream() -> N
         assert scorer.channels == 0
     finally:
         await scorer.stop()
+
+
+async def test_a_pause_inside_a_segment_asks_for_no_partial() -> None:
+    """Partials follow new speech: 0.5 s of silence (too short to close the segment) sends nothing."""
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    policy = PartialPolicy(interval_s=0.2, min_new_speech_s=0.5)
+    channel = transcriber(queue, ScriptedVad([(0.5, 2.0), (2.5, 4.0)]), clock, emitted, policy)
+    await stream(channel, clock, 5.5)
+    await channel.finish()
+    times = [r.submitted_at - 1000.0 for r in queue.requests if r.priority is Priority.PARTIAL]
+    assert not [t for t in times if 2.02 < t < 2.5], times  # nothing while the speaker pauses
+    assert np.all(np.diff(times) >= 0.5 - 1e-9)  # never more often than the speech moves on
+    assert len(times) >= 4 and isinstance(emitted[-1], SegmentFinal) and len([e for e in emitted if isinstance(e, SegmentFinal)]) == 1
+
+
+async def test_partials_force_the_tokens_earlier_partials_agreed_on() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted)
+    await stream(channel, clock, 6.5)
+    await channel.finish()
+    partials = [r for r in queue.requests if r.priority is Priority.PARTIAL]
+    assert len(partials) >= 3
+    assert partials[0].prefix == partials[1].prefix == ()  # nothing agreed before two answers
+    for earlier, later in zip(partials, partials[2:]):
+        assert later.prefix == tuple(range(round(earlier.seconds * 10)))  # the two answers before it share the older one
+    (final,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    assert final.prefix == ()  # the final is decoded free by default
+
+
+async def test_with_prefix_reuse_off_no_request_carries_a_prefix_and_the_final_can_take_one() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, PartialPolicy(reuse_prefix=False, final_prefix=True))
+    await stream(channel, clock, 6.5)
+    await channel.finish()
+    assert all(r.prefix == () for r in queue.requests if r.priority is Priority.PARTIAL)
+    (final,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    assert len(final.prefix) > 0

@@ -43,3 +43,46 @@ def test_stable_prefix_is_what_consecutive_hypotheses_agree_on():
     segment.partial("the bins on main street were", 3500, "en", 10)
     assert segment.stable_prefix == "the"
     assert agreed_prefix("", "anything") == ""
+
+
+def test_stable_prefix_is_per_character_in_chinese_and_japanese():
+    segment = _segment()
+    segment.partial("我家门口的路灯", 1500, "zh", 10)
+    segment.partial("我家门口的路灯坏了", 2500, "zh", 10)
+    assert segment.stable_prefix == "我家门口的路灯"  # not all-or-nothing: there are no spaces to split on
+    segment.partial("我家门口路灯坏了三天", 3500, "zh", 10)
+    assert segment.stable_prefix == "我家门口"
+    assert agreed_prefix("電話番号は", "電話番号を") == "電話番号"
+    assert agreed_prefix("订单号 12345 已经", "订单号 12345 已经取消") == "订单号 12345 已经"  # digits stay one unit
+    assert agreed_prefix("订单号 12345", "订单号 12346") == "订单号"
+    assert agreed_prefix("the bin on", "the bins on") == "the"  # spaced text: still whole words
+
+
+def test_partial_events_carry_the_stable_text():
+    segment = _segment()
+    first = segment.partial("我家门口的路灯", 1500, "zh", 10)
+    second = segment.partial("我家门口的路灯坏了", 2500, "zh", 10)
+    assert first is not None and first.stable_text == ""
+    assert second is not None and second.stable_text == "我家门口的路灯"
+    assert second.to_dict()["stable_text"] == "我家门口的路灯"
+
+
+def test_committed_tokens_are_what_consecutive_hypotheses_share_and_only_grow():
+    segment = _segment()
+    segment.partial("a", 1000, "en", 10, tokens=(1, 2, 3))
+    assert segment.committed == ()
+    segment.partial("a b", 2000, "en", 10, tokens=(1, 2, 3, 4, 5))
+    assert segment.committed == (1, 2, 3)
+    segment.partial("a c", 3000, "en", 10, tokens=(1, 2, 9))  # an answer to an older request: cannot take back
+    assert segment.committed == (1, 2, 3)
+    segment.partial("a b c", 4000, "en", 10, tokens=(1, 2, 3, 4, 6))
+    segment.partial("a b c d", 5000, "en", 10, tokens=(1, 2, 3, 4, 6, 7))
+    assert segment.committed == (1, 2, 3, 4, 6)
+
+
+def test_an_empty_hypothesis_publishes_and_changes_nothing():
+    segment = _segment()
+    segment.partial("my street", 2000, "en", 50, tokens=(5, 6))
+    assert segment.partial("", 2500, "en", 50, tokens=()) is None
+    segment.partial("my street light", 3000, "en", 50, tokens=(5, 6, 7))
+    assert segment.stable_prefix == "my street" and segment.committed == (5, 6) and segment.revision == 1

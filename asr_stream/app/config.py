@@ -43,7 +43,7 @@ from asr_stream.rtp.codecs import supported_encodings
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings
 from asr_stream.sip import DigestAuthConfig, DigestCredential, InviteRateLimit, SipServerConfig, TransportLimits
-from asr_stream.transcript.channel import PARTIAL_INTERVAL_S
+from asr_stream.transcript.partials import PartialPolicy
 
 ENV_PREFIX = "ASR_STREAM__"
 
@@ -268,7 +268,13 @@ class SchedulerSection(_Section):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = SchedulerSettings.max_batch
     max_wait_ms: Annotated[float, Field(ge=0)] = SchedulerSettings.max_wait_s * 1000
     max_queue: Annotated[int, Field(ge=1)] = SchedulerSettings.max_queue
-    partial_interval_s: Positive = PARTIAL_INTERVAL_S
+    partial_interval_s: Positive = Field(default=PartialPolicy.interval_s, description="least time between two partials of a segment")
+    partial_min_new_speech_s: Annotated[float, Field(ge=0)] = Field(
+        default=PartialPolicy.min_new_speech_s, description="new voiced audio a partial needs since the segment's last one"
+    )
+    partial_prefix: bool = Field(default=PartialPolicy.reuse_prefix, description="decode only a partial's tail after the agreed tokens")
+    final_prefix: bool = Field(default=PartialPolicy.final_prefix, description="force the agreed tokens on the final too")
+    final_lane: bool = Field(default=SchedulerSettings.final_lane, description="a worker of their own for finals (never behind a partial)")
     final_deadline_s: Positive = SchedulerSettings.final_deadline_s
     engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
 
@@ -279,7 +285,11 @@ class SchedulerSection(_Section):
             max_queue=self.max_queue,
             final_deadline_s=self.final_deadline_s,
             threads=self.engine_threads,
+            final_lane=self.final_lane,
         )
+
+    def partials(self) -> PartialPolicy:
+        return PartialPolicy(self.partial_interval_s, self.partial_min_new_speech_s, self.partial_prefix, self.final_prefix)
 
 
 class Settings(_Section):

@@ -155,7 +155,7 @@ class Daemon:
             profiles_dir=settings.profiles_dir,
         )
         self.scheduler = BatchScheduler(
-            self.metrics.timed_batch(self.model.transcribe_batch),
+            self.metrics.timed_batch(self.model.live),
             settings.scheduler.build(self.model.max_batch),
             bucket=self.model.bucket,
         )
@@ -245,7 +245,7 @@ class Daemon:
                 scheduler=self.scheduler,
                 emit=self.publish,
                 segmenter_config=self.config.components.segmenter,
-                partial_interval_s=settings.scheduler.partial_interval_s,
+                partials=settings.scheduler.partials(),
                 shared_vad=self.vad,
             )
             for channel in channels

@@ -26,11 +26,12 @@ from asr_stream.audio.features import HOP_LENGTH, SAMPLE_RATE
 from asr_stream.inference.conformer.manifest import FAMILY as CONFORMER
 from asr_stream.inference.conformer.runner import ConformerRunner
 from asr_stream.inference.engine import BackendError, Engine
+from asr_stream.inference.live import LiveRequest, LiveResult
 from asr_stream.inference.models import ModelError, load_prepared, model_family, model_source
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.profiles import ProfileError, load_profile
 from asr_stream.inference.tensorrt.engine import TensorRTEngine
-from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_windows
+from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_partial_windows, live_windows
 
 # The backends of the graph families: one Engine per exported graph.
 GRAPH_ENGINES: dict[str, Callable[[Path], Engine]] = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
@@ -65,7 +66,7 @@ class Hypothesis(Protocol):
     def segments(self) -> Sequence[TimedText]: ...
 
 
-def _one_bucket(audio: np.ndarray) -> None:
+def _one_bucket(request: LiveRequest) -> None:
     return None
 
 
@@ -77,8 +78,17 @@ class LoadedModel:
     transcribe_batch: Callable[[Sequence[np.ndarray]], Sequence[Hypothesis]]
     max_batch: int
     language: str | None  # the language events report before a hypothesis says otherwise
-    # Which engine input shape an utterance needs: the scheduler batches only equal buckets.
-    bucket: Callable[[np.ndarray], Hashable] = _one_bucket
+    # The live daemon's call (partials and finals, inference/live.py); by default the batch call
+    # with every prefix ignored.
+    transcribe_live: Callable[[Sequence[LiveRequest]], Sequence[LiveResult]] | None = None
+    # Which engine input shape a live request needs: the scheduler batches only equal buckets.
+    bucket: Callable[[LiveRequest], Hashable] = _one_bucket
+
+    def live(self, requests: Sequence[LiveRequest]) -> Sequence[LiveResult]:
+        """Transcribe live requests: the model's own live call, or its batch call for models without one."""
+        if self.transcribe_live is not None:
+            return self.transcribe_live(requests)
+        return [LiveResult(h.text, h.language) for h in self.transcribe_batch([request.audio for request in requests])]
 
 
 def load_model(
@@ -105,10 +115,12 @@ def load_model(
     if model_family(name, engines_dir) == CONFORMER:
         return _conformer_model(name, Path(engines_dir) / name, language, backend)
     windows_s, margin_s = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
+    partial_windows_s = live_partial_windows(name) if live else None
     if backend == "torch":
-        runner = torch_runner(name, profiles_dir, windows_s, margin_s)
+        runner = torch_runner(name, profiles_dir, windows_s, margin_s, partial_windows_s=partial_windows_s)
     else:
-        runner = WhisperRunner.from_prepared(load_prepared(name, engines_dir), GRAPH_ENGINES[backend], windows_s, margin_s)
+        prepared = load_prepared(name, engines_dir)
+        runner = WhisperRunner.from_prepared(prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s)
     return whisper_model(name, runner, language, timestamps)
 
 
@@ -120,11 +132,20 @@ def whisper_model(name: str, runner: WhisperRunner, language: str | None = None,
     def transcribe(audios: Sequence[np.ndarray]) -> Sequence[Hypothesis]:
         return runner.transcribe_batch(audios, language=language, timestamps=timestamps)
 
-    def window(audio: np.ndarray) -> int:
-        return runner.window_for(len(audio) / SAMPLE_RATE)
+    def transcribe_live(requests: Sequence[LiveRequest]) -> Sequence[LiveResult]:
+        return runner.transcribe_live(requests, language=language)
 
     default_language = language or (None if runner.dims.is_multilingual else "en")
-    return LoadedModel(name, "whisper", runner.compute.backend, transcribe, runner.compute.max_batch, default_language, window)
+    return LoadedModel(
+        name,
+        "whisper",
+        runner.compute.backend,
+        transcribe,
+        runner.compute.max_batch,
+        default_language,
+        transcribe_live,
+        runner.live_window_for,
+    )
 
 
 def _conformer_model(name: str, directory: Path, language: str | None, backend: str) -> LoadedModel:
@@ -144,6 +165,7 @@ def torch_runner(
     profiles_dir: str | Path = "profiles",
     windows_s: Sequence[int] = (FULL_WINDOW_S,),
     margin_s: float = 0.0,
+    partial_windows_s: Sequence[int] | None = None,
     **options: object,
 ) -> WhisperRunner:
     """Whisper `name` on the CUDA GPU (fp16 unless `options` say otherwise, e.g. dtype=torch.float32 for
@@ -161,5 +183,6 @@ def torch_runner(
     if profile.buckets is None:
         raise ProfileError(f"{profile.source}: variant {TORCH_PROFILE_VARIANT} has no buckets (the torch backend's batch sizes)")
     spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **options)
-    compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows_s])
-    return WhisperRunner.for_spec(spec, compute, windows_s, margin_s)
+    windows = sorted({*windows_s, *(partial_windows_s or ())})
+    compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows])
+    return WhisperRunner.for_spec(spec, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)

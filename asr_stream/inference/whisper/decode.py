@@ -186,6 +186,9 @@ class WhisperDecoder:
         self._step_mask[list(self.suppress_ids)] = -np.inf
         self._first_mask = self._step_mask.copy()
         self._first_mask[list(self.suppress_ids_begin)] = -np.inf
+        # After a forced prefix the text may already be complete: the end token stays allowed, a blank does not.
+        self._after_prefix_mask = self._first_mask.copy()
+        self._after_prefix_mask[tokenizer.eot] = self._step_mask[tokenizer.eot]
         self._languages_only = np.full(dims.n_vocab, -np.inf, dtype=np.float32)
         self._languages_only[list(tokenizer.languages.values())] = 0.0
         self._timestamp_rules = TimestampRules(tokenizer)
@@ -207,9 +210,23 @@ class WhisperDecoder:
         temperature: float = 0.0,
         rng: np.random.Generator | None = None,
         max_tokens: int | None = None,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> DecodingPass:
-        """The pass that decodes rows in `languages`: greedy at temperature 0, else sampled with draws from `rng`."""
+        """The pass that decodes rows in `languages`: greedy at temperature 0, else sampled with draws from `rng`.
+
+        `prefix`: per row, text tokens the output must start with (all of one length): they join
+        the prompt, so the whole prefix costs one decoder call, and only what follows is chosen.
+        The live path forces the text earlier partials agreed on, so a partial decodes only its tail.
+        """
         prompts = self._prompts(languages, timestamps)
+        first_mask = self._first_mask
+        if prefix is not None and len(prefix[0]):
+            if timestamps:
+                raise ValueError("a forced prefix is text only: timestamp decoding cannot take one")
+            forced = np.asarray(prefix, dtype=np.int64)
+            if forced.shape != (len(prompts), len(prefix[0])) or (forced >= self.tokenizer.eot).any():
+                raise ValueError("a forced prefix is one run of text tokens per row, all of one length")
+            prompts, first_mask = np.concatenate((prompts, forced), axis=1), self._after_prefix_mask
         limit = self.n_text_ctx - prompts.shape[1]
         limit = limit if max_tokens is None else min(limit, max_tokens)
         uniforms = None
@@ -217,7 +234,7 @@ class WhisperDecoder:
             assert rng is not None, "sampling needs a seeded generator"
             uniforms = rng.random((limit, len(prompts)))
         timestamp_rules = self._timestamp_rules if timestamps else None
-        return DecodingPass(prompts, self._first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules)
+        return DecodingPass(prompts, first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules)
 
     def sample(
         self,
@@ -227,41 +244,61 @@ class WhisperDecoder:
         temperature: float = 0.0,
         rng: np.random.Generator | None = None,
         max_tokens: int | None = None,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[list[int]]:
-        """One pass over every row of `encoded` (see `plan`)."""
-        return run_pass(self.compute, encoded, self.plan(languages, timestamps, temperature, rng, max_tokens))
+        """One pass over every row of `encoded` (see `plan`); a row's tokens start after its forced prefix."""
+        return run_pass(self.compute, encoded, self.plan(languages, timestamps, temperature, rng, max_tokens, prefix))
 
     def decode_greedy(
-        self, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool
+        self,
+        encoded: Encoded,
+        languages: Sequence[str],
+        audio_seconds: Sequence[float],
+        timestamps: bool,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[DecodedWindow | None]:
         """One greedy pass without the loop guard's sampling retries; None for a row that looks broken.
 
         For a caller with a better remedy than sampling (the runner re-decodes a short window
-        from the full one). Since a broken row is thrown away, decoding stops once every
-        unfinished row has more tokens than its audio can hold: a looping window then costs a
-        few dozen decoder steps, not the whole text context.
+        from the full one; a partial is simply not shown). Since a broken row is thrown away,
+        decoding stops once every unfinished row has more tokens than its audio can hold: a
+        looping window then costs a few dozen decoder steps, not the whole text context.
+        `prefix`: forced tokens per row (see `plan`); a row's tokens are those after it.
         """
-        limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1
-        samples = self.sample(encoded, languages, timestamps, max_tokens=limit)
+        forced = _prefixes(prefix, len(languages))
+        limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1 - len(forced[0])
+        samples = self.sample(encoded, languages, timestamps, max_tokens=max(limit, 1), prefix=prefix)
         windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
-        return [None if self._broken(window, seconds) else window for window, seconds in zip(windows, audio_seconds)]
+        return [
+            None if self._broken(window, seconds, row_prefix) else window
+            for window, seconds, row_prefix in zip(windows, audio_seconds, forced)
+        ]
 
     def decode(
-        self, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0
+        self,
+        encoded: Encoded,
+        languages: Sequence[str],
+        audio_seconds: Sequence[float],
+        timestamps: bool,
+        seed: int = 0,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[DecodedWindow]:
-        """Decode the rows of `encoded` in the given languages, with the loop guard."""
+        """Decode the rows of `encoded` in the given languages, with the loop guard (and a forced `prefix`, see `plan`)."""
         rng = np.random.default_rng(seed)
-        results = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(self.sample(encoded, languages, timestamps), languages)]
-        retry = [row for row, window in enumerate(results) if self._broken(window, audio_seconds[row])]
+        forced = _prefixes(prefix, len(languages))
+        samples = self.sample(encoded, languages, timestamps, prefix=prefix)
+        results = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
+        retry = [row for row, window in enumerate(results) if self._broken(window, audio_seconds[row], forced[row])]
         for temperature in FALLBACK_TEMPERATURES:
             if not retry:
                 break
             retry_languages = [languages[row] for row in retry]
-            attempts = self.sample(self.compute.select(encoded, retry), retry_languages, timestamps, temperature, rng)
+            retry_prefix = [forced[row] for row in retry] if prefix is not None else None
+            attempts = self.sample(self.compute.select(encoded, retry), retry_languages, timestamps, temperature, rng, prefix=retry_prefix)
             still_broken = []
             for row, tokens in zip(retry, attempts):
                 window = DecodedWindow(tokens, languages[row], temperature)
-                if self._broken(window, audio_seconds[row]):
+                if self._broken(window, audio_seconds[row], forced[row]):
                     still_broken.append(row)
                 else:
                     results[row] = window
@@ -272,5 +309,11 @@ class WhisperDecoder:
         language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
         return np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
 
-    def _broken(self, window: DecodedWindow, audio_seconds: float) -> bool:
-        return looks_broken(self.tokenizer.decode(window.tokens), len(window.tokens), audio_seconds)
+    def _broken(self, window: DecodedWindow, audio_seconds: float, prefix: Sequence[int] = ()) -> bool:
+        text = [*prefix, *window.tokens]
+        return looks_broken(self.tokenizer.decode(text), len(text), audio_seconds)
+
+
+def _prefixes(prefix: Sequence[Sequence[int]] | None, rows: int) -> list[Sequence[int]]:
+    """Each row's forced prefix ([] without one)."""
+    return list(prefix) if prefix is not None else [[] for _ in range(rows)]
