@@ -284,12 +284,21 @@ async def test_partials_force_the_tokens_earlier_partials_agreed_on() -> None:
     assert final.prefix == ()  # the final is decoded free by default
 
 
-async def test_with_prefix_reuse_off_no_request_carries_a_prefix_and_the_final_can_take_one() -> None:
+async def test_the_final_forces_the_agreed_tokens_when_told_to() -> None:
     clock, emitted = ManualClock(), []
     queue = ScriptedQueue(clock)
-    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, PartialPolicy(reuse_prefix=False, final_prefix=True))
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, PartialPolicy(final_prefix=True))
     await stream(channel, clock, 6.5)
     await channel.finish()
-    assert all(r.prefix == () for r in queue.requests if r.priority is Priority.PARTIAL)
+    partials = [r for r in queue.requests if r.priority is Priority.PARTIAL]
     (final,) = [r for r in queue.requests if r.priority is Priority.FINAL]
-    assert len(final.prefix) > 0
+    assert final.prefix == tuple(range(round(partials[-2].seconds * 10)))
+
+
+async def test_with_prefix_reuse_off_no_request_carries_a_prefix() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, PartialPolicy(reuse_prefix=False, final_prefix=False))
+    await stream(channel, clock, 6.5)
+    await channel.finish()
+    assert len(queue.requests) > 3 and all(r.prefix == () for r in queue.requests)

@@ -275,6 +275,12 @@ class SchedulerSection(_Section):
     partial_prefix: bool = Field(default=PartialPolicy.reuse_prefix, description="decode only a partial's tail after the agreed tokens")
     final_prefix: bool = Field(default=PartialPolicy.final_prefix, description="force the agreed tokens on the final too")
     final_lane: bool = Field(default=SchedulerSettings.final_lane, description="a worker of their own for finals (never behind a partial)")
+    partial_nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=SchedulerSettings.partial_nice, description="with final_lane: how much nicer the partial threads run (Linux)"
+    )
+    partial_engine_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=1, description="onnxruntime: partials on sessions of their own with this many threads; null: shared with finals"
+    )
     final_deadline_s: Positive = SchedulerSettings.final_deadline_s
     engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
 
@@ -286,6 +292,7 @@ class SchedulerSection(_Section):
             final_deadline_s=self.final_deadline_s,
             threads=self.engine_threads,
             final_lane=self.final_lane,
+            partial_nice=self.partial_nice,
         )
 
     def partials(self) -> PartialPolicy:

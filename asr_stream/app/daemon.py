@@ -153,6 +153,7 @@ class Daemon:
             backend=settings.backend,
             live=True,
             profiles_dir=settings.profiles_dir,
+            partial_threads=settings.scheduler.partial_engine_threads,
         )
         self.scheduler = BatchScheduler(
             self.metrics.timed_batch(self.model.live),

@@ -15,6 +15,7 @@ Whatever cannot be served raises an `OperatorError` with one line that says why 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -100,6 +101,7 @@ def load_model(
     live: bool = False,
     timestamps: bool = False,
     profiles_dir: str | Path = "profiles",
+    partial_threads: int | None = None,
 ) -> LoadedModel:
     """Load model `name` on `backend`, ready to transcribe 16 kHz mono float32 utterances.
 
@@ -109,6 +111,9 @@ def load_model(
     docs/whisper-windows.md); files offline keep the full window. `timestamps`: Whisper decodes
     timestamp tokens, so segments carry times (Conformer-CTC always has word times).
     `profiles_dir`: where `<name>.yaml` gives the torch backend its batch buckets.
+    `partial_threads`: ONNX Runtime only: live partials get sessions of their own with this many
+    threads (the calling thread alone at 1), so that a niced partial lane really yields the cores
+    to finals (scheduler.partial_nice); None: partials share the finals' sessions.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -121,11 +126,20 @@ def load_model(
     else:
         prepared = load_prepared(name, engines_dir)
         runner = WhisperRunner.from_prepared(prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s)
+        if live and partial_threads is not None and backend == "onnxruntime":
+            load = functools.partial(OnnxRuntimeEngine.load, threads=partial_threads)
+            partials = WhisperRunner.from_prepared(prepared, load, windows_s, margin_s, partial_windows_s=partial_windows_s)
+            return whisper_model(name, runner, language, timestamps, partials)
     return whisper_model(name, runner, language, timestamps)
 
 
-def whisper_model(name: str, runner: WhisperRunner, language: str | None = None, timestamps: bool = False) -> LoadedModel:
-    """A Whisper runner on any backend as the daemon and the CLI use it (also for a runner built by hand, e.g. in tests)."""
+def whisper_model(
+    name: str, runner: WhisperRunner, language: str | None = None, timestamps: bool = False, partials: WhisperRunner | None = None
+) -> LoadedModel:
+    """A Whisper runner on any backend as the daemon and the CLI use it (also for a runner built by hand, e.g. in tests).
+
+    `partials`: the same model on engines of its own for batches of live partials only.
+    """
     if language is not None and not runner.tokenizer.supports(language):
         raise ModelError(f"model {name} cannot transcribe language {language!r}")
 
@@ -133,7 +147,8 @@ def whisper_model(name: str, runner: WhisperRunner, language: str | None = None,
         return runner.transcribe_batch(audios, language=language, timestamps=timestamps)
 
     def transcribe_live(requests: Sequence[LiveRequest]) -> Sequence[LiveResult]:
-        return runner.transcribe_live(requests, language=language)
+        only_partials = partials is not None and all(request.partial for request in requests)
+        return (partials if only_partials else runner).transcribe_live(requests, language=language)  # type: ignore[union-attr]
 
     default_language = language or (None if runner.dims.is_multilingual else "en")
     return LoadedModel(

@@ -28,6 +28,8 @@ each, transcript/partials.py), and only a full queue sheds them.
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -69,6 +71,8 @@ class SchedulerSettings:
     threads: engine calls in flight at once (CPU: one engine call already uses every core given);
         with `final_lane`, the partial workers
     final_lane: one more worker only for finals, so a final never waits for a running partial batch
+    partial_nice: with `final_lane`, the partial workers' threads run this much nicer (Linux), so
+        that on a busy CPU the kernel gives a final's thread the cores first (0: same priority)
     """
 
     max_batch: int = 8
@@ -77,6 +81,13 @@ class SchedulerSettings:
     final_deadline_s: float = 1.5
     threads: int = 1
     final_lane: bool = True
+    partial_nice: int = 10
+
+
+def _renice_thread(nice: int) -> None:
+    """Lower the calling thread's CPU priority by `nice` (Linux: a thread is a task with its own nice value)."""
+    if nice and hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
 
 
 class SchedulerStopped(Exception):
@@ -126,14 +137,19 @@ class BatchScheduler(Generic[P, R]):
         self._in_flight = 0
         self._finals_in_flight = 0
         self._saturated = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._partial_nice = settings.partial_nice if settings.final_lane else 0
+        self._executors: dict[tuple[Priority, ...], ThreadPoolExecutor] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = SchedulerStats()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
         workers = [lane for lane in self._lanes for _ in range(1 if lane == (Priority.FINAL,) else self._threads)]
-        self._executor = ThreadPoolExecutor(max_workers=len(workers), thread_name_prefix="engine")
+        for lane in self._lanes:
+            nice = self._partial_nice if lane == (Priority.PARTIAL,) else 0
+            self._executors[lane] = ThreadPoolExecutor(
+                max_workers=workers.count(lane), thread_name_prefix="engine", initializer=_renice_thread, initargs=(nice,)
+            )
         self._tasks = [asyncio.create_task(self._worker(lane), name=f"scheduler-{i}") for i, lane in enumerate(workers)]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
@@ -159,8 +175,8 @@ class BatchScheduler(Generic[P, R]):
             if not job.future.done():
                 job.future.set_exception(SchedulerStopped())
         self._queues[Priority.FINAL].clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=finished, cancel_futures=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=finished, cancel_futures=True)
 
     # -- submission ----------------------------------------------------------------------
     async def submit(self, key: Hashable, payload: P, priority: Priority) -> R:
@@ -280,7 +296,7 @@ class BatchScheduler(Generic[P, R]):
             self._finals_in_flight += has_final
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, [job.payload for job in batch])
+                results = await loop.run_in_executor(self._executors[lane], self._run_batch, [job.payload for job in batch])
             except Exception as exc:  # the engine failed: every caller in the batch learns why
                 for job in batch:
                     if not job.future.done():
