@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/partials.py --schemes baseline short-windows prefix prefix+final
     .venv/bin/python bench/partials.py --model whisper-base --schemes baseline prefix
+    .venv/bin/python bench/partials.py --calls 8 --schemes baseline prefix prefix+final   # whole calls
 
 Every English shared clip is one open segment, trimmed to its voice and padded 0.3 s on each side
 as the segmenter pads: the segment grows in real time and gets a partial every second (at 1.3 s,
@@ -17,13 +18,22 @@ next, what is stable). Per scheme:
   churn: the same for the partial's `stable_text` only;
 - final WER (corpus, against the references) and the offline WER of the same runner (full clip,
   `transcribe_batch`), so a scheme can be checked against the +0.01 bar.
+
+`--calls N` instead runs whole calls through the daemon's channel path, deterministically: bench/
+load.py's first N calls (3 utterances each, through the G.711 channel SIPp would use), fed in
+20 ms frames to a `ChannelTranscriber` (real Silero VAD and segmenter) on a clock that moves with
+the audio, every request answered at once by the live model. It gives the finals' WER per scheme
+without the timing noise of a live run, next to the offline WER of the same audio (per utterance
+and per whole call, full window).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,16 +41,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.scoring import churn, corpus_wer, normalize
 from asr_stream.inference.engine import Engine
-from asr_stream.inference.live import LiveRequest
+from asr_stream.inference.live import LiveRequest, LiveResult
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.graphs import DECODER, ENCODER
 from asr_stream.inference.whisper.runner import WhisperRunner, live_windows
+from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.events import SegmentFinal
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
 REPO = Path(__file__).resolve().parents[1]
@@ -164,6 +179,65 @@ def run_segment(runner: WhisperRunner, decoder: CountingEngine, scheme: Scheme, 
     tally.stable_changed, tally.stable_shown = tally.stable_changed + changed, tally.stable_shown + shown
 
 
+class _AnswerAtOnce:
+    """The channel's model queue, answered in the caller's thread: deterministic, no batching."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+
+    async def submit(self, key: object, payload: LiveRequest, priority: object) -> LiveResult:
+        return self._model.live([payload])[0]
+
+
+class _MediaClock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPolicy) -> str:
+    clock, emitted = _MediaClock(), []
+    channel = ChannelTranscriber(
+        labels=Labels("bench", model.name, model.backend),
+        channel="caller",
+        scheduler=_AnswerAtOnce(model),
+        emit=emitted.append,
+        partials=policy,
+        clock=clock,
+    )
+    for start in range(0, len(audio), RATE // 50):
+        clock.now += 0.02
+        channel.feed(audio[start : start + RATE // 50])
+        await asyncio.sleep(0)
+    await channel.finish()
+    return " ".join(event.text for event in emitted if isinstance(event, SegmentFinal))
+
+
+def whole_calls(model_name: str, n_calls: int, schemes: list[str]) -> None:
+    import load  # bench/load.py: the same calls as the live load test
+
+    clips = load.english_clips(2.5, 10.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(1)
+        calls = [load.build_call(i, clips, 3, Path(tmp), rng) for i in range(n_calls)]
+        audios = [load.telephone(load_audio(call.wav)[0][0]) for call in calls]
+    references = [" ".join(u.text for u in call.utterances) for call in calls]
+    offline = load_model(model_name, REPO / "engines")
+    per_utterance = [" ".join(offline.transcribe_batch([load.telephone(u.audio)])[0].text for u in call.utterances) for call in calls]
+    whole = [offline.transcribe_batch([audio])[0].text for audio in audios]
+    print(
+        f"{n_calls} calls: offline WER per utterance {corpus_wer(references, per_utterance):.4f}, per whole call {corpus_wer(references, whole):.4f}"
+    )
+    live = load_model(model_name, REPO / "engines", live=True)
+    print("| scheme | finals WER |\n|---|---:|")
+    for name in schemes:
+        scheme = SCHEMES[name]
+        policy = PartialPolicy(reuse_prefix=scheme.reuse_prefix, final_prefix=scheme.final_prefix)
+        hypotheses = [asyncio.run(_call_finals(live, audio, policy)) for audio in audios]
+        print(f"| {name} | {corpus_wer(references, hypotheses):.4f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-tiny.en", choices=["whisper-tiny.en", "whisper-base"])
@@ -171,7 +245,11 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--clips", type=int, default=0, help="only the first N English clips (0: all)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/asr-bench-int8"), help="where int8 graphs are written")
+    parser.add_argument("--calls", type=int, default=0, help="whole calls through the channel path instead (see above)")
     args = parser.parse_args()
+    if args.calls:
+        whole_calls(args.model, args.calls, args.schemes)
+        return
     rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
     rows = [row for row in rows if row["lang"] == "en"][: args.clips or None]
     clips = [trim_voice(load_audio(SPEECH / row["path_wav16k"])[0][0]) for row in rows]
