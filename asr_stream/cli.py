@@ -26,6 +26,8 @@ def _transcribe(args: argparse.Namespace) -> int:
         timestamps=args.timestamps,
         engines_dir=args.engines_dir,
         backend=args.backend,
+        chinese_script=args.chinese_script,
+        hotwords_file=args.hotwords_file,
     )
 
 
@@ -55,6 +57,20 @@ def _models_add_conformer(args: argparse.Namespace) -> int:
         print(f"asr-stream: {error}", file=sys.stderr)
         return 2
     print(path)
+    return 0
+
+
+def _models_add_funasr(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from asr_stream.inference.funasr.importer import add_funasr_model
+
+    quantized = {"auto": None, "yes": True, "no": False}[args.quantized]
+    print(
+        add_funasr_model(
+            args.family, args.name, Path(args.dir), Path(args.engines_dir), quantized=quantized, language=args.language, itn=args.itn
+        )
+    )
     return 0
 
 
@@ -96,6 +112,12 @@ def _config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _header(value: str) -> str:
+    if ":" not in value:
+        raise argparse.ArgumentTypeError(f"expected 'Name: value', got {value!r}")
+    return value
+
+
 def _call(args: argparse.Namespace) -> int:
     import asyncio
     import tempfile
@@ -105,7 +127,11 @@ def _call(args: argparse.Namespace) -> int:
 
     with tempfile.TemporaryDirectory(prefix="asr-stream-call-") as workdir:
         try:
-            asyncio.run(place_call(args.target, args.file, Path(workdir), codec=args.codec, calls=args.calls, rate=args.rate))
+            headers = dict(header.split(":", 1) for header in args.header)
+            headers = {name.strip(): value.strip() for name, value in headers.items()}
+            asyncio.run(
+                place_call(args.target, args.file, Path(workdir), codec=args.codec, calls=args.calls, rate=args.rate, headers=headers)
+            )
         except SippError as error:
             print(f"asr-stream call: {error}", file=sys.stderr)
             return 1
@@ -173,6 +199,10 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--json", action="store_true", help="one JSON object per file per line")
     transcribe.add_argument("--timestamps", action="store_true", help="decode with timestamp tokens (segments)")
     transcribe.add_argument(
+        "--chinese-script", choices=("simplified", "traditional", "original"), default="simplified", help="script of Chinese output"
+    )
+    transcribe.add_argument("--hotwords-file", default=None, help="domain terms, UTF-8, one per line (# comments): see docs/mandarin.md")
+    transcribe.add_argument(
         "--backend", default="onnxruntime", help="onnxruntime (CPU, default) | tensorrt (built engines) | torch (CUDA GPU, Whisper only)"
     )
     transcribe.set_defaults(handler=_transcribe)
@@ -190,6 +220,22 @@ def build_parser() -> argparse.ArgumentParser:
     conformer.add_argument("--preprocessor", required=True, help="model_config.yaml (its preprocessor section is read)")
     conformer.add_argument("--language", default=None, help="language code reported in events")
     conformer.set_defaults(handler=_models_add_conformer)
+    for family, description in (
+        ("sensevoice", "a FunASR SenseVoice ONNX export directory (see docs/mandarin.md)"),
+        ("paraformer", "a FunASR Paraformer ONNX export directory (see docs/mandarin.md)"),
+    ):
+        funasr = add.add_parser(family, help=description)
+        funasr.add_argument("name")
+        funasr.add_argument("--dir", required=True, help="holds model.onnx or model_quant.onnx, tokens.json, am.mvn, config.yaml")
+        funasr.add_argument(
+            "--quantized", choices=("auto", "yes", "no"), default="auto", help="take model_quant.onnx (auto: model.onnx if present)"
+        )
+        funasr.add_argument(
+            "--language", default=None, help="SenseVoice: fix it (default: detect); Paraformer: what it speaks (default zh)"
+        )
+        if family == "sensevoice":
+            funasr.add_argument("--itn", action="store_true", help="punctuation and digits (SenseVoice's withitn mode)")
+        funasr.set_defaults(handler=_models_add_funasr, itn=False)
 
     engines = commands.add_parser("engines", help="TensorRT engines (needs a GPU and TensorRT)").add_subparsers(
         dest="engines_command", required=True
@@ -230,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--codec", choices=("PCMU", "PCMA"), default="PCMU")
     call.add_argument("--calls", type=int, default=1)
     call.add_argument("--rate", type=float, default=None, help="calls per second (default: all at once)")
+    call.add_argument("--header", action="append", default=[], type=_header, help='an INVITE header, e.g. "X-ASR-Hotwords: housing"')
     call.set_defaults(handler=_call)
 
     tail = commands.add_parser("tail", help="print transcript events from Kafka")

@@ -43,14 +43,10 @@ import asyncio
 import itertools
 import json
 import logging
-import os
-import platform
 import re
 import resource
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -59,21 +55,23 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import yaml
-from kafka import KafkaConsumer, TopicPartition
 
 from asr_stream.app.config import load_config
 from asr_stream.app.daemon import Daemon
 from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.audio.vad import Vad
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.devtools.loadgen.call_audio import trim_silence
+from asr_stream.devtools.loadgen.host import load_average, machine
+from asr_stream.devtools.loadgen.recorder import TopicRecorder, check_order
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.scoring import churn, corpus_wer
 from asr_stream.devtools.sipp import SippError, place_call
-from asr_stream.inference.live import LiveRequest
-from asr_stream.ingest.resample import resample
-from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
+from asr_stream.inference import live
 from asr_stream.inference.runners import load_model
 from asr_stream.inference.scheduler import BatchScheduler
+from asr_stream.ingest.resample import resample
+from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "speech"
@@ -85,8 +83,6 @@ HANGUP_AFTER_S = 0.5
 POST_PAD_S = SegmenterConfig().post_speech_pad_ms / 1000  # a final's end_ms is the speech end plus this
 PRE_PAD_MS = SegmenterConfig().pre_speech_pad_ms  # a segment's start_ms is its speech onset less this
 MATCH_TOLERANCE_S = 0.6  # how far a final's speech end may sit from an utterance's to pair them
-ACK_SENT = re.compile(r"-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+UDP message sent \(\d+ bytes\):\s+ACK ")
-CALL_ID = re.compile(r"^Call-ID: *(\S+)", re.MULTILINE)
 
 
 # -- the calls ---------------------------------------------------------------------------------
@@ -111,25 +107,13 @@ def english_clips(min_s: float, max_s: float) -> list[dict]:
     return sorted((r for r in rows if r["lang"] == "en" and min_s <= r["duration_s"] <= max_s), key=lambda r: r["id"])
 
 
-def trim_silence(audio: np.ndarray, floor_db: float = -35.0) -> np.ndarray:
-    """The clip from its first to its last 10 ms frame within `floor_db` of its loudest frame.
-
-    The clips carry their own leading/trailing silence; the utterance's speech end (our latency
-    reference) must be where the voice stops, not where the file does.
-    """
-    frames = audio[: audio.size // 160 * 160].reshape(-1, 160)
-    rms = np.sqrt((frames**2).mean(axis=1) + 1e-12)
-    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
-    return audio[loud[0] * 160 : (loud[-1] + 1) * 160]
-
-
 def build_call(index: int, clips: list[dict], per_call: int, workdir: Path, rng: np.random.Generator) -> CallAudio:
     """Call `index`: `per_call` consecutive clips (wrapping) joined by 0.8-1.5 s pauses, as a 16 kHz WAV."""
     parts = [np.zeros(round(LEAD_IN_S * RATE), np.float32)]
     utterances = []
     for k in range(per_call):
         row = clips[(index * per_call + k) % len(clips)]
-        speech = trim_silence(load_audio(SPEECH / row["path_wav16k"])[0][0])
+        speech = trim_silence(load_audio(SPEECH / row["path_wav16k"])[0][0], RATE)
         if k:
             parts.append(np.zeros(round(rng.uniform(0.8, 1.5) * RATE), np.float32))
         parts.append(speech)
@@ -157,53 +141,13 @@ async def place(target: str, audio: CallAudio, workdir: Path) -> PlacedCall:
     except SippError as error:  # keep SipP's exit status and every SIP status line it saw
         statuses = sorted(set(re.findall(r"^SIP/2\.0 \d{3} .*$", str(error), re.MULTILINE)))
         return PlacedCall(audio, error=f"{str(error).splitlines()[0][:40]} responses {statuses}")
-    ack, call_id = ACK_SENT.search(result.log), CALL_ID.search(result.log)
-    if ack is None or call_id is None:
+    ack_sent, call_id = result.sent_at("ACK"), result.call_id
+    if ack_sent is None or call_id is None:
         return PlacedCall(audio, error="no ACK / Call-ID in SIPp's trace")
-    return PlacedCall(audio, call_id.group(1), datetime.fromisoformat(ack.group(1)).timestamp())
+    return PlacedCall(audio, call_id, ack_sent)
 
 
 # -- observing the daemon ----------------------------------------------------------------------
-class TopicRecorder:
-    """Consumer thread: every event of the topic with the wall time it arrived, and its own CPU time."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self._consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20, request_timeout_ms=5000)
-        self._topic = topic
-        self._lock = threading.Lock()
-        self._events: list[tuple[float, dict]] = []
-        self._stop = threading.Event()
-        self.cpu_s = 0.0
-        self._thread = threading.Thread(target=self._run, name="load-consumer", daemon=True)
-
-    def start(self, timeout_s: float = 20) -> None:
-        deadline = time.monotonic() + timeout_s
-        while not (partitions := self._consumer.partitions_for_topic(self._topic)):
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topic {self._topic} never appeared")
-            time.sleep(0.1)
-        self._consumer.assign([TopicPartition(self._topic, p) for p in sorted(partitions)])
-        self._consumer.seek_to_beginning()
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for batch in self._consumer.poll(timeout_ms=100).values():
-                arrived = time.time()
-                with self._lock:
-                    self._events.extend((arrived, json.loads(record.value)) for record in batch)
-            self.cpu_s = time.thread_time()
-
-    def events_of(self, call_ids: set[str]) -> list[tuple[float, dict]]:
-        with self._lock:
-            return [(t, e) for t, e in self._events if e["call_id"] in call_ids]
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        self._consumer.close()
-
-
 def rss_bytes() -> int:
     """Resident set size of this process now (/proc; ru_maxrss is a lifetime peak, useless per step)."""
     return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
@@ -247,27 +191,6 @@ def pct(values: list[float], q: float) -> float:
 
 def mean(values: list[float] | list[int]) -> float:
     return float(np.mean(values)) if values else float("nan")
-
-
-def check_order(events: list[dict]) -> list[str]:
-    """Lifecycle violations of one call (docs/events.md): what a consumer would trip over."""
-    problems = []
-    names = [e["event"] for e in events]
-    if not names or names[0] != "call.started" or names[-1] != "call.ended" or names.count("call.ended") != 1:
-        problems.append(f"lifecycle {names[:1]}..{names[-1:]}")
-    finals = [e for e in events if e["event"] == "segment.final"]
-    indices = [int(f["segment_id"].rsplit("/", 1)[1]) for f in finals]
-    if indices != sorted(set(indices)):
-        problems.append(f"finals out of order or repeated {indices}")
-    if names and names[-1] == "call.ended" and events[-1]["final_segments"] != len(finals):
-        problems.append(f"call.ended says {events[-1]['final_segments']} finals, {len(finals)} arrived")
-    for segment_id in {e["segment_id"] for e in events if e["event"] == "segment.partial"}:
-        revisions = [e["revision"] for e in events if e["segment_id"] == segment_id]
-        if revisions != list(range(len(revisions))):
-            problems.append(f"{segment_id}: revisions {revisions}")
-        if segment_id not in {f["segment_id"] for f in finals}:
-            problems.append(f"{segment_id}: partials but no final")
-    return problems
 
 
 @dataclass
@@ -406,7 +329,7 @@ async def warm_up(daemon: Daemon, speech: np.ndarray) -> None:
     short = speech[: 3 * RATE]  # a partial of a short segment: the 5 s partial window
     for _ in range(2):  # ONNX Runtime plans and allocates its memory pattern on the second run
         await asyncio.to_thread(daemon.model.transcribe_batch, [speech])
-        for request in (LiveRequest(short, partial=True), LiveRequest(short)):
+        for request in (live.Utterance(short, partial=True), live.Utterance(short)):
             await asyncio.to_thread(daemon.model.live, [request])
     Vad().process(speech)
 
@@ -419,7 +342,7 @@ def target(daemon: Daemon) -> str:
 async def wait_ended(recorder: TopicRecorder, call_ids: set[str], timeout_s: float = 30) -> None:
     """Until every call in `call_ids` has its call.ended on the topic (or the timeout passes)."""
     deadline = time.monotonic() + timeout_s
-    while sum(e["event"] == "call.ended" for _, e in recorder.events_of(call_ids)) < len(call_ids) and time.monotonic() < deadline:
+    while recorder.ended(call_ids) < len(call_ids) and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
 
 
@@ -436,6 +359,7 @@ async def run_step(
         time.monotonic(),
     )
     sampling = asyncio.create_task(sampler.run())
+
     async def staggered(i: int, call: CallAudio) -> PlacedCall:
         await asyncio.sleep(i * stagger_s)
         return await place(target(daemon), call, workdir / f"n{n}-{i}")
@@ -493,22 +417,6 @@ def apply_overrides(config: dict, overrides: list[str]) -> None:
         for section in sections:
             node = node.setdefault(section, {})
         node[key] = yaml.safe_load(value)
-
-
-def load_average() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-
-
-def machine() -> str:
-    model = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-            if line.startswith("Model name")
-        ),
-        platform.processor(),
-    )
-    return f'lscpu "{model}", {len(os.sched_getaffinity(0))} cores, Python {platform.python_version()}'
 
 
 async def main(args: argparse.Namespace) -> int:

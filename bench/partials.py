@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.scoring import churn, corpus_wer, normalize
 from asr_stream.inference.engine import Engine
-from asr_stream.inference.live import LiveRequest, LiveResult
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
@@ -154,7 +154,7 @@ def run_segment(runner: WhisperRunner, decoder: CountingEngine, scheme: Scheme, 
     stables: list[str] = []
     length = round((PAD_S + INTERVAL_S) * RATE)
     while length < speech_end:
-        request = LiveRequest(segment[:length], partial=True, prefix=transcript.committed if scheme.reuse_prefix else ())
+        request = Utterance(segment[:length], partial=True, prefix=transcript.committed if scheme.reuse_prefix else ())
         calls, cpu = decoder.calls, time.process_time()
         result = runner.transcribe_live([request], language="en")[0]
         tally.partial_cpu.append(time.process_time() - cpu)
@@ -165,7 +165,7 @@ def run_segment(runner: WhisperRunner, decoder: CountingEngine, scheme: Scheme, 
             stables.append(event.stable_text)
         length += round(INTERVAL_S * RATE)
     cpu = time.process_time()
-    final = runner.transcribe_live([LiveRequest(segment, prefix=transcript.committed if scheme.final_prefix else ())], language="en")[0]
+    final = runner.transcribe_live([Utterance(segment, prefix=transcript.committed if scheme.final_prefix else ())], language="en")[0]
     tally.final_cpu.append(time.process_time() - cpu)
     tally.finals.append(final.text)
     final_words = normalize(final.text).split()
@@ -185,7 +185,7 @@ class _AnswerAtOnce:
     def __init__(self, model: LoadedModel) -> None:
         self._model = model
 
-    async def submit(self, key: object, payload: LiveRequest, priority: object) -> LiveResult:
+    async def submit(self, key: object, payload: Utterance, priority: object) -> LiveResult:
         return self._model.live([payload])[0]
 
 
@@ -264,7 +264,7 @@ def main() -> None:
     for name in args.schemes:
         scheme = SCHEMES[name]
         runner, decoder = make_runner(args.model, scheme, args.threads, args.cache)
-        runner.transcribe_live([LiveRequest(clips[0], partial=True)], language="en")  # warm-up
+        runner.transcribe_live([Utterance(clips[0], partial=True)], language="en")  # warm-up
         tally = Tally()
         for audio in clips:
             run_segment(runner, decoder, scheme, audio, tally)

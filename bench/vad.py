@@ -52,6 +52,7 @@ from asr_stream.audio.wavfile import load_audio
 from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
 from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.state import Labels
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
@@ -59,6 +60,7 @@ RATE = 16_000
 REF_FRAME = 160  # 10 ms
 BABBLE_CLIPS = 6  # clips kept out of the test speech to build babble noise
 TICK_MS = TICK_S * 1000
+PARTIALS_OFF = PartialPolicy(interval_s=1e9)  # --live measures VAD and segmentation only
 
 
 @dataclass(frozen=True)
@@ -281,7 +283,7 @@ async def live_cost(n_channels: int, seconds: float, call: np.ndarray, batched: 
     labels = Labels("bench", "none", "none")
     channels = [
         ChannelTranscriber(
-            labels=labels, channel=str(i), scheduler=_InstantQueue(), emit=lambda e: None, partial_interval_s=1e9, shared_vad=timed
+            labels=labels, channel=str(i), scheduler=_InstantQueue(), emit=lambda e: None, partials=PARTIALS_OFF, shared_vad=timed
         )
         for i in range(n_channels)
     ]

@@ -141,3 +141,32 @@ def test_config_check_refuses_what_serve_would_refuse(tmp_path, text, expected):
         [sys.executable, "-m", "asr_stream.cli", "serve", "--config", str(path)], capture_output=True, text=True, timeout=60
     )
     assert serve.returncode == 2 and "Traceback" not in serve.stderr and len(serve.stderr.strip().splitlines()) == 1, serve.stderr
+
+
+def test_hotword_settings_become_the_models_lists(tmp_path):
+    (tmp_path / "housing.txt").write_text("# 住房\n住房公积金\n\n不动产登记\n", encoding="utf-8")
+    path = write(
+        tmp_path,
+        f"hotwords: [12345热线, 社保卡]\nhotword_lists:\n  housing: {tmp_path / 'housing.txt'}\n  traffic: [交通违章]\nhotword_boost: 2.0\n"
+        "text: {chinese_script: traditional}\n",
+    )
+    config = load_config(path, environ={})
+    lists = config.components.hotwords
+    assert lists.default == ("12345热线", "社保卡") and lists.boost == 2.0
+    assert dict(lists.named) == {"housing": ("住房公积金", "不动产登记"), "traffic": ("交通违章",)}
+    assert config.settings.text.chinese_script == "traditional"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("hotwords: [a]\nhotwords_file: x.txt\n", "set one of them"),
+        ("hotwords_file: /nonexistent/hotwords.txt\n", "cannot read hotwords file /nonexistent/hotwords.txt"),
+        ("hotword_lists: {'bad name': [a]}\n", "hotword_lists.bad name"),
+        ("text: {chinese_script: pinyin}\n", "text.chinese_script"),
+    ],
+)
+def test_hotword_and_text_mistakes_are_reported(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, text), environ={})
+    assert any(expected in problem for problem in error.value.problems), error.value.problems

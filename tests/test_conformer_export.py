@@ -18,7 +18,7 @@ from test_conformer_features import read_clip
 from test_conformer_tokenizer import VOCAB_SIZE, train_tokenizer
 
 from asr_stream.audio.features_nemo import NemoMelSettings, batch_features, nemo_log_mel
-from asr_stream.inference.conformer.ctc import greedy_ctc
+from asr_stream.inference.ctc import greedy_ctc
 from asr_stream.inference.conformer.export import export_onnx
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.importer import add_conformer

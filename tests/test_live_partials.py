@@ -15,7 +15,7 @@ import pytest
 from conftest import load_mono
 
 from asr_stream.inference.engine import Engine
-from asr_stream.inference.live import LiveRequest
+from asr_stream.inference.live import Utterance
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.whisper.engine_compute import EngineCompute
@@ -68,10 +68,10 @@ def _counters(runner: WhisperRunner) -> tuple[CallCounter, CallCounter]:
 @pytest.mark.parametrize(("seconds", "partial", "final"), [(2.0, 5, 10), (3.9, 5, 10), (4.1, 10, 10), (8.9, 10, 10), (9.5, 20, 20)])
 def test_partials_of_short_segments_get_a_shorter_window_than_their_final(live: WhisperRunner, seconds, partial, final) -> None:
     audio = np.zeros(round(seconds * RATE), np.float32)
-    assert live.live_window_for(LiveRequest(audio, partial=True)) == partial
-    assert live.live_window_for(LiveRequest(audio)) == final
+    assert live.live_window_for(Utterance(audio, partial=True)) == partial
+    assert live.live_window_for(Utterance(audio)) == final
     encoder, _ = _counters(live)
-    live.transcribe_live([LiveRequest(audio, partial=True)], language="en")
+    live.transcribe_live([Utterance(audio, partial=True)], language="en")
     assert encoder.frames[-1] == partial * 100  # the window the scheduler bucketed it by is the one encoded
 
 
@@ -80,14 +80,14 @@ def test_forcing_the_start_of_the_greedy_output_gives_the_same_tokens_for_fewer_
     checked = 0
     for audio in clips:
         calls = decoder.calls
-        free = live.transcribe_live([LiveRequest(audio, partial=True)], language="en")[0]
+        free = live.transcribe_live([Utterance(audio, partial=True)], language="en")[0]
         free_calls = decoder.calls - calls
         if len(free.tokens) < 6:  # a preview the loop guard threw away (short windows do that to a few clips)
             continue
         checked += 1
         forced_prefix = free.tokens[: len(free.tokens) - 3]
         calls = decoder.calls
-        forced = live.transcribe_live([LiveRequest(audio, partial=True, prefix=forced_prefix)], language="en")[0]
+        forced = live.transcribe_live([Utterance(audio, partial=True, prefix=forced_prefix)], language="en")[0]
         assert forced.tokens == free.tokens and forced.text == free.text
         assert decoder.calls - calls == 4, "one call for prompt and prefix, then the three tail tokens and the end"
         assert free_calls == len(free.tokens) + 1
@@ -98,20 +98,20 @@ def test_a_batch_of_partials_and_finals_with_different_prefixes_answers_each_as_
     short = [audio[: 5 * RATE] for audio in clips if len(audio) >= 5 * RATE][
         :4
     ]  # partials and finals alike in the 10 s window: one scheduler bucket
-    assert {live.live_window_for(LiveRequest(audio, partial=kind)) for audio in short for kind in (True, False)} == {10}
-    alone = [live.transcribe_live([LiveRequest(audio, partial=True)], language="en")[0] for audio in short]
+    assert {live.live_window_for(Utterance(audio, partial=kind)) for audio in short for kind in (True, False)} == {10}
+    alone = [live.transcribe_live([Utterance(audio, partial=True)], language="en")[0] for audio in short]
     requests = [
-        LiveRequest(short[0], partial=True),
-        LiveRequest(short[1], partial=True, prefix=alone[1].tokens[:2]),
-        LiveRequest(short[2], partial=True, prefix=alone[2].tokens[:4]),
-        LiveRequest(short[3], partial=False),
+        Utterance(short[0], partial=True),
+        Utterance(short[1], partial=True, prefix=alone[1].tokens[:2]),
+        Utterance(short[2], partial=True, prefix=alone[2].tokens[:4]),
+        Utterance(short[3], partial=False),
     ]
     together = live.transcribe_live(requests, language="en")
     assert [result.tokens for result in together[:3]] == [result.tokens for result in alone[:3]]
-    final_alone = live.transcribe_live([LiveRequest(short[3])], language="en")[0]
+    final_alone = live.transcribe_live([Utterance(short[3])], language="en")[0]
     assert together[3].tokens == final_alone.tokens and together[3].language == "en"
 
 
 def test_a_prefix_must_be_text_tokens(live: WhisperRunner, clips) -> None:
     with pytest.raises(ValueError, match="text tokens"):
-        live.transcribe_live([LiveRequest(clips[0][: 2 * RATE], partial=True, prefix=(live.tokenizer.eot,))], language="en")
+        live.transcribe_live([Utterance(clips[0][: 2 * RATE], partial=True, prefix=(live.tokenizer.eot,))], language="en")

@@ -272,6 +272,19 @@ async def test_retransmitted_invite_gets_the_same_answer_not_a_second_call(serve
     assert answers[0] == answers[1] and answers[0].startswith(b"SIP/2.0 200 OK")
 
 
+@pytest.mark.parametrize(("value", "expected"), [("housing", "housing"), ("公积金", None), ("a b", None), ("x" * 65, None)])
+async def test_hotword_list_header_is_taken_only_as_a_short_token(server: SipServer, handler: RecordingHandler, value, expected) -> None:
+    """X-ASR-Hotwords names a configured list; anything but a short token (free text, spaces, non-ASCII) is ignored."""
+    invite = RAW_INVITE.replace("CSeq: 1 INVITE\n", f"CSeq: 1 INVITE\nX-ASR-Hotwords: {value}\n").replace("\n", "\r\n").encode()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.bind(("127.0.0.1", 0))
+        client.settimeout(2)
+        client.sendto(invite, ("127.0.0.1", server.port))
+        (answer,) = await asyncio.to_thread(_final_responses, client, 1)
+    assert answer.startswith(b"SIP/2.0 200 OK")
+    assert handler.invites[0].hotword_list == expected
+
+
 def _final_responses(client: socket.socket, count: int) -> list[bytes]:
     finals: list[bytes] = []
     while len(finals) < count:

@@ -23,11 +23,12 @@ from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.vad import WINDOW_SAMPLES
 from asr_stream.audio.vad_batch import BatchedVad
 from asr_stream.audio.wavfile import load_audio
-from asr_stream.inference.live import LiveRequest
+from asr_stream.inference.live import Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.partials import PartialPolicy
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as RTP delivers it
@@ -68,6 +69,7 @@ class Request:
     priority: Priority
     submitted_at: float
     prefix: tuple[int, ...]
+    hotwords: str | None
     answer: asyncio.Future[Heard] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
@@ -75,14 +77,15 @@ class ScriptedQueue:
     """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so; its
     tokens are 0, 1, ... n-1 tenths, so consecutive answers share the earlier one's tokens."""
 
-    def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None) -> None:
+    def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None, language: str | None = "en") -> None:
         self.requests: list[Request] = []
         self._clock = clock
         self._hold = hold or set()
         self._text = text
+        self._language = language
 
-    async def submit(self, key: Hashable, payload: LiveRequest, priority: Priority) -> Heard:
-        request = Request(key, payload.seconds, priority, self._clock(), payload.prefix)
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard:
+        request = Request(key, payload.seconds, priority, self._clock(), payload.prefix, payload.hotwords)
         self.requests.append(request)
         if priority not in self._hold:
             self.release(request)
@@ -91,7 +94,7 @@ class ScriptedQueue:
     def release(self, request: Request) -> None:
         tenths = round(request.seconds * 10)
         text = self._text if self._text is not None else f"{tenths} tenths"
-        request.answer.set_result(Heard(text, tokens=tuple(range(tenths))))
+        request.answer.set_result(Heard(text, self._language, tokens=tuple(range(tenths))))
 
 
 class ManualClock:
@@ -102,12 +105,8 @@ class ManualClock:
         return self.now
 
 
-def transcriber(
-    queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list, partials: PartialPolicy = PartialPolicy()
-) -> ChannelTranscriber:
-    return ChannelTranscriber(
-        labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock, partials=partials
-    )
+def transcriber(queue: ScriptedQueue, vad: ScriptedVad, clock: ManualClock, emitted: list, **options) -> ChannelTranscriber:
+    return ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, vad=vad, clock=clock, **options)
 
 
 async def stream(channel: ChannelTranscriber, clock: ManualClock, seconds: float) -> None:
@@ -260,7 +259,7 @@ async def test_a_pause_inside_a_segment_asks_for_no_partial() -> None:
     clock, emitted = ManualClock(), []
     queue = ScriptedQueue(clock)
     policy = PartialPolicy(interval_s=0.2, min_new_speech_s=0.5)
-    channel = transcriber(queue, ScriptedVad([(0.5, 2.0), (2.5, 4.0)]), clock, emitted, policy)
+    channel = transcriber(queue, ScriptedVad([(0.5, 2.0), (2.5, 4.0)]), clock, emitted, partials=policy)
     await stream(channel, clock, 5.5)
     await channel.finish()
     times = [r.submitted_at - 1000.0 for r in queue.requests if r.priority is Priority.PARTIAL]
@@ -287,7 +286,7 @@ async def test_partials_force_the_tokens_earlier_partials_agreed_on() -> None:
 async def test_the_final_forces_the_agreed_tokens_when_told_to() -> None:
     clock, emitted = ManualClock(), []
     queue = ScriptedQueue(clock)
-    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, PartialPolicy(final_prefix=True))
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, partials=PartialPolicy(final_prefix=True))
     await stream(channel, clock, 6.5)
     await channel.finish()
     partials = [r for r in queue.requests if r.priority is Priority.PARTIAL]
@@ -298,7 +297,37 @@ async def test_the_final_forces_the_agreed_tokens_when_told_to() -> None:
 async def test_with_prefix_reuse_off_no_request_carries_a_prefix() -> None:
     clock, emitted = ManualClock(), []
     queue = ScriptedQueue(clock)
-    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, PartialPolicy(reuse_prefix=False, final_prefix=False))
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, partials=PartialPolicy(reuse_prefix=False, final_prefix=False))
     await stream(channel, clock, 6.5)
     await channel.finish()
     assert len(queue.requests) > 3 and all(r.prefix == () for r in queue.requests)
+
+
+@pytest.mark.parametrize(
+    ("script", "language", "expected"),
+    [
+        ("simplified", "zh", "广州市房地产中介协会"),  # the default
+        ("traditional", "zh", "廣州市房地產中介協會"),
+        ("original", "zh", "廣州市房地產中介協會"),
+        ("simplified", "en", "廣州市房地產中介協會"),  # not a Chinese hypothesis: left alone
+    ],
+)
+async def test_partials_and_finals_are_written_in_the_configured_script(script, language, expected) -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, text="廣州市房地產中介協會", language=language)
+    options = {} if script == "simplified" else {"script": ScriptConverter(script)}
+    channel = transcriber(queue, ScriptedVad([(0.5, 3.0)]), clock, emitted, **options)
+    await stream(channel, clock, 4.0)
+    await channel.finish()
+    assert [type(e) for e in emitted] == [SegmentPartial, SegmentFinal]
+    assert [e.text for e in emitted] == [expected, expected]
+
+
+async def test_every_request_carries_the_calls_hotword_list() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 3.0)]), clock, emitted, hotwords="housing")
+    await stream(channel, clock, 4.0)
+    await channel.finish()
+    assert {Priority.PARTIAL, Priority.FINAL} <= {r.priority for r in queue.requests}
+    assert {r.hotwords for r in queue.requests} == {"housing"}

@@ -36,6 +36,7 @@ from asr_stream.app.http_api import HttpSettings, is_loopback
 from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.audio.vad_batch import TICK_S as VAD_TICK_S
 from asr_stream.errors import OperatorError
+from asr_stream.inference.hotwords import DEFAULT_BOOST, HotwordError, HotwordLists, parse_hotwords, read_hotwords_file
 from asr_stream.inference.scheduler import SchedulerSettings
 from asr_stream.ingest.telephony import IngestConfig
 from asr_stream.ingest.webrtc.session import WhipConfig
@@ -44,12 +45,14 @@ from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings
 from asr_stream.sip import DigestAuthConfig, DigestCredential, InviteRateLimit, SipServerConfig, TransportLimits
 from asr_stream.transcript.partials import PartialPolicy
+from asr_stream.transcript.script import ChineseScript
 
 ENV_PREFIX = "ASR_STREAM__"
 
 HostPort = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$", description="host:port")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Positive = Annotated[float, Field(gt=0)]
+ListName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$", description="what X-ASR-Hotwords names")]
 Hex64 = Annotated[str, Field(pattern="^[0-9a-fA-F]{64}$")]
 
 
@@ -299,6 +302,15 @@ class SchedulerSection(_Section):
         return PartialPolicy(self.partial_interval_s, self.partial_min_new_speech_s, self.partial_prefix, self.final_prefix)
 
 
+class TextSection(_Section):
+    """How transcripts are written (docs/mandarin.md)."""
+
+    chinese_script: ChineseScript = Field(
+        default="simplified",
+        description="script of Chinese (zh, yue) partials and finals: simplified, traditional, or original (as the model wrote it)",
+    )
+
+
 class Settings(_Section):
     """The whole file."""
 
@@ -314,6 +326,40 @@ class Settings(_Section):
     kafka: KafkaSection = KafkaSection()
     vad: VadSection = VadSection()
     scheduler: SchedulerSection = SchedulerSection()
+    text: TextSection = TextSection()
+    hotwords: tuple[Annotated[str, Field(min_length=1)], ...] = Field(
+        default=(), description="domain terms for every call (docs/mandarin.md)"
+    )
+    hotwords_file: str | None = Field(default=None, description="or a UTF-8 file of them: one term per line, # comments")
+    hotword_lists: dict[ListName, tuple[Annotated[str, Field(min_length=1)], ...] | str] = Field(
+        default_factory=dict,
+        description="named lists (terms, or a file) a call picks with the SIP header X-ASR-Hotwords, instead of hotwords",
+    )
+    hotword_boost: Annotated[float, Field(gt=0, le=20)] = Field(
+        default=DEFAULT_BOOST, description="CTC and Paraformer: bonus per matched token"
+    )
+
+    @model_validator(mode="after")
+    def _hotwords_readable(self) -> Settings:
+        if self.hotwords and self.hotwords_file:
+            raise ValueError("hotwords and hotwords_file: set one of them")
+        try:
+            self.hotword_sets()
+        except HotwordError as error:
+            raise ValueError(str(error)) from None
+        return self
+
+    def hotword_sets(self) -> HotwordLists:
+        """The default and named lists, files read (HotwordError for one that cannot be used)."""
+
+        def terms(value: tuple[str, ...] | str | None, where: str) -> tuple[str, ...]:
+            if isinstance(value, str):
+                return read_hotwords_file(value)
+            return parse_hotwords(value or (), where)
+
+        default = terms(self.hotwords_file, "hotwords_file") if self.hotwords_file else terms(self.hotwords, "hotwords")
+        named = {name: terms(value, f"hotword_lists.{name}") for name, value in self.hotword_lists.items()}
+        return HotwordLists(default, named, self.hotword_boost)
 
 
 # -- what the daemon builds from it --------------------------------------------------------------
@@ -328,6 +374,7 @@ class Components:
     http: HttpSettings
     kafka: KafkaSettings
     segmenter: SegmenterConfig
+    hotwords: HotwordLists
 
 
 @dataclass(frozen=True)
@@ -354,6 +401,7 @@ class Config:
             http=s.http.build(),
             kafka=s.kafka.build(),
             segmenter=s.vad.build(),
+            hotwords=s.hotword_sets(),
         )
 
     def secrets(self) -> list[str]:

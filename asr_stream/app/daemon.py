@@ -6,8 +6,9 @@ engine threads, and Kafka delivery on the sink's own thread, so the loop never b
 Lifecycle of a call as consumers see it: `call.started`, then per channel partials and finals in
 segment order, then `call.ended` once every final of the call has been emitted (app/calls.py).
 
-Start and stop are one stack: `start()` brings the components up in order (HTTP, Kafka, model and
-scheduler, calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
+Start and stop are one stack: `start()` loads the model (before any socket or thread: the likeliest
+operator mistake fails first), then brings the components up in order (HTTP, Kafka, scheduler,
+calls, WebRTC, SIP last, so nothing is admitted before it can be served) and, if a step
 fails, unwinds what it had started. `stop()` unwinds the same stack in reverse: stop admitting
 (503) and hang up every call, let the calls finish their finals up to the deadline and cancel the
 rest (each still gets its `call.ended`), stop the scheduler, flush Kafka (what is not acknowledged
@@ -39,6 +40,7 @@ from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.transcript import events
 from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels
 
 log = logging.getLogger(__name__)
@@ -60,6 +62,7 @@ class Daemon:
         self.hub = LiveFeedHub()
         self._publish_hooks = (self.hub.publish, self.metrics.observe_event, *publish_hooks)
         self.calls = CallRegistry(on_finished=self._call_finished)
+        self.script = ScriptConverter(config.settings.text.chinese_script)  # every call's (the loop's thread only)
         self.model: LoadedModel | None = None
         self.scheduler: BatchScheduler | None = None
         self.vad: BatchedVad | None = None  # None: each channel scores its own VAD windows
@@ -76,6 +79,8 @@ class Daemon:
     async def start(self) -> None:
         """Bring every component up; if one fails, what was started is stopped again and the error raised."""
         self._deadline = asyncio.get_running_loop().time() + START_UNWIND_S
+        # The model first: the likeliest operator mistake (not prepared, no CUDA) fails before any socket or thread.
+        self.model = await asyncio.to_thread(self._load_model)
         async with contextlib.AsyncExitStack() as stack:
             await self._start_http(stack)
             self.kafka = KafkaSink(self.config.components.kafka)
@@ -143,10 +148,9 @@ class Daemon:
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
 
-    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
+    def _load_model(self) -> LoadedModel:
         settings = self.config.settings
-        self.model = await asyncio.to_thread(
-            load_model,
+        return load_model(
             settings.model,
             settings.engines_dir,
             settings.language,
@@ -154,11 +158,16 @@ class Daemon:
             live=True,
             profiles_dir=settings.profiles_dir,
             partial_threads=settings.scheduler.partial_engine_threads,
+            hotwords=self.config.components.hotwords,
         )
+
+    async def _start_scheduler(self, stack: contextlib.AsyncExitStack) -> None:
+        settings = self.config.settings
+        assert self.model is not None
         self.scheduler = BatchScheduler(
             self.metrics.timed_batch(self.model.live),
             settings.scheduler.build(self.model.max_batch),
-            bucket=self.model.bucket,
+            bucket=self.model.utterance_bucket,
         )
         await self.scheduler.start()
         stack.push_async_callback(lambda: self.scheduler.stop(timeout_s=self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))  # type: ignore[union-attr]
@@ -239,6 +248,7 @@ class Daemon:
         assert self.scheduler is not None and self.model is not None
         settings = self.config.settings
         labels = Labels(call_id=call.call_id, model=settings.model, engine=settings.backend)
+        hotwords = self._hotword_list(call)
         transcribers = tuple(
             ChannelTranscriber(
                 labels=labels,
@@ -248,11 +258,23 @@ class Daemon:
                 segmenter_config=self.config.components.segmenter,
                 partials=settings.scheduler.partials(),
                 shared_vad=self.vad,
+                script=self.script,
+                hotwords=hotwords,
             )
             for channel in channels
         )
         envelope = Envelope(call.call_id, settings.model, settings.backend, self.model.language)
         return CallSession(call, channels, transcribers, envelope, self.publish)
+
+    def _hotword_list(self, call: CallInfo) -> str | None:
+        """The named list the call asked for (SIP X-ASR-Hotwords) if the config has it; else the default list."""
+        assert self.model is not None
+        if call.hotword_list is None or call.hotword_list in self.model.hotword_lists:
+            return call.hotword_list
+        log.warning(
+            "call %s asked for hotword list %r, which is not configured: using the default list", call.call_id[:64], call.hotword_list
+        )
+        return None
 
     def _call_finished(self, session: CallSession) -> None:
         for channel in session.channels:

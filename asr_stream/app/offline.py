@@ -5,7 +5,11 @@ daemon loads it (`inference.runners.load_model`), with the full 30 s Whisper win
 
 Plain text by default; with `as_json` one object per file per line:
     {"file", "text", "language", "model", "engine", "segments": [{"start", "end", "text"[, "channel"]}]}
-with times in seconds from the start of the file; "engine" is the backend.
+with times in seconds from the start of the file; "engine" is the backend. SenseVoice's tags add
+"emotion" and "event" (of the first channel that has them) when the model states them.
+
+Chinese text (language zh or yue) is written in `chinese_script` (Simplified by default, OpenCC),
+as the daemon writes it; `hotwords` are the terms of `--hotwords-file` (docs/mandarin.md).
 
 Each channel of a multi-channel file is transcribed on its own (call recordings often put each
 party on one channel); the channels go through the model as one batch. The file's text is the
@@ -29,7 +33,9 @@ import numpy as np
 
 from asr_stream.audio.wavfile import AudioFileError, load_audio
 from asr_stream.errors import OperatorError
+from asr_stream.inference.hotwords import HotwordLists, read_hotwords_file
 from asr_stream.inference.runners import Hypothesis, LoadedModel, load_model
+from asr_stream.transcript.script import ChineseScript, ScriptConverter
 
 # Below -60 dBFS peak there is nothing to transcribe; Whisper would only invent text ("you").
 SILENCE_PEAK = 10 ** (-60 / 20)
@@ -39,20 +45,28 @@ def _error(message: str) -> None:
     print(f"asr-stream: {message}", file=sys.stderr)
 
 
-def _as_json(path: str, channels: list[int], hypotheses: Sequence[Hypothesis], model: LoadedModel) -> str:
+def _as_json(path: str, channels: list[int], hypotheses: Sequence[Hypothesis], model: LoadedModel, script: ScriptConverter) -> str:
     multichannel = len(channels) > 1
     segments = []
     for channel, hypothesis in zip(channels, hypotheses):
         for segment in hypothesis.segments:
-            entry = {"start": round(segment.start, 3), "end": round(segment.end, 3), "text": segment.text.strip()}
+            text = script.convert(segment.text.strip(), hypothesis.language)
+            entry = {"start": round(segment.start, 3), "end": round(segment.end, 3), "text": text}
             segments.append(entry | {"channel": channel} if multichannel else entry)
     language = next((hypothesis.language for hypothesis in hypotheses if hypothesis.language), None)
-    text = " ".join(hypothesis.text for hypothesis in hypotheses if hypothesis.text)
-    record = {"file": path, "text": text, "language": language, "model": model.name, "engine": model.backend, "segments": segments}
-    return json.dumps(record, ensure_ascii=False)
+    record = {"file": path, "text": _text(hypotheses, script), "language": language, "model": model.name, "engine": model.backend}
+    for tag in ("emotion", "event"):  # SenseVoice's tags; other families' hypotheses have no such attribute
+        value = next((getattr(hypothesis, tag, None) for hypothesis in hypotheses if getattr(hypothesis, tag, None)), None)
+        if value is not None:
+            record[tag] = value
+    return json.dumps(record | {"segments": segments}, ensure_ascii=False)
 
 
-def _transcribe_file(model: LoadedModel, path: str, as_json: bool) -> bool:
+def _text(hypotheses: Sequence[Hypothesis], script: ScriptConverter) -> str:
+    return " ".join(script.convert(hypothesis.text, hypothesis.language) for hypothesis in hypotheses if hypothesis.text)
+
+
+def _transcribe_file(model: LoadedModel, path: str, as_json: bool, script: ScriptConverter) -> bool:
     """Transcribe one file and print its line; False (after one line on stderr) if the input is bad."""
     try:
         audio, _ = load_audio(path)
@@ -65,9 +79,9 @@ def _transcribe_file(model: LoadedModel, path: str, as_json: bool) -> bool:
         return False
     hypotheses = model.transcribe_batch([audio[channel] for channel in channels])
     if as_json:
-        print(_as_json(path, channels, hypotheses, model), flush=True)
+        print(_as_json(path, channels, hypotheses, model, script), flush=True)
     else:
-        print(" ".join(hypothesis.text for hypothesis in hypotheses if hypothesis.text), flush=True)
+        print(_text(hypotheses, script), flush=True)
     return True
 
 
@@ -79,12 +93,16 @@ def transcribe_files(
     timestamps: bool = False,
     engines_dir: str | Path = "engines",
     backend: str = "onnxruntime",
+    chinese_script: ChineseScript = "simplified",
+    hotwords_file: str | Path | None = None,
 ) -> int:
     """Transcribe `files` with `model` from `engines_dir` on `backend`; returns the exit status."""
     try:
-        loaded = load_model(model, engines_dir, language, backend=backend, timestamps=timestamps)
-    except OperatorError as error:  # the model, backend or language cannot be used: one line, exit 2
+        hotwords = HotwordLists(read_hotwords_file(hotwords_file)) if hotwords_file else HotwordLists()
+        loaded = load_model(model, engines_dir, language, backend=backend, timestamps=timestamps, hotwords=hotwords)
+    except OperatorError as error:  # the model, backend, language or hotwords cannot be used: one line, exit 2
         _error(str(error))
         return 2
-    ok = [_transcribe_file(loaded, str(path), as_json) for path in files]
+    script = ScriptConverter(chinese_script)
+    ok = [_transcribe_file(loaded, str(path), as_json, script) for path in files]
     return 0 if all(ok) else 1

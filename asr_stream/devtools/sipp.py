@@ -12,10 +12,13 @@ a SIP proxy such as Kamailio in front of several (deploy/kamailio).
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,8 @@ from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
 
 CODECS = {"PCMU": (0, ulaw_encode), "PCMA": (8, alaw_encode)}
+_CALL_ID = re.compile(r"^Call-ID: *(\S+)", re.MULTILINE)
+_STATUS_LINE = re.compile(r"^SIP/2\.0 \d{3} .*$", re.MULTILINE)
 
 SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="asr-stream test call: stream one file, then hang up">
@@ -38,7 +43,7 @@ SCENARIO = """<?xml version="1.0" encoding="ISO-8859-1" ?>
       CSeq: 1 INVITE
       Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
       Max-Forwards: 70
-      Content-Type: application/sdp
+{extra_headers}      Content-Type: application/sdp
       Content-Length: [len]
 
       v=0
@@ -100,6 +105,24 @@ class SippRun:
     def log(self) -> str:
         return self.output + self.messages
 
+    @property
+    def call_id(self) -> str | None:
+        """The Call-ID of the (first) call, from the message trace."""
+        found = _CALL_ID.search(self.messages)
+        return found.group(1) if found else None
+
+    def sent_at(self, method: str) -> float | None:
+        """Wall time (epoch s) SIPp first sent a `method` request, from the trace's time stamps.
+
+        Benchmarks take the ACK's: SIPp starts the call's RTP stream right after it.
+        """
+        sent = re.search(rf"-{{20,}} (\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s+UDP message sent \(\d+ bytes\):\s+{method} ", self.messages)
+        return datetime.fromisoformat(sent.group(1)).timestamp() if sent else None
+
+    def statuses(self) -> list[str]:
+        """Every distinct SIP status line SIPp saw (for a failure report)."""
+        return sorted(set(_STATUS_LINE.findall(self.log)))
+
     def explain(self) -> str:
         """The tail of both, for a failure report."""
         return f"sipp exited {self.returncode}\n{self.output[-3000:]}\n--- messages ---\n{self.messages[-4000:]}"
@@ -112,18 +135,29 @@ def telephone_pcm(audio_file: str | Path) -> np.ndarray:
     return pcm[: pcm.shape[0] // 160 * 160]
 
 
-def write_call(pcm_8k: np.ndarray, workdir: Path, codec: str = "PCMU", hangup_after_s: float = 0.6) -> Path:
+def write_call(
+    pcm_8k: np.ndarray, workdir: Path, codec: str = "PCMU", hangup_after_s: float = 0.6, headers: Mapping[str, str] | None = None
+) -> Path:
     """Write the G.711 file and the scenario that streams it; returns the scenario path.
 
-    `hangup_after_s` is how long the caller stays on the line after the audio ends.
+    `hangup_after_s` is how long the caller stays on the line after the audio ends; `headers` go
+    into the INVITE (e.g. {"X-ASR-Hotwords": "housing"}).
     """
+    lines = [f"{name}: {value}" for name, value in (headers or {}).items()]
+    if any(not line.isprintable() or "[" in line for line in lines):
+        raise SippError(f"a header must be one printable line without SIPp's [keywords]: {lines}")
     payload_type, encode = CODECS[codec]
     workdir.mkdir(parents=True, exist_ok=True)
     audio_file = workdir / f"speech.{codec.lower()}"
     audio_file.write_bytes(encode(pcm_8k))
     pause_ms = round(1000 * pcm_8k.shape[0] / 8000 + 1000 * hangup_after_s)
     scenario = workdir / f"stream_{codec.lower()}.xml"
-    scenario.write_text(SCENARIO.format(payload_type=payload_type, codec=codec, audio_file=audio_file.resolve(), pause_ms=pause_ms))
+    extra_headers = "".join(f"      {line}\n" for line in lines)
+    scenario.write_text(
+        SCENARIO.format(
+            payload_type=payload_type, codec=codec, audio_file=audio_file.resolve(), pause_ms=pause_ms, extra_headers=extra_headers
+        )
+    )
     return scenario
 
 
@@ -188,10 +222,11 @@ async def place_call(
     calls: int = 1,
     rate: float | None = None,
     hangup_after_s: float = 0.6,
+    headers: Mapping[str, str] | None = None,
 ) -> SippRun:
-    """Stream `audio_file` to `target` in `calls` calls; raise SippError unless all succeed."""
+    """Stream `audio_file` to `target` in `calls` calls (`headers` added to each INVITE); raise SippError unless all succeed."""
     pcm = telephone_pcm(audio_file)
-    scenario = write_call(pcm, workdir, codec, hangup_after_s)
+    scenario = write_call(pcm, workdir, codec, hangup_after_s, headers)
     timeout_s = pcm.shape[0] / 8000 + hangup_after_s + 30 + (calls / rate if rate else 0)
     result = await run_sipp(target, ["-sf", str(scenario)], workdir, calls=calls, rate=rate, timeout_s=timeout_s)
     if result.returncode != 0:

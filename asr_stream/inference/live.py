@@ -19,10 +19,12 @@ from asr_stream.audio.features import SAMPLE_RATE
 
 
 @dataclass(frozen=True)
-class LiveRequest:
-    """One model call a channel wants: the segment's audio (16 kHz mono float32 from its start)."""
+class Utterance:
+    """One piece of audio to transcribe (16 kHz mono float32), the hotword list it uses (None: the
+    default list), and for the live path whether it is a partial and which tokens it must start with."""
 
     audio: np.ndarray
+    hotwords: str | None = None
     partial: bool = False
     prefix: tuple[int, ...] = ()  # text tokens the output must start with; () for none
 

@@ -8,18 +8,25 @@ call `load_model(name, engines_dir, language, backend=..., live=...)`:
   "onnxruntime" (CPU, the default), "tensorrt" (engines built with `engines build`) or "torch"
   (PyTorch on a CUDA GPU, fp16 with CUDA graphs; straight from the weight packages, no export);
 - a Conformer-CTC model (imported from a NeMo export with `models add conformer`, its manifest's
-  `family` says so) runs on "onnxruntime" or "tensorrt".
+  `family` says so) runs on "onnxruntime" or "tensorrt";
+- a SenseVoice or Paraformer model (imported from a FunASR ONNX export with `models add
+  sensevoice|paraformer`) runs on "onnxruntime" or "tensorrt".
+
+Hotwords (`HotwordLists`) are compiled for the model when it is loaded: Whisper prompts, context
+graphs for the CTC and Paraformer searches. Each utterance names the list it uses (`Utterance`);
+a list the model cannot use (too long for Whisper's prompt, terms a vocabulary cannot write) is
+refused at load, in one line.
 
 Whatever cannot be served raises an `OperatorError` with one line that says why and what to run.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import numpy as np
 
@@ -27,16 +34,21 @@ from asr_stream.audio.features import HOP_LENGTH, SAMPLE_RATE
 from asr_stream.inference.conformer.manifest import FAMILY as CONFORMER
 from asr_stream.inference.conformer.runner import ConformerRunner
 from asr_stream.inference.engine import BackendError, Engine
-from asr_stream.inference.live import LiveRequest, LiveResult
+from asr_stream.inference.funasr.manifest import FAMILIES as FUNASR_FAMILIES
+from asr_stream.inference.funasr.runner import FunasrRunner
+from asr_stream.inference.hotwords import ContextGraph, HotwordError, HotwordLists
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import ModelError, load_prepared, model_family, model_source
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.profiles import ProfileError, load_profile
 from asr_stream.inference.tensorrt.engine import TensorRTEngine
+from asr_stream.inference.whisper.prompt import hotword_prompt
 from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_partial_windows, live_windows
 
 # The backends of the graph families: one Engine per exported graph.
 GRAPH_ENGINES: dict[str, Callable[[Path], Engine]] = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
 BACKENDS = (*GRAPH_ENGINES, "torch")
+_T = TypeVar("_T")
 # The profile variant whose batch buckets the torch backend captures CUDA graphs for.
 TORCH_PROFILE_VARIANT = "throughput"
 
@@ -67,29 +79,62 @@ class Hypothesis(Protocol):
     def segments(self) -> Sequence[TimedText]: ...
 
 
-def _one_bucket(request: LiveRequest) -> None:
+def _one_bucket(audio: np.ndarray) -> None:
     return None
+
+
+Transcribe = Callable[[Sequence[np.ndarray], str | None], Sequence[Hypothesis]]
+# A model's own live call: (utterances of one hotword list, the list's name) -> one result each.
+TranscribeLive = Callable[[Sequence[Utterance], str | None], Sequence[LiveResult]]
 
 
 @dataclass(frozen=True)
 class LoadedModel:
     name: str
-    family: str  # "whisper" or "conformer-ctc"
+    family: str  # "whisper", "conformer-ctc", "sensevoice" or "paraformer"
     backend: str  # one of BACKENDS
-    transcribe_batch: Callable[[Sequence[np.ndarray]], Sequence[Hypothesis]]
+    transcribe_with: Transcribe  # (audios, hotword list name) -> one hypothesis per audio
     max_batch: int
     language: str | None  # the language events report before a hypothesis says otherwise
-    # The live daemon's call (partials and finals, inference/live.py); by default the batch call
-    # with every prefix ignored.
-    transcribe_live: Callable[[Sequence[LiveRequest]], Sequence[LiveResult]] | None = None
-    # Which engine input shape a live request needs: the scheduler batches only equal buckets.
-    bucket: Callable[[LiveRequest], Hashable] = _one_bucket
+    # Which engine input shape an utterance needs: the scheduler batches only equal buckets.
+    bucket: Callable[[np.ndarray], Hashable] = _one_bucket
+    hotword_lists: frozenset[str] = frozenset()  # the named lists compiled for this model
+    # Live partials and finals (inference/live.py) where the model treats them apart (Whisper:
+    # partial windows, forced prefixes); None: the batch call, prefixes ignored.
+    transcribe_live: TranscribeLive | None = None
+    live_bucket: Callable[[Utterance], Hashable] | None = None  # replaces `bucket` for live utterances
 
-    def live(self, requests: Sequence[LiveRequest]) -> Sequence[LiveResult]:
-        """Transcribe live requests: the model's own live call, or its batch call for models without one."""
-        if self.transcribe_live is not None:
-            return self.transcribe_live(requests)
-        return [LiveResult(h.text, h.language) for h in self.transcribe_batch([request.audio for request in requests])]
+    def transcribe_batch(self, audios: Sequence[np.ndarray]) -> Sequence[Hypothesis]:
+        """Transcribe with the default hotword list (none unless configured)."""
+        return self.transcribe_with(audios, None)
+
+    def transcribe(self, utterances: Sequence[Utterance]) -> list[Hypothesis]:
+        """One hypothesis per utterance, in order; utterances of different lists go in separate calls."""
+        results: list[Hypothesis | None] = [None] * len(utterances)
+        for name in dict.fromkeys(utterance.hotwords for utterance in utterances):
+            rows = [i for i, utterance in enumerate(utterances) if utterance.hotwords == name]
+            for row, hypothesis in zip(rows, self.transcribe_with([utterances[i].audio for i in rows], name)):
+                results[row] = hypothesis
+        return results  # type: ignore[return-value]
+
+    def live(self, utterances: Sequence[Utterance]) -> list[LiveResult]:
+        """The daemon's call: one result per live utterance, in order (lists in separate calls, as `transcribe`)."""
+        results: list[LiveResult | None] = [None] * len(utterances)
+        for name in dict.fromkeys(utterance.hotwords for utterance in utterances):
+            rows = [i for i, utterance in enumerate(utterances) if utterance.hotwords == name]
+            picked = [utterances[i] for i in rows]
+            if self.transcribe_live is not None:
+                answers: Sequence[LiveResult] = self.transcribe_live(picked, name)
+            else:
+                answers = [LiveResult(h.text, h.language) for h in self.transcribe_with([u.audio for u in picked], name)]
+            for row, answer in zip(rows, answers):
+                results[row] = answer
+        return results  # type: ignore[return-value]
+
+    def utterance_bucket(self, utterance: Utterance) -> Hashable:
+        """The scheduler's bucket: the engine shape, and the hotword list (a Whisper prompt is one per batch)."""
+        shape = self.live_bucket(utterance) if self.live_bucket is not None else self.bucket(utterance.audio)
+        return shape, utterance.hotwords
 
 
 def load_model(
@@ -101,6 +146,7 @@ def load_model(
     live: bool = False,
     timestamps: bool = False,
     profiles_dir: str | Path = "profiles",
+    hotwords: HotwordLists = HotwordLists(),
     partial_threads: int | None = None,
 ) -> LoadedModel:
     """Load model `name` on `backend`, ready to transcribe 16 kHz mono float32 utterances.
@@ -110,45 +156,68 @@ def load_model(
     windows where that was measured to keep accuracy (tiny.en: 10/20/30 s,
     docs/whisper-windows.md); files offline keep the full window. `timestamps`: Whisper decodes
     timestamp tokens, so segments carry times (Conformer-CTC always has word times).
-    `profiles_dir`: where `<name>.yaml` gives the torch backend its batch buckets.
-    `partial_threads`: ONNX Runtime only: live partials get sessions of their own with this many
-    threads (the calling thread alone at 1), so that a niced partial lane really yields the cores
-    to finals (scheduler.partial_nice); None: partials share the finals' sessions.
+    `profiles_dir`: where `<name>.yaml` gives the torch backend its batch buckets. `hotwords`: the
+    default and named term lists, compiled here for the model. `partial_threads`: ONNX Runtime
+    only: live partials get sessions of their own with this many threads (the calling thread
+    alone at 1), so that a niced partial lane really yields the cores to finals
+    (scheduler.partial_nice); None: partials share the finals' sessions.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
-    if model_family(name, engines_dir) == CONFORMER:
-        return _conformer_model(name, Path(engines_dir) / name, language, backend)
+    family = model_family(name, engines_dir)
+    if family == CONFORMER:
+        return _conformer_model(name, Path(engines_dir) / name, language, backend, hotwords)
+    if family in FUNASR_FAMILIES:
+        return _funasr_model(name, family, Path(engines_dir) / name, language, backend, hotwords)
     windows_s, margin_s = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
     partial_windows_s = live_partial_windows(name) if live else None
+    partials = None
     if backend == "torch":
-        runner = torch_runner(name, profiles_dir, windows_s, margin_s, partial_windows_s=partial_windows_s)
+        runner = torch_runner(name, profiles_dir, windows_s, margin_s, partial_windows_s)
     else:
         prepared = load_prepared(name, engines_dir)
         runner = WhisperRunner.from_prepared(prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s)
         if live and partial_threads is not None and backend == "onnxruntime":
-            load = functools.partial(OnnxRuntimeEngine.load, threads=partial_threads)
+            load = partial(OnnxRuntimeEngine.load, threads=partial_threads)
             partials = WhisperRunner.from_prepared(prepared, load, windows_s, margin_s, partial_windows_s=partial_windows_s)
-            return whisper_model(name, runner, language, timestamps, partials)
-    return whisper_model(name, runner, language, timestamps)
+    return whisper_model(name, runner, language, timestamps, hotwords, partials)
 
 
 def whisper_model(
-    name: str, runner: WhisperRunner, language: str | None = None, timestamps: bool = False, partials: WhisperRunner | None = None
+    name: str,
+    runner: WhisperRunner,
+    language: str | None = None,
+    timestamps: bool = False,
+    hotwords: HotwordLists = HotwordLists(),
+    partials: WhisperRunner | None = None,
 ) -> LoadedModel:
     """A Whisper runner on any backend as the daemon and the CLI use it (also for a runner built by hand, e.g. in tests).
 
-    `partials`: the same model on engines of its own for batches of live partials only.
+    Each hotword list becomes a runner prompted with its terms (same compute); no terms, no prompt.
+    `partials`: the same model on engines of its own, for batches of live partials only.
     """
     if language is not None and not runner.tokenizer.supports(language):
         raise ModelError(f"model {name} cannot transcribe language {language!r}")
+    prompts = {
+        list_name: _compiled(list_name, partial(hotword_prompt, runner.tokenizer, terms, runner.dims.n_text_ctx, name))
+        for list_name, terms in hotwords.by_name().items()
+    }
 
-    def transcribe(audios: Sequence[np.ndarray]) -> Sequence[Hypothesis]:
-        return runner.transcribe_batch(audios, language=language, timestamps=timestamps)
+    def by_list(base: WhisperRunner) -> dict[str | None, WhisperRunner]:
+        return {list_name: base.prompted(prompt) if prompt else base for list_name, prompt in prompts.items()}
 
-    def transcribe_live(requests: Sequence[LiveRequest]) -> Sequence[LiveResult]:
-        only_partials = partials is not None and all(request.partial for request in requests)
-        return (partials if only_partials else runner).transcribe_live(requests, language=language)  # type: ignore[union-attr]
+    runners = by_list(runner)
+    partial_runners = by_list(partials) if partials is not None else runners
+
+    def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
+        return runners.get(hotword_list, runners[None]).transcribe_batch(audios, language=language, timestamps=timestamps)
+
+    def transcribe_live(utterances: Sequence[Utterance], hotword_list: str | None) -> Sequence[LiveResult]:
+        chosen = partial_runners if all(utterance.partial for utterance in utterances) else runners
+        return chosen.get(hotword_list, chosen[None]).transcribe_live(utterances, language=language)
+
+    def window(audio: np.ndarray) -> int:
+        return runner.window_for(len(audio) / SAMPLE_RATE)
 
     default_language = language or (None if runner.dims.is_multilingual else "en")
     return LoadedModel(
@@ -158,21 +227,74 @@ def whisper_model(
         transcribe,
         runner.compute.max_batch,
         default_language,
+        window,
+        frozenset(hotwords.named),
         transcribe_live,
         runner.live_window_for,
     )
 
 
-def _conformer_model(name: str, directory: Path, language: str | None, backend: str) -> LoadedModel:
+def _compiled(list_name: str | None, compile_list: Callable[[], _T]) -> _T:
+    """`compile_list()`, its HotwordError naming the list it is about."""
+    try:
+        return compile_list()
+    except HotwordError as error:
+        raise HotwordError(f"hotword list {list_name or 'hotwords'}: {error}") from None
+
+
+def _graphs(hotwords: HotwordLists, spell: Callable[[str], list[list[int]]], model: str) -> dict[str | None, ContextGraph | None]:
+    """The context graph of each list (None for an empty one); terms the model's vocabulary cannot write are refused."""
+
+    def compile_list(terms: tuple[str, ...]) -> ContextGraph | None:
+        if not terms:
+            return None
+        spellings = {term: spell(term) for term in terms}
+        unwritable = [term for term, forms in spellings.items() if not forms]
+        if unwritable:
+            raise HotwordError(
+                f"{len(unwritable)} of {len(terms)} terms cannot be written with {model}'s vocabulary: {', '.join(unwritable[:5])}"
+            )
+        return ContextGraph([form for forms in spellings.values() for form in forms], hotwords.boost)
+
+    return {list_name: _compiled(list_name, partial(compile_list, terms)) for list_name, terms in hotwords.by_name().items()}
+
+
+def _graph_engine(name: str, family: str, backend: str) -> Callable[[Path], Engine]:
     if backend not in GRAPH_ENGINES:
         raise BackendError(
-            f"backend {backend} runs the Whisper models only; {name} is an imported Conformer-CTC graph: use backend {' or '.join(GRAPH_ENGINES)}"
+            f"backend {backend} runs the Whisper models only; {name} is an imported {family} graph: use backend {' or '.join(GRAPH_ENGINES)}"
         )
-    conformer = ConformerRunner.load(directory, GRAPH_ENGINES[backend])
+    return GRAPH_ENGINES[backend]
+
+
+def _funasr_model(name: str, family: str, directory: Path, language: str | None, backend: str, hotwords: HotwordLists) -> LoadedModel:
+    runner = FunasrRunner.load(directory, _graph_engine(name, family, backend))
+    declared = runner.manifest.language
+    if language is not None and declared is not None and language != declared:
+        raise ModelError(f"model {name} transcribes {declared!r} (declared when it was added), not {language!r}")
+    graphs = _graphs(hotwords, runner.tokens.spellings, name)
+
+    def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
+        return runner.transcribe_batch(audios, graphs.get(hotword_list, graphs[None]))
+
+    return LoadedModel(
+        name, family, backend, transcribe, runner.engine.max_batch, declared or language, hotword_lists=frozenset(hotwords.named)
+    )
+
+
+def _conformer_model(name: str, directory: Path, language: str | None, backend: str, hotwords: HotwordLists) -> LoadedModel:
+    conformer = ConformerRunner.load(directory, _graph_engine(name, "Conformer-CTC", backend))
     declared = conformer.manifest.language
     if language is not None and declared is not None and language != declared:
         raise ModelError(f"model {name} transcribes {declared!r} (declared when it was added), not {language!r}")
-    return LoadedModel(name, CONFORMER, backend, conformer.transcribe_batch, conformer.engine.max_batch, declared or language)
+    graphs = _graphs(hotwords, conformer.tokenizer.spellings, name)
+
+    def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
+        return conformer.transcribe_batch(audios, graphs.get(hotword_list, graphs[None]))
+
+    return LoadedModel(
+        name, CONFORMER, backend, transcribe, conformer.engine.max_batch, declared or language, hotword_lists=frozenset(hotwords.named)
+    )
 
 
 def torch_runner(

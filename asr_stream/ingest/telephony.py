@@ -89,6 +89,7 @@ def describe_call(call: Call) -> CallInfo:
         channels=tuple(describe_channel(channel) for channel in call.channels),
         source="siprec" if call.is_siprec else "sip",
         peer=call.signalling_peer,
+        hotword_list=call.hotword_list,
     )
 
 

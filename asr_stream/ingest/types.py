@@ -61,6 +61,7 @@ class CallInfo:
     channels: tuple[ChannelInfo, ...]
     source: CallSource
     peer: tuple[str, int]  # the signalling peer's address (a gateway, an SBC, a browser)
+    hotword_list: str | None = None  # the named hotword list the signalling asked for (SIP X-ASR-Hotwords)
 
 
 @dataclass(frozen=True, slots=True)

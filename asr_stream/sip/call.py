@@ -84,6 +84,7 @@ class Call:
     signalling_peer: tuple[str, int]  # the address the INVITE came from (an SBC, a recorder)
     is_siprec: bool = False
     participants: tuple[Participant, ...] = ()
+    hotword_list: str | None = None  # the X-ASR-Hotwords header: a list name, for the daemon to look up
 
 
 @dataclass(frozen=True)

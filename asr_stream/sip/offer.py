@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 
@@ -13,6 +14,10 @@ from asr_stream.sip.siprec import channel_labels, parse_metadata, split_multipar
 from asr_stream.sip.transport import Peer
 
 PLAIN_CALL_LABEL = "caller"
+#: Chooses a named hotword list for the call (docs/mandarin.md). Only a short token is taken from
+#: it, never free text: the daemon then uses it only if its config names a list so (docs/security.md).
+HOTWORD_LIST_HEADER = "X-ASR-Hotwords"
+_LIST_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 
 
 class UnsupportedBody(ValueError):
@@ -88,7 +93,14 @@ def describe_call(request: SipRequest, peer: Peer, offer: Offer) -> Call:
         signalling_peer=peer.address,
         is_siprec=offer.is_siprec,
         participants=offer.participants,
+        hotword_list=hotword_list(request),
     )
+
+
+def hotword_list(request: SipRequest) -> str | None:
+    """The list name in the INVITE's X-ASR-Hotwords header; None if absent or not a short token."""
+    value = (request.headers.get_first(HOTWORD_LIST_HEADER) or "").strip()
+    return value if _LIST_NAME.fullmatch(value) else None
 
 
 def _party(header: str) -> Party:

@@ -33,10 +33,11 @@ from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import SpeechDetector, Vad
 from asr_stream.audio.vad_batch import InlineVadStream, VadSource
-from asr_stream.inference.live import LiveRequest
+from asr_stream.inference.live import Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.partials import PartialPolicy
+from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class Heard(Protocol):
 class TranscriptionQueue(Protocol):
     """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
 
-    async def submit(self, key: Hashable, payload: LiveRequest, priority: Priority) -> Heard: ...
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard: ...
 
 
 @dataclass
@@ -90,9 +91,13 @@ class ChannelTranscriber:
         vad: SpeechDetector | None = None,
         shared_vad: VadSource | None = None,
         clock: Callable[[], float] = time.monotonic,
+        script: ScriptConverter | None = None,
+        hotwords: str | None = None,
     ) -> None:
         """`vad`: this channel's own detector (default: a Silero `Vad`); `shared_vad`: score through a
-        scorer shared with other channels instead. At most one of the two."""
+        scorer shared with other channels instead (at most one of the two). `script`: the Chinese
+        script of partials and finals (default: Simplified, `text.chinese_script`). `hotwords`: the
+        named hotword list the call uses (None: the default list)."""
         if vad is not None and shared_vad is not None:
             raise ValueError("give a channel its own vad or a shared_vad, not both")
         self.labels = labels
@@ -106,6 +111,8 @@ class ChannelTranscriber:
         )
         self._partials = partials
         self._clock = clock
+        self._script = script or ScriptConverter()
+        self._hotwords = hotwords
         self._open: _OpenSegment | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_final: asyncio.Task[None] | None = None
@@ -170,10 +177,10 @@ class ChannelTranscriber:
             return
         segment.last_partial_at, segment.last_partial_speech_end = self._clock(), speech_end
         prefix = segment.transcript.committed if self._partials.reuse_prefix else ()
-        request = LiveRequest(np.array(audio), partial=True, prefix=prefix)
+        request = Utterance(np.array(audio), self._hotwords, partial=True, prefix=prefix)
         self._partial_task = asyncio.create_task(self._partial(segment.transcript, request, self._received))
 
-    async def _partial(self, transcript: SegmentTranscript, request: LiveRequest, end_sample: int) -> None:
+    async def _partial(self, transcript: SegmentTranscript, request: Utterance, end_sample: int) -> None:
         key = (self.labels.call_id, self.channel)
         try:
             heard = await self._scheduler.submit(key, request, Priority.PARTIAL)
@@ -182,7 +189,8 @@ class ChannelTranscriber:
         except Exception:
             log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
             return
-        event = transcript.partial(heard.text, samples_to_ms(end_sample), heard.language, self._latency_ms(end_sample), heard.tokens)
+        text = self._script.convert(heard.text, heard.language)
+        event = transcript.partial(text, samples_to_ms(end_sample), heard.language, self._latency_ms(end_sample), heard.tokens)
         if event is not None:
             self._emit(event)
 
@@ -190,9 +198,11 @@ class ChannelTranscriber:
         prefix = transcript.committed if self._partials.final_prefix else ()
         try:
             hypothesis = await self._scheduler.submit(
-                (self.labels.call_id, self.channel, closed.seq), LiveRequest(np.array(closed.audio), prefix=prefix), Priority.FINAL
+                (self.labels.call_id, self.channel, closed.seq),
+                Utterance(np.array(closed.audio), self._hotwords, prefix=prefix),
+                Priority.FINAL,
             )
-            text, language = hypothesis.text, hypothesis.language
+            text, language = self._script.convert(hypothesis.text, hypothesis.language), hypothesis.language
         except Exception:
             log.exception("final transcription failed", extra={"call_id": self.labels.call_id})
             text, language = "", None

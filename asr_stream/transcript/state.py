@@ -9,10 +9,11 @@ closes. This module decides what of that reaches consumers:
 - the final carries the last revision + 1, is published exactly once, and anything that arrives
   for the segment after it (a partial that was still in flight) is dropped: finals never change;
 - `stable_prefix` (the partial event's `stable_text`) is the part of the text that two
-  consecutive hypotheses agree on: Whisper rewrites the tail of a growing utterance far more
-  often than its head, so an agent-assist UI shows the stable part as settled and the rest as
-  provisional. It is compared word by word, and character by character in Chinese, Japanese and
-  Korean script, which has no spaces (a Mandarin segment would otherwise be all or nothing);
+  consecutive hypotheses agree on, unit by unit: Whisper rewrites the tail of a growing utterance
+  far more often than its head, so an agent-assist UI shows the stable part as settled and the
+  rest as provisional. A unit is a space-separated word, except that every CJK character (Han,
+  kana, CJK punctuation) is a unit of its own: Chinese and Japanese are written without spaces, so
+  a whole Chinese sentence would otherwise be one "word" that any change anywhere makes unstable;
 - `committed` is the same agreement in model tokens (LocalAgreement-2, as whisper_streaming
   commits): the tokens two consecutive hypotheses share. The next partial request forces them as
   the decoder's prefix, so a partial costs only the steps of its new tail, and they never change
@@ -27,20 +28,19 @@ from dataclasses import dataclass, field
 
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 
-# One unit of agreement: a single CJK ideograph, kana or hangul syllable, or else a run of other
-# non-space characters (a word of a spaced language, or a number or Latin word inside CJK text).
-_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af\u3000-\u303f\uff00-\uffef"
+# One CJK character (CJK punctuation, kana, Han incl. extension A and compatibility ideographs,
+# full-width forms), or a run of anything else up to the next space or CJK character.
+_CJK = "\u3000-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uff00-\uffef"
 _UNIT = re.compile(f"[{_CJK}]|[^\\s{_CJK}]+")
 
 
 def text_units(text: str) -> list[str]:
-    """The units `agreed_prefix` compares: words, and single characters of CJK script."""
+    """The units `agreed_prefix` compares: words, and single CJK characters."""
     return _UNIT.findall(text)
 
 
 def agreed_prefix(previous: str, current: str) -> str:
-    """The longest run of leading units (words; single characters in CJK script) two hypotheses
-    share, as it appears in `current`."""
+    """The longest run of leading units (words; single CJK characters) two hypotheses share, as it appears in `current`."""
     end = 0
     for old, new in zip(_UNIT.finditer(previous), _UNIT.finditer(current), strict=False):
         if old.group() != new.group():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Device side of stage.sh: keep a carried part in /tmp/gpustage; once every part is there,
-# reassemble and install the wheels into /tmp/site (TensorRT-RTX too) and the speech into /tmp/speech,
+# reassemble and install the wheels into /tmp/site (TensorRT-RTX too, when staged) and the speech into /tmp/speech,
 # linked as ../shared/speech beside the repo copy, where the test suite's conftest looks for it.
 # Run from the repo root.
 set -euo pipefail
@@ -15,7 +15,7 @@ echo "stashed $(ls "$PART_DIR"/part-*): $HAVE of $COUNT parts"
 mkdir -p /tmp/gpustage/payload
 cat $(ls /tmp/gpustage/part-* | sort) | tar -xf - -C /tmp/gpustage/payload
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site /tmp/gpustage/payload/*.whl
-tar -xzf /tmp/gpustage/payload/tensorrt_rtx_pkg.tgz -C /tmp/site
+if [ -f /tmp/gpustage/payload/tensorrt_rtx_pkg.tgz ]; then tar -xzf /tmp/gpustage/payload/tensorrt_rtx_pkg.tgz -C /tmp/site; fi
 rm -rf /tmp/speech && cp -r /tmp/gpustage/payload/speech /tmp/speech
 mkdir -p ../shared && ln -sfn /tmp/speech ../shared/speech
 touch /tmp/site/.complete

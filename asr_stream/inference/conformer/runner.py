@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 
 from asr_stream.audio.features_nemo import batch_features, nemo_log_mel
-from asr_stream.inference.conformer.ctc import TimedToken, TimedWord, greedy_ctc, group_words
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.manifest import FEATURES_INPUT, GRAPH_FILE, LENGTH_INPUT, TOKENIZER_FILE, ConformerManifest
 from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
+from asr_stream.inference.ctc import TimedToken, TimedWord, greedy_ctc, group_words
 from asr_stream.inference.engine import Engine
+from asr_stream.inference.hotwords import ContextGraph, ctc_prefix_beam_search
 
 
 @dataclass(frozen=True)
@@ -69,17 +70,22 @@ class ConformerRunner:
     def sample_rate(self) -> int:
         return self.manifest.features.sample_rate
 
-    def transcribe_batch(self, audios: Sequence[np.ndarray]) -> list[ConformerTranscript]:
+    def transcribe_batch(self, audios: Sequence[np.ndarray], hotwords: ContextGraph | None = None) -> list[ConformerTranscript]:
         """Transcribe mono float32 waveforms at `sample_rate`, one result per waveform, in order,
-        in engine calls of at most `engine.max_batch` utterances."""
+        in engine calls of at most `engine.max_batch` utterances; `hotwords` switches from greedy
+        decoding to the hotword prefix beam search."""
         step = self.engine.max_batch
-        return [result for start in range(0, len(audios), step) for result in self._run(audios[start : start + step])]
+        return [result for start in range(0, len(audios), step) for result in self._run(audios[start : start + step], hotwords)]
 
-    def _run(self, audios: Sequence[np.ndarray]) -> list[ConformerTranscript]:
+    def _run(self, audios: Sequence[np.ndarray], hotwords: ContextGraph | None) -> list[ConformerTranscript]:
         features, lengths = batch_features([nemo_log_mel(audio, self.manifest.features) for audio in audios])
         log_probs = self.engine.run({FEATURES_INPUT: features, LENGTH_INPUT: lengths})[self._log_probs]
         frames = subsampled_lengths(lengths, self.manifest.subsampling_factor)
-        decoded = greedy_ctc(log_probs, frames, self.tokenizer.blank_id, self.manifest.frame_ms)
+        if hotwords is None:
+            decoded = greedy_ctc(log_probs, frames, self.tokenizer.blank_id, self.manifest.frame_ms)
+        else:
+            blank, frame_ms = self.tokenizer.blank_id, self.manifest.frame_ms
+            decoded = [ctc_prefix_beam_search(row[:length], blank, hotwords, frame_ms) for row, length in zip(log_probs, frames)]
         return [
             ConformerTranscript(
                 text=self.tokenizer.decode([t.token_id for t in tokens]),

@@ -33,6 +33,11 @@ class SentencePieceTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._processor.encode(text)
 
+    def spellings(self, term: str) -> list[list[int]]:
+        """The model's pieces for a hotword (one spelling), none if it needs the unknown piece."""
+        ids = self.encode(term)
+        return [] if not ids or self._processor.unk_id() in ids else [ids]
+
     def decode(self, ids: list[int]) -> str:
         """Text of a sequence of piece ids (blank must already be removed)."""
         return self._processor.decode(ids)

@@ -5,7 +5,11 @@ A backend supplies only per-step compute (`WhisperCompute`: encode a batch, pick
 out is here, once:
 
 - the prompt (`<|startoftranscript|>`, language and task for multilingual models,
-  `<|notimestamps|>` unless timestamps are wanted);
+  `<|notimestamps|>` unless timestamps are wanted), after `<|startofprev|>` and earlier text when
+  the decoder carries one (hotwords as Whisper's previous-text prompt, see whisper/prompt.py);
+- with earlier text, a no-speech gate: a window in which `<|nocaptions|>` is likelier than every
+  language token right after `<|startoftranscript|>` is decoded without the earlier text, because
+  a prompted Whisper writes the prompt's words into silence and noise;
 - `suppress_ids` on every step, `suppress_ids_begin` on the first sampled token, as additive masks
   the stepper adds to the logits (CTranslate2's rules: the tests hold us token-identical to it);
 - timestamp mode's per-row rules (`timestamp_rules.py`), which need each row's history;
@@ -24,9 +28,9 @@ decode many calls' windows as one batch.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -35,6 +39,7 @@ from asr_stream.inference.whisper.timestamp_rules import TimestampRules
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
 
 FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+_Window = TypeVar("_Window", "DecodedWindow", "DecodedWindow | None")
 COMPRESSION_RATIO_LIMIT = 2.4
 # Measured on tiny.en (NOTES.md): looping output exceeds 6 tokens/s + 10; stalled output stays
 # under 0.8 tokens/s.
@@ -175,8 +180,11 @@ class WhisperDecoder:
         suppress_ids: Sequence[int],
         suppress_ids_begin: Sequence[int],
         dims: WhisperDims,
+        previous_text: Sequence[int] = (),
     ) -> None:
+        """`previous_text`: prompt tokens placed before each window's prompt (none: Whisper as trained on a first window)."""
         self.compute = compute
+        self.previous_text = tuple(previous_text)
         self.tokenizer = tokenizer
         self.suppress_ids = tuple(suppress_ids)
         self.suppress_ids_begin = tuple(suppress_ids_begin)
@@ -191,11 +199,27 @@ class WhisperDecoder:
         self._after_prefix_mask[tokenizer.eot] = self._step_mask[tokenizer.eot]
         self._languages_only = np.full(dims.n_vocab, -np.inf, dtype=np.float32)
         self._languages_only[list(tokenizer.languages.values())] = 0.0
+        self._speech_or_not = self._languages_only.copy()
+        self._speech_or_not[tokenizer.no_speech] = 0.0
         self._timestamp_rules = TimestampRules(tokenizer)
 
     def on(self, compute: WhisperCompute) -> WhisperDecoder:
         """The same model's rules over another backend's compute."""
-        return WhisperDecoder(compute, self.tokenizer, self.suppress_ids, self.suppress_ids_begin, self.dims)
+        return WhisperDecoder(compute, self.tokenizer, self.suppress_ids, self.suppress_ids_begin, self.dims, self.previous_text)
+
+    def with_previous_text(self, previous_text: Sequence[int]) -> WhisperDecoder:
+        """The same model on the same compute, each window prompted with `previous_text` (token ids)."""
+        return WhisperDecoder(self.compute, self.tokenizer, self.suppress_ids, self.suppress_ids_begin, self.dims, previous_text)
+
+    def hears_speech(self, encoded: Encoded) -> list[bool]:
+        """Per row: whether some language token is likelier than `<|nocaptions|>` after `<|startoftranscript|>`.
+
+        Whisper's own no-speech signal (openai-whisper reads P(<|nocaptions|>) at that position),
+        as a comparison so that every backend's stepper can answer it with one greedy step.
+        """
+        prompts = np.full((encoded.rows, 1), self.tokenizer.sot, dtype=np.int64)
+        plan = DecodingPass(prompts, self._speech_or_not, self._speech_or_not, limit=1, eot=self.tokenizer.eot)
+        return [tokens[0] != self.tokenizer.no_speech for tokens in run_pass(self.compute, encoded, plan)]
 
     def detect_languages(self, encoded: Encoded) -> list[str]:
         """Most likely language token after <|startoftranscript|>, per row."""
@@ -265,14 +289,24 @@ class WhisperDecoder:
         looping window then costs a few dozen decoder steps, not the whole text context.
         `prefix`: forced tokens per row (see `plan`); a row's tokens are those after it.
         """
-        forced = _prefixes(prefix, len(languages))
-        limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1 - len(forced[0])
-        samples = self.sample(encoded, languages, timestamps, max_tokens=max(limit, 1), prefix=prefix)
-        windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
-        return [
-            None if self._broken(window, seconds, row_prefix) else window
-            for window, seconds, row_prefix in zip(windows, audio_seconds, forced)
-        ]
+
+        def greedy(
+            decoder: WhisperDecoder,
+            encoded: Encoded,
+            languages: Sequence[str],
+            audio_seconds: Sequence[float],
+            prefix: Sequence[Sequence[int]] | None,
+        ) -> list[DecodedWindow | None]:
+            forced = _prefixes(prefix, len(languages))
+            limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1 - len(forced[0])
+            samples = decoder.sample(encoded, languages, timestamps, max_tokens=max(limit, 1), prefix=prefix)
+            windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
+            return [
+                None if decoder._broken(window, seconds, row_prefix) else window
+                for window, seconds, row_prefix in zip(windows, audio_seconds, forced)
+            ]
+
+        return self._gated(encoded, languages, audio_seconds, prefix, greedy)
 
     def decode(
         self,
@@ -284,30 +318,72 @@ class WhisperDecoder:
         prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[DecodedWindow]:
         """Decode the rows of `encoded` in the given languages, with the loop guard (and a forced `prefix`, see `plan`)."""
-        rng = np.random.default_rng(seed)
-        forced = _prefixes(prefix, len(languages))
-        samples = self.sample(encoded, languages, timestamps, prefix=prefix)
-        results = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
-        retry = [row for row, window in enumerate(results) if self._broken(window, audio_seconds[row], forced[row])]
-        for temperature in FALLBACK_TEMPERATURES:
-            if not retry:
-                break
-            retry_languages = [languages[row] for row in retry]
-            retry_prefix = [forced[row] for row in retry] if prefix is not None else None
-            attempts = self.sample(self.compute.select(encoded, retry), retry_languages, timestamps, temperature, rng, prefix=retry_prefix)
-            still_broken = []
-            for row, tokens in zip(retry, attempts):
-                window = DecodedWindow(tokens, languages[row], temperature)
-                if self._broken(window, audio_seconds[row], forced[row]):
-                    still_broken.append(row)
-                else:
-                    results[row] = window
-            retry = still_broken
-        return results
+
+        def guarded(
+            decoder: WhisperDecoder,
+            encoded: Encoded,
+            languages: Sequence[str],
+            audio_seconds: Sequence[float],
+            prefix: Sequence[Sequence[int]] | None,
+        ) -> list[DecodedWindow]:
+            rng = np.random.default_rng(seed)
+            forced = _prefixes(prefix, len(languages))
+            samples = decoder.sample(encoded, languages, timestamps, prefix=prefix)
+            results = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
+            retry = [row for row, window in enumerate(results) if decoder._broken(window, audio_seconds[row], forced[row])]
+            for temperature in FALLBACK_TEMPERATURES:
+                if not retry:
+                    break
+                retry_languages = [languages[row] for row in retry]
+                retry_prefix = [forced[row] for row in retry] if prefix is not None else None
+                selected = decoder.compute.select(encoded, retry)
+                attempts = decoder.sample(selected, retry_languages, timestamps, temperature, rng, prefix=retry_prefix)
+                still_broken = []
+                for row, tokens in zip(retry, attempts):
+                    window = DecodedWindow(tokens, languages[row], temperature)
+                    if decoder._broken(window, audio_seconds[row], forced[row]):
+                        still_broken.append(row)
+                    else:
+                        results[row] = window
+                retry = still_broken
+            return results
+
+        return self._gated(encoded, languages, audio_seconds, prefix, guarded)
+
+    def _gated(
+        self,
+        encoded: Encoded,
+        languages: Sequence[str],
+        audio_seconds: Sequence[float],
+        prefix: Sequence[Sequence[int]] | None,
+        decode: Callable[[WhisperDecoder, Encoded, Sequence[str], Sequence[float], Sequence[Sequence[int]] | None], list[_Window]],
+    ) -> list[_Window]:
+        """`decode` with this decoder's earlier text on the rows that hear speech, without it on the others.
+
+        A prompted Whisper writes the prompt's terms into silence and noise; unprompted, such a
+        window gets what it would get with no hotwords at all. Dropping it instead was not an
+        option: the gate also closes on a few real, noisy utterances (1 of the 42 shared clips).
+        """
+        if not self.previous_text:
+            return decode(self, encoded, languages, audio_seconds, prefix)
+        heard = self.hears_speech(encoded)
+        if all(heard):
+            return decode(self, encoded, languages, audio_seconds, prefix)
+        results: dict[int, _Window] = {}
+        for decoder, rows in (
+            (self, [r for r, h in enumerate(heard) if h]),
+            (self.with_previous_text(()), [r for r, h in enumerate(heard) if not h]),
+        ):
+            if rows:
+                selected = self.compute.select(encoded, rows)
+                row_prefix = [prefix[r] for r in rows] if prefix is not None else None
+                results |= zip(rows, decode(decoder, selected, [languages[r] for r in rows], [audio_seconds[r] for r in rows], row_prefix))
+        return [results[row] for row in range(len(languages))]
 
     def _prompts(self, languages: Sequence[str], timestamps: bool) -> np.ndarray:
         language_of_prompt = [language if self.tokenizer.multilingual else None for language in languages]
-        return np.array([self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
+        earlier = [self.tokenizer.previous_text, *self.previous_text] if self.previous_text else []
+        return np.array([earlier + self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
 
     def _broken(self, window: DecodedWindow, audio_seconds: float, prefix: Sequence[int] = ()) -> bool:
         text = [*prefix, *window.tokens]

@@ -26,7 +26,7 @@ import numpy as np
 
 from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from asr_stream.inference.engine import Engine
-from asr_stream.inference.live import LiveRequest, LiveResult
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import PreparedModel, WhisperSpec
 from asr_stream.inference.whisper.decode import DecodedWindow, Encoded, WhisperCompute, WhisperDecoder
 from asr_stream.inference.whisper.engine_compute import EngineCompute
@@ -132,6 +132,12 @@ class WhisperRunner:
         )
         return cls.for_spec(prepared, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)
 
+    def prompted(self, previous_text: Sequence[int]) -> WhisperRunner:
+        """The same model on the same compute (sharing its lock), each window prompted with `previous_text` (hotwords)."""
+        runner = WhisperRunner(self.decoder.with_previous_text(previous_text), self.windows_s, self.margin_s, self.partial_windows_s)
+        runner._exclusive = self._exclusive
+        return runner
+
     def window_for(self, audio_seconds: float) -> int:
         """The smallest window (s) that holds `audio_seconds` plus the margin; the full window at most."""
         return next((window for window in self.windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
@@ -140,10 +146,10 @@ class WhisperRunner:
         """The window a live partial of `audio_seconds` is encoded in (see `partial_windows_s`)."""
         return next((window for window in self.partial_windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
 
-    def live_window_for(self, request: LiveRequest) -> int:
+    def live_window_for(self, request: Utterance) -> int:
         return self.partial_window_for(request.seconds) if request.partial else self.window_for(request.seconds)
 
-    def transcribe_live(self, requests: Sequence[LiveRequest], language: str | None = None) -> list[LiveResult]:
+    def transcribe_live(self, requests: Sequence[Utterance], language: str | None = None) -> list[LiveResult]:
         """Partials and finals of live segments (inference/live.py): windows by kind, forced prefixes honoured.
 
         Rows are decoded in groups of one kind and one prefix length (a pass's prompts are one
@@ -164,7 +170,7 @@ class WhisperRunner:
                 results.update(zip(rows, decoded))
         return [results[i] for i in range(len(requests))]
 
-    def _live_round(self, requests: list[LiveRequest], language: str | None) -> list[LiveResult]:
+    def _live_round(self, requests: list[Utterance], language: str | None) -> list[LiveResult]:
         audios = [np.asarray(request.audio, dtype=np.float32) for request in requests]
         seconds = [request.seconds for request in requests]
         window_s = max(self.live_window_for(request) for request in requests)

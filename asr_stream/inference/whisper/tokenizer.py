@@ -25,6 +25,7 @@ class WhisperTokenizer:
         self.translate = self._special("<|translate|>")
         self.no_speech = self._special("<|nocaptions|>")
         self.no_timestamps = self._special("<|notimestamps|>")
+        self.previous_text = self._special("<|startofprev|>")  # opens a prompt of earlier text (hotwords)
         self.timestamp_begin = self.no_timestamps + 1
         # Language tokens sit between <|startoftranscript|> and <|translate|>, in Whisper's order.
         self.languages: dict[str, int] = {}
@@ -65,6 +66,10 @@ class WhisperTokenizer:
         if not timestamps:
             prompt.append(self.no_timestamps)
         return prompt
+
+    def encode(self, text: str) -> list[int]:
+        """Text tokens of `text` (no special tokens), as Whisper's byte-level BPE splits it."""
+        return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def decode(self, token_ids: list[int]) -> str:
         """Text of the text tokens only (special and timestamp tokens dropped)."""

@@ -1,20 +1,21 @@
-"""Greedy CTC decoding with token and word timestamps.
+"""Greedy CTC decoding with token and word timestamps, for every CTC model family (Conformer, SenseVoice).
 
-Greedy (best path) decoding is what NeMo's CTC models use by default: per frame argmax, collapse
-repeats, drop the blank. Written with numpy because it is a few vectorised lines per utterance; a
-beam-search library would add a dependency for no gain without a language model.
+Greedy (best path) decoding is what NeMo's CTC models and FunASR's SenseVoice runtime use by
+default: per frame argmax, collapse repeats, drop the blank. Written with numpy because it is a
+few vectorised lines per utterance; a beam-search library would add a dependency for no gain
+without a language model (hotwords have their own prefix beam search, `hotwords.py`).
 
 Times are milliseconds from the start of the utterance's audio: a model frame after subsampling
-covers `frame_ms` (subsampling factor x feature hop, 40 ms for NeMo Conformer x4, 80 ms for x8).
+covers `frame_ms` (subsampling factor x feature hop, 40 ms for NeMo Conformer x4, 80 ms for x8,
+60 ms for FunASR's LFR frames).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-
-from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,15 @@ def greedy_ctc(log_probs: np.ndarray, lengths: np.ndarray, blank_id: int, frame_
     return decoded
 
 
-def group_words(tokens: list[TimedToken], tokenizer: SentencePieceTokenizer) -> list[TimedWord]:
+class WordPieces(Protocol):
+    """A vocabulary that marks the pieces that open a word (SentencePiece's U+2581)."""
+
+    def starts_word(self, token_id: int) -> bool: ...
+
+    def decode(self, ids: list[int]) -> str: ...
+
+
+def group_words(tokens: list[TimedToken], tokenizer: WordPieces) -> list[TimedWord]:
     """Join tokens into words at SentencePiece word boundaries (pieces that start with U+2581)."""
     groups: list[list[TimedToken]] = []
     for token in tokens:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 from test_conformer_tokenizer import train_tokenizer
 
-from asr_stream.inference.conformer.ctc import TimedToken, greedy_ctc, group_words
 from asr_stream.inference.conformer.tokenizer import SentencePieceTokenizer
+from asr_stream.inference.ctc import TimedToken, greedy_ctc, group_words
 
 BLANK = 5
 
