@@ -115,3 +115,21 @@ def test_a_batch_of_partials_and_finals_with_different_prefixes_answers_each_as_
 def test_a_prefix_must_be_text_tokens(live: WhisperRunner, clips) -> None:
     with pytest.raises(ValueError, match="text tokens"):
         live.transcribe_live([Utterance(clips[0][: 2 * RATE], partial=True, prefix=(live.tokenizer.eot,))], language="en")
+
+
+def test_the_torch_backend_forces_a_prefix_token_for_token_like_onnxruntime(live: WhisperRunner, clips) -> None:
+    """The prefix rides in the prompt every backend prefills: the torch stepper (here on the CPU, fp32,
+    no CUDA graphs, as tests/test_torch_backend.py runs it) must give ONNX Runtime's tokens."""
+    torch = pytest.importorskip("torch", reason="the torch backend needs torch")
+    from asr_stream.inference.torch_backend import TorchWhisperCompute
+
+    spec, compute = TorchWhisperCompute.from_packages("whisper-tiny.en", (1, 4), device="cpu", dtype=torch.float32, cuda_graphs=False)
+    on_torch = WhisperRunner.for_spec(spec, compute, live.windows_s, live.margin_s, partial_windows_s=live.partial_windows_s)
+    requests = []
+    for audio in clips:
+        free = live.transcribe_live([Utterance(audio[: 4 * RATE], partial=True)], language="en")[0]
+        if len(free.tokens) > 3:  # previews the loop guard kept
+            requests.append(Utterance(audio[: 4 * RATE], partial=True, prefix=free.tokens[: len(free.tokens) - 2]))
+    assert len(requests) >= 3
+    expected = [live.transcribe_live([request], language="en")[0].tokens for request in requests]
+    assert [on_torch.transcribe_live([request], language="en")[0].tokens for request in requests] == expected
