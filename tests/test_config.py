@@ -128,6 +128,11 @@ def test_vad_section_reaches_the_segmenter(tmp_path):
         ('http: {listen: "0.0.0.0:8080"}\n', "http: no http.auth_token is set"),
         ("http: {require_auth: true}\n", "http: no http.auth_token is set"),
         ('kafka: {embedded: true, bootstrap_servers: "kafka.example:9092"}\n', "kafka: embedded: true starts a local broker"),
+        ("kafka: {delivery_timeout_ms: 200}\n", "kafka: delivery_timeout_ms must be at least request_timeout_ms"),
+        # Once accepted by `check`, then a traceback from bind() in `serve`, or every call failing:
+        ('http: {listen: "127.0.0.1:99999"}\n', "http.listen: port 99999 is above 65535"),
+        ('sip: {listen: "127.0.0.1:70000"}\n', "sip.listen: port 70000 is above 65535"),
+        ("rtp: {bind: rtp-host}\n", "rtp.bind: 'rtp-host' is not an IP address"),
     ],
 )
 def test_config_check_refuses_what_serve_would_refuse(tmp_path, text, expected):

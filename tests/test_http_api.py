@@ -230,3 +230,66 @@ async def test_a_stalled_reader_is_dropped_without_slowing_publish() -> None:
                     pytest.fail("the stalled client's handler never returned")
         finally:
             writer.close()
+
+
+async def raw_request(base: str, request: bytes) -> bytes:
+    """Send `request` as is on a fresh connection; the first line of the answer."""
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await asyncio.wait_for(reader.readline(), 5)
+    finally:
+        writer.close()
+
+
+OVERSIZED = {
+    "request line": b"GET /" + b"a" * 20_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+    "header": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Fuzz: " + b"b" * 20_000 + b"\r\n\r\n",
+}
+
+
+def server_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [record for record in caplog.records if record.name == "aiohttp.server"]
+
+
+@pytest.mark.parametrize("what", OVERSIZED)
+async def test_an_oversized_request_is_one_warning_line_without_traceback(caplog: pytest.LogCaptureFixture, what: str) -> None:
+    """Issue 11: answered 400 but logged at ERROR with a traceback quoting the whole line."""
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    async with serving(LiveFeedHub()) as base:
+        assert (await raw_request(base, OVERSIZED[what])).startswith(b"HTTP/1.0 400 ")
+    [line] = server_lines(caplog)
+    assert line.levelno == logging.WARNING and not line.exc_info and line.exc_text is None
+    assert line.getMessage().startswith("bad HTTP request from 127.0.0.1 answered 400: ")
+    assert "\n" not in line.getMessage() and len(line.getMessage()) < 400
+
+
+async def test_a_flood_of_bad_requests_from_one_address_is_one_line(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    async with serving(LiveFeedHub()) as base:
+        answers = [await raw_request(base, OVERSIZED["header"]) for _ in range(40)]
+    assert all(answer.startswith(b"HTTP/1.0 400 ") for answer in answers)
+    assert len(server_lines(caplog)) == 1
+
+
+async def test_a_failing_handler_is_still_an_error_with_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
+    """Only the client's malformed requests are tamed: a bug on our side keeps its traceback."""
+
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    app = create_app(LiveFeedHub(), CollectorRegistry(), {}, HttpSettings(auth_token=TOKEN))
+
+    async def failing(request: aiohttp.web.Request) -> aiohttp.web.Response:
+        raise RuntimeError("a bug in a handler")
+
+    app.router.add_get("/fail", failing)
+    runner = await start_server(app, "127.0.0.1", 0)
+    host, port = runner.addresses[0][:2]
+    try:
+        async with aiohttp.ClientSession() as http, http.get(f"http://{host}:{port}/fail", headers=bearer()) as failed:
+            assert failed.status == 500
+    finally:
+        await runner.cleanup()
+    [line] = server_lines(caplog)
+    assert line.levelno == logging.ERROR and line.exc_info is not None and "a bug in a handler" in str(line.exc_info[1])

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
+from kafka.errors import KafkaTimeoutError
+from kafka.producer.future import FutureProduceResult, FutureRecordMetadata
 from kafka_fixtures import consume_all, durable_kafka_broker, kafka_broker, topic_name  # noqa: F401
 
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
+from asr_stream.sinks.in_doubt import SpoolHeadSent
 from asr_stream.sinks.kafka import PARTIALS_HIGH_WATER, KafkaSettings, KafkaSink
 from asr_stream.sinks.spool import Spool
 from asr_stream.transcript.events import (
@@ -286,3 +289,94 @@ async def test_full_spool_keeps_room_for_finals_and_drops_what_does_not_fit(tmp_
             assert used_before < PARTIALS_HIGH_WATER * 5000, "a partial was spooled above the high-water mark"
         used_before += 12 + len(record.key) + len(record.value)
     assert used_before >= PARTIALS_HIGH_WATER * 5000, "finals must be able to use the room kept for them"
+
+
+async def test_a_batch_in_flight_through_a_broker_freeze_is_delivered_once(
+    kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
+) -> None:
+    """Issue 11: the broker freezes (SIGSTOP) with a batch on its socket, longer than the delivery
+    timeout, so the sink spools it; then it thaws and writes that batch after all. The spooled copy
+    must not be published a second time: the producer retries the batch with its original producer
+    id and sequence numbers, and the broker drops whichever copy comes second (idempotence).
+    """
+    published = interleaved(calls=3, segments=6)  # 3 x 20 events
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    half = len(published) // 2
+    for event in published[:half]:
+        sink.publish(event)
+    await wait_for(lambda: sink.delivered == half, 20, "the first half to be delivered")
+    assert sink.idempotent
+    kafka_broker.freeze()
+    try:
+        for event in published[half:]:
+            sink.publish(event)
+        # A request already read when the broker stopped may still be acknowledged; the rest is spooled.
+        await wait_for(lambda: sink.delivered + sink.spooled >= len(published), 20, "the unacknowledged batch to be spooled")
+        await asyncio.sleep(1.0)  # frozen well past the delivery timeout
+    finally:
+        kafka_broker.thaw()
+    await wait_for(lambda: sink.spool_size == 0, 30, "the spool to drain")
+    await sink.close(timeout_s=10)
+    assert sink.failed > 0, "no send was ever in doubt: the freeze came too late"
+    assert (sink.delivered, sink.dropped) == (len(published), 0)
+    assert_delivered_once_in_order(consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published)), published)
+
+
+async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_that_batch(
+    kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
+) -> None:
+    """What remains duplicable (docs/events.md, case 2): the sink stops while the frozen broker still
+    holds a batch unanswered. The stop is prompt, nothing is lost, and when the broker thaws and a
+    new sink replays the spool, only that batch can appear twice (a new producer id)."""
+    published = interleaved(calls=3, segments=6)
+    first, in_flight, later = published[:20], published[20:40], published[40:]
+    sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    sink.start()
+    for event in first:
+        sink.publish(event)
+    await wait_for(lambda: sink.delivered == len(first), 20, "the first events to be delivered")
+    kafka_broker.freeze()
+    try:
+        for event in in_flight:
+            sink.publish(event)
+        await wait_for(lambda: sink.delivered + sink.spooled >= len(first) + len(in_flight), 20, "the batch in doubt to be spooled")
+        for event in later:
+            sink.publish(event)
+        await wait_for(lambda: sink.delivered + sink.spooled >= len(published), 20, "later events to be spooled behind it")
+        started = time.monotonic()
+        await sink.close(timeout_s=1)
+        assert time.monotonic() - started < 5, "a stop must not wait for the frozen broker"
+        assert sink.spool_size > len(later) and sink.delivered + sink.spool_size == len(published)
+    finally:
+        kafka_broker.thaw()
+    successor = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))
+    successor.start()
+    await wait_for(lambda: successor.spool_size == 0, 30, "the successor to replay the spool")
+    await successor.close(timeout_s=10)
+    records = consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published))
+    values = [record.value for record in records]
+    repeated = {value for value in values if values.count(value) > 1}
+    assert repeated <= {event.to_json() for event in in_flight}, "only the batch in doubt may be repeated"
+    assert_delivered_once_in_order(records, published, in_doubt=len(in_flight))
+
+
+def test_which_spooled_records_in_doubt_the_replay_skips() -> None:
+    """Written records are skipped unless an earlier record of the same call must be sent again;
+    a 'duplicate' answer without an offset counts only once found in the log."""
+    partition = TopicPartition("t", 0)
+
+    def answered(base_offset: int | None) -> FutureRecordMetadata:
+        produce = FutureProduceResult(partition)
+        future = FutureRecordMetadata(produce, 0, 0, None, 1, 1, -1)
+        if base_offset is not None:
+            produce.success((base_offset, -1, None))
+        return future
+
+    pending = answered(None)
+    head = SpoolHeadSent([b"a", b"b", b"a", b"b", b"c", b"c"], [True, False, answered(7), True, answered(-1), pending])
+    assert not head.settled()
+    pending.failure(KafkaTimeoutError("expired"))
+    assert head.settled() and head.unconfirmed() == {4: partition}
+    assert head.delivered(confirmed=set()) == {0, 2}  # b's later record waits for b's resend; c's 'duplicate' was not found
+    assert head.delivered(confirmed={4}) == {0, 2, 4}

@@ -200,6 +200,19 @@ def test_an_abandoned_call_and_a_call_without_rules() -> None:
     assert (draft["category"], draft["category_label"], draft["matched_terms"], draft["language"]) == (None, None, [], None)
 
 
+def test_a_call_the_daemon_lost_is_drafted_incomplete_even_with_every_final() -> None:
+    """The daemon died mid-call and its next start published call.ended (lost), counting the finals
+    that survived: the draft is made at once (not after the abandon time) and marked incomplete."""
+    script = CallScript("crashed@x")
+    finals = [script.final("caller", "我家停水了", 1000, 2500), script.final("caller", "三天了", 3000, 4200)]
+    lost = script.ended(duration_ms=4200, reason=EndReason.LOST)
+    events = [decode_record(event.to_json()) for event in (script.started(), *finals, lost)]  # as the consumer reads them
+    [closed] = feed(new_partition(), events)
+    draft = build_draft(closed, RULES)
+    jsonschema.validate(draft, load_draft_schema())
+    assert (draft["end_reason"], draft["complete"], len(draft["transcript"]), draft["category"]) == ("lost", False, 2, "water")
+
+
 def test_the_draft_schema_knows_every_end_reason() -> None:
     enum = load_draft_schema()["properties"]["end_reason"]["enum"]
     assert set(enum) == {str(reason) for reason in EndReason} | {"abandoned"}

@@ -21,6 +21,7 @@ config file and take per-deployment addresses and secrets from its environment.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 import os
 from collections.abc import Mapping
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from asr_stream.app.http_api import HttpSettings, is_loopback
 from asr_stream.audio.segmenter import SegmenterConfig
@@ -49,7 +50,32 @@ from asr_stream.transcript.script import ChineseScript
 
 ENV_PREFIX = "ASR_STREAM__"
 
-HostPort = Annotated[str, Field(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$", description="host:port")]
+
+def split_hostport(value: str) -> tuple[str, int]:
+    """'127.0.0.1:5060' -> ('127.0.0.1', 5060); '[::1]:5060' -> ('::1', 5060)."""
+    host, _, port = value.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _port_in_range(value: str) -> str:
+    # The pattern allows five digits; bind() would refuse 65536 and up only at start, with a traceback.
+    if split_hostport(value)[1] > 65535:
+        raise ValueError(f"port {split_hostport(value)[1]} is above 65535")
+    return value
+
+
+def _ip_address(value: str) -> str:
+    # Receivers bind per call: a typo here would only show as every call failing.
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an IP address") from None
+    return value
+
+
+HostPort = Annotated[
+    str, Field(pattern=r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.\-]+):[0-9]{1,5}$", description="host:port"), AfterValidator(_port_in_range)
+]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Positive = Annotated[float, Field(gt=0)]
 ListName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$", description="what X-ASR-Hotwords names")]
@@ -78,12 +104,6 @@ class _Section(BaseModel):
         # In the same validation pass as the field checks, so `config check` lists every problem at once.
         self.build()
         return self
-
-
-def split_hostport(value: str) -> tuple[str, int]:
-    """'127.0.0.1:5060' -> ('127.0.0.1', 5060); '[::1]:5060' -> ('::1', 5060)."""
-    host, _, port = value.rpartition(":")
-    return host.strip("[]"), int(port)
 
 
 # -- sections ------------------------------------------------------------------------------------
@@ -181,7 +201,7 @@ class SipSection(_Section):
 
 class RtpSection(_Section):
     port_range: tuple[Port, Port] = (IngestConfig.rtp_port_min, IngestConfig.rtp_port_max)
-    bind: str = IngestConfig.rtp_host
+    bind: Annotated[str, AfterValidator(_ip_address)] = IngestConfig.rtp_host
     latching: bool = Field(default=IngestConfig.latching is Latching.FIRST, description="send to where RTP comes from (NAT)")
     timeout_s: Positive = IngestConfig.rtp_timeout_s
     playout_delay_ms: Annotated[int, Field(ge=0, le=1000)] = round(IngestConfig.playout_delay_s * 1000)
@@ -226,7 +246,16 @@ class KafkaSection(_Section):
     bootstrap_servers: Annotated[str, Field(min_length=1)] = "127.0.0.1:9092"
     topic: Annotated[str, Field(pattern=r"^[A-Za-z0-9._\-]{1,249}$")] = KafkaSettings.topic
     partitions: Annotated[int, Field(ge=1)] = Field(default=KafkaSettings.partitions, description="used when the daemon creates the topic")
-    spool_dir: str = str(KafkaSettings.spool_dir)
+    spool_dir: str = Field(default=str(KafkaSettings.spool_dir), description="the spool and the open-calls journal (docs/operations.md)")
+    spool_max_bytes: Annotated[int, Field(ge=2**20)] = KafkaSettings.spool_max_bytes
+    request_timeout_ms: Annotated[int, Field(ge=100)] = KafkaSettings.request_timeout_ms
+    delivery_timeout_ms: Annotated[int, Field(ge=100)] = Field(
+        default=KafkaSettings.delivery_timeout_ms, description="how long a batch may wait for its acknowledgement before it is spooled"
+    )
+    in_doubt_retry_ms: Annotated[int, Field(ge=100)] = Field(
+        default=KafkaSettings.in_doubt_retry_ms,
+        description="how long the producer retries a spooled batch in doubt with its original sequence numbers (written once)",
+    )
     embedded: bool = Field(default=False, description="start the bundled Tansu broker on bootstrap_servers (local demo)")
     security: dict[str, Any] = Field(default_factory=dict, description="passed to kafka-python as is (security_protocol, sasl_*, ssl_*)")
 
@@ -243,6 +272,10 @@ class KafkaSection(_Section):
             topic=self.topic,
             partitions=self.partitions,
             spool_dir=Path(self.spool_dir),
+            spool_max_bytes=self.spool_max_bytes,
+            request_timeout_ms=self.request_timeout_ms,
+            delivery_timeout_ms=self.delivery_timeout_ms,
+            in_doubt_retry_ms=self.in_doubt_retry_ms,
             security=self.security,
         )
 

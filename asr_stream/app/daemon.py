@@ -13,6 +13,10 @@ fails, unwinds what it had started. `stop()` unwinds the same stack in reverse: 
 (503) and hang up every call, let the calls finish their finals up to the deadline and cancel the
 rest (each still gets its `call.ended`), stop the scheduler, flush Kafka (what is not acknowledged
 stays in the spool for the next start), close HTTP.
+
+A daemon that is killed cannot end its calls, so the Kafka sink keeps a journal of the calls
+consumers have seen start and not end (sinks/journal.py); the next start publishes their
+`call.ended` with reason `lost` before it admits a call.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.whip_routes import whip_routes
 from asr_stream.audio.vad_batch import BatchedVad
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.errors import OperatorError
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.scheduler import BatchScheduler
 from asr_stream.ingest.telephony import ChannelAudio, TelephonyIngest
 from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted
 from asr_stream.ingest.webrtc.session import WhipIngest
+from asr_stream.sinks.journal import JOURNAL_NAME, OpenCallJournal
 from asr_stream.sinks.kafka import KafkaSink
 from asr_stream.sinks.livefeed import LiveFeedHub
 from asr_stream.transcript import events
@@ -74,6 +80,7 @@ class Daemon:
         self._stopping = False
         self._stopped = asyncio.Event()
         self._deadline = 0.0
+        self._refusals = ThrottledLog(log)  # a retry storm while saturated must not flood the log
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -83,9 +90,7 @@ class Daemon:
         self.model = await asyncio.to_thread(self._load_model)
         async with contextlib.AsyncExitStack() as stack:
             await self._start_http(stack)
-            self.kafka = KafkaSink(self.config.components.kafka)
-            self.kafka.start()
-            stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
+            self._start_kafka(stack)
             await self._start_scheduler(stack)
             await self._start_vad(stack)
             stack.push_async_callback(lambda: self.calls.drain(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))
@@ -147,6 +152,24 @@ class Daemon:
         stack.push_async_callback(runner.cleanup)
         stack.callback(self.hub.close)
         self.metrics.watch_livefeed(self.hub)
+
+    def _start_kafka(self, stack: contextlib.AsyncExitStack) -> None:
+        """The Kafka sink with its journal of open calls; a call a crash left open gets its call.ended (lost)."""
+        settings = self.config.components.kafka
+        journal = OpenCallJournal(settings.spool_dir / JOURNAL_NAME)
+        left_open = journal.open()
+        stack.callback(journal.close)  # after the sink has stopped writing to it
+        self.kafka = KafkaSink(settings, ledger=journal)
+        self.kafka.start()
+        stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
+        if left_open:
+            log.warning(
+                "%d calls were left open by the previous run (killed or crashed), e.g. %s: publishing their call.ended, reason lost",
+                len(left_open),
+                ", ".join(clip(call.call_id, 60) for call in left_open[:3]),
+            )
+        for call in left_open:
+            self.publish(call.lost())
 
     def _load_model(self) -> LoadedModel:
         settings = self.config.settings
@@ -218,7 +241,7 @@ class Daemon:
         """Refuse new calls until started, while stopping, or while the scheduler predicts missed deadlines."""
         if not self._accepting or (self.scheduler is not None and self.scheduler.saturated):
             why = "saturated" if self._accepting else "not serving (starting or shutting down)"
-            log.warning("refusing call %s: %s", call.call_id[:64], why)
+            self._refusals.warning((call.peer[0], why), "refusing call %s from %s: %s", clip(call.call_id), call.peer[0], why)
             return self.config.settings.sip.retry_after_s
         return None
 

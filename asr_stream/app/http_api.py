@@ -18,6 +18,11 @@ http.listen is loopback; `require_auth` overrides). The token comes in an `Autho
 header, or as `?token=` because browsers' WebSocket API cannot set headers. The probes and
 /metrics stay open for kubelet and Prometheus; they carry no transcript content. Tokens are
 compared in constant time and never logged: the access log writes paths without query strings.
+
+Logs: a request aiohttp cannot parse (a request line or header over 8,190 bytes, bytes that are
+not HTTP) is answered 400 and written as one WARNING line without traceback, at most once per
+client address every 10 s with a count of the rest (`BadRequestLog`); a handler that fails is
+still an ERROR with its traceback.
 """
 
 from __future__ import annotations
@@ -33,8 +38,10 @@ from importlib import resources
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.sinks.livefeed import LiveFeedHub, SubscriberTooSlow, Subscription
 
 log = logging.getLogger(__name__)
@@ -221,9 +228,38 @@ class PathOnlyAccessLog(AbstractAccessLogger):
         self.logger.info("%s %s %s %d %.1f ms", request.remote, request.method, request.path, response.status, time * 1000)
 
 
+class BadRequestLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server logger for one listener, with the client's malformed requests tamed.
+
+    aiohttp answers a request it cannot parse with 400 and logs it through
+    `RequestHandler.handle_error` as "Error handling request from <address>" at ERROR with a
+    traceback, the whole oversized line quoted in the exception text: a scanner or fuzzer then
+    writes thousands of tracebacks. Such a request is the client's mistake (an
+    `HttpProcessingError` with a 4xx code), so it becomes one WARNING line, without traceback,
+    with the exception text clipped, throttled per client address. Anything else aiohttp logs
+    (a handler that raised: 500) passes through unchanged. An adapter handed to aiohttp's
+    `logger` option rather than a filter on the shared `aiohttp.server` logger, so each server
+    has its own throttle and nothing global is touched.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._throttled = ThrottledLog(self.logger)
+
+    def log(self, level: int, msg: object, *args: object, exc_info: object = None, **kwargs: object) -> None:
+        if level >= logging.WARNING and isinstance(exc_info, HttpProcessingError) and 400 <= exc_info.code < 500:
+            client = str(args[0]) if args else "unknown"  # aiohttp's message is "... from %s" % request.remote
+            reason = exc_info.message.strip().splitlines()[0] if exc_info.message.strip() else type(exc_info).__name__
+            self._throttled.warning(
+                ("bad request", client), "bad HTTP request from %s answered %d: %s", clip(client), exc_info.code, clip(reason)
+            )
+            return
+        super().log(level, msg, *args, exc_info=exc_info, **kwargs)  # type: ignore[arg-type]
+
+
 async def start_server(app: web.Application, host: str, port: int) -> web.AppRunner:
     """Serve `app` on host:port; cleanup() the returned runner to stop."""
-    runner = web.AppRunner(app, access_log_class=PathOnlyAccessLog)
+    runner = web.AppRunner(app, access_log_class=PathOnlyAccessLog, logger=BadRequestLog())
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner

@@ -122,11 +122,30 @@ class LocalBroker:
         self.stop()
         raise BrokerStartError(f"Tansu did not accept connections on {url} within {timeout_s} s")
 
+    def freeze(self, timeout_s: float = 2.0) -> None:
+        """SIGSTOP: the broker keeps its connections but answers nothing (a GC pause, a stuck disk).
+
+        Returns once the kernel reports the process stopped (Linux /proc), since a signal to a
+        busy multi-threaded process takes effect a little later than it is sent.
+        """
+        assert self._process is not None, "start() first"
+        self._process.send_signal(signal.SIGSTOP)
+        status = Path(f"/proc/{self._process.pid}/stat")
+        deadline = time.monotonic() + timeout_s
+        while status.exists() and status.read_text().rpartition(")")[2].split()[0] != "T" and time.monotonic() < deadline:
+            time.sleep(0.001)
+
+    def thaw(self) -> None:
+        """SIGCONT: the broker reads what queued up on its sockets meanwhile and carries on."""
+        assert self._process is not None, "start() first"
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM (Tansu shuts down in about 2 s), then SIGKILL once the deadline passes."""
         process, self._process = self._process, None
         log_file, self._log = self._log, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a frozen broker could not act on SIGTERM
             process.send_signal(signal.SIGTERM)
             try:
                 process.wait(timeout=timeout_s)

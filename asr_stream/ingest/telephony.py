@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.ingest.resample import StreamResampler
 from asr_stream.ingest.types import (
     SAMPLE_RATE,
@@ -168,6 +169,7 @@ class TelephonyIngest:
         self._ports = PortAllocator(config.rtp_host, config.rtp_port_min, config.rtp_port_max)
         self._server = SipServer(self, config.sip)
         self._calls: dict[str, _CallState] = {}
+        self._refusals = ThrottledLog(log)  # one line per source every 10 s while ports are out
         self._events: asyncio.Queue[IngestEvent | None] = asyncio.Queue(config.max_pending_events)  # None: stopped
 
     @property
@@ -214,7 +216,9 @@ class TelephonyIngest:
         except PortsExhausted as error:
             for opened in channels:
                 opened.receiver.close()
-            log.warning("call %s refused: %s", call.call_id, error)
+            self._refusals.warning(
+                call.signalling_peer[0], "call %s from %s refused: %s", clip(call.call_id), call.signalling_peer[0], error
+            )
             raise SipReject(503, "Service Unavailable", self.config.sip.retry_after_s) from error
         watchers = [asyncio.create_task(self._watch(call.call_id, audio)) for audio in channels]
         self._calls[call.call_id] = _CallState(call, tuple(channels), watchers)

@@ -31,6 +31,7 @@ class EndReason(StrEnum):
     MEDIA_TIMEOUT = "media_timeout"  # no audio for longer than the configured timeout
     SHUTDOWN = "shutdown"  # the daemon stopped while the call was up
     ERROR = "error"  # the call could not be processed further
+    LOST = "lost"  # the daemon died while the call was up (killed, crashed); its next start says so
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ TELEPHONE_EVENT = "telephone-event"  # RFC 4733 DTMF, same clock as the audio co
 class AudioDecoder(Protocol):
     """RTP payload -> int16 mono PCM at `clock_rate` (the RTP timestamp rate)."""
 
-    clock_rate: int
+    @property
+    def clock_rate(self) -> int: ...
 
     def sample_count(self, payload: bytes) -> int:
         """Duration of the payload in samples, known before decoding (to place it on the timeline)."""

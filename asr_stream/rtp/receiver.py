@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import functools
 import itertools
 import logging
+import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,8 +137,12 @@ class RtpReceiver:
         try:
             receiver = cls(allocator, ports, config)
             loop = asyncio.get_running_loop()
-            for sock, handler in ((ports.rtp, receiver._on_rtp), (ports.rtcp, receiver._on_rtcp)):
-                transport, _ = await loop.create_datagram_endpoint(lambda h=handler: _Datagrams(h), sock=sock)
+            handlers: tuple[tuple[socket.socket, Callable[[bytes, tuple[Any, ...]], None]], ...] = (
+                (ports.rtp, receiver._on_rtp),
+                (ports.rtcp, receiver._on_rtcp),
+            )
+            for sock, handler in handlers:
+                transport, _ = await loop.create_datagram_endpoint(functools.partial(_Datagrams, handler), sock=sock)
                 receiver._transports.append(transport)
         except BaseException:
             allocator.release(ports)

@@ -4,32 +4,51 @@ Guarantees, per call (record key = call_id, so a call's events share a partition
   * order: a call's events reach the topic in the order `publish` saw them;
   * at-least-once: an event leaves our custody only when the broker acknowledged it
     (acks=all); anything unacknowledged goes to the on-disk spool and is replayed, oldest
-    first, before any newer event is sent. Duplicates are possible only around a failure
-    (an acknowledgement lost in flight); consumers upsert by (segment_id, revision).
+    first, before any newer event is sent. Consumers upsert by (segment_id, revision).
 
 Threading: kafka-python is blocking, so a single "kafka-sink" thread owns the producer and the
 spool. `publish` only serialises the event and puts it on a bounded in-memory queue; the
 asyncio loop never waits on the network or the disk. The thread sends what has queued up as
 one batch and waits for its acknowledgements before sending the next (group commit): at most
 one batch is ever in doubt, which is what makes the spool-ordering rule simple.
+
+A batch in doubt (sent, not acknowledged when the sink stops waiting: the broker froze or died
+after reading it) is spooled, since only the spool survives a crash. With the idempotent
+producer it is also left in the producer, which keeps retrying it with its original producer id
+and sequence numbers (up to `in_doubt_retry_ms`); the broker keeps one copy of a sequence number
+(Kafka's idempotence), so whether the stale request or the retry lands first, the batch is
+written once. The spool is not replayed until the producer knows; what it acknowledged is then
+skipped, after a look at the log where the broker's answer leaves a doubt (sinks/in_doubt.py).
+What remains duplicable is
+written down in docs/events.md: a batch in doubt when the daemon itself stops or crashes, or when
+the broker stays away longer than `in_doubt_retry_ms` (a replay is a new producer id, which the
+broker cannot match to the old copy).
+
+Durability hook: a `DeliveryLedger` (the open-calls journal, sinks/journal.py) hears of events
+on this thread just before they can reach the broker or the spool, and again once each is
+acknowledged or spooled, the moment from which a crash can no longer lose it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from kafka.producer.future import FutureRecordMetadata
 
+from asr_stream.common.throttled_log import ThrottledLog, clip
+from asr_stream.sinks.in_doubt import Outcome, SpoolHeadSent, find_in_log
 from asr_stream.sinks.spool import Spool, SpoolFull, SpoolRecord
 from asr_stream.transcript.events import SegmentPartial, TranscriptEvent
 
@@ -76,6 +95,11 @@ class KafkaSettings:
     spool_max_bytes: int = 256 * 2**20
     request_timeout_ms: int = 5_000
     delivery_timeout_ms: int = 15_000  # how long a send may retry before its event is spooled
+    # How long the idempotent producer keeps retrying a spooled batch in doubt with its original
+    # sequence numbers (so the broker writes it once) before the spool is replayed regardless.
+    # Bounded because kafka-python's I/O thread polls busily while it cannot finish setting up a
+    # connection (a broker that accepts TCP but does not answer): about half a core, measured.
+    in_doubt_retry_ms: int = 120_000
     compression_type: str | None = None
     security: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
@@ -85,12 +109,29 @@ class KafkaSettings:
             raise ValueError(f"unknown Kafka security options: {sorted(unknown)}")
         if self.delivery_timeout_ms < self.request_timeout_ms:
             raise ValueError("delivery_timeout_ms must be at least request_timeout_ms (Kafka's rule)")
+        if self.in_doubt_retry_ms < self.delivery_timeout_ms:
+            raise ValueError("in_doubt_retry_ms must be at least delivery_timeout_ms")
+
+
+class DeliveryLedger(Protocol):
+    """Hears, on the sink's thread, when events leave the process's memory (sinks/journal.py)."""
+
+    def leaving(self, events: Sequence[TranscriptEvent]) -> None:
+        """`events` are about to be sent or spooled; none of them has reached the broker yet."""
+
+    def kept(self, events: Sequence[TranscriptEvent]) -> None:
+        """`events` are acknowledged by the broker or durable in the spool."""
 
 
 @dataclass(frozen=True, slots=True)
 class _Outgoing:
     record: SpoolRecord
-    supersedable: bool  # a partial: a later revision of its segment replaces it
+    event: TranscriptEvent
+
+    @property
+    def supersedable(self) -> bool:
+        """A partial: a later revision of its segment replaces it."""
+        return isinstance(self.event, SegmentPartial)
 
 
 class KafkaSink:
@@ -103,8 +144,11 @@ class KafkaSink:
     spool_size / spool_bytes: records and bytes waiting in the spool now
     """
 
-    def __init__(self, settings: KafkaSettings, queue_capacity: int = 10_000, replay_chunk: int = 500) -> None:
+    def __init__(
+        self, settings: KafkaSettings, queue_capacity: int = 10_000, replay_chunk: int = 500, ledger: DeliveryLedger | None = None
+    ) -> None:
         self.settings = settings
+        self._ledger = ledger
         self.delivered = 0
         self.failed = 0
         self.spooled = 0
@@ -119,6 +163,10 @@ class KafkaSink:
         self._thread = threading.Thread(target=self._run, name="kafka-sink", daemon=True)
         self._producer: KafkaProducer | None = None
         self._spool: Spool | None = None
+        self._head_sent: SpoolHeadSent | None = None  # set while the spool's head holds records sent in doubt
+        # Per partition, one past the highest offset the broker acknowledged to us: records sent
+        # later can only be at or after it, which bounds the search in `find_in_log`.
+        self._acknowledged_end: dict[TopicPartition, int] = {}
         self._retry_at = 0.0
         self._backoff_s = 0.5
         self._spool_full_logged = False
@@ -127,6 +175,7 @@ class KafkaSink:
         # an event handed over after close() is kept for the next start, never left in a dead queue.
         self._closed_lock = threading.Lock()
         self._closed = False
+        self._per_event_log = ThrottledLog(log)  # lines that would otherwise come once per event
 
     def start(self) -> None:
         self._thread.start()
@@ -138,17 +187,27 @@ class KafkaSink:
 
     def publish(self, event: TranscriptEvent) -> None:
         """Hand an event over for delivery; never blocks the calling (event loop) thread."""
-        item = _Outgoing(SpoolRecord(event.call_id.encode(), event.to_json()), isinstance(event, SegmentPartial))
+        item = _Outgoing(SpoolRecord(event.call_id.encode(), event.to_json()), event)
         with self._closed_lock:
             if self._closed:
-                log.warning("kafka sink closed: %s for call %s goes to the spool", event.event, event.call_id[:64])
+                self._per_event_log.warning(
+                    "closed", "kafka sink closed: %s for call %s goes to the spool", event.event, clip(event.call_id)
+                )
+                self._leaving([item])
                 self._spool_items([item])
                 return
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
                 self.dropped += 1
-                log.error("kafka sink queue full (%d); dropped a %s for call %s", self._queue.maxsize, event.event, event.call_id[:64])
+                self._per_event_log.log(
+                    logging.ERROR,
+                    "queue full",
+                    "kafka sink queue full (%d); dropped a %s for call %s",
+                    self._queue.maxsize,
+                    event.event,
+                    clip(event.call_id),
+                )
 
     async def close(self, timeout_s: float = 10.0) -> None:
         """Deliver what is queued within `timeout_s`; whatever is not acknowledged stays spooled."""
@@ -166,18 +225,21 @@ class KafkaSink:
         try:
             while True:
                 batch = self._take_batch()
+                self._leaving(batch)
                 if len(self._spool) or not self._ensure_producer():
                     self._spool_items(batch)  # behind the backlog, to keep each call's order
                     self._replay_chunk_from_spool()
                 else:
-                    self._spool_items(self._deliver(batch))
+                    self._deliver(batch)
                 if self._stopping.is_set() and self._finished():
                     break
         except Exception:
             log.exception("kafka sink thread failed; queued events go to the spool")
         finally:
             with self._closed_lock:
-                self._spool_items(self._drain_queue())
+                rest = self._drain_queue()
+                self._leaving(rest)
+                self._spool_items(rest)
                 self._closed = True
             self._drop_producer()
             if len(self._spool):
@@ -204,39 +266,69 @@ class KafkaSink:
             except queue.Empty:
                 return items
 
-    def _deliver(self, batch: list[_Outgoing]) -> list[_Outgoing]:
-        """Send a batch and wait for it; return what must be spooled."""
-        acknowledged = self._send_and_wait([item.record for item in batch])
-        if all(acknowledged):
+    def _deliver(self, batch: list[_Outgoing]) -> None:
+        """Send a batch (the spool is empty) and wait for it; spool what is not known to be written."""
+        outcomes = self._send_and_wait([item.record for item in batch])
+        if all(outcome is True for outcome in outcomes):
             self.delivered += len(batch)
-            return []
-        # From the first failure on, a call's later events are re-sent too, even if the broker
+            self._kept(batch)
+            return
+        # From the first failure on, a call's later events are spooled too, even if the broker
         # took them, so its events never overtake each other; other calls are unaffected.
         blocked_keys: set[bytes] = set()
-        to_spool = []
-        for item, ok in zip(batch, acknowledged, strict=True):
-            if not ok or item.record.key in blocked_keys:
+        acknowledged: list[_Outgoing] = []
+        to_spool: list[_Outgoing] = []
+        spooled_outcomes: list[Outcome] = []
+        for item, outcome in zip(batch, outcomes, strict=True):
+            if outcome is not True or item.record.key in blocked_keys:
                 blocked_keys.add(item.record.key)
                 to_spool.append(item)
-        self.delivered += len(batch) - len(to_spool)
-        return to_spool
+                spooled_outcomes.append(outcome)
+            else:
+                acknowledged.append(item)
+        self.delivered += len(acknowledged)
+        self._kept(acknowledged)
+        if self._spool_items(to_spool) == len(to_spool):
+            self._head_sent = SpoolHeadSent([item.record.key for item in to_spool], spooled_outcomes)
 
     def _replay_chunk_from_spool(self) -> None:
-        """Send the spool's oldest records; remove the acknowledged prefix."""
+        """Send the spool's oldest records, skipping those known written; remove the acknowledged prefix."""
         assert self._spool is not None
         if not len(self._spool) or not self._ensure_producer():
             return
-        chunk = self._spool.peek(self._replay_chunk)
-        acknowledged = self._send_and_wait(chunk)
-        prefix = next((index for index, ok in enumerate(acknowledged) if not ok), len(chunk))
+        head_sent, self._head_sent = self._head_sent, None
+        if head_sent is not None and not head_sent.settled():
+            self._head_sent = head_sent  # the producer is still retrying them: wait for its answer
+            with contextlib.suppress(KafkaError):  # briefly, so a stop does not spin while it waits
+                self._producer.flush(timeout=0.1)  # type: ignore[union-attr]
+            return
+        chunk = self._spool.peek(max(self._replay_chunk, len(head_sent.keys) if head_sent is not None else 0))
+        skip: set[int] = set()
+        if head_sent is not None:
+            unconfirmed = head_sent.unconfirmed()
+            skip = head_sent.delivered(
+                find_in_log(
+                    self._client_options(),
+                    self._acknowledged_end,
+                    {position: (partition, chunk[position]) for position, partition in unconfirmed.items()},
+                    self.settings.request_timeout_ms / 1000,
+                )
+            )
+        if skip:
+            log.info("kafka: %d spooled events in doubt were written by the broker after all; they are not sent again", len(skip))
+        sent = iter(self._send_and_wait([record for position, record in enumerate(chunk) if position not in skip]))
+        outcomes: list[Outcome] = [True if position in skip else next(sent) for position in range(len(chunk))]
+        prefix = next((index for index, outcome in enumerate(outcomes) if outcome is not True), len(chunk))
         self._spool.acknowledge(prefix)
         self.delivered += prefix
         self._update_spool_counters()
-        if prefix == len(chunk) and not len(self._spool):
+        if prefix < len(chunk):
+            self._head_sent = SpoolHeadSent([record.key for record in chunk[prefix:]], outcomes[prefix:])
+        elif not len(self._spool):
             log.info("kafka spool replayed; publishing directly again")
 
-    def _send_and_wait(self, records: Sequence[SpoolRecord]) -> list[bool]:
-        """One acknowledged-or-not flag per record, in order. Drops the producer on any failure."""
+    def _send_and_wait(self, records: Sequence[SpoolRecord]) -> list[Outcome]:
+        """One outcome per record, in order (see `Outcome`). Drops the producer on a failure that is not in doubt."""
         if not records:
             return []
         assert self._producer is not None
@@ -248,13 +340,29 @@ class KafkaSink:
             self._producer.flush(timeout=self._wait_budget_s())
         except KafkaError as error:  # metadata or buffer timeout, or the flush deadline
             send_error = error
-        acknowledged = [future.succeeded() for future in futures]
-        acknowledged += [False] * (len(records) - len(futures))
-        if not all(acknowledged):
-            self.failed += acknowledged.count(False)
-            errors = [future.exception for future in futures if future.failed()]
-            self._note_failure(errors[0] if errors else send_error)
-        return acknowledged
+        outcomes: list[Outcome] = [future.succeeded() if future.is_done else future for future in futures]
+        outcomes += [False] * (len(records) - len(futures))
+        for future in futures:
+            if future.succeeded() and future.value.offset >= 0:
+                partition = future.value.topic_partition
+                self._acknowledged_end[partition] = max(self._acknowledged_end.get(partition, 0), future.value.offset + 1)
+        if all(outcome is True for outcome in outcomes):
+            return outcomes
+        self.failed += sum(outcome is not True for outcome in outcomes)
+        errors = [future.exception for future in futures if future.failed()]
+        in_doubt = sum(isinstance(outcome, FutureRecordMetadata) for outcome in outcomes)
+        if in_doubt and self.idempotent and not any(isinstance(error, ClusterAuthorizationFailedError) for error in errors):
+            log.warning(
+                "kafka: %d events not acknowledged within %.1f s (%s); spooled, and the producer keeps retrying them with "
+                "their original sequence numbers so that the broker writes them once",
+                in_doubt,
+                self._wait_budget_s(),
+                errors[0] if errors else send_error or "no answer",
+            )
+            self._schedule_retry()
+            return outcomes
+        self._note_failure(errors[0] if errors else send_error)
+        return [outcome if outcome is True else False for outcome in outcomes]
 
     def _wait_budget_s(self) -> float:
         budget = self.settings.delivery_timeout_ms / 1000 + 1
@@ -317,7 +425,10 @@ class KafkaSink:
         }
         if self.idempotent is not False:
             try:
-                producer = KafkaProducer(**options, enable_idempotence=True, max_in_flight_requests_per_connection=5)
+                # The producer retries a batch for in_doubt_retry_ms; the sink stops waiting after
+                # delivery_timeout_ms and spools it, leaving the producer to finish (module docstring).
+                idempotent = options | {"delivery_timeout_ms": self.settings.in_doubt_retry_ms}
+                producer = KafkaProducer(**idempotent, enable_idempotence=True, max_in_flight_requests_per_connection=5)
                 self.idempotent = True
                 return producer
             except KafkaConfigurationError as error:
@@ -341,13 +452,16 @@ class KafkaSink:
     def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(timeout=0)
+            producer.close(timeout=0)  # fails what it was still retrying: the spool has it
+        if self._head_sent is not None and not self._head_sent.settled():
+            self._head_sent = None
 
     # --- spool -----------------------------------------------------------------------------
 
-    def _spool_items(self, items: list[_Outgoing]) -> None:
+    def _spool_items(self, items: list[_Outgoing]) -> int:
+        """Append to the spool (partials left out when it is nearly full); how many were written."""
         if not items:
-            return
+            return 0
         assert self._spool is not None
         if self._spool.size_bytes >= PARTIALS_HIGH_WATER * self._spool.max_bytes:
             kept = [item for item in items if not item.supersedable]
@@ -361,7 +475,28 @@ class KafkaSink:
             if not self._spool_full_logged:
                 log.error("kafka spool full, dropping new events until it drains: %s", error)
                 self._spool_full_logged = True
+            items = []
         self._update_spool_counters()
+        self._kept(items)
+        return len(items)
+
+    # --- ledger ----------------------------------------------------------------------------
+
+    def _leaving(self, items: list[_Outgoing]) -> None:
+        if self._ledger is not None:
+            self._tell_ledger(self._ledger.leaving, items)
+
+    def _kept(self, items: list[_Outgoing]) -> None:
+        if self._ledger is not None:
+            self._tell_ledger(self._ledger.kept, items)
+
+    def _tell_ledger(self, hook: Callable[[Sequence[TranscriptEvent]], None], items: list[_Outgoing]) -> None:
+        """A ledger that cannot write (a full disk) must not stop delivery: its failure is logged."""
+        if items:
+            try:
+                hook([item.event for item in items])
+            except OSError as error:
+                self._per_event_log.log(logging.ERROR, "ledger", "kafka: the delivery ledger failed (%s); delivering anyway", error)
 
     def _update_spool_counters(self) -> None:
         assert self._spool is not None

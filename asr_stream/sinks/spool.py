@@ -55,13 +55,14 @@ class SpoolRecord:
     value: bytes
 
 
-def _frame(record: SpoolRecord) -> bytes:
+def frame(record: SpoolRecord) -> bytes:
+    """The record framed as described above (also the open-calls journal's format, sinks/journal.py)."""
     lengths = struct.pack("<II", len(record.key), len(record.value))
     body = record.key + record.value
     return struct.pack("<I", crc32c.crc32c(body, crc32c.crc32c(lengths))) + lengths + body
 
 
-def _read_frames(segment: BinaryIO, offset: int) -> Iterator[tuple[SpoolRecord, int]]:
+def read_frames(segment: BinaryIO, offset: int) -> Iterator[tuple[SpoolRecord, int]]:
     """Yield (record, offset after it) from offset until the file ends or stops being valid."""
     segment.seek(offset)
     while len(header := segment.read(_HEADER.size)) == _HEADER.size:
@@ -73,7 +74,7 @@ def _read_frames(segment: BinaryIO, offset: int) -> Iterator[tuple[SpoolRecord, 
         yield SpoolRecord(body[:key_length], body[key_length:]), offset
 
 
-def _fsync_directory(directory: Path) -> None:
+def fsync_directory(directory: Path) -> None:
     descriptor = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(descriptor)
@@ -109,7 +110,7 @@ class Spool:
         """Write records after the existing ones; durable when this returns."""
         if not records:
             return
-        frames = b"".join(_frame(record) for record in records)
+        frames = b"".join(frame(record) for record in records)
         if self._size_bytes + len(frames) > self.max_bytes:
             raise SpoolFull(f"{len(records)} records ({len(frames)} B) do not fit: {self._size_bytes} of {self.max_bytes} B used")
         if not self._segments or self._segment_path(self._segments[-1]).stat().st_size >= self.segment_bytes:
@@ -150,7 +151,7 @@ class Spool:
                 continue
             start = self._head_offset if segment == self._head_segment else 0
             with self._segment_path(segment).open("rb") as file:
-                for record, end in _read_frames(file, start):
+                for record, end in read_frames(file, start):
                     yield record, segment, end
                     produced += 1
                     if produced >= limit:
@@ -162,7 +163,7 @@ class Spool:
     def _start_segment(self) -> None:
         number = self._segments[-1] + 1 if self._segments else self._head_segment + 1
         self._segment_path(number).touch()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._segments.append(number)
         if len(self._segments) == 1:
             self._head_segment, self._head_offset = number, 0
@@ -174,7 +175,7 @@ class Spool:
             head.flush()
             os.fsync(head.fileno())
         temporary.replace(self.directory / _HEAD_FILE)
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
         self._head_segment, self._head_offset = segment, offset
 
     def _clear(self) -> None:
@@ -214,7 +215,7 @@ class Spool:
         path = self._segment_path(number)
         with path.open("r+b") as segment:
             valid_end = self._head_offset if number == self._head_segment else 0
-            for _, frame_end in _read_frames(segment, valid_end):
+            for _, frame_end in read_frames(segment, valid_end):
                 valid_end = frame_end
             invalid_bytes = path.stat().st_size - valid_end
             if invalid_bytes == 0:

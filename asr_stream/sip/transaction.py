@@ -68,7 +68,7 @@ def transaction_key(request: SipRequest, method: str | None = None) -> Transacti
     via = parse_via(top)
     branch = via.branch or ""
     if not branch.startswith(RFC3261_BRANCH_COOKIE):
-        branch = f"{top}|{request.call_id}|{request.headers.get_first('cseq', '').split()[0]}"
+        branch = f"{top}|{request.call_id}|{(request.headers.get_first('cseq') or '').split()[0]}"
     return (branch, f"{via.host}:{via.port or ''}", method or request.method)
 
 

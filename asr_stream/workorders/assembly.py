@@ -27,7 +27,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from asr_stream.transcript.events import CallEnded, CallStarted, SegmentFinal, SegmentPartial, TranscriptEvent
+from asr_stream.transcript.events import CallEnded, CallStarted, EndReason, SegmentFinal, SegmentPartial, TranscriptEvent
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,13 @@ class ClosedCall:
 
     @property
     def complete(self) -> bool:
-        """True when the call ended normally and every final it announced is here."""
-        return self.ended is not None and len(self.finals) == self.ended.final_segments
+        """True when the call ended normally and every final it announced is here.
+
+        A call the daemon lost (it died mid-call; `call.ended` came from its next start) is never
+        complete: whatever was said after its last delivered final is gone.
+        """
+        ended = self.ended
+        return ended is not None and ended.end_reason is not EndReason.LOST and len(self.finals) == ended.final_segments
 
 
 @dataclass

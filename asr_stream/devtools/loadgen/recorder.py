@@ -12,7 +12,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Collection
 
 from kafka import KafkaConsumer, TopicPartition
@@ -122,11 +121,11 @@ def scrape(url: str, timeout_s: float = 5) -> dict[str, float] | None:
             text = response.read().decode()
     except (urllib.error.URLError, OSError):
         return None
-    totals: Counter[str] = Counter()
+    totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            totals[sample.name] += sample.value
-    return dict(totals)
+            totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+    return totals
 
 
 def counter_changes(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:

@@ -36,6 +36,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiosipua import DialogState, SipRequest, SipResponse, build_sdp
 from aiosipua.outgoing_call import OutgoingCall
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 
 PAYLOAD_TYPES = {"PCMU": 0, "PCMA": 8}
 TELEPHONE_EVENT_PT = 101  # offered like a real gateway offers it; never sent
+
+
+def _fail(outcome: asyncio.Future[Any], error: Exception) -> None:
+    """Settle `outcome` with `error`, unless something settled it first (an answer beat the timer)."""
+    if not outcome.done():
+        outcome.set_exception(error)
 
 
 class CallFailed(Exception):
@@ -152,7 +159,7 @@ class SipCaller:
         retransmission = retransmit(
             lambda: self._send(call.invite),
             timer_a,
-            on_give_up=lambda: outcome.done() or outcome.set_exception(CallFailed("no response (Timer B)")),
+            on_give_up=lambda: _fail(outcome, CallFailed("no response (Timer B)")),
         )
         self._invites[call.call_id] = _Invite(call, outcome, retransmission)
         try:
@@ -182,7 +189,7 @@ class SipCaller:
         retransmission = retransmit(
             lambda: self._send(bye),
             self._timers,
-            on_give_up=lambda: answered.done() or answered.set_exception(CallFailed("BYE unanswered (Timer F)")),
+            on_give_up=lambda: _fail(answered, CallFailed("BYE unanswered (Timer F)")),
         )
         try:
             status = await answered

@@ -7,6 +7,7 @@ is an optional dependency of GPU nodes (`pip install asr-stream[gpu]`), absent o
 
 from __future__ import annotations
 
+import ctypes
 from typing import Any
 
 import numpy as np
@@ -54,7 +55,7 @@ class PinnedBuffer:
         self._cudart = cudart
         self.nbytes = nbytes
         self.pointer = int(check(cudart.cudaMallocHost(max(nbytes, 1))))
-        self._bytes = np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * max(nbytes, 1)).from_address(self.pointer))
+        self._bytes = np.ctypeslib.as_array((ctypes.c_uint8 * max(nbytes, 1)).from_address(self.pointer))
 
     def view(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return self._bytes[: buffer_bytes(shape, dtype)].view(dtype).reshape(shape)

@@ -54,7 +54,10 @@ class WhisperTokenizer:
         return self.languages[language]
 
     def language_of(self, token_id: int) -> str:
-        return self._tokenizer.id_to_token(token_id).strip("<|>")
+        token = self._tokenizer.id_to_token(token_id)
+        if token is None:
+            raise ValueError(f"token {token_id} is outside the vocabulary")
+        return token.strip("<|>")
 
     def prompt(self, language: str | None, timestamps: bool) -> list[int]:
         """The decoder prompt. Multilingual models also need a language, known or detected first."""
