@@ -46,7 +46,7 @@ from asr_stream.audio.features import log_mel_spectrogram
 from asr_stream.inference.models import PreparedModel, load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import torch_runner
-from asr_stream.inference.scheduler import BatchScheduler, Priority, Shed
+from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings, Shed
 from asr_stream.inference.whisper.runner import WhisperRunner
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
 
@@ -317,7 +317,7 @@ async def simulate(
         return [window.tokens for window in runner.decode_features(np.stack(mels), seconds, languages)]
 
     scheduler: BatchScheduler[int, list[int]] = BatchScheduler(
-        run_batch, max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S
+        run_batch, SchedulerSettings(max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S)
     )
     await scheduler.start()
     latencies: list[float] = []

@@ -39,8 +39,8 @@ from asr_stream.app.logs import LogSettings
 from asr_stream.app.workers.process import ChildProcess
 from asr_stream.common.ipc import Link, Request
 from asr_stream.common.shm_arena import SharedArena
-from asr_stream.inference.remote import InferenceClient, InferenceServer, RemoteHypothesis
-from asr_stream.inference.runners import Utterance
+from asr_stream.inference.live import LiveResult, Utterance
+from asr_stream.inference.remote import InferenceClient, InferenceServer
 from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings
 from asr_stream.transcript.events import SegmentPartial
 
@@ -49,8 +49,8 @@ RATE = 16_000
 INSTANT = SchedulerSettings(max_wait_s=0.0)
 
 
-def answer_at_once(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
-    return [RemoteHypothesis(str(utterance.audio.shape[0]), "en") for utterance in batch]
+def answer_at_once(batch: Sequence[Utterance]) -> list[LiveResult]:
+    return [LiveResult(str(utterance.audio.shape[0]), "en") for utterance in batch]
 
 
 CPU_TIME = "cpu"  # a request the children answer with their own process CPU time (µs resolution, unlike /proc's ticks)

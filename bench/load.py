@@ -2,7 +2,9 @@
 
 Run by hand:  .venv/bin/python bench/load.py --calls 1 2 4 6 8
        without partials:  ... --partial-interval-s 1000
-       with ingest worker processes:  ... --workers 2
+       issue 13's figure:  ... --calls 8 --utterances 3 --stagger-s 1
+       one lever off:  ... --set scheduler.final_lane=false  (any config key, YAML value)
+       with ingest worker processes:  ... --set workers=2
 
 What it does: starts an embedded Tansu broker and the daemon (Whisper tiny.en on ONNX Runtime,
 the CPU default) in this process, then climbs a ladder of N. At each step N real SIPp processes
@@ -22,6 +24,14 @@ process and N ingest workers) are counted too: CPU time and RSS of the whole pro
 /proc. Batch sizes, batch wall time, shed partials and saturation are read from the daemon's
 /metrics registry, which merges every process's series, so both modes are measured the same way.
 SIPp and Tansu are separate processes and are not counted.
+
+`--stagger-s` starts the calls that far apart instead of at once (sustained load rather than a
+burst). Partials are reported as the agent sees them: the gap between consecutive partials of a
+segment, the time from a segment's speech onset to its first partial, how many segments longer
+than 3 s got no partial at all, and churn (the share of words shown in a partial that a later
+partial or the final changed, `scoring.churn`; "stable churn" is the same for `stable_text`). The
+WER of the finals is printed next to the offline WER of the same utterances (`transcribe`'s full
+window, computed once before the ladder).
 
 Latency is reported twice: the events' own `latency_ms` (daemon clock, from the moment the end of
 speech left the jitter buffer to publish) and an outside view on the bench's clock: the time the
@@ -60,10 +70,13 @@ from asr_stream.devtools.loadgen.call_audio import trim_silence
 from asr_stream.devtools.loadgen.host import load_average, machine
 from asr_stream.devtools.loadgen.recorder import TopicRecorder, check_order
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
-from asr_stream.devtools.scoring import corpus_wer
+from asr_stream.devtools.scoring import churn, corpus_wer
 from asr_stream.devtools.sipp import SippError, place_call
-from asr_stream.inference.runners import Utterance
+from asr_stream.inference import live
+from asr_stream.inference.runners import load_model
 from asr_stream.inference.scheduler import Priority
+from asr_stream.ingest.resample import resample
+from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "speech"
@@ -73,6 +86,7 @@ LEAD_IN_S = 0.5  # silence before the first utterance
 TAIL_S = 1.5  # silence after the last one, so its segment closes on silence, not on BYE
 HANGUP_AFTER_S = 0.5
 POST_PAD_S = SegmenterConfig().post_speech_pad_ms / 1000  # a final's end_ms is the speech end plus this
+PRE_PAD_MS = SegmenterConfig().pre_speech_pad_ms  # a segment's start_ms is its speech onset less this
 MATCH_TOLERANCE_S = 0.6  # how far a final's speech end may sit from an utterance's to pair them
 
 
@@ -82,6 +96,7 @@ class Utterance:
     clip_id: str
     text: str
     speech_end_s: float  # offset of the last speech sample in the call audio
+    audio: np.ndarray  # the trimmed speech, for the offline WER
 
 
 @dataclass(frozen=True)
@@ -107,7 +122,7 @@ def build_call(index: int, clips: list[dict], per_call: int, workdir: Path, rng:
         if k:
             parts.append(np.zeros(round(rng.uniform(0.8, 1.5) * RATE), np.float32))
         parts.append(speech)
-        utterances.append(Utterance(row["id"], row["text"], sum(p.size for p in parts) / RATE))
+        utterances.append(Utterance(row["id"], row["text"], sum(p.size for p in parts) / RATE, speech))
     parts.append(np.zeros(round(TAIL_S * RATE), np.float32))
     audio = np.concatenate(parts)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -238,6 +253,11 @@ class StepResult:
     partials: int
     cadence_p50_s: float
     cadence_p95_s: float
+    first_partial_p50_s: float
+    first_partial_p95_s: float
+    long_without_partial: str  # segments > 3 s that got no partial / segments > 3 s
+    churn: float
+    stable_churn: float
     cpu_per_call_s: float
     cores_used: float
     rss_per_call_mib: float
@@ -250,6 +270,7 @@ class StepResult:
     failed_calls: int
     load: str  # 1, 5 and 15 min load averages at the end of the step (a shared machine)
     problems: list[str]
+    texts: list[tuple[str, str]]  # per call: references joined, finals joined
 
 
 def analyse(
@@ -265,7 +286,9 @@ def analyse(
     """Turn one step's calls, events and counters into the table row."""
     problems = [f"call {i}: {c.error}" for i, c in enumerate(placed) if c.error]
     latencies, outside, outside_minus_own, cadence, hypotheses, references = [], [], [], [], [], []
-    utterances = partials = finals_count = 0
+    first_partial: list[float] = []
+    utterances = partials = finals_count = long_segments = long_without = 0
+    churned = [0, 0, 0, 0]  # changed, shown; stable changed, stable shown
     for call in (c for c in placed if c.call_id):
         mine = [(t, e) for t, e in recorded if e["call_id"] == call.call_id]
         problems += [f"{call.call_id}: {p}" for p in check_order([e for _, e in mine])]
@@ -275,11 +298,25 @@ def analyse(
         hypotheses.append(" ".join(e["text"] for _, e in finals))
         references.append(" ".join(u.text for u in call.audio.utterances))
         stamps: dict[str, list[float]] = {}
+        shown: dict[str, list[dict]] = {}
         for _, e in mine:
             if e["event"] == "segment.partial":
                 partials += 1
                 stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
+                shown.setdefault(e["segment_id"], []).append(e)
         cadence += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
+        for _, e in finals:
+            seen = shown.get(e["segment_id"], [])
+            if e["end_ms"] - e["start_ms"] > 3000:
+                long_segments += 1
+                long_without += not seen
+            if seen:
+                onset = call.ack_sent + (e["start_ms"] + PRE_PAD_MS) / 1000  # type: ignore[operator]
+                first_partial.append(stamps[e["segment_id"]][0] - onset)
+                for k, key in ((0, "text"), (2, "stable_text")):
+                    changed, count = churn([*(p.get(key) or "" for p in seen), e["text"]])
+                    churned[k] += changed
+                    churned[k + 1] += count
         for utterance in call.audio.utterances:  # pair it with the final whose speech end (end less pad) is nearest
             utterances += 1
             candidates = [
@@ -304,6 +341,11 @@ def analyse(
         partials=partials,
         cadence_p50_s=pct(cadence, 50),
         cadence_p95_s=pct(cadence, 95),
+        first_partial_p50_s=pct(first_partial, 50),
+        first_partial_p95_s=pct(first_partial, 95),
+        long_without_partial=f"{long_without}/{long_segments}",
+        churn=churned[0] / max(churned[1], 1),
+        stable_churn=churned[2] / max(churned[3], 1),
         cpu_per_call_s=cpu_s / sum(c.audio.duration_s for c in placed),
         cores_used=cpu_s / wall_s,
         rss_per_call_mib=(sampler.peak_rss - rss_before) / n / 2**20,
@@ -316,6 +358,7 @@ def analyse(
         failed_calls=sum(c.error is not None for c in placed),
         load=load_average(),
         problems=problems,
+        texts=list(zip(references, hypotheses)),
     )
 
 
@@ -330,12 +373,17 @@ async def warm_up(daemon: Daemon, speech: np.ndarray) -> None:
     warm-up goes through its scheduler as two finals (with no backlog after them, `saturated` clears).
     The step's calls all arrive together, before any batch has run, so they get in.
     """
+    short = speech[: 3 * RATE]  # a partial of a short segment: the 5 s partial window
+    requests = (live.Utterance(speech), live.Utterance(short, partial=True), live.Utterance(short))
     for _ in range(2):  # ONNX Runtime plans and allocates its memory pattern on the second run
         if daemon.model is not None:
             await asyncio.to_thread(daemon.model.transcribe_batch, [speech])
+            for request in requests[1:]:
+                await asyncio.to_thread(daemon.model.live, [request])
         else:
             assert daemon.inference_client is not None
-            await daemon.inference_client.submit(("warm-up", 0), Utterance(speech), Priority.FINAL)
+            for request in requests:
+                await daemon.inference_client.submit(("warm-up", request.partial), request, Priority.FINAL)
     Vad().process(speech)
 
 
@@ -351,13 +399,20 @@ async def wait_ended(recorder: TopicRecorder, call_ids: set[str], timeout_s: flo
         await asyncio.sleep(0.1)
 
 
-async def run_step(n: int, daemon: Daemon, recorder: TopicRecorder, calls: list[CallAudio], workdir: Path) -> StepResult:
-    """Place `n` calls at once, wait for their call.ended events, and measure the step."""
+async def run_step(
+    n: int, daemon: Daemon, recorder: TopicRecorder, calls: list[CallAudio], workdir: Path, stagger_s: float = 0.0
+) -> StepResult:
+    """Place `n` calls (`stagger_s` apart), wait for their call.ended events, and measure the step."""
     pids = daemon_pids(daemon)
     sampler, rss_before = Sampler(daemon), rss_bytes(pids)
     batches_before, cpu_before, consumer_before, started = BatchCounters.read(daemon), cpu_seconds(pids), recorder.cpu_s, time.monotonic()
     sampling = asyncio.create_task(sampler.run())
-    placed = list(await asyncio.gather(*(place(target(daemon), call, workdir / f"n{n}-{i}") for i, call in enumerate(calls[:n]))))
+
+    async def staggered(i: int, call: CallAudio) -> PlacedCall:
+        await asyncio.sleep(i * stagger_s)
+        return await place(target(daemon), call, workdir / f"n{n}-{i}")
+
+    placed = list(await asyncio.gather(*(staggered(i, call) for i, call in enumerate(calls[:n]))))
     call_ids = {c.call_id for c in placed if c.call_id}
     await wait_ended(recorder, call_ids)
     await asyncio.sleep(0.5)  # a little past the last call.ended, so duplicates would show
@@ -370,17 +425,46 @@ async def run_step(n: int, daemon: Daemon, recorder: TopicRecorder, calls: list[
 # -- report ------------------------------------------------------------------------------------
 HEADER = (
     "| N | finals | p50 / p95 / p99 latency_ms | outside p50 / p95 ms (pairs) | outside - own, median ms | partials | partial gap p50 / p95 s "
+    "| first partial p50 / p95 s | > 3 s without partial | churn / stable churn "
     "| CPU s per call-s | cores used | RSS MiB per call | batch mean / max | batch s (mean) | shed partials | saturated | WER | load avg |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def row(r: StepResult) -> str:
     return (
         f"| {r.calls} | {r.finals} | {r.p50_ms:.0f} / {r.p95_ms:.0f} / {r.p99_ms:.0f} | {r.outside_p50_ms:.0f} / {r.outside_p95_ms:.0f} ({r.outside_pairs}) | {r.outside_minus_own_ms:+.0f} "
-        f"| {r.partials} | {r.cadence_p50_s:.2f} / {r.cadence_p95_s:.2f} | {r.cpu_per_call_s:.3f} | {r.cores_used:.2f} | {r.rss_per_call_mib:.1f} "
+        f"| {r.partials} | {r.cadence_p50_s:.2f} / {r.cadence_p95_s:.2f} | {r.first_partial_p50_s:.2f} / {r.first_partial_p95_s:.2f} "
+        f"| {r.long_without_partial} | {r.churn:.3f} / {r.stable_churn:.3f} "
+        f"| {r.cpu_per_call_s:.3f} | {r.cores_used:.2f} | {r.rss_per_call_mib:.1f} "
         f"| {r.batch_mean:.2f} / {r.batch_max} | {r.batch_s:.2f} | {r.shed_partials} | {r.saturated_share:.0%} | {r.wer:.3f} | {r.load} |"
     )
+
+
+def telephone(audio: np.ndarray) -> np.ndarray:
+    """What the daemon hears of 16 kHz audio sent as SIPp sends it: 8 kHz G.711 mu-law, back to 16 kHz."""
+    pcm_8k = np.round(np.clip(resample(audio, RATE, 8000), -1, 1) * 32767).astype(np.int16)
+    return resample(ulaw_decode(ulaw_encode(pcm_8k)).astype(np.float32) / 32768, 8000, RATE)
+
+
+def offline_wer(calls: list[CallAudio]) -> float:
+    """The finals' yardstick: the same utterances, through the same telephone channel, transcribed as
+    `asr-stream transcribe` does (full window, one utterance at a time)."""
+    model = load_model("whisper-tiny.en", REPO / "engines")
+    utterances = [u for call in calls for u in call.utterances]
+    texts = [model.transcribe_batch([telephone(u.audio)])[0].text for u in utterances]
+    return corpus_wer([u.text for u in utterances], texts)
+
+
+def apply_overrides(config: dict, overrides: list[str]) -> None:
+    """`section.key=value` (value parsed as YAML) into the daemon's config document."""
+    for override in overrides:
+        path, _, value = override.partition("=")
+        *sections, key = path.split(".")
+        node = config
+        for section in sections:
+            node = node.setdefault(section, {})
+        node[key] = yaml.safe_load(value)
 
 
 async def main(args: argparse.Namespace) -> int:
@@ -397,8 +481,8 @@ async def main(args: argparse.Namespace) -> int:
             "model": "whisper-tiny.en",
             "engines_dir": str(REPO / "engines"),
             "scheduler": {"partial_interval_s": args.partial_interval_s},
-            "workers": args.workers,
         }
+        apply_overrides(config, args.set)
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config))
         rng = np.random.default_rng(args.seed)
@@ -407,9 +491,11 @@ async def main(args: argparse.Namespace) -> int:
         longest = max(clips, key=lambda r: r["duration_s"])  # the longest decode sizes ONNX Runtime's arena
         warmup_speech = load_audio(SPEECH / longest["path_wav16k"])[0][0]
         print(
-            f"{len(calls)} calls of {args.utterances} utterances, {min(c.duration_s for c in calls):.1f}-{max(c.duration_s for c in calls):.1f} s each",
+            f"{len(calls)} calls of {args.utterances} utterances, {min(c.duration_s for c in calls):.1f}-{max(c.duration_s for c in calls):.1f} s each, "
+            f"started {args.stagger_s:g} s apart; overrides: {args.set or 'none'}",
             flush=True,
         )
+        print(f"offline WER of these utterances (G.711, full window): {offline_wer(calls[: max(args.calls)]):.3f}", flush=True)
         print(HEADER, flush=True)
         recorder = None
         try:
@@ -422,10 +508,12 @@ async def main(args: argparse.Namespace) -> int:
                         recorder = TopicRecorder(broker.bootstrap_servers, TOPIC)
                         await asyncio.to_thread(recorder.start)
                     await warm_up(daemon, warmup_speech)
-                    result = await run_step(n, daemon, recorder, calls, workdir)
+                    result = await run_step(n, daemon, recorder, calls, workdir, args.stagger_s)
                 finally:
                     await daemon.stop()
                 print(row(result), flush=True)
+                for reference, hypothesis in result.texts if args.show_text else []:
+                    print(f"    ref: {reference}\n    hyp: {hypothesis}", flush=True)
                 for problem in result.problems[:20]:
                     print(f"    N={n}: {problem}", flush=True)
                 if not result.p95_ms <= args.limit_ms or result.failed_calls:
@@ -450,7 +538,9 @@ def parse_args() -> argparse.Namespace:
         "--partial-interval-s", type=float, default=1.0, help="the daemon's default is 1.0; a huge value turns partials off"
     )
     parser.add_argument("--seed", type=int, default=1, help="for the pauses between utterances")
-    parser.add_argument("--workers", type=int, default=1, help="the daemon's `workers`: 1 = one process, N = N ingest workers + inference")
+    parser.add_argument("--show-text", action="store_true", help="print each call's finals under its references")
+    parser.add_argument("--stagger-s", type=float, default=0.0, help="start the calls this far apart (0: all at once)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="a daemon config override")
     return parser.parse_args()
 
 

@@ -1,6 +1,17 @@
 """Compare voice-activity detectors on telephone-like audio: frame precision/recall and CPU cost.
 
     .venv/bin/python bench/vad.py            # about 3 minutes on 2 cores; prints Markdown tables
+    .venv/bin/python bench/vad.py --live 1 64 256 512 --seconds 10   # the live path, per-channel vs batched
+
+`--live` measures what the daemon's event loop pays for VAD and segmentation: N `ChannelTranscriber`s
+in one process, each fed 20 ms frames of the telephone-band test call in real time (channel i
+starts i x 0.37 s into it, so their speech does not line up), once with each channel running its own
+Silero call per window (the inline path) and once through one shared `BatchedVad` (one batch per
+tick). The model queue answers at once and partials are off: only VAD + segmenter are measured.
+CPU = process time (the VAD thread included) less that of the same real-time loop with no channel
+(the pacing itself), per channel-second of audio; "real time" is audio
+seconds / wall seconds (below 1.0 the loop could not keep up); delay = from the moment a window's
+last sample was submitted to its probability's delivery to the segmenter.
 
 Test material: the clips of /work/shared/speech (minus a few kept aside to make babble), joined
 with 0.3-1.5 s of silence into one long "call", then sent through a telephone channel: band-pass
@@ -16,6 +27,7 @@ speech (a segmenter must not split there anyway). Scores are per sample.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -34,15 +46,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import itertools
 
-from asr_stream.audio.vad import SileroOnnxModel
+from asr_stream.audio.vad import WINDOW_SAMPLES, SileroOnnxModel
+from asr_stream.audio.vad_batch import TICK_S, BatchedVad, Deliver
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
+from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.partials import PartialPolicy
+from asr_stream.transcript.state import Labels
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 RATE = 16_000
 REF_FRAME = 160  # 10 ms
 BABBLE_CLIPS = 6  # clips kept out of the test speech to build babble noise
+TICK_MS = TICK_S * 1000
+PARTIALS_OFF = PartialPolicy(interval_s=1e9)  # --live measures VAD and segmentation only
 
 
 @dataclass(frozen=True)
@@ -184,10 +202,146 @@ def batched_cost(n_channels: int, seconds: float = 5.0) -> float:
     return (time.process_time() - start) * 1000 / (n_channels * seconds)
 
 
+# -- the live path: many channels in one process ------------------------------------------------
+@dataclass(frozen=True)
+class _Silence:
+    """What the stand-in model queue answers: nothing heard (no final is published)."""
+
+    text: str = ""
+    language: str | None = None
+
+
+class _InstantQueue:
+    async def submit(self, key: object, payload: np.ndarray, priority: object) -> _Silence:
+        return _Silence()
+
+
+class _TimedStream:
+    """One channel's `VadChannel`, recording how long each window waited for its probability."""
+
+    def __init__(self, scorer: BatchedVad, deliver: Deliver, delays_s: list[float]) -> None:
+        self._stream = scorer.open(self._deliver)
+        self._deliver_to = deliver
+        self._delays_s = delays_s
+        self._samples = 0
+        self._completed: list[float] = []  # when each window not yet delivered got its last sample
+
+    def submit(self, audio: np.ndarray) -> None:
+        before = self._samples // WINDOW_SAMPLES
+        self._samples += len(audio)
+        self._completed += [time.perf_counter()] * (self._samples // WINDOW_SAMPLES - before)
+        self._stream.submit(audio)
+
+    def _deliver(self, probs: np.ndarray) -> None:
+        now = time.perf_counter()
+        self._delays_s += [now - t for t in self._completed[: len(probs)]]
+        del self._completed[: len(probs)]
+        self._deliver_to(probs)
+
+    async def drain(self) -> None:
+        await self._stream.drain()
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+class _TimedVad:
+    """A `BatchedVad` as channels see it, with the delivery delays of all channels."""
+
+    def __init__(self, scorer: BatchedVad) -> None:
+        self.scorer = scorer
+        self.delays_s: list[float] = []
+
+    def open(self, deliver: Deliver) -> _TimedStream:
+        return _TimedStream(self.scorer, deliver, self.delays_s)
+
+
+@dataclass(frozen=True)
+class LiveResult:
+    cpu_s: float
+    wall_s: float
+    rows_per_call: float  # windows per onnxruntime call
+    delays_ms: np.ndarray
+
+
+async def _paced(seconds: float, feed_frame: Callable[[int], None]) -> tuple[float, float]:
+    """Call `feed_frame(f)` every 20 ms of wall time (as fast as the loop goes when behind); (CPU s, wall s)."""
+    cpu_before, wall_before = time.process_time(), time.perf_counter()
+    for f in range(round(seconds * 50)):
+        await asyncio.sleep(max(wall_before + f * 0.02 - time.perf_counter(), 0))
+        feed_frame(f)
+    return time.process_time() - cpu_before, time.perf_counter() - wall_before
+
+
+async def live_cost(n_channels: int, seconds: float, call: np.ndarray, batched: bool) -> LiveResult:
+    """N channels through ChannelTranscriber in real time; see the module docstring."""
+    frame = RATE // 50
+    scorer = BatchedVad() if batched else None
+    timed = _TimedVad(scorer) if scorer is not None else None
+    if scorer is not None:
+        await scorer.start()
+    labels = Labels("bench", "none", "none")
+    channels = [
+        ChannelTranscriber(
+            labels=labels, channel=str(i), scheduler=_InstantQueue(), emit=lambda e: None, partials=PARTIALS_OFF, shared_vad=timed
+        )
+        for i in range(n_channels)
+    ]
+    offsets = [round(i * 0.37 * RATE) % (call.shape[0] - frame) for i in range(n_channels)]
+
+    def feed_frame(f: int) -> None:
+        for channel, offset in zip(channels, offsets):
+            start = (offset + f * frame) % (call.shape[0] - frame)
+            channel.feed(call[start : start + frame])
+
+    try:
+        cpu_before, wall_before = time.process_time(), time.perf_counter()
+        await _paced(seconds, feed_frame)
+        await asyncio.gather(*(channel.finish() for channel in channels))
+        cpu, wall = time.process_time() - cpu_before, time.perf_counter() - wall_before
+    finally:
+        if scorer is not None:
+            await scorer.stop()
+    return LiveResult(
+        cpu_s=cpu,
+        wall_s=wall,
+        rows_per_call=scorer.stats.windows / max(scorer.stats.rounds, 1) if scorer is not None else 1.0,
+        delays_ms=np.array(timed.delays_s if timed is not None else [0.0]) * 1000,
+    )
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+def live(channel_counts: list[int], seconds: float, call: np.ndarray) -> None:
+    model = SileroOnnxModel.shared()  # the session's creation and first runs are not a per-channel cost
+    for n in (1, 2, max(channel_counts)):
+        model.run(np.zeros((n, WINDOW_SAMPLES), np.float32), model.initial_state(n))
+    pacing_cpu_s, _ = asyncio.run(_paced(seconds, lambda f: None))
+    print(f"load average before: {load_average()}; the pacing loop alone: {pacing_cpu_s * 1000 / seconds:.1f} ms CPU per second")
+    print(
+        "| channels | path | CPU ms per channel-second | channels per core | real time | windows per ORT call | delay p50 / p95 / max ms | load avg |"
+    )
+    print("|---:|---|---:|---:|---:|---:|---:|---|")
+    for n in channel_counts:
+        for batched in (False, True):
+            r = asyncio.run(live_cost(n, seconds, call, batched))
+            cost = (r.cpu_s - pacing_cpu_s) * 1000 / (n * seconds)
+            path = f"batched ({TICK_MS:.0f} ms tick)" if batched else "inline (per channel)"
+            delay = " / ".join(f"{v:.1f}" for v in (np.percentile(r.delays_ms, 50), np.percentile(r.delays_ms, 95), r.delays_ms.max()))
+            print(
+                f"| {n} | {path} | {cost:.2f} | {1000 / cost:.0f} | {seconds / r.wall_s:.2f} | {r.rows_per_call:.1f} | {delay} | {load_average()} |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=0, help="use only this many test clips (0: all)")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--live", type=int, nargs="+", help="measure only the live path at these channel counts")
+    parser.add_argument("--seconds", type=float, default=10.0, help="audio seconds per channel for --live")
     args = parser.parse_args()
     rng = np.random.default_rng(args.seed)
 
@@ -197,6 +351,9 @@ def main() -> None:
     if args.clips:
         test_clips = test_clips[: args.clips]
     clean, labels = build_call(test_clips, rng)
+    if args.live:
+        live(args.live, args.seconds, telephone_channel(clean).astype(np.float32))
+        return
     n = clean.shape[0]
     noises = {"pink": pink_noise(n, rng), "babble": babble_noise(n, talkers, rng)}
 

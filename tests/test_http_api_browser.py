@@ -127,7 +127,13 @@ async def test_the_page_shows_replayed_finals_then_replaces_a_partial_and_marks_
 
         hub.publish(partial("c1", 1, 0, "it has been out"))
         await page.wait_for(segment_state("c1/caller/1"), "segment partial | it has been out")
-        hub.publish(final("c1", 1, "It has been out since Monday.", revision=1))
+        hub.publish(partial("c1", 1, 1, "it has been out since", stable_text="it has been"))
+        await page.wait_for(segment_state("c1/caller/1"), "segment partial | it has been out since")
+        parts = "[...document.querySelector('[data-segment-id=\"c1/caller/1\"]').children].map(e => e.className + ':' + e.textContent)"
+        assert await page.evaluate(parts) == ["stable:it has been", "provisional: out since"]  # settled, then provisional
+        style = "getComputedStyle(document.querySelector('[data-segment-id=\"c1/caller/1\"] .{}')).fontStyle"
+        assert (await page.evaluate(style.format("stable")), await page.evaluate(style.format("provisional"))) == ("normal", "italic")
+        hub.publish(final("c1", 1, "It has been out since Monday.", revision=2))
         await page.wait_for(segment_state("c1/caller/1"), "segment final | It has been out since Monday.")
         assert await page.evaluate("document.querySelectorAll('.segment.partial').length") == 0
 

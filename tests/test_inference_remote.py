@@ -24,8 +24,8 @@ from asr_stream.app.logs import LogSettings
 from asr_stream.app.workers.process import ChildProcess
 from asr_stream.common.ipc import Link
 from asr_stream.common.shm_arena import ALIGN_SAMPLES, ArenaAllocator, SharedArena
-from asr_stream.inference.remote import InferenceClient, InferenceServer, InferenceUnavailable, RemoteHypothesis
-from asr_stream.inference.runners import Utterance
+from asr_stream.inference.live import LiveResult, Utterance
+from asr_stream.inference.remote import InferenceClient, InferenceServer, InferenceUnavailable
 from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings, Shed
 
 pytestmark = pytest.mark.timeout(120)
@@ -35,9 +35,10 @@ def fingerprint(audio: np.ndarray) -> str:
     return f"{audio.shape[0]}:{float(np.sum(audio, dtype=np.float64)):.4f}"
 
 
-def heard(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
-    """The 'model': each utterance's fingerprint, and its hotword list as the language (so both cross intact)."""
-    return [RemoteHypothesis(fingerprint(utterance.audio), utterance.hotwords or "en") for utterance in batch]
+def heard(batch: Sequence[Utterance]) -> list[LiveResult]:
+    """The 'model': each utterance's fingerprint; its hotword list as the language and its prefix and
+    partial flag as the tokens, so that every field of the request is seen to cross intact."""
+    return [LiveResult(fingerprint(u.audio), u.hotwords or "en", (*u.prefix, int(u.partial))) for u in batch]
 
 
 @pytest.fixture
@@ -96,7 +97,11 @@ async def test_audio_crosses_intact_and_every_answer_reaches_its_caller(served, 
         audios = [rng.standard_normal(int(n)).astype(np.float32) for n in rng.integers(1_000, 160_000, size=24)]
         answers = await asyncio.gather(
             *(
-                client.submit(("call", i), Utterance(audio, "hotline" if i % 2 else None), Priority.FINAL if i % 3 else Priority.PARTIAL)
+                client.submit(
+                    ("call", i),
+                    Utterance(audio, "hotline" if i % 2 else None, partial=not i % 3, prefix=tuple(range(i % 4))),
+                    Priority.FINAL if i % 3 else Priority.PARTIAL,
+                )
                 for i, audio in enumerate(audios)
             )
         )
@@ -104,6 +109,7 @@ async def test_audio_crosses_intact_and_every_answer_reaches_its_caller(served, 
         await client.stop()
     assert [answer.text for answer in answers] == [fingerprint(audio) for audio in audios]
     assert [answer.language for answer in answers] == ["hotline" if i % 2 else "en" for i in range(len(audios))]
+    assert [answer.tokens for answer in answers] == [(*range(i % 4), int(not i % 3)) for i in range(len(audios))]
     assert served.stats.batches < len(audios), "requests of one client were batched together"
     assert client._allocator.used == 0, "every region was freed when its answer came back"
 
@@ -111,7 +117,7 @@ async def test_audio_crosses_intact_and_every_answer_reaches_its_caller(served, 
 async def test_a_full_arena_sheds_partials_at_once_and_makes_finals_wait(socket_path) -> None:
     release = threading.Event()
 
-    def held(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
+    def held(batch: Sequence[Utterance]) -> list[LiveResult]:
         release.wait(10)
         return heard(batch)
 
@@ -155,7 +161,7 @@ class ServerSpec:
 async def serve_fingerprints(spec: ServerSpec, link: Link) -> int:
     """A child process: an InferenceServer over a scheduler whose 'model' is `heard`, slowed down."""
 
-    def slow(batch: Sequence[Utterance]) -> list[RemoteHypothesis]:
+    def slow(batch: Sequence[Utterance]) -> list[LiveResult]:
         time.sleep(spec.batch_s)
         return heard(batch)
 

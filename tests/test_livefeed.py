@@ -31,9 +31,17 @@ def started(call_id: str) -> CallStarted:
     )
 
 
-def partial(call_id: str, index: int, revision: int, text: str) -> SegmentPartial:
+def partial(call_id: str, index: int, revision: int, text: str, stable_text: str = "") -> SegmentPartial:
     return SegmentPartial(
-        **envelope(call_id), channel="caller", index=index, revision=revision, text=text, start_ms=0, end_ms=1000, latency_ms=100
+        **envelope(call_id),
+        channel="caller",
+        index=index,
+        revision=revision,
+        text=text,
+        start_ms=0,
+        end_ms=1000,
+        latency_ms=100,
+        stable_text=stable_text,
     )
 
 

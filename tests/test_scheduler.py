@@ -36,7 +36,7 @@ async def test_batches_requests_and_returns_each_result():
 
 async def test_finals_go_before_partials():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=2, max_wait_s=0.05))
+    scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=2, max_wait_s=0.05, final_lane=False))
     await scheduler.start()
     try:
         partials = [asyncio.create_task(scheduler.submit(f"p{i}", f"partial{i}", Priority.PARTIAL)) for i in range(2)]
@@ -76,7 +76,8 @@ async def test_batches_never_mix_buckets():
 
 async def test_slow_engine_saturates_and_sheds_partials():
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls, 0.2), SchedulerSettings(max_batch=1, max_wait_s=0.0, final_deadline_s=0.5))
+    settings = SchedulerSettings(max_batch=1, max_wait_s=0.0, final_deadline_s=0.5, final_lane=False)  # one lane for both
+    scheduler = BatchScheduler(_recording_engine(calls, 0.2), settings)
     await scheduler.start()
     try:
         finals = [asyncio.create_task(scheduler.submit(f"f{i}", f"f{i}", Priority.FINAL)) for i in range(4)]
@@ -113,5 +114,43 @@ async def test_saturation_clears_once_the_backlog_is_gone_even_if_batches_are_sl
         await asyncio.sleep(0.05)
         assert scheduler.stats.ema_batch_s > scheduler.final_deadline_s
         assert not scheduler.saturated
+    finally:
+        await scheduler.stop()
+
+
+async def test_a_final_does_not_wait_for_a_running_partial_batch():
+    """With a final lane, a final submitted while a slow partial batch runs is answered before it ends."""
+    started = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def engine(batch):
+        if batch[0].startswith("partial"):
+            loop.call_soon_threadsafe(started.set)
+            time.sleep(0.5)
+        return [item.upper() for item in batch]
+
+    scheduler = BatchScheduler(engine, SchedulerSettings(max_batch=4, max_wait_s=0.0, final_lane=True))
+    await scheduler.start()
+    try:
+        partial = asyncio.create_task(scheduler.submit("p", "partial", Priority.PARTIAL))
+        await started.wait()
+        assert await scheduler.submit("f", "final", Priority.FINAL) == "FINAL"
+        assert not partial.done(), "the final waited for the partial batch"
+        assert await partial == "PARTIAL"
+    finally:
+        await scheduler.stop()
+
+
+async def test_in_their_own_lane_partials_are_not_shed_for_slow_finals():
+    """A slow final lane saturates admission, but partials (which cannot delay it) still run."""
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls, 0.2), SchedulerSettings(max_batch=1, max_wait_s=0.0, final_deadline_s=0.5))
+    await scheduler.start()
+    try:
+        finals = [asyncio.create_task(scheduler.submit(f"f{i}", f"f{i}", Priority.FINAL)) for i in range(4)]
+        await asyncio.sleep(0.5)
+        assert scheduler.saturated
+        assert await scheduler.submit("p", "partial", Priority.PARTIAL) == "PARTIAL"
+        assert await asyncio.gather(*finals) == ["F0", "F1", "F2", "F3"]
     finally:
         await scheduler.stop()

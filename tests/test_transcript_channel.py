@@ -4,29 +4,36 @@ The VAD, the clock and the model are injected so the timing rules can be checked
 that says "speech" inside scripted intervals, a clock the test advances 20 ms per packet, and a
 queue that answers each request with text describing the audio it got (its length), optionally
 holding answers back until the test releases them. The real Silero VAD, BatchScheduler and
-Whisper are exercised end to end in test_daemon_e2e.py.
+Whisper are exercised end to end in test_daemon_e2e.py; here the real Silero VAD appears only to
+check that a shared, batched VAD segments a channel exactly as the channel's own does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Hashable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.vad import WINDOW_SAMPLES
-from asr_stream.inference.runners import Utterance
+from asr_stream.audio.vad_batch import BatchedVad
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.inference.live import Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels
 
 PACKET = SAMPLE_RATE // 50  # 20 ms, as RTP delivers it
 LABELS = Labels(call_id="call-1", model="test-model", engine="test-engine")
+SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 
 
 class ScriptedVad:
@@ -52,6 +59,7 @@ class ScriptedVad:
 class Heard:
     text: str
     language: str | None = "en"
+    tokens: tuple[int, ...] = ()
 
 
 @dataclass
@@ -60,12 +68,14 @@ class Request:
     seconds: float
     priority: Priority
     submitted_at: float
+    prefix: tuple[int, ...]
     hotwords: str | None
     answer: asyncio.Future[Heard] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class ScriptedQueue:
-    """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so."""
+    """Answers "<n> tenths" (the audio's length) at once, or when released if `hold` says so; its
+    tokens are 0, 1, ... n-1 tenths, so consecutive answers share the earlier one's tokens."""
 
     def __init__(self, clock: ManualClock, hold: set[Priority] | None = None, text: str | None = None, language: str | None = "en") -> None:
         self.requests: list[Request] = []
@@ -75,15 +85,16 @@ class ScriptedQueue:
         self._language = language
 
     async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard:
-        request = Request(key, len(payload.audio) / SAMPLE_RATE, priority, self._clock(), payload.hotwords)
+        request = Request(key, payload.seconds, priority, self._clock(), payload.prefix, payload.hotwords)
         self.requests.append(request)
         if priority not in self._hold:
             self.release(request)
         return await request.answer
 
     def release(self, request: Request) -> None:
-        text = self._text if self._text is not None else f"{round(request.seconds * 10)} tenths"
-        request.answer.set_result(Heard(text, self._language))
+        tenths = round(request.seconds * 10)
+        text = self._text if self._text is not None else f"{tenths} tenths"
+        request.answer.set_result(Heard(text, self._language, tokens=tuple(range(tenths))))
 
 
 class ManualClock:
@@ -193,6 +204,103 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     # Speech ended at 1.5 s; the segment closes after min_silence (600 ms); then 250 ms of model.
     assert final_request.submitted_at - 1000.0 == pytest.approx(2.1, abs=0.05)
     assert final.latency_ms == pytest.approx(600 + 250, abs=50)
+
+
+def _speech_call() -> np.ndarray:
+    """Two shared clips with pauses around them: two segments through the real Silero VAD."""
+    entries = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()][:2]
+    pause = np.zeros(SAMPLE_RATE, np.float32)
+    return np.concatenate([pause, *(np.concatenate([load_audio(SPEECH / e["path_wav16k"])[0][0], pause]) for e in entries)])
+
+
+async def _finals_of(audio: np.ndarray, shared_vad: BatchedVad | None) -> list[tuple[int, int, int, str]]:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = ChannelTranscriber(labels=LABELS, channel="caller", scheduler=queue, emit=emitted.append, shared_vad=shared_vad, clock=clock)
+    for start in range(0, audio.shape[0], PACKET):
+        clock.now += 0.02
+        channel.feed(audio[start : start + PACKET])
+        await asyncio.sleep(0)
+    await channel.finish()
+    return [(e.index, e.start_ms, e.end_ms, e.text) for e in emitted if isinstance(e, SegmentFinal)]
+
+
+async def test_a_shared_batched_vad_gives_the_same_finals_as_the_channels_own() -> None:
+    audio = _speech_call()
+    inline = await _finals_of(audio, None)
+    scorer = BatchedVad(tick_s=0.004)
+    await scorer.start()
+    try:
+        batched = await _finals_of(audio, scorer)
+        assert scorer.channels == 0  # finish() gave the channel's state slot back
+    finally:
+        await scorer.stop()
+    assert len(inline) == 2 and batched == inline
+
+
+async def test_closing_a_cancelled_channel_releases_its_shared_vad_stream() -> None:
+    scorer = BatchedVad(tick_s=0.004)
+    await scorer.start()
+    try:
+        clock, emitted = ManualClock(), []
+        channel = ChannelTranscriber(
+            labels=LABELS, channel="caller", scheduler=ScriptedQueue(clock), emit=emitted.append, shared_vad=scorer, clock=clock
+        )
+        channel.feed(np.zeros(10 * PACKET, np.float32))
+        assert scorer.channels == 1
+        channel.close()
+        assert scorer.channels == 0
+    finally:
+        await scorer.stop()
+
+
+async def test_a_pause_inside_a_segment_asks_for_no_partial() -> None:
+    """Partials follow new speech: 0.5 s of silence (too short to close the segment) sends nothing."""
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    policy = PartialPolicy(interval_s=0.2, min_new_speech_s=0.5)
+    channel = transcriber(queue, ScriptedVad([(0.5, 2.0), (2.5, 4.0)]), clock, emitted, partials=policy)
+    await stream(channel, clock, 5.5)
+    await channel.finish()
+    times = [r.submitted_at - 1000.0 for r in queue.requests if r.priority is Priority.PARTIAL]
+    assert not [t for t in times if 2.02 < t < 2.5], times  # nothing while the speaker pauses
+    assert np.all(np.diff(times) >= 0.5 - 1e-9)  # never more often than the speech moves on
+    assert len(times) >= 4 and isinstance(emitted[-1], SegmentFinal) and len([e for e in emitted if isinstance(e, SegmentFinal)]) == 1
+
+
+async def test_partials_force_the_tokens_earlier_partials_agreed_on() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted)
+    await stream(channel, clock, 6.5)
+    await channel.finish()
+    partials = [r for r in queue.requests if r.priority is Priority.PARTIAL]
+    assert len(partials) >= 3
+    assert partials[0].prefix == partials[1].prefix == ()  # nothing agreed before two answers
+    for earlier, later in zip(partials, partials[2:]):
+        assert later.prefix == tuple(range(round(earlier.seconds * 10)))  # the two answers before it share the older one
+    (final,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    assert final.prefix == ()  # the final is decoded free by default
+
+
+async def test_the_final_forces_the_agreed_tokens_when_told_to() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, partials=PartialPolicy(final_prefix=True))
+    await stream(channel, clock, 6.5)
+    await channel.finish()
+    partials = [r for r in queue.requests if r.priority is Priority.PARTIAL]
+    (final,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    assert final.prefix == tuple(range(round(partials[-2].seconds * 10)))
+
+
+async def test_with_prefix_reuse_off_no_request_carries_a_prefix() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock)
+    channel = transcriber(queue, ScriptedVad([(0.5, 5.0)]), clock, emitted, partials=PartialPolicy(reuse_prefix=False, final_prefix=False))
+    await stream(channel, clock, 6.5)
+    await channel.finish()
+    assert len(queue.requests) > 3 and all(r.prefix == () for r in queue.requests)
 
 
 @pytest.mark.parametrize(

@@ -71,3 +71,33 @@ def test_stable_prefix_of_a_chinese_segment():
     assert segment.stable_prefix == "甚至出现交易"
     segment.partial("甚至出现交易几乎停止的情况", 3500, "zh", 10)
     assert segment.stable_prefix == "甚至出现交易几乎停"
+
+
+def test_partial_events_carry_the_stable_text():
+    segment = _segment()
+    first = segment.partial("我家门口的路灯", 1500, "zh", 10)
+    second = segment.partial("我家门口的路灯坏了", 2500, "zh", 10)
+    assert first is not None and first.stable_text == ""
+    assert second is not None and second.stable_text == "我家门口的路灯"
+    assert second.to_dict()["stable_text"] == "我家门口的路灯"
+
+
+def test_committed_tokens_are_what_consecutive_hypotheses_share_and_only_grow():
+    segment = _segment()
+    segment.partial("a", 1000, "en", 10, tokens=(1, 2, 3))
+    assert segment.committed == ()
+    segment.partial("a b", 2000, "en", 10, tokens=(1, 2, 3, 4, 5))
+    assert segment.committed == (1, 2, 3)
+    segment.partial("a c", 3000, "en", 10, tokens=(1, 2, 9))  # an answer to an older request: cannot take back
+    assert segment.committed == (1, 2, 3)
+    segment.partial("a b c", 4000, "en", 10, tokens=(1, 2, 3, 4, 6))
+    segment.partial("a b c d", 5000, "en", 10, tokens=(1, 2, 3, 4, 6, 7))
+    assert segment.committed == (1, 2, 3, 4, 6)
+
+
+def test_an_empty_hypothesis_publishes_and_changes_nothing():
+    segment = _segment()
+    segment.partial("my street", 2000, "en", 50, tokens=(5, 6))
+    assert segment.partial("", 2500, "en", 50, tokens=()) is None
+    segment.partial("my street light", 3000, "en", 50, tokens=(5, 6, 7))
+    assert segment.stable_prefix == "my street" and segment.committed == (5, 6) and segment.revision == 1

@@ -27,11 +27,14 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 
+from asr_stream.app.config import Config, Settings
 from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.audio.vad_batch import BatchedVad, VadSource
 from asr_stream.ingest.media import ChannelAudio
 from asr_stream.ingest.types import CallChannel, CallEnded, CallInfo, CallStarted, EndReason
 from asr_stream.transcript import events
 from asr_stream.transcript.channel import ChannelTranscriber, TranscriptionQueue
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.script import ChineseScript, ScriptConverter
 from asr_stream.transcript.state import Labels
 
@@ -143,6 +146,8 @@ class CallSession:
         except Exception:  # one broken channel must not take the call's other channels down
             self._failed = True
             log.exception("call %s: channel %s failed", self.call.call_id[:64], channel.info.label)
+        finally:  # also when cancelled: the channel's VAD stream and partial go with it
+            transcriber.close()
 
 
 def rtp_channels(sessions: Iterable[CallSession]) -> list[ChannelAudio]:
@@ -199,19 +204,39 @@ class PipelineSettings:
     engine: str
     language: str | None  # the model's default language (None: detected per segment)
     segmenter: SegmenterConfig
-    partial_interval_s: float
+    partials: PartialPolicy
     chinese_script: ChineseScript
     hotword_lists: frozenset[str]  # the named lists the model has (a call asks for one with X-ASR-Hotwords)
+
+    @classmethod
+    def of(cls, config: Config, language: str | None, hotword_lists: frozenset[str]) -> PipelineSettings:
+        """From the config, and what the loaded model says of itself."""
+        s = config.settings
+        return cls(s.model, s.backend, language, config.components.segmenter, s.scheduler.partials(), s.text.chinese_script, hotword_lists)
+
+
+async def start_batched_vad(settings: Settings) -> BatchedVad | None:
+    """One Silero batch per tick for every channel of this process (docs/vad.md), or None with
+    `vad.batch_tick_ms: 0` (each channel scores its own). The caller stops it after its calls' last finals."""
+    if settings.vad.batch_tick_ms <= 0:
+        return None
+    vad = BatchedVad(tick_s=settings.vad.batch_tick_ms / 1000)
+    await vad.start()
+    return vad
 
 
 class CallPipeline:
     """Makes a transcribed `CallSession` of each call an ingest starts, and ends it when the ingest does."""
 
-    def __init__(self, settings: PipelineSettings, queue: TranscriptionQueue, publish: Publish, calls: CallRegistry) -> None:
+    def __init__(
+        self, settings: PipelineSettings, queue: TranscriptionQueue, publish: Publish, calls: CallRegistry, vad: VadSource | None = None
+    ) -> None:
+        """`vad`: the process's shared VAD scorer (None: each channel runs its own)."""
         self.settings = settings
         self.calls = calls
         self._queue = queue
         self._publish = publish
+        self._vad = vad
         self._script = ScriptConverter(settings.chinese_script)  # every call's (the loop's thread only)
 
     async def consume(self, ingest_events: AsyncIterator[CallStarted | CallEnded | object]) -> None:
@@ -236,7 +261,8 @@ class CallPipeline:
                 scheduler=self._queue,
                 emit=self._publish,
                 segmenter_config=settings.segmenter,
-                partial_interval_s=settings.partial_interval_s,
+                partials=settings.partials,
+                shared_vad=self._vad,
                 script=self._script,
                 hotwords=hotwords,
             )

@@ -35,6 +35,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from asr_stream.app.http_api import HttpSettings, is_loopback
 from asr_stream.audio.segmenter import SegmenterConfig
+from asr_stream.audio.vad_batch import TICK_S as VAD_TICK_S
 from asr_stream.errors import OperatorError
 from asr_stream.inference.hotwords import DEFAULT_BOOST, HotwordError, HotwordLists, parse_hotwords, read_hotwords_file
 from asr_stream.inference.scheduler import SchedulerSettings
@@ -44,7 +45,7 @@ from asr_stream.rtp.codecs import supported_encodings
 from asr_stream.rtp.receiver import Latching
 from asr_stream.sinks.kafka import KafkaSettings
 from asr_stream.sip import DigestAuthConfig, DigestCredential, InviteRateLimit, SipServerConfig, TransportLimits
-from asr_stream.transcript.channel import PARTIAL_INTERVAL_S
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.script import ChineseScript
 
 ENV_PREFIX = "ASR_STREAM__"
@@ -290,16 +291,32 @@ class VadSection(_Section):
     post_speech_pad_ms: Annotated[int, Field(ge=0)] = SegmenterConfig.post_speech_pad_ms
     max_segment_ms: Annotated[int, Field(gt=0)] = SegmenterConfig.max_segment_ms
     split_search_ms: Annotated[int, Field(gt=0)] = SegmenterConfig.split_search_ms
+    batch_tick_ms: Annotated[float, Field(ge=0, le=1000)] = Field(
+        default=VAD_TICK_S * 1000,
+        description="score every channel's VAD windows in one batch per tick (adds up to a tick of latency); 0: each channel scores its own",
+    )
 
     def build(self) -> SegmenterConfig:
-        return SegmenterConfig(**self.model_dump())
+        return SegmenterConfig(**self.model_dump(exclude={"batch_tick_ms"}))
 
 
 class SchedulerSection(_Section):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = SchedulerSettings.max_batch
     max_wait_ms: Annotated[float, Field(ge=0)] = SchedulerSettings.max_wait_s * 1000
     max_queue: Annotated[int, Field(ge=1)] = SchedulerSettings.max_queue
-    partial_interval_s: Positive = PARTIAL_INTERVAL_S
+    partial_interval_s: Positive = Field(default=PartialPolicy.interval_s, description="least time between two partials of a segment")
+    partial_min_new_speech_s: Annotated[float, Field(ge=0)] = Field(
+        default=PartialPolicy.min_new_speech_s, description="new voiced audio a partial needs since the segment's last one"
+    )
+    partial_prefix: bool = Field(default=PartialPolicy.reuse_prefix, description="decode only a partial's tail after the agreed tokens")
+    final_prefix: bool = Field(default=PartialPolicy.final_prefix, description="force the agreed tokens on the final too")
+    final_lane: bool = Field(default=SchedulerSettings.final_lane, description="a worker of their own for finals (never behind a partial)")
+    partial_nice: Annotated[int, Field(ge=0, le=19)] = Field(
+        default=SchedulerSettings.partial_nice, description="with final_lane: how much nicer the partial threads run (Linux)"
+    )
+    partial_engine_threads: Annotated[int, Field(ge=1)] | None = Field(
+        default=1, description="onnxruntime: partials on sessions of their own with this many threads; null: shared with finals"
+    )
     final_deadline_s: Positive = SchedulerSettings.final_deadline_s
     engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
 
@@ -310,7 +327,12 @@ class SchedulerSection(_Section):
             max_queue=self.max_queue,
             final_deadline_s=self.final_deadline_s,
             threads=self.engine_threads,
+            final_lane=self.final_lane,
+            partial_nice=self.partial_nice,
         )
+
+    def partials(self) -> PartialPolicy:
+        return PartialPolicy(self.partial_interval_s, self.partial_min_new_speech_s, self.partial_prefix, self.final_prefix)
 
 
 def usable_cores() -> int:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from asr_stream.app import http_api
-from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels
+from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels, start_batched_vad
 from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.logs import LogSettings
 from asr_stream.app.metrics import DaemonMetrics
@@ -47,6 +47,7 @@ from asr_stream.app.serving import live_scheduler, load_live_model
 from asr_stream.app.whip_routes import whip_routes
 from asr_stream.app.workers.inference import InferenceSupervisor
 from asr_stream.app.workers.pool import ARENA_BYTES, WorkerPool
+from asr_stream.audio.vad_batch import BatchedVad
 from asr_stream.common.shm_arena import SharedArena
 from asr_stream.common.throttled_log import ThrottledLog, clip
 from asr_stream.errors import OperatorError
@@ -97,6 +98,7 @@ class Daemon:
         self.inference: InferenceSupervisor | None = None
         self.inference_client: InferenceClient | None = None
         self.pool: WorkerPool | None = None
+        self.vad: BatchedVad | None = None  # this process's calls' VAD batches (None: each channel scores its own)
         self.kafka: KafkaSink | None = None
         self.ingest: TelephonyIngest | None = None
         self.whip: WhipIngest | None = None
@@ -128,21 +130,10 @@ class Daemon:
             await self._start_http(stack)
             self._start_kafka(stack)
             queue = self.inference_client if self.inference_client is not None else await self._start_scheduler(stack)
-            settings = self.config.settings
-            pipeline = CallPipeline(
-                PipelineSettings(
-                    settings.model,
-                    settings.backend,
-                    language,
-                    self.config.components.segmenter,
-                    settings.scheduler.partial_interval_s,
-                    settings.text.chinese_script,
-                    hotword_lists,
-                ),
-                queue,
-                self.publish,
-                self.calls,
-            )
+            self.vad = await start_batched_vad(self.config.settings)
+            if self.vad is not None:
+                stack.push_async_callback(self.vad.stop)  # after the calls' last finals (unwound after the drain below)
+            pipeline = CallPipeline(PipelineSettings.of(self.config, language, hotword_lists), queue, self.publish, self.calls, self.vad)
             stack.push_async_callback(lambda: self.calls.drain(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))
             if self.whip is not None:
                 self._consume_while_running(stack, pipeline.consume(self.whip.events()), self.whip.stop)

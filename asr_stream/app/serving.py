@@ -24,10 +24,11 @@ def load_live_model(config: Config) -> LoadedModel:
         backend=settings.backend,
         live=True,
         profiles_dir=settings.profiles_dir,
+        partial_threads=settings.scheduler.partial_engine_threads,
         hotwords=config.components.hotwords,
     )
 
 
 def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetrics) -> BatchScheduler:
     """The scheduler over `model`, its batches measured into `metrics`; start() it in the serving loop."""
-    return BatchScheduler(metrics.timed_batch(model.transcribe), settings.scheduler.build(model.max_batch), bucket=model.utterance_bucket)
+    return BatchScheduler(metrics.timed_batch(model.live), settings.scheduler.build(model.max_batch), bucket=model.utterance_bucket)

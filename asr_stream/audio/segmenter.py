@@ -168,6 +168,11 @@ class Segmenter:
         self._window_energy: list[float] = []  # per window of the open segment, for forced cuts
         self._energy_first_window = 0  # window index of _window_energy[0]
 
+    @property
+    def speech_end(self) -> int:
+        """End sample of the newest window at or above `stop_threshold` (0 before any)."""
+        return self._last_voiced
+
     def open_audio(self) -> np.ndarray | None:
         """Audio of the open segment so far (read-only view), or None between segments."""
         if self._open_start is None:

@@ -8,6 +8,7 @@ published Whisper numbers.
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Sequence
 from functools import lru_cache
@@ -15,6 +16,8 @@ from functools import lru_cache
 import jiwer
 from whisper_normalizer.basic import BasicTextNormalizer
 from whisper_normalizer.english import EnglishTextNormalizer
+
+from asr_stream.transcript.state import text_units
 
 _WHITESPACE = re.compile(r"\s+")
 
@@ -47,3 +50,29 @@ def corpus_cer(references: Sequence[str], hypotheses: Sequence[str], language: s
         return _WHITESPACE.sub("", normalize(text, language))
 
     return jiwer.cer([characters(text) for text in references], [characters(text) for text in hypotheses])
+
+
+def _comparable(text: str) -> list[str]:
+    """Units of a hypothesis as a reader compares them: case and punctuation do not count as a change."""
+    units = (re.sub(r"[^\w]", "", unit.lower()) for unit in text_units(text))
+    return [unit for unit in units if unit]
+
+
+def churn(versions: Sequence[str]) -> tuple[int, int]:
+    """(words changed, words shown) over the partials of one segment: `versions` is its partials'
+    texts in order, then its final's.
+
+    A word a partial showed is kept when every later partial and the final still have it in the
+    same place of an alignment (difflib's matching blocks): words that only follow it or come
+    before it do not change it, a different or missing word does.
+    """
+    units = [_comparable(text) for text in versions]
+    changed = shown = 0
+    for i, partial in enumerate(units[:-1]):
+        kept = set(range(len(partial)))
+        for later in units[i + 1 :]:
+            blocks = difflib.SequenceMatcher(None, partial, later, autojunk=False).get_matching_blocks()
+            kept &= {block.a + k for block in blocks for k in range(block.size)}
+        changed += len(partial) - len(kept)
+        shown += len(partial)
+    return changed, shown

@@ -35,7 +35,7 @@ import numpy as np
 
 from asr_stream.common.ipc import Link, LinkClosed
 from asr_stream.common.shm_arena import ArenaAllocator, SharedArena
-from asr_stream.inference.runners import Hypothesis, Utterance
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.scheduler import Priority, SchedulerStopped, Shed
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ class Welcome:
 
 @dataclass(frozen=True, slots=True)
 class Transcribe:
-    """One utterance: its audio at (offset, count) of the client's arena, and its hotword list."""
+    """One `Utterance`: its audio at (offset, count) of the client's arena, and its other (small) fields."""
 
     id: int
     key: Hashable
@@ -72,25 +72,18 @@ class Transcribe:
     offset: int
     count: int
     hotwords: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Span:
-    """A timed span of the text (`runners.TimedText`), seconds from the utterance's start."""
-
-    start: float
-    end: float
-    text: str
+    partial: bool = False
+    prefix: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
 class Heard:
-    """The answer: `RemoteHypothesis` fields."""
+    """The answer: a `LiveResult`'s fields."""
 
     id: int
     text: str
     language: str | None
-    segments: tuple[Span, ...]
+    tokens: tuple[int, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,17 +93,8 @@ class NotHeard:
     error: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class RemoteHypothesis:
-    """What a client gets back: a `runners.Hypothesis` rebuilt from plain fields."""
-
-    text: str
-    language: str | None
-    segments: tuple[Span, ...] = ()
-
-
 class _Queue(Protocol):
-    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Hypothesis: ...
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> LiveResult: ...
 
 
 # -- the inference process's side ---------------------------------------------------------------
@@ -167,11 +151,11 @@ class InferenceServer:
     async def _answer(self, link: Link, arena: SharedArena, client: str, request: Transcribe) -> None:
         # Copied out at once (a memcpy: about a thousandth of what the features cost): no view of the
         # arena outlives this line, so a client's arena can always be unmapped when it goes away.
-        utterance = Utterance(arena.view(request.offset, request.count).copy(), request.hotwords)
+        audio = arena.view(request.offset, request.count).copy()
+        utterance = Utterance(audio, request.hotwords, partial=request.partial, prefix=request.prefix)
         try:
-            hypothesis = await self._scheduler.submit((client, request.key), utterance, request.priority)
-            spans = tuple(Span(segment.start, segment.end, segment.text) for segment in hypothesis.segments)
-            answer: Heard | NotHeard = Heard(request.id, hypothesis.text, hypothesis.language, spans)
+            result = await self._scheduler.submit((client, request.key), utterance, request.priority)
+            answer: Heard | NotHeard = Heard(request.id, result.text, result.language, tuple(result.tokens))
         except Shed:
             answer = NotHeard(request.id, shed=True)
         except Exception as error:  # the engine failed or the scheduler stopped: the client learns why
@@ -189,7 +173,7 @@ def _remove(path: str) -> None:
 @dataclass
 class _Pending:
     request: Transcribe
-    future: asyncio.Future[RemoteHypothesis]
+    future: asyncio.Future[LiveResult]
     sends: int = 0
 
 
@@ -236,7 +220,7 @@ class InferenceClient:
         for pending in list(self._pending.values()):
             self._settle(pending, SchedulerStopped())
 
-    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> RemoteHypothesis:
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> LiveResult:
         """Transcribe `payload` (16 kHz float32 audio, its hotword list); partials may raise `Shed`, like the scheduler's."""
         audio = np.asarray(payload.audio, dtype=np.float32).ravel()
         if self._stopped:
@@ -255,8 +239,9 @@ class InferenceClient:
                 raise SchedulerStopped()
             offset = self._allocator.allocate(audio.shape[0])
         self._arena.write(offset, audio)
-        future: asyncio.Future[RemoteHypothesis] = asyncio.get_running_loop().create_future()
-        pending = _Pending(Transcribe(next(self._ids), key, priority, offset, audio.shape[0], payload.hotwords), future)
+        future: asyncio.Future[LiveResult] = asyncio.get_running_loop().create_future()
+        request = Transcribe(next(self._ids), key, priority, offset, audio.shape[0], payload.hotwords, payload.partial, payload.prefix)
+        pending = _Pending(request, future)
         self._pending[pending.request.id] = pending
         self.stats.requests += 1
         if self._link is not None:
@@ -328,13 +313,13 @@ class InferenceClient:
         if pending is None:
             return
         if isinstance(message, Heard):
-            self._settle(pending, RemoteHypothesis(message.text, message.language, message.segments))
+            self._settle(pending, LiveResult(message.text, message.language, message.tokens))
         elif message.shed:
             self._settle(pending, Shed(pending.request.key))
         else:
             self._settle(pending, RuntimeError(message.error))
 
-    def _settle(self, pending: _Pending, outcome: RemoteHypothesis | BaseException) -> None:
+    def _settle(self, pending: _Pending, outcome: LiveResult | BaseException) -> None:
         """Free the request's region and give its caller the outcome (unless it stopped waiting)."""
         del self._pending[pending.request.id]
         self._allocator.free(pending.request.offset)

@@ -37,12 +37,13 @@ from asr_stream.inference.engine import BackendError, Engine
 from asr_stream.inference.funasr.manifest import FAMILIES as FUNASR_FAMILIES
 from asr_stream.inference.funasr.runner import FunasrRunner
 from asr_stream.inference.hotwords import ContextGraph, HotwordError, HotwordLists
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import ModelError, load_prepared, model_family, model_source
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.profiles import ProfileError, load_profile
 from asr_stream.inference.tensorrt.engine import TensorRTEngine
 from asr_stream.inference.whisper.prompt import hotword_prompt
-from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_windows
+from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_partial_windows, live_windows
 
 # The backends of the graph families: one Engine per exported graph.
 GRAPH_ENGINES: dict[str, Callable[[Path], Engine]] = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
@@ -82,15 +83,9 @@ def _one_bucket(audio: np.ndarray) -> None:
     return None
 
 
-@dataclass(frozen=True)
-class Utterance:
-    """One piece of audio to transcribe (16 kHz mono float32) and the hotword list it uses (None: the default list)."""
-
-    audio: np.ndarray
-    hotwords: str | None = None
-
-
 Transcribe = Callable[[Sequence[np.ndarray], str | None], Sequence[Hypothesis]]
+# A model's own live call: (utterances of one hotword list, the list's name) -> one result each.
+TranscribeLive = Callable[[Sequence[Utterance], str | None], Sequence[LiveResult]]
 
 
 @dataclass(frozen=True)
@@ -104,6 +99,10 @@ class LoadedModel:
     # Which engine input shape an utterance needs: the scheduler batches only equal buckets.
     bucket: Callable[[np.ndarray], Hashable] = _one_bucket
     hotword_lists: frozenset[str] = frozenset()  # the named lists compiled for this model
+    # Live partials and finals (inference/live.py) where the model treats them apart (Whisper:
+    # partial windows, forced prefixes); None: the batch call, prefixes ignored.
+    transcribe_live: TranscribeLive | None = None
+    live_bucket: Callable[[Utterance], Hashable] | None = None  # replaces `bucket` for live utterances
 
     def transcribe_batch(self, audios: Sequence[np.ndarray]) -> Sequence[Hypothesis]:
         """Transcribe with the default hotword list (none unless configured)."""
@@ -118,9 +117,24 @@ class LoadedModel:
                 results[row] = hypothesis
         return results  # type: ignore[return-value]
 
+    def live(self, utterances: Sequence[Utterance]) -> list[LiveResult]:
+        """The daemon's call: one result per live utterance, in order (lists in separate calls, as `transcribe`)."""
+        results: list[LiveResult | None] = [None] * len(utterances)
+        for name in dict.fromkeys(utterance.hotwords for utterance in utterances):
+            rows = [i for i, utterance in enumerate(utterances) if utterance.hotwords == name]
+            picked = [utterances[i] for i in rows]
+            if self.transcribe_live is not None:
+                answers: Sequence[LiveResult] = self.transcribe_live(picked, name)
+            else:
+                answers = [LiveResult(h.text, h.language) for h in self.transcribe_with([u.audio for u in picked], name)]
+            for row, answer in zip(rows, answers):
+                results[row] = answer
+        return results  # type: ignore[return-value]
+
     def utterance_bucket(self, utterance: Utterance) -> Hashable:
         """The scheduler's bucket: the engine shape, and the hotword list (a Whisper prompt is one per batch)."""
-        return self.bucket(utterance.audio), utterance.hotwords
+        shape = self.live_bucket(utterance) if self.live_bucket is not None else self.bucket(utterance.audio)
+        return shape, utterance.hotwords
 
 
 def load_model(
@@ -133,6 +147,7 @@ def load_model(
     timestamps: bool = False,
     profiles_dir: str | Path = "profiles",
     hotwords: HotwordLists = HotwordLists(),
+    partial_threads: int | None = None,
 ) -> LoadedModel:
     """Load model `name` on `backend`, ready to transcribe 16 kHz mono float32 utterances.
 
@@ -142,7 +157,10 @@ def load_model(
     docs/whisper-windows.md); files offline keep the full window. `timestamps`: Whisper decodes
     timestamp tokens, so segments carry times (Conformer-CTC always has word times).
     `profiles_dir`: where `<name>.yaml` gives the torch backend its batch buckets. `hotwords`: the
-    default and named term lists, compiled here for the model.
+    default and named term lists, compiled here for the model. `partial_threads`: ONNX Runtime
+    only: live partials get sessions of their own with this many threads (the calling thread
+    alone at 1), so that a niced partial lane really yields the cores to finals
+    (scheduler.partial_nice); None: partials share the finals' sessions.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -152,36 +170,67 @@ def load_model(
     if family in FUNASR_FAMILIES:
         return _funasr_model(name, family, Path(engines_dir) / name, language, backend, hotwords)
     windows_s, margin_s = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
+    partial_windows_s = live_partial_windows(name) if live else None
+    partials = None
     if backend == "torch":
-        runner = torch_runner(name, profiles_dir, windows_s, margin_s)
+        runner = torch_runner(name, profiles_dir, windows_s, margin_s, partial_windows_s)
     else:
-        runner = WhisperRunner.from_prepared(load_prepared(name, engines_dir), GRAPH_ENGINES[backend], windows_s, margin_s)
-    return whisper_model(name, runner, language, timestamps, hotwords)
+        prepared = load_prepared(name, engines_dir)
+        runner = WhisperRunner.from_prepared(prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s)
+        if live and partial_threads is not None and backend == "onnxruntime":
+            load = partial(OnnxRuntimeEngine.load, threads=partial_threads)
+            partials = WhisperRunner.from_prepared(prepared, load, windows_s, margin_s, partial_windows_s=partial_windows_s)
+    return whisper_model(name, runner, language, timestamps, hotwords, partials)
 
 
 def whisper_model(
-    name: str, runner: WhisperRunner, language: str | None = None, timestamps: bool = False, hotwords: HotwordLists = HotwordLists()
+    name: str,
+    runner: WhisperRunner,
+    language: str | None = None,
+    timestamps: bool = False,
+    hotwords: HotwordLists = HotwordLists(),
+    partials: WhisperRunner | None = None,
 ) -> LoadedModel:
     """A Whisper runner on any backend as the daemon and the CLI use it (also for a runner built by hand, e.g. in tests).
 
     Each hotword list becomes a runner prompted with its terms (same compute); no terms, no prompt.
+    `partials`: the same model on engines of its own, for batches of live partials only.
     """
     if language is not None and not runner.tokenizer.supports(language):
         raise ModelError(f"model {name} cannot transcribe language {language!r}")
-    runners = {}
-    for list_name, terms in hotwords.by_name().items():
-        prompt = _compiled(list_name, partial(hotword_prompt, runner.tokenizer, terms, runner.dims.n_text_ctx, name))
-        runners[list_name] = runner.prompted(prompt) if prompt else runner
+    prompts = {
+        list_name: _compiled(list_name, partial(hotword_prompt, runner.tokenizer, terms, runner.dims.n_text_ctx, name))
+        for list_name, terms in hotwords.by_name().items()
+    }
+
+    def by_list(base: WhisperRunner) -> dict[str | None, WhisperRunner]:
+        return {list_name: base.prompted(prompt) if prompt else base for list_name, prompt in prompts.items()}
+
+    runners = by_list(runner)
+    partial_runners = by_list(partials) if partials is not None else runners
 
     def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
         return runners.get(hotword_list, runners[None]).transcribe_batch(audios, language=language, timestamps=timestamps)
+
+    def transcribe_live(utterances: Sequence[Utterance], hotword_list: str | None) -> Sequence[LiveResult]:
+        chosen = partial_runners if all(utterance.partial for utterance in utterances) else runners
+        return chosen.get(hotword_list, chosen[None]).transcribe_live(utterances, language=language)
 
     def window(audio: np.ndarray) -> int:
         return runner.window_for(len(audio) / SAMPLE_RATE)
 
     default_language = language or (None if runner.dims.is_multilingual else "en")
     return LoadedModel(
-        name, "whisper", runner.compute.backend, transcribe, runner.compute.max_batch, default_language, window, frozenset(hotwords.named)
+        name,
+        "whisper",
+        runner.compute.backend,
+        transcribe,
+        runner.compute.max_batch,
+        default_language,
+        window,
+        frozenset(hotwords.named),
+        transcribe_live,
+        runner.live_window_for,
     )
 
 
@@ -253,6 +302,7 @@ def torch_runner(
     profiles_dir: str | Path = "profiles",
     windows_s: Sequence[int] = (FULL_WINDOW_S,),
     margin_s: float = 0.0,
+    partial_windows_s: Sequence[int] | None = None,
     **options: object,
 ) -> WhisperRunner:
     """Whisper `name` on the CUDA GPU (fp16 unless `options` say otherwise, e.g. dtype=torch.float32 for
@@ -270,5 +320,6 @@ def torch_runner(
     if profile.buckets is None:
         raise ProfileError(f"{profile.source}: variant {TORCH_PROFILE_VARIANT} has no buckets (the torch backend's batch sizes)")
     spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **options)
-    compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows_s])
-    return WhisperRunner.for_spec(spec, compute, windows_s, margin_s)
+    windows = sorted({*windows_s, *(partial_windows_s or ())})
+    compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows])
+    return WhisperRunner.for_spec(spec, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)

@@ -16,11 +16,20 @@ into batches. Its rules, in order of importance:
 Batches only mix requests of the same bucket (e.g. the same encoder window length), as an engine
 runs one input shape per call. The engine work itself runs in a thread pool, so the event loop
 never blocks.
+
+With `final_lane` (the default) finals have a worker and thread of their own and never wait for a
+partial batch that is already running: on a CPU the two then share the cores for a while, which
+costs the final less than waiting for the whole partial batch did (docs/benchmarks.md, "Partials
+that scale"). The partial workers take partials only, and partials are then not shed to protect
+finals (they do not delay them): they are paced by the channels instead (at most one in flight
+each, transcript/partials.py), and only a full queue sheds them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -59,7 +68,11 @@ class SchedulerSettings:
     max_wait_s: how long the oldest request may wait for company before a smaller batch runs
     max_queue: waiting requests beyond which new partials are shed and saturation is signalled
     final_deadline_s: the end-of-speech -> final target that shedding and saturation protect
-    threads: engine calls in flight at once (CPU: one engine call already uses every core given)
+    threads: engine calls in flight at once (CPU: one engine call already uses every core given);
+        with `final_lane`, the partial workers
+    final_lane: one more worker only for finals, so a final never waits for a running partial batch
+    partial_nice: with `final_lane`, the partial workers' threads run this much nicer (Linux), so
+        that on a busy CPU the kernel gives a final's thread the cores first (0: same priority)
     """
 
     max_batch: int = 8
@@ -67,6 +80,14 @@ class SchedulerSettings:
     max_queue: int = 256
     final_deadline_s: float = 1.5
     threads: int = 1
+    final_lane: bool = True
+    partial_nice: int = 10
+
+
+def _renice_thread(nice: int) -> None:
+    """Lower the calling thread's CPU priority by `nice` (Linux: a thread is a task with its own nice value)."""
+    if nice and hasattr(os, "setpriority"):
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), min(19, os.getpriority(os.PRIO_PROCESS, 0) + nice))
 
 
 class SchedulerStopped(Exception):
@@ -75,12 +96,15 @@ class SchedulerStopped(Exception):
 
 @dataclass
 class SchedulerStats:
-    """Counters for metrics and logs; `ema_batch_s` is the smoothed wall time of one batch."""
+    """Counters for metrics and logs; `ema_batch_s` is the smoothed wall time of one batch
+    (`ema_final_batch_s`: of one batch holding a final)."""
 
     batches: int = 0
     items: int = 0
     shed_partials: int = 0
     ema_batch_s: float = 0.0
+    ema_final_batch_s: float = 0.0
+    final_batches: int = 0
     batch_sizes: list[int] = field(default_factory=list)  # the last few, for metrics
 
 
@@ -101,21 +125,32 @@ class BatchScheduler(Generic[P, R]):
         self.final_deadline_s = settings.final_deadline_s
         self._bucket = bucket
         self._threads = settings.threads
+        self.final_lane = settings.final_lane
         self._queues: dict[Priority, list[_Job[P, R]]] = {Priority.FINAL: [], Priority.PARTIAL: []}
         self._partial_by_key: dict[Hashable, _Job[P, R]] = {}
-        self._wakeup = asyncio.Event()
+        # Which priorities each kind of worker takes, and the event that wakes it.
+        both = (Priority.FINAL, Priority.PARTIAL)
+        self._lanes: list[tuple[Priority, ...]] = [(Priority.FINAL,), (Priority.PARTIAL,)] if self.final_lane else [both]
+        self._wakeups = {lane: asyncio.Event() for lane in self._lanes}
         self._idle = asyncio.Event()  # set while nothing is queued or running
         self._idle.set()
         self._in_flight = 0
+        self._finals_in_flight = 0
         self._saturated = False
-        self._executor: ThreadPoolExecutor | None = None
+        self._partial_nice = settings.partial_nice if settings.final_lane else 0
+        self._executors: dict[tuple[Priority, ...], ThreadPoolExecutor] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.stats = SchedulerStats()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=self._threads, thread_name_prefix="engine")
-        self._tasks = [asyncio.create_task(self._worker(), name=f"scheduler-{i}") for i in range(self._threads)]
+        workers = [lane for lane in self._lanes for _ in range(1 if lane == (Priority.FINAL,) else self._threads)]
+        for lane in self._lanes:
+            nice = self._partial_nice if lane == (Priority.PARTIAL,) else 0
+            self._executors[lane] = ThreadPoolExecutor(
+                max_workers=workers.count(lane), thread_name_prefix="engine", initializer=_renice_thread, initargs=(nice,)
+            )
+        self._tasks = [asyncio.create_task(self._worker(lane), name=f"scheduler-{i}") for i, lane in enumerate(workers)]
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Shed queued partials, finish queued finals within `timeout_s`, then stop the workers.
@@ -140,8 +175,8 @@ class BatchScheduler(Generic[P, R]):
             if not job.future.done():
                 job.future.set_exception(SchedulerStopped())
         self._queues[Priority.FINAL].clear()
-        if self._executor is not None:
-            self._executor.shutdown(wait=finished, cancel_futures=True)
+        for executor in self._executors.values():
+            executor.shutdown(wait=finished, cancel_futures=True)
 
     # -- submission ----------------------------------------------------------------------
     async def submit(self, key: Hashable, payload: P, priority: Priority) -> R:
@@ -160,7 +195,9 @@ class BatchScheduler(Generic[P, R]):
         self._queues[priority].append(job)
         self._idle.clear()
         self._update_saturation()
-        self._wakeup.set()
+        for lane, wakeup in self._wakeups.items():
+            if priority in lane:
+                wakeup.set()
         return await job.future
 
     def queued(self, priority: Priority | None = None) -> int:
@@ -170,7 +207,10 @@ class BatchScheduler(Generic[P, R]):
 
     # -- load prediction -----------------------------------------------------------------
     def predicted_final_wait_s(self) -> float:
-        """How long a final submitted now would wait: batches ahead of it times batch time."""
+        """How long a final submitted now would wait: batches ahead of it times batch time (in its own
+        lane, only the finals' batches)."""
+        if self.final_lane:
+            return (self.queued(Priority.FINAL) // self.max_batch + 1 + self._finals_in_flight) * self.stats.ema_final_batch_s
         batches_ahead = self.queued(Priority.FINAL) // self.max_batch + 1 + self._in_flight
         return batches_ahead * self.stats.ema_batch_s
 
@@ -186,7 +226,8 @@ class BatchScheduler(Generic[P, R]):
     CLEAR_AT = 0.6
 
     def _shedding_partials(self) -> bool:
-        return self.predicted_final_wait_s() > self.SHED_PARTIALS_AT * self.final_deadline_s
+        """Partials go when they would make a final late; in a lane of their own they cannot."""
+        return not self.final_lane and self.predicted_final_wait_s() > self.SHED_PARTIALS_AT * self.final_deadline_s
 
     def _update_saturation(self) -> None:
         if not self.queued() and not self._in_flight:
@@ -210,18 +251,18 @@ class BatchScheduler(Generic[P, R]):
             job.future.set_exception(Shed(job.key))
 
     # -- batching ------------------------------------------------------------------------
-    def _take_batch(self) -> list[_Job[P, R]]:
-        """The oldest highest-priority job's bucket, filled finals first, up to max_batch."""
+    def _take_batch(self, lane: tuple[Priority, ...]) -> list[_Job[P, R]]:
+        """The oldest highest-priority job's bucket among `lane`'s priorities, filled finals first, up to max_batch."""
         if self._shedding_partials():
             for job in self._queues[Priority.PARTIAL]:
                 self._shed(job)
             self._queues[Priority.PARTIAL].clear()
             self._partial_by_key.clear()
-        head = next((q[0] for q in self._queues.values() if q), None)
+        head = next((self._queues[priority][0] for priority in lane if self._queues[priority]), None)
         if head is None:
             return []
         batch: list[_Job[P, R]] = []
-        for priority in (Priority.FINAL, Priority.PARTIAL):
+        for priority in lane:
             queue = self._queues[priority]
             keep = []
             for job in queue:
@@ -234,25 +275,28 @@ class BatchScheduler(Generic[P, R]):
             queue[:] = keep
         return batch
 
-    async def _worker(self) -> None:
+    async def _worker(self, lane: tuple[Priority, ...]) -> None:
         loop = asyncio.get_running_loop()
+        wakeup = self._wakeups[lane]
         while True:
-            await self._wakeup.wait()
-            oldest = min((q[0].submitted for q in self._queues.values() if q), default=None)
+            await wakeup.wait()
+            oldest = min((self._queues[priority][0].submitted for priority in lane if self._queues[priority]), default=None)
             if oldest is None:
-                self._wakeup.clear()
+                wakeup.clear()
                 continue
             remaining = self.max_wait_s - (time.monotonic() - oldest)
-            if self.queued() < self.max_batch and remaining > 0:
+            if sum(self.queued(priority) for priority in lane) < self.max_batch and remaining > 0:
                 await asyncio.sleep(remaining)
-            batch = self._take_batch()
-            if not batch:  # everything waiting was shed
+            batch = self._take_batch(lane)
+            if not batch:  # everything waiting was shed, or another worker of the lane took it
                 self._update_idle()
                 continue
+            has_final = any(job.priority is Priority.FINAL for job in batch)
             self._in_flight += 1
+            self._finals_in_flight += has_final
             started = time.monotonic()
             try:
-                results = await loop.run_in_executor(self._executor, self._run_batch, [job.payload for job in batch])
+                results = await loop.run_in_executor(self._executors[lane], self._run_batch, [job.payload for job in batch])
             except Exception as exc:  # the engine failed: every caller in the batch learns why
                 for job in batch:
                     if not job.future.done():
@@ -263,13 +307,17 @@ class BatchScheduler(Generic[P, R]):
                         job.future.set_result(result)
             finally:
                 self._in_flight -= 1
-            self._record(len(batch), time.monotonic() - started)
+                self._finals_in_flight -= has_final
+            self._record(len(batch), time.monotonic() - started, has_final)
             self._update_idle()
 
-    def _record(self, size: int, seconds: float) -> None:
+    def _record(self, size: int, seconds: float, has_final: bool) -> None:
         stats = self.stats
         stats.batches += 1
         stats.items += size
         stats.ema_batch_s = seconds if stats.batches == 1 else 0.8 * stats.ema_batch_s + 0.2 * seconds
+        if has_final:
+            stats.final_batches += 1
+            stats.ema_final_batch_s = seconds if stats.final_batches == 1 else 0.8 * stats.ema_final_batch_s + 0.2 * seconds
         stats.batch_sizes = ([*stats.batch_sizes, size])[-64:]
         self._update_saturation()

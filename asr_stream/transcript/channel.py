@@ -1,10 +1,16 @@
 """Live transcription of one channel: 16 kHz audio in, partial and final events out.
 
 Per channel the audio goes through its own VAD state and segmenter; the model work goes through
-the shared `BatchScheduler`, which batches it with every other channel's. While a segment is
-open it is re-transcribed every `partial_interval_s` at low priority (at most one partial in
-flight per channel: a newer one would only supersede it); when it closes, its final goes in at
-high priority. Finals are emitted strictly in segment order even if batches finish out of order.
+the shared `BatchScheduler`, which batches it with every other channel's. The VAD is either the
+channel's own detector, called inline on every frame, or a stream of a `BatchedVad` shared by every
+channel of the process (the daemon's default), which scores all channels' windows in one batch per
+tick and hands the probabilities back up to one tick later; the segmenter takes the audio at once
+and the probabilities when they come, so both give the same segments.
+
+While a segment is open it gets partials at low priority as `PartialPolicy` says (transcript/
+partials.py: paced by time and by new speech, at most one in flight per channel, the agreed
+tokens forced as the decoder's prefix); when it closes, its final goes in at high priority.
+Finals are emitted strictly in segment order even if batches finish out of order.
 
 Latency is measured from the wall time at which the end of speech arrived (a final: the segment's
 end less its post-speech pad; a partial: the newest audio it covers) to the moment the event is
@@ -17,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -26,9 +32,11 @@ import numpy as np
 from asr_stream.audio.features import SAMPLE_RATE
 from asr_stream.audio.segmenter import SegmentClosed, Segmenter, SegmenterConfig, SegmentEvent, SegmentOpened, samples_to_ms
 from asr_stream.audio.vad import SpeechDetector, Vad
-from asr_stream.inference.runners import Hypothesis, Utterance
+from asr_stream.audio.vad_batch import InlineVadStream, VadSource
+from asr_stream.inference.live import Utterance
 from asr_stream.inference.scheduler import Priority, Shed
 from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.script import ScriptConverter
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
@@ -37,20 +45,35 @@ log = logging.getLogger(__name__)
 
 SegmentEventSink = Callable[[SegmentPartial | SegmentFinal], None]
 
-#: How often an open segment is re-transcribed for a partial (the agent sees text move about once a second).
-PARTIAL_INTERVAL_S = 1.0
+_NO_AUDIO = np.zeros(0, np.float32)
+_NO_PROBS = np.zeros(0, np.float32)
+
+
+class Heard(Protocol):
+    """What the model answers (`inference.live.LiveResult`); `tokens` empty for models without a forced prefix."""
+
+    @property
+    def text(self) -> str: ...
+
+    @property
+    def language(self) -> str | None: ...
+
+    @property
+    def tokens(self) -> Sequence[int]: ...
 
 
 class TranscriptionQueue(Protocol):
     """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
 
-    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Hypothesis: ...
+    async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard: ...
 
 
 @dataclass
 class _OpenSegment:
     transcript: SegmentTranscript
-    last_partial_at: float
+    start: int  # media sample
+    last_partial_at: float  # wall (monotonic) time of the last partial's submission, or of the opening
+    last_partial_speech_end: int  # the segmenter's speech end at that moment
 
 
 class ChannelTranscriber:
@@ -64,22 +87,29 @@ class ChannelTranscriber:
         scheduler: TranscriptionQueue,
         emit: SegmentEventSink,
         segmenter_config: SegmenterConfig = SegmenterConfig(),
-        partial_interval_s: float = PARTIAL_INTERVAL_S,
+        partials: PartialPolicy = PartialPolicy(),
         vad: SpeechDetector | None = None,
+        shared_vad: VadSource | None = None,
         clock: Callable[[], float] = time.monotonic,
         script: ScriptConverter | None = None,
         hotwords: str | None = None,
     ) -> None:
-        """`script`: the Chinese script of partials and finals (default: Simplified, `text.chinese_script`).
-        `hotwords`: the named hotword list the call uses (None: the default list)."""
+        """`vad`: this channel's own detector (default: a Silero `Vad`); `shared_vad`: score through a
+        scorer shared with other channels instead (at most one of the two). `script`: the Chinese
+        script of partials and finals (default: Simplified, `text.chinese_script`). `hotwords`: the
+        named hotword list the call uses (None: the default list)."""
+        if vad is not None and shared_vad is not None:
+            raise ValueError("give a channel its own vad or a shared_vad, not both")
         self.labels = labels
         self.channel = channel
         self._scheduler = scheduler
         self._emit = emit
         self._segmenter = Segmenter(segmenter_config)
         self._post_pad_samples = segmenter_config.post_speech_pad_ms * SAMPLE_RATE // 1000
-        self._vad = vad or Vad()
-        self._partial_interval_s = partial_interval_s
+        self._vad = (
+            shared_vad.open(self._on_speech_probs) if shared_vad is not None else InlineVadStream(vad or Vad(), self._on_speech_probs)
+        )
+        self._partials = partials
         self._clock = clock
         self._script = script or ScriptConverter()
         self._hotwords = hotwords
@@ -96,23 +126,37 @@ class ChannelTranscriber:
         audio = np.asarray(audio, dtype=np.float32).ravel()
         self._received += audio.shape[0]
         self._received_at = self._clock()
-        self._handle(self._segmenter.push(audio, self._vad.process(audio)))
+        self._handle(self._segmenter.push(audio, _NO_PROBS))
+        self._vad.submit(audio)  # its probabilities reach _on_speech_probs now (inline) or within a tick (shared)
         self._maybe_partial()
+
+    def _on_speech_probs(self, probs: np.ndarray) -> None:
+        self._handle(self._segmenter.push(_NO_AUDIO, probs))
 
     async def finish(self) -> None:
         """The channel ended: close the open segment and wait until every final is out."""
+        try:
+            await self._vad.drain()  # the last windows' probabilities, before the segmenter closes
+        finally:
+            self._vad.close()
         self._handle(self._segmenter.finish())
         if self._partial_task is not None:
             self._partial_task.cancel()
         if self._last_final is not None:
             await self._last_final
 
+    def close(self) -> None:
+        """Stop without finalising (the call was cancelled): give up the VAD stream and the partial in flight."""
+        self._vad.close()
+        if self._partial_task is not None:
+            self._partial_task.cancel()
+
     # -- segments ----------------------------------------------------------------------
     def _handle(self, events: list[SegmentEvent]) -> None:
         for event in events:
             if isinstance(event, SegmentOpened):
                 transcript = SegmentTranscript(self.labels, self.channel, event.seq, event.start_ms)
-                self._open = _OpenSegment(transcript, last_partial_at=self._clock())
+                self._open = _OpenSegment(transcript, event.start, last_partial_at=self._clock(), last_partial_speech_end=event.start)
             elif isinstance(event, SegmentClosed):
                 if self._open is None or self._open.transcript.index != event.seq:
                     continue
@@ -123,33 +167,40 @@ class ChannelTranscriber:
         segment = self._open
         if segment is None or (self._partial_task is not None and not self._partial_task.done()):
             return
-        if self._clock() - segment.last_partial_at < self._partial_interval_s:
+        speech_end = self._segmenter.speech_end
+        if not self._partials.due(
+            self._clock(), segment.last_partial_at, speech_end / SAMPLE_RATE, segment.last_partial_speech_end / SAMPLE_RATE
+        ):
             return
         audio = self._segmenter.open_audio()
         if audio is None:
             return
-        segment.last_partial_at = self._clock()
-        end_sample = self._received
-        self._partial_task = asyncio.create_task(self._partial(segment.transcript, np.array(audio), end_sample))
+        segment.last_partial_at, segment.last_partial_speech_end = self._clock(), speech_end
+        prefix = segment.transcript.committed if self._partials.reuse_prefix else ()
+        request = Utterance(np.array(audio), self._hotwords, partial=True, prefix=prefix)
+        self._partial_task = asyncio.create_task(self._partial(segment.transcript, request, self._received))
 
-    async def _partial(self, transcript: SegmentTranscript, audio: np.ndarray, end_sample: int) -> None:
+    async def _partial(self, transcript: SegmentTranscript, request: Utterance, end_sample: int) -> None:
         key = (self.labels.call_id, self.channel)
         try:
-            hypothesis = await self._scheduler.submit(key, Utterance(audio, self._hotwords), Priority.PARTIAL)
+            heard = await self._scheduler.submit(key, request, Priority.PARTIAL)
         except Shed:
             return
         except Exception:
             log.exception("partial transcription failed", extra={"call_id": self.labels.call_id})
             return
-        text = self._script.convert(hypothesis.text, hypothesis.language)
-        event = transcript.partial(text, samples_to_ms(end_sample), hypothesis.language, self._latency_ms(end_sample))
+        text = self._script.convert(heard.text, heard.language)
+        event = transcript.partial(text, samples_to_ms(end_sample), heard.language, self._latency_ms(end_sample), heard.tokens)
         if event is not None:
             self._emit(event)
 
     async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
+        prefix = transcript.committed if self._partials.final_prefix else ()
         try:
             hypothesis = await self._scheduler.submit(
-                (self.labels.call_id, self.channel, closed.seq), Utterance(np.array(closed.audio), self._hotwords), Priority.FINAL
+                (self.labels.call_id, self.channel, closed.seq),
+                Utterance(np.array(closed.audio), self._hotwords, prefix=prefix),
+                Priority.FINAL,
             )
             text, language = self._script.convert(hypothesis.text, hypothesis.language), hypothesis.language
         except Exception:

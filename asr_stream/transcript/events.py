@@ -93,6 +93,7 @@ class _Envelope:
             "event": self.event,
             "call_id": self.call_id,
             **{name: getattr(self, name, None) for name in _SEGMENT_FIELDS},
+            "stable_text": getattr(self, "stable_text", None),  # partials only
             "emitted_at": rfc3339_utc(self.emitted_at),
             "language": self.language,
             "model": self.model,
@@ -176,10 +177,20 @@ class _SegmentEvent(_Envelope):
 
 @dataclass(frozen=True, kw_only=True)
 class SegmentPartial(_SegmentEvent):
-    """A provisional hypothesis: a later revision of the same segment_id replaces it."""
+    """A provisional hypothesis: a later revision of the same segment_id replaces it.
+
+    `stable_text` is the start of `text` that the previous hypothesis agreed on (words; single
+    characters in CJK script): an agent page shows it settled and the rest as provisional.
+    """
 
     event: ClassVar[str] = "segment.partial"
     is_final: ClassVar[bool] = False
+    stable_text: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.text.startswith(self.stable_text):
+            raise ValueError("stable_text must be a prefix of text")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -225,14 +236,16 @@ def parse_event(wire: bytes | str | Mapping[str, Any]) -> TranscriptEvent:
             final_segments=data["final_segments"],
         )
     if kind in _SEGMENT_TYPES:
-        return _SEGMENT_TYPES[kind](
-            **common,
-            channel=data["channel"],
-            index=int(data["segment_id"].rsplit("/", 1)[1]),
-            revision=data["revision"],
-            text=data["text"],
-            start_ms=data["start_ms"],
-            end_ms=data["end_ms"],
-            latency_ms=data["latency_ms"],
-        )
+        segment = {
+            "channel": data["channel"],
+            "index": int(data["segment_id"].rsplit("/", 1)[1]),
+            "revision": data["revision"],
+            "text": data["text"],
+            "start_ms": data["start_ms"],
+            "end_ms": data["end_ms"],
+            "latency_ms": data["latency_ms"],
+        }
+        if kind == SegmentPartial.event:
+            return SegmentPartial(**common, **segment, stable_text=data.get("stable_text", ""))  # absent from older v1 producers
+        return SegmentFinal(**common, **segment)
     raise ValueError(f"unknown event type {kind!r}")

@@ -4,7 +4,9 @@ Why a script and not a test: it needs a GPU and TensorRT (TensorRT-RTX, staged b
 its product is a table for docs/benchmarks.md ("## TensorRT builds"): build time and engine size
 per graph, profile variant and precision, and every failure with its cause. Whisper graphs come
 from `asr-stream models prepare`; the Conformer-CTC graph is a small randomly initialised export
-from the Conformer export code (only its shapes matter to the builder).
+from the Conformer export code, and SenseVoice/Paraformer are small randomly initialised FunASR
+export directories (`funasr.export.write_export_dir`) installed with `models add`, as a user's real
+export would be (only the graphs' interfaces and shapes matter to the builder).
 
     python bench/device/trt_builds.py --engines-dir engines --models whisper-tiny.en whisper-base --out $OUT/trt_builds.json
 """
@@ -35,6 +37,17 @@ def export_conformer(engines_dir: Path) -> Path:
     directory = engines_dir / "conformer-ctc"
     directory.mkdir(parents=True, exist_ok=True)
     return export_onnx(ConformerCTC(ConformerConfig(vocab_size=128)), directory / "model.onnx")
+
+
+def install_funasr(engines_dir: Path, family: str) -> str:
+    """A random export of `family` installed as `engines_dir/<family>/` (the name its shipped profile has)."""
+    from asr_stream.inference.funasr.export import write_export_dir
+    from asr_stream.inference.funasr.importer import add_funasr_model
+
+    texts = ["你好我家停水了", "路灯坏了请派人来修", "hello the street light is broken"]  # the tokens file's vocabulary
+    source = write_export_dir(engines_dir / f".{family}-export", family, texts)
+    add_funasr_model(family, family, source, engines_dir)
+    return family
 
 
 def build_all(engines_dir: Path, models: list[str]) -> list[dict[str, object]]:
@@ -72,8 +85,10 @@ def main() -> None:
     trt = load_trt()
     print(f"{trt.__name__} {trt.__version__}", flush=True)
     export_conformer(args.engines_dir)
-    rows = build_all(args.engines_dir, [*args.models, "conformer-ctc"])
-    builds = {model: len(list_builds(args.engines_dir, model)) for model in [*args.models, "conformer-ctc"]}
+    families = [install_funasr(args.engines_dir, family) for family in ("sensevoice", "paraformer")]
+    everything = [*args.models, "conformer-ctc", *families]
+    rows = build_all(args.engines_dir, everything)
+    builds = {model: len(list_builds(args.engines_dir, model)) for model in everything}
     args.out.write_text(json.dumps({"tensorrt": f"{trt.__name__} {trt.__version__}", "rows": rows, "builds_kept": builds}, indent=2))
 
 

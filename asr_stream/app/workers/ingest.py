@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels
+from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels, start_batched_vad
 from asr_stream.app.config import Config, Settings
 from asr_stream.app.metrics import DaemonMetrics
 from asr_stream.app.process_metrics import SNAPSHOT_INTERVAL_S
@@ -97,24 +97,11 @@ async def serve_calls(spec: WorkerSpec, link: Link) -> int:
 
     calls = CallRegistry(on_finished=finished)
     metrics.watch_rtp(lambda: [channel.receiver.stats() for channel in rtp_channels(calls.sessions())])
-    settings = spec.settings
-    pipeline = CallPipeline(
-        PipelineSettings(
-            settings.model,
-            settings.backend,
-            spec.language,
-            config.components.segmenter,
-            settings.scheduler.partial_interval_s,
-            settings.text.chinese_script,
-            spec.hotword_lists,
-        ),
-        client,
-        publish,
-        calls,
-    )
     # A fresh interpreter: build and run the VAD's ONNX session now, or the first segment of the
     # worker's first call (also after a restart) would wait for it.
     await asyncio.to_thread(Vad().process, np.zeros(SAMPLE_RATE, np.float32))
+    vad = await start_batched_vad(spec.settings)
+    pipeline = CallPipeline(PipelineSettings.of(config, spec.language, spec.hotword_lists), client, publish, calls, vad)
     await client.start()
     consuming = asyncio.create_task(pipeline.consume(media.events()), name="calls")
     reporting = asyncio.create_task(_report(link, metrics, media), name="metrics")
@@ -127,6 +114,8 @@ async def serve_calls(spec: WorkerSpec, link: Link) -> int:
     await media.close()
     await asyncio.gather(consuming, reporting, return_exceptions=True)
     await calls.drain(deadline_s)
+    if vad is not None:
+        await vad.stop()
     await client.stop()
     arena.close()
     if stop is not None:

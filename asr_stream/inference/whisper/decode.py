@@ -194,6 +194,9 @@ class WhisperDecoder:
         self._step_mask[list(self.suppress_ids)] = -np.inf
         self._first_mask = self._step_mask.copy()
         self._first_mask[list(self.suppress_ids_begin)] = -np.inf
+        # After a forced prefix the text may already be complete: the end token stays allowed, a blank does not.
+        self._after_prefix_mask = self._first_mask.copy()
+        self._after_prefix_mask[tokenizer.eot] = self._step_mask[tokenizer.eot]
         self._languages_only = np.full(dims.n_vocab, -np.inf, dtype=np.float32)
         self._languages_only[list(tokenizer.languages.values())] = 0.0
         self._speech_or_not = self._languages_only.copy()
@@ -231,9 +234,23 @@ class WhisperDecoder:
         temperature: float = 0.0,
         rng: np.random.Generator | None = None,
         max_tokens: int | None = None,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> DecodingPass:
-        """The pass that decodes rows in `languages`: greedy at temperature 0, else sampled with draws from `rng`."""
+        """The pass that decodes rows in `languages`: greedy at temperature 0, else sampled with draws from `rng`.
+
+        `prefix`: per row, text tokens the output must start with (all of one length): they join
+        the prompt, so the whole prefix costs one decoder call, and only what follows is chosen.
+        The live path forces the text earlier partials agreed on, so a partial decodes only its tail.
+        """
         prompts = self._prompts(languages, timestamps)
+        first_mask = self._first_mask
+        if prefix is not None and len(prefix[0]):
+            if timestamps:
+                raise ValueError("a forced prefix is text only: timestamp decoding cannot take one")
+            forced = np.asarray(prefix, dtype=np.int64)
+            if forced.shape != (len(prompts), len(prefix[0])) or (forced >= self.tokenizer.eot).any():
+                raise ValueError("a forced prefix is one run of text tokens per row, all of one length")
+            prompts, first_mask = np.concatenate((prompts, forced), axis=1), self._after_prefix_mask
         limit = self.n_text_ctx - prompts.shape[1]
         limit = limit if max_tokens is None else min(limit, max_tokens)
         uniforms = None
@@ -241,7 +258,7 @@ class WhisperDecoder:
             assert rng is not None, "sampling needs a seeded generator"
             uniforms = rng.random((limit, len(prompts)))
         timestamp_rules = self._timestamp_rules if timestamps else None
-        return DecodingPass(prompts, self._first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules)
+        return DecodingPass(prompts, first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules)
 
     def sample(
         self,
@@ -251,66 +268,95 @@ class WhisperDecoder:
         temperature: float = 0.0,
         rng: np.random.Generator | None = None,
         max_tokens: int | None = None,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[list[int]]:
-        """One pass over every row of `encoded` (see `plan`)."""
-        return run_pass(self.compute, encoded, self.plan(languages, timestamps, temperature, rng, max_tokens))
+        """One pass over every row of `encoded` (see `plan`); a row's tokens start after its forced prefix."""
+        return run_pass(self.compute, encoded, self.plan(languages, timestamps, temperature, rng, max_tokens, prefix))
 
     def decode_greedy(
-        self, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool
+        self,
+        encoded: Encoded,
+        languages: Sequence[str],
+        audio_seconds: Sequence[float],
+        timestamps: bool,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[DecodedWindow | None]:
         """One greedy pass without the loop guard's sampling retries; None for a row that looks broken.
 
         For a caller with a better remedy than sampling (the runner re-decodes a short window
-        from the full one). Since a broken row is thrown away, decoding stops once every
-        unfinished row has more tokens than its audio can hold: a looping window then costs a
-        few dozen decoder steps, not the whole text context.
+        from the full one; a partial is simply not shown). Since a broken row is thrown away,
+        decoding stops once every unfinished row has more tokens than its audio can hold: a
+        looping window then costs a few dozen decoder steps, not the whole text context.
+        `prefix`: forced tokens per row (see `plan`); a row's tokens are those after it.
         """
 
         def greedy(
-            decoder: WhisperDecoder, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float]
+            decoder: WhisperDecoder,
+            encoded: Encoded,
+            languages: Sequence[str],
+            audio_seconds: Sequence[float],
+            prefix: Sequence[Sequence[int]] | None,
         ) -> list[DecodedWindow | None]:
-            limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1
-            samples = decoder.sample(encoded, languages, timestamps, max_tokens=limit)
+            forced = _prefixes(prefix, len(languages))
+            limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1 - len(forced[0])
+            samples = decoder.sample(encoded, languages, timestamps, max_tokens=max(limit, 1), prefix=prefix)
             windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
-            return [None if decoder._broken(window, seconds) else window for window, seconds in zip(windows, audio_seconds)]
+            return [
+                None if decoder._broken(window, seconds, row_prefix) else window
+                for window, seconds, row_prefix in zip(windows, audio_seconds, forced)
+            ]
 
-        return self._gated(encoded, languages, audio_seconds, greedy)
+        return self._gated(encoded, languages, audio_seconds, prefix, greedy)
 
     def decode(
-        self, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float], timestamps: bool, seed: int = 0
+        self,
+        encoded: Encoded,
+        languages: Sequence[str],
+        audio_seconds: Sequence[float],
+        timestamps: bool,
+        seed: int = 0,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[DecodedWindow]:
-        """Decode the rows of `encoded` in the given languages, with the loop guard."""
+        """Decode the rows of `encoded` in the given languages, with the loop guard (and a forced `prefix`, see `plan`)."""
 
         def guarded(
-            decoder: WhisperDecoder, encoded: Encoded, languages: Sequence[str], audio_seconds: Sequence[float]
+            decoder: WhisperDecoder,
+            encoded: Encoded,
+            languages: Sequence[str],
+            audio_seconds: Sequence[float],
+            prefix: Sequence[Sequence[int]] | None,
         ) -> list[DecodedWindow]:
             rng = np.random.default_rng(seed)
-            samples = decoder.sample(encoded, languages, timestamps)
+            forced = _prefixes(prefix, len(languages))
+            samples = decoder.sample(encoded, languages, timestamps, prefix=prefix)
             results = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
-            retry = [row for row, window in enumerate(results) if decoder._broken(window, audio_seconds[row])]
+            retry = [row for row, window in enumerate(results) if decoder._broken(window, audio_seconds[row], forced[row])]
             for temperature in FALLBACK_TEMPERATURES:
                 if not retry:
                     break
                 retry_languages = [languages[row] for row in retry]
-                attempts = decoder.sample(decoder.compute.select(encoded, retry), retry_languages, timestamps, temperature, rng)
+                retry_prefix = [forced[row] for row in retry] if prefix is not None else None
+                selected = decoder.compute.select(encoded, retry)
+                attempts = decoder.sample(selected, retry_languages, timestamps, temperature, rng, prefix=retry_prefix)
                 still_broken = []
                 for row, tokens in zip(retry, attempts):
                     window = DecodedWindow(tokens, languages[row], temperature)
-                    if decoder._broken(window, audio_seconds[row]):
+                    if decoder._broken(window, audio_seconds[row], forced[row]):
                         still_broken.append(row)
                     else:
                         results[row] = window
                 retry = still_broken
             return results
 
-        return self._gated(encoded, languages, audio_seconds, guarded)
+        return self._gated(encoded, languages, audio_seconds, prefix, guarded)
 
     def _gated(
         self,
         encoded: Encoded,
         languages: Sequence[str],
         audio_seconds: Sequence[float],
-        decode: Callable[[WhisperDecoder, Encoded, Sequence[str], Sequence[float]], list[_Window]],
+        prefix: Sequence[Sequence[int]] | None,
+        decode: Callable[[WhisperDecoder, Encoded, Sequence[str], Sequence[float], Sequence[Sequence[int]] | None], list[_Window]],
     ) -> list[_Window]:
         """`decode` with this decoder's earlier text on the rows that hear speech, without it on the others.
 
@@ -319,10 +365,10 @@ class WhisperDecoder:
         option: the gate also closes on a few real, noisy utterances (1 of the 42 shared clips).
         """
         if not self.previous_text:
-            return decode(self, encoded, languages, audio_seconds)
+            return decode(self, encoded, languages, audio_seconds, prefix)
         heard = self.hears_speech(encoded)
         if all(heard):
-            return decode(self, encoded, languages, audio_seconds)
+            return decode(self, encoded, languages, audio_seconds, prefix)
         results: dict[int, _Window] = {}
         for decoder, rows in (
             (self, [r for r, h in enumerate(heard) if h]),
@@ -330,7 +376,8 @@ class WhisperDecoder:
         ):
             if rows:
                 selected = self.compute.select(encoded, rows)
-                results |= zip(rows, decode(decoder, selected, [languages[r] for r in rows], [audio_seconds[r] for r in rows]))
+                row_prefix = [prefix[r] for r in rows] if prefix is not None else None
+                results |= zip(rows, decode(decoder, selected, [languages[r] for r in rows], [audio_seconds[r] for r in rows], row_prefix))
         return [results[row] for row in range(len(languages))]
 
     def _prompts(self, languages: Sequence[str], timestamps: bool) -> np.ndarray:
@@ -338,5 +385,11 @@ class WhisperDecoder:
         earlier = [self.tokenizer.previous_text, *self.previous_text] if self.previous_text else []
         return np.array([earlier + self.tokenizer.prompt(language, timestamps) for language in language_of_prompt], dtype=np.int64)
 
-    def _broken(self, window: DecodedWindow, audio_seconds: float) -> bool:
-        return looks_broken(self.tokenizer.decode(window.tokens), len(window.tokens), audio_seconds)
+    def _broken(self, window: DecodedWindow, audio_seconds: float, prefix: Sequence[int] = ()) -> bool:
+        text = [*prefix, *window.tokens]
+        return looks_broken(self.tokenizer.decode(text), len(text), audio_seconds)
+
+
+def _prefixes(prefix: Sequence[Sequence[int]] | None, rows: int) -> list[Sequence[int]]:
+    """Each row's forced prefix ([] without one)."""
+    return list(prefix) if prefix is not None else [[] for _ in range(rows)]

@@ -26,6 +26,7 @@ import numpy as np
 
 from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
 from asr_stream.inference.engine import Engine
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import PreparedModel, WhisperSpec
 from asr_stream.inference.whisper.decode import DecodedWindow, Encoded, WhisperCompute, WhisperDecoder
 from asr_stream.inference.whisper.engine_compute import EngineCompute
@@ -58,31 +59,62 @@ def live_windows(model: str) -> tuple[tuple[int, ...], float]:
     return (LIVE_WINDOWS_S, LIVE_MARGIN_S) if model in BUCKETED_MODELS else ((FULL_WINDOW_S,), 0.0)
 
 
+# Partials are previews: a shorter window for short open segments, measured on the shared clips
+# for its cost and for the partials' agreement with the final (docs/benchmarks.md, "Partials that
+# scale"); a broken one is dropped, never retried in the full window.
+LIVE_PARTIAL_WINDOWS_S: tuple[int, ...] = (5, 10, 20, 30)
+
+
+def live_partial_windows(model: str) -> tuple[int, ...]:
+    """The windows live partials of `model` may be encoded in."""
+    return LIVE_PARTIAL_WINDOWS_S
+
+
+def _check_windows(windows_s: Sequence[int]) -> tuple[int, ...]:
+    if not windows_s or list(windows_s) != sorted(set(windows_s)) or windows_s[-1] != FULL_WINDOW_S or windows_s[0] <= 0:
+        raise ValueError(f"windows_s must be increasing positive seconds ending with {FULL_WINDOW_S}, not {tuple(windows_s)}")
+    return tuple(windows_s)
+
+
 class WhisperRunner:
-    def __init__(self, decoder: WhisperDecoder, windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        decoder: WhisperDecoder,
+        windows_s: Sequence[int] = (FULL_WINDOW_S,),
+        margin_s: float = 0.0,
+        partial_windows_s: Sequence[int] | None = None,
+    ) -> None:
         """`windows_s`: the window lengths (seconds) a batch may be encoded in, ending with the full 30 s.
 
         A batch uses the smallest window >= its longest audio + `margin_s`; the full window is
         also the fallback for a bucket whose output looks broken, so it must be the last entry.
+        `partial_windows_s`: the windows live partials may use instead (None: the same); a partial
+        is a preview, so a broken one is dropped rather than retried in the full window.
         """
-        if not windows_s or list(windows_s) != sorted(set(windows_s)) or windows_s[-1] != FULL_WINDOW_S or windows_s[0] <= 0:
-            raise ValueError(f"windows_s must be increasing positive seconds ending with {FULL_WINDOW_S}, not {tuple(windows_s)}")
+        self.windows_s = _check_windows(windows_s)
+        self.partial_windows_s = _check_windows(partial_windows_s) if partial_windows_s is not None else self.windows_s
         self.decoder = decoder
         self.compute: WhisperCompute = decoder.compute
         self.dims = decoder.dims
         self.tokenizer = decoder.tokenizer
-        self.windows_s = tuple(windows_s)
         self.margin_s = margin_s
         # A backend whose calls share device buffers takes one batch at a time (the GPU runs them in turn anyway).
         self._exclusive: AbstractContextManager[object] = nullcontext() if self.compute.reentrant else threading.Lock()
 
     @classmethod
     def for_spec(
-        cls, spec: WhisperSpec, compute: WhisperCompute, windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0
+        cls,
+        spec: WhisperSpec,
+        compute: WhisperCompute,
+        windows_s: Sequence[int] = (FULL_WINDOW_S,),
+        margin_s: float = 0.0,
+        *,
+        partial_windows_s: Sequence[int] | None = None,
     ) -> WhisperRunner:
         """A runner of model `spec` (its tokenizer and suppress rules) on `compute`."""
         tokenizer = WhisperTokenizer.from_file(spec.tokenizer_path, spec.dims.is_multilingual)
-        return cls(WhisperDecoder(compute, tokenizer, spec.suppress_ids, spec.suppress_ids_begin, spec.dims), windows_s, margin_s)
+        decoder = WhisperDecoder(compute, tokenizer, spec.suppress_ids, spec.suppress_ids_begin, spec.dims)
+        return cls(decoder, windows_s, margin_s, partial_windows_s)
 
     @classmethod
     def from_prepared(
@@ -91,22 +123,78 @@ class WhisperRunner:
         load_engine: Callable[[Path], Engine],
         windows_s: Sequence[int] = (FULL_WINDOW_S,),
         margin_s: float = 0.0,
+        *,
+        partial_windows_s: Sequence[int] | None = None,
     ) -> WhisperRunner:
         """Load both exported graphs with `load_engine` (e.g. `OnnxRuntimeEngine.load`)."""
         compute = EngineCompute(
             load_engine(prepared.graph_path(ENCODER)), load_engine(prepared.graph_path(DECODER)), prepared.dims.n_text_ctx
         )
-        return cls.for_spec(prepared, compute, windows_s, margin_s)
+        return cls.for_spec(prepared, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)
 
     def prompted(self, previous_text: Sequence[int]) -> WhisperRunner:
         """The same model on the same compute (sharing its lock), each window prompted with `previous_text` (hotwords)."""
-        runner = WhisperRunner(self.decoder.with_previous_text(previous_text), self.windows_s, self.margin_s)
+        runner = WhisperRunner(self.decoder.with_previous_text(previous_text), self.windows_s, self.margin_s, self.partial_windows_s)
         runner._exclusive = self._exclusive
         return runner
 
     def window_for(self, audio_seconds: float) -> int:
         """The smallest window (s) that holds `audio_seconds` plus the margin; the full window at most."""
         return next((window for window in self.windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
+
+    def partial_window_for(self, audio_seconds: float) -> int:
+        """The window a live partial of `audio_seconds` is encoded in (see `partial_windows_s`)."""
+        return next((window for window in self.partial_windows_s if window >= audio_seconds + self.margin_s), FULL_WINDOW_S)
+
+    def live_window_for(self, request: Utterance) -> int:
+        return self.partial_window_for(request.seconds) if request.partial else self.window_for(request.seconds)
+
+    def transcribe_live(self, requests: Sequence[Utterance], language: str | None = None) -> list[LiveResult]:
+        """Partials and finals of live segments (inference/live.py): windows by kind, forced prefixes honoured.
+
+        Rows are decoded in groups of one kind and one prefix length (a pass's prompts are one
+        length); every group shares the batch's one encoder run. Audio longer than one window
+        takes the offline path (`transcribe_batch`), without a prefix.
+        """
+        english_only = None if self.tokenizer.multilingual else "en"
+        results: dict[int, LiveResult] = {}
+        long = [i for i, request in enumerate(requests) if len(request.audio) > N_SAMPLES]
+        if long:
+            for i, transcript in zip(long, self.transcribe_batch([requests[i].audio for i in long], language)):
+                results[i] = LiveResult(transcript.text, transcript.language, tuple(transcript.tokens))
+        short = [i for i in range(len(requests)) if i not in results]
+        with self._exclusive:
+            for start in range(0, len(short), self.compute.max_batch):
+                rows = short[start : start + self.compute.max_batch]
+                decoded = self._live_round([requests[i] for i in rows], english_only or language)
+                results.update(zip(rows, decoded))
+        return [results[i] for i in range(len(requests))]
+
+    def _live_round(self, requests: list[Utterance], language: str | None) -> list[LiveResult]:
+        audios = [np.asarray(request.audio, dtype=np.float32) for request in requests]
+        seconds = [request.seconds for request in requests]
+        window_s = max(self.live_window_for(request) for request in requests)
+        encoded = self.encode(audios, window_s)
+        languages = self._languages(encoded, [language] * len(requests))
+        groups: dict[tuple[bool, int], list[int]] = {}
+        for row, request in enumerate(requests):
+            groups.setdefault((request.partial, len(request.prefix)), []).append(row)
+        results: list[LiveResult | None] = [None] * len(requests)
+        for (partial, _), rows in groups.items():
+            group = encoded if len(rows) == len(requests) else self.compute.select(encoded, rows)
+            group_languages = [languages[row] for row in rows]
+            group_seconds = [seconds[row] for row in rows]
+            prefix = [requests[row].prefix for row in rows]
+            if partial:
+                decoded: Sequence[DecodedWindow | None] = self.decoder.decode_greedy(group, group_languages, group_seconds, False, prefix)
+            elif window_s == FULL_WINDOW_S:
+                decoded = self.decoder.decode(group, group_languages, group_seconds, False, prefix=prefix)
+            else:
+                decoded = self._decode_bucket([audios[row] for row in rows], group, group_languages, group_seconds, False, prefix)
+            for row, window in zip(rows, decoded):
+                tokens = (*requests[row].prefix, *window.tokens) if window is not None else ()
+                results[row] = LiveResult(self.tokenizer.decode(list(tokens)).strip(), languages[row], tokens)
+        return [result for result in results if result is not None]
 
     def features(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> np.ndarray:
         """Log-mel [B, n_mels, 100 x window_s] of pieces of audio, each zero-padded to `window_s` seconds."""
@@ -196,7 +284,13 @@ class WhisperRunner:
             positions[i] += max(1, round(consumed * SAMPLE_RATE))
 
     def _decode_bucket(
-        self, windows: list[np.ndarray], encoded: Encoded, languages: list[str], window_seconds: list[float], timestamps: bool
+        self,
+        windows: list[np.ndarray],
+        encoded: Encoded,
+        languages: list[str],
+        window_seconds: list[float],
+        timestamps: bool,
+        prefix: Sequence[Sequence[int]] | None = None,
     ) -> list[DecodedWindow]:
         """Greedy decoding of a short window; rows whose output looks broken start over from the full window.
 
@@ -204,12 +298,14 @@ class WhisperRunner:
         made tiny.en loop or stop early (NOTES.md). The full-window decode keeps the loop guard's
         sampling retries.
         """
-        first_pass = self.decoder.decode_greedy(encoded, languages, window_seconds, timestamps)
+        first_pass = self.decoder.decode_greedy(encoded, languages, window_seconds, timestamps, prefix)
         broken = [k for k, result in enumerate(first_pass) if result is None]
         retried: dict[int, DecodedWindow] = {}
         if broken:
             full = self.encode([windows[k] for k in broken])
-            retried = dict(
-                zip(broken, self.decoder.decode(full, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps))
+            retry_prefix = [prefix[k] for k in broken] if prefix is not None else None
+            retry = self.decoder.decode(
+                full, [languages[k] for k in broken], [window_seconds[k] for k in broken], timestamps, prefix=retry_prefix
             )
+            retried = dict(zip(broken, retry))
         return [result or retried[k] for k, result in enumerate(first_pass)]

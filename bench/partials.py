@@ -1,0 +1,283 @@
+"""Partials that scale (issue 13): each lever measured on the shared clips, offline, one segment at a time.
+
+    .venv/bin/python bench/partials.py --schemes baseline short-windows prefix prefix+final
+    .venv/bin/python bench/partials.py --model whisper-base --schemes baseline prefix
+    .venv/bin/python bench/partials.py --calls 8 --schemes baseline prefix prefix+final   # whole calls
+
+Every English shared clip is one open segment, trimmed to its voice and padded 0.3 s on each side
+as the segmenter pads: the segment grows in real time and gets a partial every second (at 1.3 s,
+2.3 s, ... of audio while speech lasts, as `PartialPolicy` schedules an uninterrupted speaker), then
+its final. Each request goes through the daemon's own code: `WhisperRunner.transcribe_live` (one
+request per call, ONNX Runtime, 2 threads) and `SegmentTranscript` (what is committed and forced
+next, what is stable). Per scheme:
+
+- CPU ms per partial and per final (process time; ORT's threads included), decoder calls per partial;
+- partial WER vs the final: each partial against the final's first as many words (a partial's
+  last word is often cut by the audio's end, so this is never 0); churn: the share of words shown
+  in a partial that a later partial or the final changed (case and punctuation ignored); stable
+  churn: the same for the partial's `stable_text` only;
+- final WER (corpus, against the references) and the offline WER of the same runner (full clip,
+  `transcribe_batch`), so a scheme can be checked against the +0.01 bar.
+
+`--calls N` instead runs whole calls through the daemon's channel path, deterministically: bench/
+load.py's first N calls (3 utterances each, through the G.711 channel SIPp would use), fed in
+20 ms frames to a `ChannelTranscriber` (real Silero VAD and segmenter) on a clock that moves with
+the audio, every request answered at once by the live model. It gives the finals' WER per scheme
+without the timing noise of a live run, next to the offline WER of the same audio (per utterance
+and per whole call, full window).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from asr_stream.audio.wavfile import load_audio
+from asr_stream.devtools.scoring import churn, corpus_wer, normalize
+from asr_stream.inference.engine import Engine
+from asr_stream.inference.live import LiveResult, Utterance
+from asr_stream.inference.models import load_prepared
+from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.runners import LoadedModel, load_model
+from asr_stream.inference.whisper.engine_compute import EngineCompute
+from asr_stream.inference.whisper.graphs import DECODER, ENCODER
+from asr_stream.inference.whisper.runner import WhisperRunner, live_windows
+from asr_stream.transcript.channel import ChannelTranscriber
+from asr_stream.transcript.events import SegmentFinal
+from asr_stream.transcript.partials import PartialPolicy
+from asr_stream.transcript.state import Labels, SegmentTranscript
+
+REPO = Path(__file__).resolve().parents[1]
+SPEECH = REPO.parent / "shared" / "speech"
+RATE = 16_000
+PAD_S = 0.3
+INTERVAL_S = 1.0
+
+
+@dataclass(frozen=True)
+class Scheme:
+    partial_windows_s: tuple[int, ...] | None  # None: the final's windows
+    reuse_prefix: bool = False
+    final_prefix: bool = False
+    int8: bool = False
+
+
+SCHEMES = {
+    "baseline": Scheme(None),
+    "short-windows": Scheme((5, 10, 20, 30)),
+    "prefix": Scheme((5, 10, 20, 30), reuse_prefix=True),
+    "prefix-live-windows": Scheme(None, reuse_prefix=True),
+    "prefix+final": Scheme((5, 10, 20, 30), reuse_prefix=True, final_prefix=True),
+    "int8": Scheme(None, int8=True),
+    "int8+prefix": Scheme((5, 10, 20, 30), reuse_prefix=True, int8=True),
+}
+
+
+class CountingEngine:
+    """An Engine that counts its calls (decoder calls = prefill + steps)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self.calls = 0
+        self.backend = engine.backend
+        self.max_batch = engine.max_batch
+
+    def run(self, feeds):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        return self._engine.run(feeds)
+
+    def describe(self) -> dict[str, object]:
+        return self._engine.describe()
+
+
+def int8_graph(graph: Path, cache: Path) -> Path:
+    """ONNX Runtime dynamic quantization (int8 weights of MatMul/Gemm), cached next to the bench's temp dir."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    target = cache / f"{graph.parent.name}-{graph.stem}.int8.onnx"
+    if not target.exists():
+        cache.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(graph, target, weight_type=QuantType.QInt8)
+    return target
+
+
+def make_runner(model: str, scheme: Scheme, threads: int, cache: Path) -> tuple[WhisperRunner, CountingEngine]:
+    prepared = load_prepared(model, REPO / "engines")
+    graphs = {name: prepared.graph_path(name) for name in (ENCODER, DECODER)}
+    if scheme.int8:
+        graphs = {name: int8_graph(path, cache) for name, path in graphs.items()}
+    decoder = CountingEngine(OnnxRuntimeEngine.load(graphs[DECODER], threads=threads))
+    compute = EngineCompute(OnnxRuntimeEngine.load(graphs[ENCODER], threads=threads), decoder, prepared.dims.n_text_ctx)
+    windows_s, margin_s = live_windows(model)
+    return WhisperRunner.for_spec(prepared, compute, windows_s, margin_s, partial_windows_s=scheme.partial_windows_s), decoder
+
+
+def trim_voice(audio: np.ndarray, floor_db: float = -35.0) -> np.ndarray:
+    frames = audio[: audio.size // 160 * 160].reshape(-1, 160)
+    rms = np.sqrt((frames**2).mean(axis=1) + 1e-12)
+    loud = np.flatnonzero(rms >= rms.max() * 10 ** (floor_db / 20))
+    return audio[loud[0] * 160 : (loud[-1] + 1) * 160]
+
+
+@dataclass
+class Tally:
+    partial_cpu: list[float] = field(default_factory=list)
+    partial_decoder_calls: list[int] = field(default_factory=list)
+    final_cpu: list[float] = field(default_factory=list)
+    partial_pairs: tuple[list[str], list[str]] = field(default_factory=lambda: ([], []))
+    changed: int = 0
+    shown: int = 0
+    stable_changed: int = 0
+    stable_shown: int = 0
+    finals: list[str] = field(default_factory=list)
+    offline: list[str] = field(default_factory=list)
+    first_partial_words: list[int] = field(default_factory=list)
+
+
+def run_segment(runner: WhisperRunner, decoder: CountingEngine, scheme: Scheme, audio: np.ndarray, tally: Tally) -> None:
+    pad = np.zeros(round(PAD_S * RATE), np.float32)
+    segment = np.concatenate([pad, audio, pad])
+    speech_end = len(pad) + len(audio)
+    transcript = SegmentTranscript(Labels("bench", "m", "e"), "c", 0, 0)
+    partials: list[str] = []
+    stables: list[str] = []
+    length = round((PAD_S + INTERVAL_S) * RATE)
+    while length < speech_end:
+        request = Utterance(segment[:length], partial=True, prefix=transcript.committed if scheme.reuse_prefix else ())
+        calls, cpu = decoder.calls, time.process_time()
+        result = runner.transcribe_live([request], language="en")[0]
+        tally.partial_cpu.append(time.process_time() - cpu)
+        tally.partial_decoder_calls.append(decoder.calls - calls)
+        event = transcript.partial(result.text, 0, "en", 0, result.tokens)
+        if event is not None:
+            partials.append(event.text)
+            stables.append(event.stable_text)
+        length += round(INTERVAL_S * RATE)
+    cpu = time.process_time()
+    final = runner.transcribe_live([Utterance(segment, prefix=transcript.committed if scheme.final_prefix else ())], language="en")[0]
+    tally.final_cpu.append(time.process_time() - cpu)
+    tally.finals.append(final.text)
+    final_words = normalize(final.text).split()
+    for text in partials:
+        words = normalize(text).split()
+        tally.partial_pairs[0].append(" ".join(final_words[: len(words)]))
+        tally.partial_pairs[1].append(text)
+    changed, shown = churn([*partials, final.text])
+    tally.changed, tally.shown = tally.changed + changed, tally.shown + shown
+    changed, shown = churn([*stables, final.text])
+    tally.stable_changed, tally.stable_shown = tally.stable_changed + changed, tally.stable_shown + shown
+
+
+class _AnswerAtOnce:
+    """The channel's model queue, answered in the caller's thread: deterministic, no batching."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+
+    async def submit(self, key: object, payload: Utterance, priority: object) -> LiveResult:
+        return self._model.live([payload])[0]
+
+
+class _MediaClock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPolicy) -> str:
+    clock, emitted = _MediaClock(), []
+    channel = ChannelTranscriber(
+        labels=Labels("bench", model.name, model.backend),
+        channel="caller",
+        scheduler=_AnswerAtOnce(model),
+        emit=emitted.append,
+        partials=policy,
+        clock=clock,
+    )
+    for start in range(0, len(audio), RATE // 50):
+        clock.now += 0.02
+        channel.feed(audio[start : start + RATE // 50])
+        await asyncio.sleep(0)
+    await channel.finish()
+    return " ".join(event.text for event in emitted if isinstance(event, SegmentFinal))
+
+
+def whole_calls(model_name: str, n_calls: int, schemes: list[str]) -> None:
+    import load  # bench/load.py: the same calls as the live load test
+
+    clips = load.english_clips(2.5, 10.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        rng = np.random.default_rng(1)
+        calls = [load.build_call(i, clips, 3, Path(tmp), rng) for i in range(n_calls)]
+        audios = [load.telephone(load_audio(call.wav)[0][0]) for call in calls]
+    references = [" ".join(u.text for u in call.utterances) for call in calls]
+    offline = load_model(model_name, REPO / "engines")
+    per_utterance = [" ".join(offline.transcribe_batch([load.telephone(u.audio)])[0].text for u in call.utterances) for call in calls]
+    whole = [offline.transcribe_batch([audio])[0].text for audio in audios]
+    print(
+        f"{n_calls} calls: offline WER per utterance {corpus_wer(references, per_utterance):.4f}, per whole call {corpus_wer(references, whole):.4f}"
+    )
+    live = load_model(model_name, REPO / "engines", live=True)
+    print("| scheme | finals WER |\n|---|---:|")
+    for name in schemes:
+        scheme = SCHEMES[name]
+        policy = PartialPolicy(reuse_prefix=scheme.reuse_prefix, final_prefix=scheme.final_prefix)
+        hypotheses = [asyncio.run(_call_finals(live, audio, policy)) for audio in audios]
+        print(f"| {name} | {corpus_wer(references, hypotheses):.4f} |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="whisper-tiny.en", choices=["whisper-tiny.en", "whisper-base"])
+    parser.add_argument("--schemes", nargs="+", default=list(SCHEMES), choices=list(SCHEMES))
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--clips", type=int, default=0, help="only the first N English clips (0: all)")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/asr-bench-int8"), help="where int8 graphs are written")
+    parser.add_argument("--calls", type=int, default=0, help="whole calls through the channel path instead (see above)")
+    args = parser.parse_args()
+    if args.calls:
+        whole_calls(args.model, args.calls, args.schemes)
+        return
+    rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
+    rows = [row for row in rows if row["lang"] == "en"][: args.clips or None]
+    clips = [trim_voice(load_audio(SPEECH / row["path_wav16k"])[0][0]) for row in rows]
+    references = [row["text"] for row in rows]
+    print(f"{args.model}, {len(clips)} English clips ({sum(len(c) for c in clips) / RATE:.0f} s), {args.threads} threads")
+    print(f"load average before: {' '.join(Path('/proc/loadavg').read_text().split()[:3])}")
+    header = (
+        "| scheme | partials | CPU ms per partial | decoder calls per partial | CPU ms per final | partial WER vs final "
+        "| churn | stable churn | final WER | offline WER | load avg |"
+    )
+    print(header + "\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|", flush=True)
+    for name in args.schemes:
+        scheme = SCHEMES[name]
+        runner, decoder = make_runner(args.model, scheme, args.threads, args.cache)
+        runner.transcribe_live([Utterance(clips[0], partial=True)], language="en")  # warm-up
+        tally = Tally()
+        for audio in clips:
+            run_segment(runner, decoder, scheme, audio, tally)
+            tally.offline.append(runner.transcribe_batch([audio], language="en")[0].text)
+        partial_wer = corpus_wer(*tally.partial_pairs)
+        print(
+            f"| {name} | {len(tally.partial_cpu)} | {1000 * np.mean(tally.partial_cpu):.0f} | {np.mean(tally.partial_decoder_calls):.1f} "
+            f"| {1000 * np.mean(tally.final_cpu):.0f} | {partial_wer:.3f} | {tally.changed / max(tally.shown, 1):.3f} "
+            f"| {tally.stable_changed / max(tally.stable_shown, 1):.3f} | {corpus_wer(references, tally.finals):.4f} "
+            f"| {corpus_wer(references, tally.offline):.4f} | {' '.join(Path('/proc/loadavg').read_text().split()[:3])} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
