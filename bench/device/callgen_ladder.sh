@@ -61,7 +61,9 @@ read -r MODEL BACKEND < <(python3 -c 'import sys, yaml; c = yaml.safe_load(open(
 pids=($! "${pids[@]}")
 wait_for tansu 20 "${pids[0]}" python3 -c "import socket; socket.create_connection(('${KAFKA%:*}', ${KAFKA#*:}), 1)"
 
-ASR_STREAM__SIP__LISTEN=$SIP ASR_STREAM__SIP__MAX_CALLS=$((MAX + 100)) \
+# callgen places every call from one address, as one SBC would; the per-source INVITE rate limit
+# (50/s by default) would refuse a fast ramp, and the ladder measures transcription, not admission.
+ASR_STREAM__SIP__LISTEN=$SIP ASR_STREAM__SIP__MAX_CALLS=$((MAX + 100)) ASR_STREAM__SIP__INVITE_RATE_LIMIT=null \
 ASR_STREAM__RTP__BIND=127.0.0.1 ASR_STREAM__RTP__PORT_RANGE="[20000, $((20000 + 2 * MAX + 1000))]" \
 ASR_STREAM__HTTP__LISTEN=$HTTP ASR_STREAM__KAFKA__BOOTSTRAP_SERVERS=$KAFKA ASR_STREAM__KAFKA__TOPIC=$TOPIC \
 ASR_STREAM__KAFKA__EMBEDDED=false ASR_STREAM__KAFKA__SPOOL_DIR=/tmp/callgen-spool \
