@@ -142,8 +142,13 @@ class WhisperCompute(Protocol):
         """The most windows `encode` takes at once."""
         ...
 
-    def encode(self, mel: np.ndarray) -> Any:
-        """Log-mel windows [B, n_mels, frames] -> an `Encoded` batch."""
+    def features(self, windows: Sequence[np.ndarray], n_samples: int, n_mels: int) -> Any:
+        """Whisper's log-mel [B, n_mels, n_samples // 160] of pieces of 16 kHz audio, each fitted to
+        `n_samples`, in the form `encode` takes (`audio.features.log_mel_spectrogram` is the recipe)."""
+        ...
+
+    def encode(self, mel: Any) -> Any:
+        """Log-mel windows [B, n_mels, frames] (from `features`, or host arrays) -> an `Encoded` batch."""
         ...
 
     def select(self, encoded: Any, rows: Sequence[int]) -> Any:

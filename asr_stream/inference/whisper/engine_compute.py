@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from asr_stream.audio.features import log_mel_spectrogram
 from asr_stream.inference.engine import Engine
 from asr_stream.inference.whisper.decode import DecodingPass
 from asr_stream.inference.whisper.graphs import KV_BATCH_AXIS, KV_POSITION_AXIS
@@ -87,6 +88,9 @@ class EngineCompute:
     @property
     def max_batch(self) -> int:
         return self.encoder.max_batch
+
+    def features(self, windows: Sequence[np.ndarray], n_samples: int, n_mels: int) -> np.ndarray:
+        return np.stack([log_mel_spectrogram(window, n_mels=n_mels, n_samples=n_samples) for window in windows])
 
     def encode(self, mel: np.ndarray) -> HostEncoded:
         return HostEncoded(self.encoder.run({"mel": mel})["cross_kv"])

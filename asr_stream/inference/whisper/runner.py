@@ -21,10 +21,11 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE, log_mel_spectrogram
+from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE
 from asr_stream.inference.engine import Engine
 from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import PreparedModel, WhisperSpec
@@ -196,10 +197,10 @@ class WhisperRunner:
                 results[row] = LiveResult(self.tokenizer.decode(list(tokens)).strip(), languages[row], tokens)
         return [result for result in results if result is not None]
 
-    def features(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> np.ndarray:
-        """Log-mel [B, n_mels, 100 x window_s] of pieces of audio, each zero-padded to `window_s` seconds."""
-        n_samples = window_s * SAMPLE_RATE
-        return np.stack([log_mel_spectrogram(window, n_mels=self.dims.n_mels, n_samples=n_samples) for window in windows])
+    def features(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> Any:
+        """Log-mel [B, n_mels, 100 x window_s] of pieces of audio, each zero-padded to `window_s` seconds,
+        computed where the backend encodes (host arrays, or a tensor already on the GPU)."""
+        return self.compute.features(windows, window_s * SAMPLE_RATE, self.dims.n_mels)
 
     def encode(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> Encoded:
         """Up to `compute.max_batch` pieces of audio, encoded in windows of `window_s` seconds."""
