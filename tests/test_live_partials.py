@@ -119,7 +119,8 @@ def test_a_prefix_must_be_text_tokens(live: WhisperRunner, clips) -> None:
 
 def test_the_torch_backend_forces_a_prefix_token_for_token_like_onnxruntime(live: WhisperRunner, clips) -> None:
     """The prefix rides in the prompt every backend prefills: the torch stepper (here on the CPU, fp32,
-    no CUDA graphs, as tests/test_torch_backend.py runs it) must give ONNX Runtime's tokens."""
+    no CUDA graphs, as tests/test_torch_backend.py runs it) must give ONNX Runtime's tokens, alone
+    and with prefixes of different lengths in one batch (ragged: forced step by step past the shortest)."""
     torch = pytest.importorskip("torch", reason="the torch backend needs torch")
     from asr_stream.inference.torch_backend import TorchWhisperCompute
 
@@ -131,5 +132,14 @@ def test_the_torch_backend_forces_a_prefix_token_for_token_like_onnxruntime(live
         if len(free.tokens) > 3:  # previews the loop guard kept
             requests.append(Utterance(audio[: 4 * RATE], partial=True, prefix=free.tokens[: len(free.tokens) - 2]))
     assert len(requests) >= 3
+    requests.append(Utterance(clips[0][: 4 * RATE], partial=True))  # no prefix at all
+    assert len({len(request.prefix) for request in requests}) >= 3
     expected = [live.transcribe_live([request], language="en")[0].tokens for request in requests]
     assert [on_torch.transcribe_live([request], language="en")[0].tokens for request in requests] == expected
+    # Together, one pass per batch: the torch stepper forces each row's prefix beyond the shortest step by step.
+    passes = []
+    original = compute.stepper
+    compute.stepper = lambda encoded, plan: passes.append(plan) or original(encoded, plan)  # type: ignore[method-assign]
+    assert [result.tokens for result in on_torch.transcribe_live(requests, language="en")] == expected
+    assert len(passes) == -(-len(requests) // compute.max_batch), "one pass per batch"
+    assert any(plan.forced is not None for plan in passes)

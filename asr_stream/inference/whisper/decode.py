@@ -93,10 +93,19 @@ class DecodingPass:
     temperature: float = 0.0
     uniforms: np.ndarray | None = None  # [limit, B] float64 in [0, 1) when sampling
     timestamp_rules: TimestampRules | None = None
+    # Ragged forced prefixes (only for a compute with `ragged_prefixes`): row r's first
+    # forced_lengths[r] tokens are forced[r, :forced_lengths[r]], its first free token is chosen
+    # with first_mask, every later one with step_mask. They count towards `limit`.
+    forced: np.ndarray | None = None  # [B, F] int64
+    forced_lengths: np.ndarray | None = None  # [B] int64
 
     @property
     def rows(self) -> int:
         return len(self.prompts)
+
+    def forced_count(self, row: int) -> int:
+        """How many of `row`'s output tokens are forced rather than chosen."""
+        return 0 if self.forced_lengths is None else int(self.forced_lengths[row])
 
 
 class Encoded(Protocol):
@@ -136,6 +145,11 @@ class WhisperCompute(Protocol):
     backend: str  # "onnxruntime", "tensorrt", "torch"
     # False when calls share device state (PyTorch's CUDA-graph buffers): the runner serialises them.
     reentrant: bool
+    # True when the stepper honours a pass's ragged `forced` tokens: where a decoder step is cheap
+    # next to a pass (a GPU replaying CUDA graphs), rows with prefixes of different lengths share
+    # one pass, the part beyond the shortest prefix forced step by step. False where each step is
+    # dear (a CPU): rows are grouped by prefix length, each prefix prefilled in one decoder call.
+    ragged_prefixes: bool
 
     @property
     def max_batch(self) -> int:
@@ -168,7 +182,7 @@ def run_pass(compute: WhisperCompute, encoded: Encoded, plan: DecodingPass) -> l
         if stepper.done():
             break
         stepper.step()
-    return [_until(row.tolist(), plan.eot) for row in stepper.tokens()]
+    return [_until(row.tolist(), plan.eot)[plan.forced_count(r) :] for r, row in enumerate(stepper.tokens())]
 
 
 def _until(tokens: list[int], eot: int) -> list[int]:
@@ -243,27 +257,44 @@ class WhisperDecoder:
     ) -> DecodingPass:
         """The pass that decodes rows in `languages`: greedy at temperature 0, else sampled with draws from `rng`.
 
-        `prefix`: per row, text tokens the output must start with (all of one length): they join
-        the prompt, so the whole prefix costs one decoder call, and only what follows is chosen.
-        The live path forces the text earlier partials agreed on, so a partial decodes only its tail.
+        `prefix`: per row, text tokens the output must start with: they join the prompt, so the
+        whole prefix costs one decoder call, and only what follows is chosen. The live path forces
+        the text earlier partials agreed on, so a partial decodes only its tail. Prefixes of one
+        pass are all of one length, unless the compute takes `ragged_prefixes`: then the shortest
+        one's length joins the prompt and each row's rest is forced step by step (`DecodingPass.forced`).
+        `max_tokens` counts the tokens chosen after the prefix.
         """
         prompts = self._prompts(languages, timestamps)
         first_mask = self._first_mask
-        if prefix is not None and len(prefix[0]):
+        forced = forced_lengths = None
+        lengths = [len(row) for row in prefix] if prefix is not None else [0]
+        if max(lengths):
             if timestamps:
                 raise ValueError("a forced prefix is text only: timestamp decoding cannot take one")
-            forced = np.asarray(prefix, dtype=np.int64)
-            if forced.shape != (len(prompts), len(prefix[0])) or (forced >= self.tokenizer.eot).any():
-                raise ValueError("a forced prefix is one run of text tokens per row, all of one length")
-            prompts, first_mask = np.concatenate((prompts, forced), axis=1), self._after_prefix_mask
+            assert prefix is not None
+            if len(prefix) != len(prompts) or any(token >= self.tokenizer.eot for row in prefix for token in row):
+                raise ValueError("a forced prefix is one run of text tokens per row")
+            if len(set(lengths)) > 1 and not self.compute.ragged_prefixes:
+                raise ValueError(f"the {self.compute.backend} backend takes forced prefixes of one length per pass")
+            common = min(lengths)
+            prompts = np.concatenate((prompts, np.array([row[:common] for row in prefix], dtype=np.int64).reshape(len(prompts), common)), axis=1)
+            first_mask = self._after_prefix_mask
+            if len(set(lengths)) > 1:
+                forced = np.zeros((len(prompts), max(lengths) - common), dtype=np.int64)
+                for row, tokens in enumerate(prefix):
+                    forced[row, : len(tokens) - common] = tokens[common:]
+                forced_lengths = np.array(lengths, dtype=np.int64) - common
         limit = self.n_text_ctx - prompts.shape[1]
-        limit = limit if max_tokens is None else min(limit, max_tokens)
+        if max_tokens is not None:
+            limit = min(limit, max_tokens + (int(forced_lengths.max()) if forced_lengths is not None else 0))
         uniforms = None
         if temperature > 0.0:
             assert rng is not None, "sampling needs a seeded generator"
             uniforms = rng.random((limit, len(prompts)))
         timestamp_rules = self._timestamp_rules if timestamps else None
-        return DecodingPass(prompts, first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules)
+        return DecodingPass(
+            prompts, first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules, forced, forced_lengths
+        )
 
     def sample(
         self,
@@ -303,7 +334,7 @@ class WhisperDecoder:
             prefix: Sequence[Sequence[int]] | None,
         ) -> list[DecodedWindow | None]:
             forced = _prefixes(prefix, len(languages))
-            limit = max(max_plausible_tokens(seconds) for seconds in audio_seconds) + 1 - len(forced[0])
+            limit = max(max_plausible_tokens(seconds) + 1 - len(row) for seconds, row in zip(audio_seconds, forced))
             samples = decoder.sample(encoded, languages, timestamps, max_tokens=max(limit, 1), prefix=prefix)
             windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
             return [

@@ -78,6 +78,7 @@ class EngineCompute:
     """`WhisperCompute` over an encoder and a decoder Engine; safe to call from several threads at once."""
 
     reentrant = True
+    ragged_prefixes = False  # a CPU step is dear: one prefill per prefix length beats forcing tokens step by step
 
     def __init__(self, encoder: Engine, decoder: Engine, n_text_ctx: int) -> None:
         self.encoder = encoder

@@ -40,6 +40,7 @@ class HostStepper:
     """Applies a `DecodingPass`'s rules to host logits; the session does the model compute."""
 
     def __init__(self, session: DecoderSession, plan: DecodingPass) -> None:
+        assert plan.forced is None, "a host-stepped pass takes its forced prefix in the prompt (ragged_prefixes is False)"
         self._session = session
         self._plan = plan
         self._output = np.full((plan.rows, plan.limit), plan.eot, dtype=np.int64)

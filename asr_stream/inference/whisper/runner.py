@@ -153,8 +153,8 @@ class WhisperRunner:
     def transcribe_live(self, requests: Sequence[Utterance], language: str | None = None) -> list[LiveResult]:
         """Partials and finals of live segments (inference/live.py): windows by kind, forced prefixes honoured.
 
-        Rows are decoded in groups of one kind and one prefix length (a pass's prompts are one
-        length); every group shares the batch's one encoder run. Audio longer than one window
+        Rows are decoded in groups of one kind, and of one prefix length unless the compute takes
+        ragged prefixes (decode.py); every group shares the batch's one encoder run. Audio longer than one window
         takes the offline path (`transcribe_batch`), without a prefix.
         """
         english_only = None if self.tokenizer.multilingual else "en"
@@ -179,7 +179,7 @@ class WhisperRunner:
         languages = self._languages(encoded, [language] * len(requests))
         groups: dict[tuple[bool, int], list[int]] = {}
         for row, request in enumerate(requests):
-            groups.setdefault((request.partial, len(request.prefix)), []).append(row)
+            groups.setdefault((request.partial, 0 if self.compute.ragged_prefixes else len(request.prefix)), []).append(row)
         results: list[LiveResult | None] = [None] * len(requests)
         for (partial, _), rows in groups.items():
             group = encoded if len(rows) == len(requests) else self.compute.select(encoded, rows)
