@@ -22,6 +22,7 @@ from conftest import load_mono  # noqa: E402
 
 from asr_stream.devtools.scoring import corpus_wer  # noqa: E402
 from asr_stream.inference.engine import BackendError  # noqa: E402
+from asr_stream.inference.live import Utterance  # noqa: E402
 from asr_stream.inference.models import load_prepared  # noqa: E402
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine  # noqa: E402
 from asr_stream.inference.runners import load_model  # noqa: E402
@@ -183,6 +184,21 @@ def test_gpu_fp32_with_cuda_graphs_is_token_identical_to_onnxruntime(onnxruntime
         for r in (runner, onnxruntime)
     ]
     assert sampled[0] == sampled[1]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_fp32_graphs_force_ragged_prefixes_like_onnxruntime(onnxruntime, english_clips, audio_by_id):
+    """Partials with prefixes of different lengths in one batch: forced inside the step graph, token for token."""
+    runner = torch_runner("cuda", torch.float32, (1, 4, 16))
+    requests = []
+    for k, row in enumerate(english_clips[:16]):
+        audio = audio_by_id[row["id"]][: 4 * 16_000]
+        free = onnxruntime.transcribe_live([Utterance(audio, partial=True)], language="en")[0]
+        requests.append(Utterance(audio, partial=True, prefix=free.tokens[: max(0, len(free.tokens) - 1 - k % 4)]))
+    assert len({len(request.prefix) for request in requests}) >= 4
+    expected = [onnxruntime.transcribe_live([request], language="en")[0].tokens for request in requests]
+    assert [result.tokens for result in runner.transcribe_live(requests, language="en")] == expected
 
 
 @pytest.mark.gpu
