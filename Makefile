@@ -2,7 +2,7 @@
 PY      ?= python3
 VENV    := .venv
 BIN     := $(VENV)/bin
-EXTRAS  := export,local,whisper-base,test,bench
+EXTRAS  := export,local,whisper-base,test,bench,lint
 STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 MODEL   ?= whisper-tiny.en
 CONFIG  ?= deploy/local.yaml
@@ -33,7 +33,11 @@ models: setup
 run: setup models
 	$(BIN)/asr-stream run --config $(CONFIG)
 
+# Lint first (seconds): ruff (rules and formatting) over the repository, mypy over asr_stream.
 test: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/asr-stream models prepare whisper-tiny.en
 	$(BIN)/python -m pytest -q -ra
 

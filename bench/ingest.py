@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from asr_stream.audio.wavfile import load_audio
-from asr_stream.ingest.resample import resample
 from asr_stream.ingest.media import audio_frames
+from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import ulaw_encode
 from asr_stream.rtp.ports import PortAllocator
 from asr_stream.rtp.receiver import ReceiverConfig, RtpReceiver

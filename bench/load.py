@@ -395,7 +395,8 @@ def target(daemon: Daemon) -> str:
 async def wait_ended(recorder: TopicRecorder, call_ids: set[str], timeout_s: float = 30) -> None:
     """Until every call in `call_ids` has its call.ended on the topic (or the timeout passes)."""
     deadline = time.monotonic() + timeout_s
-    while recorder.ended(call_ids) < len(call_ids) and time.monotonic() < deadline:
+    # The recorder is fed by its own consumer thread, which has no asyncio.Event to set: poll it.
+    while recorder.ended(call_ids) < len(call_ids) and time.monotonic() < deadline:  # noqa: ASYNC110
         await asyncio.sleep(0.1)
 
 

@@ -18,13 +18,13 @@ from test_conformer_features import read_clip
 from test_conformer_tokenizer import VOCAB_SIZE, train_tokenizer
 
 from asr_stream.audio.features_nemo import NemoMelSettings, batch_features, nemo_log_mel
-from asr_stream.inference.ctc import greedy_ctc
 from asr_stream.inference.conformer.export import export_onnx
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.importer import add_conformer
 from asr_stream.inference.conformer.manifest import ConformerManifest
 from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
 from asr_stream.inference.conformer.runner import ConformerRunner, ConformerTranscript
+from asr_stream.inference.ctc import greedy_ctc
 from asr_stream.inference.engine import Profile
 from asr_stream.inference.models import ModelError
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine

@@ -66,14 +66,17 @@ async def test_websocket_with_a_token_gets_the_kafka_json_replay_then_live_event
     history = [started("c1"), partial("c1", 0, 0, "hello"), final("c1", 0, "Hello, city hall.")]
     for event in history:
         hub.publish(event)
-    async with serving(hub) as base, aiohttp.ClientSession() as http:
-        async with http.ws_connect(f"{base}/v1/calls/c1/transcript?token={TOKEN}") as ws:
-            replayed = [await ws.receive_str(timeout=2) for _ in range(2)]
-            live = [partial("c1", 1, 0, "my bin"), final("c1", 1, "My bin was not emptied."), ended("c1", 2)]
-            for event in live:
-                hub.publish(event)
-            streamed = [await ws.receive_str(timeout=2) for _ in range(3)]
-            closing = await ws.receive(timeout=2)
+    async with (
+        serving(hub) as base,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(f"{base}/v1/calls/c1/transcript?token={TOKEN}") as ws,
+    ):
+        replayed = [await ws.receive_str(timeout=2) for _ in range(2)]
+        live = [partial("c1", 1, 0, "my bin"), final("c1", 1, "My bin was not emptied."), ended("c1", 2)]
+        for event in live:
+            hub.publish(event)
+        streamed = [await ws.receive_str(timeout=2) for _ in range(3)]
+        closing = await ws.receive(timeout=2)
     assert [text.encode() for text in replayed] == [history[0].to_json(), history[2].to_json()]
     assert [text.encode() for text in streamed] == [event.to_json() for event in live]
     assert closing.type is aiohttp.WSMsgType.CLOSE  # the per-call feed ends after call.ended
@@ -147,9 +150,8 @@ def test_auth_is_on_by_default_off_loopback_and_refuses_to_start_without_a_token
 
 async def test_the_access_log_never_contains_the_token(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="aiohttp.access")
-    async with serving(LiveFeedHub()) as base, aiohttp.ClientSession() as http:
-        async with http.get(f"{base}/", params={"token": TOKEN}) as response:
-            assert response.status == 200
+    async with serving(LiveFeedHub()) as base, aiohttp.ClientSession() as http, http.get(f"{base}/", params={"token": TOKEN}) as response:
+        assert response.status == 200
     access_lines = [record.getMessage() for record in caplog.records if record.name == "aiohttp.access"]
     assert any(" GET / 200 " in line for line in access_lines), access_lines
     assert not any(TOKEN in line for line in access_lines)

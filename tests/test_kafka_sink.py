@@ -277,7 +277,8 @@ async def test_full_spool_keeps_room_for_finals_and_drops_what_does_not_fit(tmp_
     sink.start()
     for event in published:
         sink.publish(event)
-        await wait_for(lambda: sink.spooled + sink.dropped > published.index(event), 5, "the event to be spooled or dropped")
+        index = published.index(event)
+        await wait_for(lambda index=index: sink.spooled + sink.dropped > index, 5, "the event to be spooled or dropped")
     await sink.close(timeout_s=2)
     assert sink.spooled + sink.dropped == len(published) and sink.dropped > 0
     spool = Spool(tmp_path)

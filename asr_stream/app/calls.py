@@ -57,7 +57,7 @@ class Envelope:
     engine: str
     language: str | None
 
-    def fields(self) -> dict[str, object]:
+    def fields(self) -> events.EnvelopeFields:
         return {"call_id": self.call_id, "model": self.model, "engine": self.engine, "language": self.language}
 
 

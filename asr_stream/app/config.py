@@ -132,7 +132,8 @@ class SipAuthSection(_Section):
     max_tracked_nonces: Annotated[int, Field(ge=1)] = DigestAuthConfig.max_tracked_nonces
 
     def build(self) -> DigestAuthConfig:
-        users = {name: DigestCredential(password=user.password, ha1=dict(user.ha1)) for name, user in self.users.items()}
+        # .items(): a dict keyed by the Literal algorithm names is not a dict[str, str] to mypy; its pairs are.
+        users = {name: DigestCredential(password=user.password, ha1=dict(user.ha1.items())) for name, user in self.users.items()}
         return DigestAuthConfig(
             realm=self.realm,
             users=users,

@@ -32,13 +32,14 @@ import contextlib
 import hmac
 import ipaddress
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 
 from aiohttp import WSCloseCode, web
 from aiohttp.abc import AbstractAccessLogger
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from asr_stream.common.throttled_log import ThrottledLog, clip
@@ -52,7 +53,6 @@ CLOSE_TOO_SLOW = 4008
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 
 ReadinessCheck = Callable[[], bool]
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def is_loopback(host: str) -> bool:
@@ -100,11 +100,11 @@ def _token_matches(presented: str | None, expected: str) -> bool:
     return presented is not None and hmac.compare_digest(presented.encode(), expected.encode())
 
 
-def _auth_middleware(settings: HttpSettings) -> Callable[[web.Request, _Handler], Awaitable[web.StreamResponse]]:
+def _auth_middleware(settings: HttpSettings) -> Middleware:
     """Every route but OPEN_PATHS needs the token: a route added later is protected by default."""
 
     @web.middleware
-    async def require_token(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    async def require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
         if settings.require_auth and request.path not in OPEN_PATHS:
             assert settings.auth_token is not None  # HttpSettings refuses require_auth without one
             if not _token_matches(presented_token(request), settings.auth_token):

@@ -193,7 +193,7 @@ class Segmenter:
         for prob in speech_probs:
             events += self._decide(float(prob))
         if self._open_start is not None and audio.shape[0]:
-            events.append(SegmentGrew(self._seq, self._open_start, self.open_audio()))
+            events.append(SegmentGrew(self._seq, self._open_start, self._audio.view(self._open_start, self._audio.end)))
         self._forget_old_audio()
         return events
 
@@ -253,6 +253,7 @@ class Segmenter:
 
     def _split(self) -> list[SegmentEvent]:
         """Cut at the middle of the quietest window among the last `split_search_ms`."""
+        assert self._open_start is not None, "only an open segment can be split"
         energies = self._window_energy[-self._search_windows :]
         quietest = len(self._window_energy) - len(energies) + int(np.argmin(energies))
         cut = (self._energy_first_window + quietest) * WINDOW_SAMPLES + WINDOW_SAMPLES // 2

@@ -48,6 +48,7 @@ def export_graph(
             external_data=False,
             verbose=False,
         )
+    assert program is not None, "the dynamo exporter returns an ONNXProgram (only the legacy one returns None)"
     for node in program.model.graph.all_nodes():
         for key in _MACHINE_SPECIFIC_METADATA:
             node.metadata_props.pop(key, None)

@@ -15,7 +15,7 @@ from asr_stream.inference.engine import Precision, Profile, TensorSpec
 # Without a profile, a CPU batch larger than this gains no throughput and only adds latency.
 DEFAULT_CPU_MAX_BATCH = 16
 
-_ORT_TYPES = {
+_ORT_TYPES: dict[str, np.dtype] = {
     "tensor(float)": np.dtype(np.float32),
     "tensor(float16)": np.dtype(np.float16),
     "tensor(int64)": np.dtype(np.int64),

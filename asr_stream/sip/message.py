@@ -170,11 +170,11 @@ def build_response(
         if status > 100 and ";tag=" not in to.replace(" ", "").lower():
             to += f";tag={to_tag or generate_tag()}"
         response.headers.set_single("To", to)
-    for name, value in (headers or {}).items():
-        if isinstance(value, str):
-            response.headers.set_single(name, value)
+    for name, given in (headers or {}).items():
+        if isinstance(given, str):
+            response.headers.set_single(name, given)
         else:
-            for item in value:
+            for item in given:
                 response.headers.append(name, item)
     if content_type is not None:
         response.headers.set_single("Content-Type", content_type)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib import resources
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 from asr_stream.ingest.types import EndReason  # call.ended's end_reason: one vocabulary from ingest to consumers
 
@@ -66,6 +66,27 @@ def _check_channel(channel: str) -> None:
     # channel is the one part that must not contain a slash (a SIP Call-ID may).
     if not channel or "/" in channel:
         raise ValueError(f"channel must be a non-empty name without '/': {channel!r}")
+
+
+class EnvelopeFields(TypedDict):
+    """The envelope fields a call's producer fills in once and repeats in every event (as keyword arguments)."""
+
+    call_id: str
+    model: str
+    engine: str
+    language: str | None
+
+
+class SegmentFields(EnvelopeFields):
+    """A segment event's fields beyond the envelope, except the partial-only `stable_text`."""
+
+    channel: str
+    index: int
+    revision: int
+    text: str
+    start_ms: int
+    end_ms: int
+    latency_ms: int
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from asr_stream.transcript.events import SegmentFinal, SegmentPartial
+from asr_stream.transcript.events import SegmentFields, SegmentFinal, SegmentPartial
 
 # One CJK character (CJK punctuation, kana, Han incl. extension A and compatibility ideographs,
 # full-width forms), or a run of anything else up to the next space or CJK character.
@@ -114,7 +114,7 @@ class SegmentTranscript:
         self.stable_prefix = self.last_text
         return SegmentFinal(**self._fields(self.last_text, end_ms, language, latency_ms))
 
-    def _fields(self, text: str, end_ms: int, language: str | None, latency_ms: int) -> dict[str, object]:
+    def _fields(self, text: str, end_ms: int, language: str | None, latency_ms: int) -> SegmentFields:
         return {
             "call_id": self.labels.call_id,
             "model": self.labels.model,

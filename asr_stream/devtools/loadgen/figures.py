@@ -46,7 +46,7 @@ class StepFigures:
     calls: int
     answered: int
     failed: dict[str, int]  # reason -> calls
-    hangup_problems: dict[str, int]  # calls not ended by our answered BYE, by what happened
+    hangup_problems: dict[str | None, int]  # calls not ended by our answered BYE, by what happened (None: not recorded)
     finals_expected: int  # utterances the answered calls spoke to the end
     finals_received: int
     utterances_matched: int
@@ -119,7 +119,7 @@ def step_figures(
         by_call.setdefault(arrival[1]["call_id"], []).append(arrival)
     answered = [c for c in calls if c.call_id is not None]
     latencies, outside, differences, gaps, per_call, problems = [], [], [], [], [], []
-    references, hypotheses = [], []
+    references, hypotheses, call_error_rates = [], [], []
     finals_received = matched = lost = never_started = partials = segments = 0
     metric = corpus_wer if language == "en" else corpus_cer
     first_answer = min((c.answered_at for c in answered if c.answered_at is not None), default=0.0)
@@ -148,6 +148,7 @@ def step_figures(
         hypothesis = " ".join(e["text"] for _, e in finals)
         references.append(reference)
         hypotheses.append(hypothesis)
+        call_error_rates.append(metric([reference], [hypothesis], language))
         per_call.append(
             {
                 "call_id": call.call_id,
@@ -155,7 +156,7 @@ def step_figures(
                 "answered_s": None if call.answered_at is None else call.answered_at - first_answer,
                 "utterances": len(_spoken(call)),
                 "finals": len(finals),
-                "error_rate": metric([reference], [hypothesis], language),
+                "error_rate": call_error_rates[-1],
             }
         )
     setup = [1000 * (c.answered_at - c.invite_at) for c in answered if c.answered_at is not None and c.invite_at is not None]
@@ -179,7 +180,7 @@ def step_figures(
         partials_per_segment=partials / segments if segments else None,
         partial_gap_s=spread(gaps),
         error_rate=metric(references, hypotheses, language) if references else None,
-        error_rate_per_call=spread([c["error_rate"] for c in per_call]) | {"max": max((c["error_rate"] for c in per_call), default=None)},
+        error_rate_per_call=spread(call_error_rates) | {"max": max(call_error_rates, default=None)},
         error_metric="WER" if language == "en" else "CER",
         generator_lateness_ms=spread(lateness) | {"max": max(lateness, default=None)},
         generator_cpu_s=cpu,

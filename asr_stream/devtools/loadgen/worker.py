@@ -190,7 +190,8 @@ class Worker:
                 return
             record.call_id, record.answered_at = answer.call_id, time.time() - (time.monotonic() - answer.answered_at)
             sock.connect(answer.rtp_address)
-            stream = RtpStream(sock, program, answer.payload_type, *(int(v) for v in rng.integers(0, [2**32, 2**16, 2**32])))
+            ssrc, first_sequence, first_timestamp = (int(v) for v in rng.integers(0, [2**32, 2**16, 2**32]))
+            stream = RtpStream(sock, program, answer.payload_type, ssrc, first_sequence, first_timestamp)
             self.streams[answer.call_id] = stream
             try:
                 how = await self.pacer.add(stream)

@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Protocol, Self, TypeVar
 
-Lengths = TypeVar("Lengths")  # int, numpy int array or torch int tensor: only `-` and `//` are used
+
+class _IntArithmetic(Protocol):
+    """What the formula uses: `- int`, `// int` and `+ int`, each giving the same kind of value."""
+
+    def __sub__(self, other: int, /) -> Self: ...
+    def __floordiv__(self, other: int, /) -> Self: ...
+    def __add__(self, other: int, /) -> Self: ...
+
+
+Lengths = TypeVar("Lengths", bound=_IntArithmetic)  # int, numpy int array or torch int tensor
 
 
 def subsampled_lengths(lengths: Lengths, factor: int) -> Lengths:

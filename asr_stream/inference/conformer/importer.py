@@ -53,7 +53,7 @@ def probe_subsampling_factor(graph: Path, settings: NemoMelSettings, vocab_size:
         raise ModelError(f"{graph} takes inputs {sorted(inputs)}, not NeMo's {FEATURES_INPUT} and {LENGTH_INPUT}")
     if inputs[FEATURES_INPUT][1] != settings.n_mels:
         raise ModelError(f"{graph} takes {inputs[FEATURES_INPUT][1]} mel bands, the preprocessor makes {settings.n_mels}")
-    feeds = {
+    feeds: dict[str, np.ndarray] = {
         FEATURES_INPUT: np.zeros((1, settings.n_mels, _PROBE_FRAMES), dtype=np.float32),
         LENGTH_INPUT: np.array([_PROBE_FRAMES], dtype=np.int64),
     }

@@ -52,7 +52,8 @@ class ConformerConfig:
 
 def time_mask(lengths: torch.Tensor, max_length: int | torch.SymInt) -> torch.Tensor:
     """[B, T] True on valid frames."""
-    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]
+    # torch's stubs type arange's bounds as plain numbers; a SymInt (a traced dynamic size) is what export passes.
+    return torch.arange(max_length, device=lengths.device)[None, :] < lengths[:, None]  # type: ignore[arg-type]
 
 
 class ConvSubsampling(nn.Module):
@@ -84,7 +85,7 @@ def relative_positions(frames: torch.SymInt | int, d_model: int, device: torch.d
     The positions are counted in int64 and then cast: a float `Range` node keeps its float32 type
     when the graph is retyped to fp16 for a strongly typed TensorRT(-RTX) build, which then fails.
     """
-    positions = torch.arange(frames - 1, -frames, -1, device=device).to(torch.float32)[:, None]
+    positions = torch.arange(frames - 1, -frames, -1, device=device).to(torch.float32)[:, None]  # type: ignore[arg-type]  # SymInt, as in time_mask
     inverse_freq = torch.exp(torch.arange(0, d_model, 2, device=device, dtype=torch.float32) * (-math.log(10000.0) / d_model))
     angles = positions * inverse_freq
     return torch.stack([torch.sin(angles), torch.cos(angles)], dim=-1).reshape(1, -1, d_model)

@@ -96,7 +96,7 @@ class BuildRecord:
 def build_key(model: str, profile: ModelProfile, graph_digests: Mapping[str, str], platform: Platform, retyped: bool = False) -> str:
     """16 hex digits naming a build: model, variant's shapes and settings, each ONNX sha256, the platform,
     and, when the builder parsed fp16-typed copies (`retyped`), the version of that conversion."""
-    material = {
+    material: dict[str, object] = {
         "model": model,
         "variant": profile.variant,
         "precision": profile.precision,

@@ -52,7 +52,7 @@ def entropy_calibrator(trt: ModuleType, batches: CalibrationBatches) -> object:
     get_batch_size is 1: with explicit-batch networks TensorRT takes the batch from the shapes.
     """
 
-    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined, misc]
+    class EntropyCalibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined]
         def __init__(self) -> None:
             super().__init__()
             self._buffers: dict[str, DeviceBuffer] = {}

@@ -23,6 +23,9 @@ projection.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import cast
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -103,13 +106,19 @@ class ResidualAttentionBlock(nn.Module):
 
 
 class AudioEncoder(nn.Module):
+    positional_embedding: Tensor  # a buffer (register_buffer): torch types module attributes as Tensor | Module
+
     def __init__(self, dims: WhisperDims) -> None:
         super().__init__()
         self.conv1 = nn.Conv1d(dims.n_mels, dims.n_audio_state, kernel_size=3, padding=1)
         self.conv2 = nn.Conv1d(dims.n_audio_state, dims.n_audio_state, kernel_size=3, stride=2, padding=1)
         self.register_buffer("positional_embedding", torch.zeros(dims.n_audio_ctx, dims.n_audio_state))
-        self.blocks = nn.ModuleList(
-            ResidualAttentionBlock(dims.n_audio_state, dims.n_audio_head, cross_attention=False) for _ in range(dims.n_audio_layer)
+        # An nn.ModuleList (registered as submodules); typed by what it holds, which torch's stubs call Module.
+        self.blocks = cast(
+            "Iterable[ResidualAttentionBlock]",
+            nn.ModuleList(
+                ResidualAttentionBlock(dims.n_audio_state, dims.n_audio_head, cross_attention=False) for _ in range(dims.n_audio_layer)
+            ),
         )
         self.ln_post = nn.LayerNorm(dims.n_audio_state)
 
@@ -128,14 +137,21 @@ class TextDecoder(nn.Module):
         super().__init__()
         self.token_embedding = nn.Embedding(dims.n_vocab, dims.n_text_state)
         self.positional_embedding = nn.Parameter(torch.zeros(dims.n_text_ctx, dims.n_text_state))
-        self.blocks = nn.ModuleList(
-            ResidualAttentionBlock(dims.n_text_state, dims.n_text_head, cross_attention=True) for _ in range(dims.n_text_layer)
+        self.blocks = cast(  # an nn.ModuleList, as in AudioEncoder
+            "Iterable[ResidualAttentionBlock]",
+            nn.ModuleList(
+                ResidualAttentionBlock(dims.n_text_state, dims.n_text_head, cross_attention=True) for _ in range(dims.n_text_layer)
+            ),
         )
         self.ln = nn.LayerNorm(dims.n_text_state)
 
     def cross_kv(self, audio_features: Tensor) -> Tensor:
         """Every layer's cross-attention K/V, computed once per utterance: [L, 2, B, H, S, D]."""
-        return torch.stack([torch.stack(block.cross_attn.project_kv(audio_features)) for block in self.blocks])
+        layers = []
+        for block in self.blocks:
+            assert block.cross_attn is not None, "every decoder block has cross-attention"
+            layers.append(torch.stack(block.cross_attn.project_kv(audio_features)))
+        return torch.stack(layers)
 
     def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross_kv: Tensor) -> tuple[Tensor, Tensor]:
         """One decoding call over new tokens, with a fixed-capacity self-attention cache.

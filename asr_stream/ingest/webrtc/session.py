@@ -180,10 +180,10 @@ class WhipIngest:
         pc = RTCPeerConnection(RTCConfiguration(iceServers=list(self.config.ice_servers)))
         try:
             transceiver = pc.addTransceiver("audio", direction="recvonly")
+            capabilities = RTCRtpReceiver.getCapabilities("audio")
+            assert capabilities is not None, "aiortc returns None only for a kind other than audio or video"
             # Only the codec chosen in _describe_call, so the channel's codec is what aiortc decodes.
-            transceiver.setCodecPreferences(
-                [c for c in RTCRtpReceiver.getCapabilities("audio").codecs if c.mimeType.lower() == f"audio/{codec.lower()}"]
-            )
+            transceiver.setCodecPreferences([c for c in capabilities.codecs if c.mimeType.lower() == f"audio/{codec.lower()}"])
             await pc.setRemoteDescription(RTCSessionDescription(sdp_offer, "offer"))
             answer = await pc.createAnswer()
             await asyncio.wait_for(pc.setLocalDescription(answer), self.config.gather_timeout_s)
