@@ -277,7 +277,9 @@ class WhisperDecoder:
             if len(set(lengths)) > 1 and not self.compute.ragged_prefixes:
                 raise ValueError(f"the {self.compute.backend} backend takes forced prefixes of one length per pass")
             common = min(lengths)
-            prompts = np.concatenate((prompts, np.array([row[:common] for row in prefix], dtype=np.int64).reshape(len(prompts), common)), axis=1)
+            prompts = np.concatenate(
+                (prompts, np.array([row[:common] for row in prefix], dtype=np.int64).reshape(len(prompts), common)), axis=1
+            )
             first_mask = self._after_prefix_mask
             if len(set(lengths)) > 1:
                 forced = np.zeros((len(prompts), max(lengths) - common), dtype=np.int64)
