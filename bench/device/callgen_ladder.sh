@@ -87,5 +87,6 @@ python3 bench/callgen.py --sip "$SIP" --bootstrap "$KAFKA" --topic "$TOPIC" --ca
 
 python3 -c "import urllib.request; print(urllib.request.urlopen('http://$HTTP/metrics', timeout=5).read().decode())" \
   > "$RESULTS/metrics.txt" 2>&1 || true
-ps -o pid,etime,time,rss,args -p "$DAEMON" > "$RESULTS/daemon-ps.txt" 2>&1 || true  # the daemon's CPU time over the ladder
+# The daemon's processes (main, inference, ingest workers) with their CPU time over the ladder and RSS.
+ps -o pid,ppid,etime,time,rss,args -p "$DAEMON" --ppid "$DAEMON" > "$RESULTS/daemon-ps.txt" 2>&1 || true
 exit "$status"
