@@ -15,14 +15,14 @@ import pytest
 import torch
 import yaml
 from test_conformer_features import read_clip
-from test_conformer_tokenizer import VOCAB_SIZE, train_tokenizer
+from test_conformer_tokenizer import VOCAB_SIZE, english_transcripts, train_tokenizer
 
 from asr_stream.audio.features_nemo import NemoMelSettings, batch_features, nemo_log_mel
-from asr_stream.inference.conformer.export import export_onnx
+from asr_stream.inference.conformer.export import NEMO_PREPROCESSOR, write_export_dir
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.importer import add_conformer
 from asr_stream.inference.conformer.manifest import ConformerManifest
-from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
+from asr_stream.inference.conformer.model import ConformerCTC
 from asr_stream.inference.conformer.runner import ConformerRunner, ConformerTranscript
 from asr_stream.inference.ctc import greedy_ctc
 from asr_stream.inference.engine import Profile
@@ -34,33 +34,11 @@ pytestmark = pytest.mark.slow  # one ONNX export, ~10 s
 
 PROFILE = Path(__file__).resolve().parents[1] / "profiles" / "conformer-ctc.yaml"
 
-PREPROCESSOR = {
-    "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-    "sample_rate": 16000,
-    "normalize": "per_feature",
-    "window_size": 0.025,
-    "window_stride": 0.01,
-    "window": "hann",
-    "features": 80,
-    "n_fft": 512,
-    "log": True,
-    "frame_splicing": 1,
-    "dither": 1.0e-05,
-    "pad_to": 0,
-    "pad_value": 0.0,
-}
-
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[ConformerCTC, Path, Path, Path]:
     """(model, graph, tokenizer, preprocessor YAML) as a NeMo user would hand them over."""
-    directory = tmp_path_factory.mktemp("conformer")
-    torch.manual_seed(0)
-    model = ConformerCTC(ConformerConfig(vocab_size=VOCAB_SIZE))
-    graph = export_onnx(model, directory / "exported.onnx")
-    preprocessor = directory / "model_config.yaml"
-    preprocessor.write_text(yaml.safe_dump({"preprocessor": PREPROCESSOR, "encoder": {"subsampling_factor": 4}}))
-    return model, graph, train_tokenizer(directory), preprocessor
+    return write_export_dir(tmp_path_factory.mktemp("conformer"), english_transcripts(), VOCAB_SIZE)
 
 
 def test_onnx_runtime_matches_pytorch_on_a_padded_batch(exported) -> None:
@@ -122,11 +100,11 @@ def test_importer_refuses_mismatches(exported, tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="exists"):
         add_conformer("taken", graph, tokenizer, preprocessor, engines)
     wrong_mels = tmp_path / "preprocessor.yaml"
-    wrong_mels.write_text(yaml.safe_dump({**PREPROCESSOR, "window": "hamming"}))
+    wrong_mels.write_text(yaml.safe_dump({**NEMO_PREPROCESSOR, "window": "hamming"}))
     with pytest.raises(ModelError, match="window"):
         add_conformer("hamming", graph, tokenizer, wrong_mels, engines)
     eight_mels = tmp_path / "eight_mels.yaml"
-    eight_mels.write_text(yaml.safe_dump({**PREPROCESSOR, "features": 8}))
+    eight_mels.write_text(yaml.safe_dump({**NEMO_PREPROCESSOR, "features": 8}))
     with pytest.raises(ModelError, match="80 mel bands"):
         add_conformer("eight-mels", graph, tokenizer, eight_mels, engines)
     with pytest.raises(ModelError, match="SentencePiece"):

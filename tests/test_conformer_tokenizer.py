@@ -9,8 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import sentencepiece
-
+from asr_stream.inference.conformer import export
 from asr_stream.inference.conformer.tokenizer import WORD_BOUNDARY, SentencePieceTokenizer
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
@@ -24,16 +23,7 @@ def english_transcripts() -> list[str]:
 
 
 def train_tokenizer(directory: Path, vocab_size: int = VOCAB_SIZE) -> Path:
-    prefix = directory / f"tokenizer{vocab_size}"
-    sentencepiece.SentencePieceTrainer.train(
-        sentence_iterator=iter(english_transcripts()),
-        model_prefix=str(prefix),
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,
-        minloglevel=2,
-    )
-    return prefix.with_suffix(".model")
+    return export.train_tokenizer(directory, english_transcripts(), vocab_size)
 
 
 def test_round_trip_on_transcripts(tmp_path: Path) -> None:

@@ -3,8 +3,8 @@
 Why a script and not a test: it needs a GPU and TensorRT (TensorRT-RTX, staged by stash.sh), and
 its product is a table for docs/benchmarks.md ("## TensorRT builds"): build time and engine size
 per graph, profile variant and precision, and every failure with its cause. Whisper graphs come
-from `asr-stream models prepare`; the Conformer-CTC graph is a small randomly initialised export
-from the Conformer export code, and SenseVoice/Paraformer are small randomly initialised FunASR
+from `asr-stream models prepare` (run here; it does nothing where done); the Conformer-CTC is a small randomly
+initialised NeMo-style export (`conformer.export.write_export_dir`) installed with `models add conformer`, and SenseVoice/Paraformer are small randomly initialised FunASR
 export directories (`funasr.export.write_export_dir`) installed with `models add`, as a user's real
 export would be (only the graphs' interfaces and shapes matter to the builder).
 
@@ -19,6 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
+from asr_stream.inference.models import prepare_model
 from asr_stream.inference.profiles import ProfileError, load_profile, variants
 from asr_stream.inference.tensorrt.build import build_engines
 from asr_stream.inference.tensorrt.cache import EngineCacheError, list_builds, load_trt
@@ -26,17 +27,15 @@ from asr_stream.inference.tensorrt.cache import EngineCacheError, list_builds, l
 PRECISIONS = ("fp32", "fp16", "int8")  # int8 too: where it cannot be built, the row says why
 
 
-def export_conformer(engines_dir: Path) -> Path:
-    """A random Conformer-CTC at the profile's mel count, exported with the Conformer export code."""
-    import torch
+def install_conformer(engines_dir: Path) -> str:
+    """A random Conformer-CTC exported as a NeMo user hands it over and installed with `models add conformer`."""
+    from asr_stream.inference.conformer.export import write_export_dir
+    from asr_stream.inference.conformer.importer import add_conformer
 
-    from asr_stream.inference.conformer.export import export_onnx
-    from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
-
-    torch.manual_seed(0)
-    directory = engines_dir / "conformer-ctc"
-    directory.mkdir(parents=True, exist_ok=True)
-    return export_onnx(ConformerCTC(ConformerConfig(vocab_size=128)), directory / "model.onnx")
+    texts = ["press the pound key", "the street light is broken", "my water has been off since monday"]
+    _, graph, tokenizer, preprocessor = write_export_dir(engines_dir / ".conformer-export", texts, vocab_size=32)
+    add_conformer("conformer-ctc", graph, tokenizer, preprocessor, engines_dir, language="en")
+    return "conformer-ctc"
 
 
 def install_funasr(engines_dir: Path, family: str) -> str:
@@ -84,9 +83,10 @@ def main() -> None:
     args = parser.parse_args()
     trt = load_trt()
     print(f"{trt.__name__} {trt.__version__}", flush=True)
-    export_conformer(args.engines_dir)
-    families = [install_funasr(args.engines_dir, family) for family in ("sensevoice", "paraformer")]
-    everything = [*args.models, "conformer-ctc", *families]
+    for model in args.models:  # the Whisper graphs, exported here unless already (about 30 s each)
+        print(prepare_model(model, engines_dir=args.engines_dir), flush=True)
+    families = [install_conformer(args.engines_dir), *(install_funasr(args.engines_dir, family) for family in ("sensevoice", "paraformer"))]
+    everything = [*args.models, *families]
     rows = build_all(args.engines_dir, everything)
     builds = {model: len(list_builds(args.engines_dir, model)) for model in everything}
     args.out.write_text(json.dumps({"tensorrt": f"{trt.__name__} {trt.__version__}", "rows": rows, "builds_kept": builds}, indent=2))
