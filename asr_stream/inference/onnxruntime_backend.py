@@ -36,10 +36,10 @@ class OnnxRuntimeEngine:
     def __init__(self, graph: Path, session: ort.InferenceSession, max_batch: int, threads: int) -> None:
         self._graph = graph
         self._session = session
-        self._max_batch = max_batch
+        self.max_batch = max_batch
         self._threads = threads
-        self._inputs = tuple(_spec(arg) for arg in session.get_inputs())
-        self._outputs = tuple(_spec(arg) for arg in session.get_outputs())
+        self.inputs = tuple(_spec(arg) for arg in session.get_inputs())
+        self.outputs = tuple(_spec(arg) for arg in session.get_outputs())
 
     @classmethod
     def load(cls, graph: Path, profile: Profile | None = None, precision: Precision = "fp32", threads: int | None = None) -> Self:
@@ -60,21 +60,9 @@ class OnnxRuntimeEngine:
         session = ort.InferenceSession(str(graph), sess_options=options, providers=["CPUExecutionProvider"])
         return cls(Path(graph), session, profile.max_batch if profile else DEFAULT_CPU_MAX_BATCH, threads)
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         values = self._session.run(None, dict(feeds))
-        return {spec.name: value for spec, value in zip(self._outputs, values)}
+        return {spec.name: value for spec, value in zip(self.outputs, values)}
 
     def describe(self) -> dict[str, object]:
         return {
@@ -82,6 +70,6 @@ class OnnxRuntimeEngine:
             "graph": self._graph.name,
             "precision": "fp32",
             "threads": self._threads,
-            "max_batch": self._max_batch,
+            "max_batch": self.max_batch,
             "provider": "CPUExecutionProvider",
         }

@@ -92,7 +92,7 @@ class TensorRTEngine:
 
     def __init__(self, trt: ModuleType, engine: Any, record: BuildRecord, graph: str, contexts: int, max_batch: int) -> None:
         self._trt = trt
-        self._max_batch = max_batch
+        self.max_batch = max_batch
         self._engine = engine
         self._record = record
         self._graph = graph
@@ -106,8 +106,8 @@ class TensorRTEngine:
         for name, shape_range in self._ranges.items():
             probe.set_input_shape(name, shape_range.max)
         max_shapes = {name: self._ranges[name].max if is_input[name] else tuple(probe.get_tensor_shape(name)) for name in names}
-        self._inputs = tuple(TensorSpec(name, dtypes[name], tuple(engine.get_tensor_shape(name))) for name in names if is_input[name])
-        self._outputs = tuple(TensorSpec(name, dtypes[name], tuple(engine.get_tensor_shape(name))) for name in names if not is_input[name])
+        self.inputs = tuple(TensorSpec(name, dtypes[name], tuple(engine.get_tensor_shape(name))) for name in names if is_input[name])
+        self.outputs = tuple(TensorSpec(name, dtypes[name], tuple(engine.get_tensor_shape(name))) for name in names if not is_input[name])
         self._slots: queue.Queue[_Slot] = queue.Queue()
         for _ in range(contexts):
             self._slots.put(_Slot(engine, {name: (max_shapes[name], dtypes[name]) for name in names}))
@@ -146,18 +146,6 @@ class TensorRTEngine:
             raise EngineCacheError(f"{trt.__name__} {trt.__version__} could not deserialize {plan}; its log above says why")
         return cls(trt, engine, record, graph.name, contexts, model_profile.max_batch)
 
-    @property
-    def inputs(self) -> tuple[TensorSpec, ...]:
-        return self._inputs
-
-    @property
-    def outputs(self) -> tuple[TensorSpec, ...]:
-        return self._outputs
-
-    @property
-    def max_batch(self) -> int:
-        return self._max_batch
-
     def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Copy in, execute on a free context's stream, copy out; blocks only this thread."""
         from cuda.bindings import runtime as cudart  # optional GPU dependency (asr-stream[gpu])
@@ -165,7 +153,7 @@ class TensorRTEngine:
         slot = self._slots.get()
         try:
             to_device, to_host = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
-            for spec in self._inputs:
+            for spec in self.inputs:
                 array = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
                 problem = shape_problem(spec.name, array.shape, self._ranges[spec.name])
                 if problem:
@@ -179,8 +167,8 @@ class TensorRTEngine:
                 )
             if not slot.context.execute_async_v3(slot.stream):
                 raise RuntimeError(f"TensorRT could not enqueue {self._graph}")
-            shapes = {spec.name: tuple(slot.context.get_tensor_shape(spec.name)) for spec in self._outputs}
-            for spec in self._outputs:
+            shapes = {spec.name: tuple(slot.context.get_tensor_shape(spec.name)) for spec in self.outputs}
+            for spec in self.outputs:
                 check(
                     cudart.cudaMemcpyAsync(
                         slot.host[spec.name].pointer,
@@ -191,7 +179,7 @@ class TensorRTEngine:
                     )
                 )
             check(cudart.cudaStreamSynchronize(slot.stream))
-            return {spec.name: slot.host[spec.name].view(shapes[spec.name], spec.dtype).copy() for spec in self._outputs}
+            return {spec.name: slot.host[spec.name].view(shapes[spec.name], spec.dtype).copy() for spec in self.outputs}
         finally:
             self._slots.put(slot)
 
