@@ -28,7 +28,6 @@ import tempfile
 from datetime import datetime
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from asr_stream.app.config import load_config
@@ -36,6 +35,7 @@ from asr_stream.app.daemon import Daemon
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
 from asr_stream.devtools.scoring import corpus_cer
+from asr_stream.devtools.signals import non_speech
 from asr_stream.devtools.sipp import place_call
 from asr_stream.inference.hotwords import HotwordLists
 from asr_stream.inference.models import load_prepared
@@ -79,18 +79,8 @@ def gate(model_name: str, engines_dir: str) -> dict[str, object]:
     for start in range(0, len(rows), 8):
         batch = [load_audio(SPEECH / row["path_wav16k"])[0][0][: 30 * 16000] for row in rows[start : start + 8]]
         heard += runner.decoder.hears_speech(runner.encode(batch))
-    rng = np.random.default_rng(0)
-    t = np.arange(3 * 16000) / 16000
-    pink = np.fft.irfft(np.fft.rfft(rng.normal(size=len(t))) / np.sqrt(np.arange(1, len(t) // 2 + 2)), len(t))
-    signals = {
-        "digital silence": np.zeros(len(t)),
-        "hiss -50 dBFS": rng.normal(size=len(t)) * 10 ** (-50 / 20),
-        "white noise -20 dBFS": rng.normal(size=len(t)) * 0.1,
-        "pink noise": pink / np.abs(pink).max() * 0.1,
-        "50 Hz hum": 0.1 * np.sin(2 * np.pi * 50 * t),
-        "DTMF 1": 0.2 * (np.sin(2 * np.pi * 697 * t) + np.sin(2 * np.pi * 1209 * t)),
-    }
-    noise_heard = runner.decoder.hears_speech(runner.encode([signal.astype(np.float32) for signal in signals.values()]))
+    signals = non_speech()
+    noise_heard = runner.decoder.hears_speech(runner.encode(list(signals.values())))
     return {
         "speech clips heard as speech": f"{sum(heard)} of {len(heard)}",
         "speech clips not heard": [row["id"] for row, h in zip(rows, heard) if not h],

@@ -13,11 +13,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import opencc
 import pytest
 from conftest import load_mono
 
+from asr_stream.devtools import signals
 from asr_stream.devtools.scoring import corpus_cer
 from asr_stream.inference.hotwords import HotwordLists
 from asr_stream.inference.models import prepare_model
@@ -115,21 +115,11 @@ def test_hotwords_recover_terms_and_do_not_harm_other_clips(mandarin, lists, bas
 def test_prompt_does_not_leak_into_silence_or_noise(mandarin, lists, base_engines) -> None:
     """A prompted Whisper writes its terms into non-speech; the no-speech gate decodes such windows without the prompt."""
     model = load_model("whisper-base", base_engines, "zh", hotwords=lists)
-    rng = np.random.default_rng(0)
-    seconds = np.arange(3 * 16000) / 16000
-    pink = np.fft.irfft(np.fft.rfft(rng.normal(size=len(seconds))) / np.sqrt(np.arange(1, len(seconds) // 2 + 2)), len(seconds))
-    non_speech = {
-        "digital silence": np.zeros(len(seconds)),
-        "hiss at -50 dBFS": rng.normal(size=len(seconds)) * 10 ** (-50 / 20),
-        "white noise at -20 dBFS": rng.normal(size=len(seconds)) * 0.1,
-        "pink noise": pink / np.abs(pink).max() * 0.1,
-        "50 Hz hum": 0.1 * np.sin(2 * np.pi * 50 * seconds),
-        "DTMF 1": 0.2 * (np.sin(2 * np.pi * 697 * seconds) + np.sin(2 * np.pi * 1209 * seconds)),
-    }
+    non_speech = signals.non_speech()
     terms = lists.named["all"]
     pieces = {term[i : i + 2] for term in terms for i in range(len(term) - 1)}  # any two characters of a term
-    prompted = model.transcribe_with([a.astype(np.float32) for a in non_speech.values()], "all")
-    unprompted = model.transcribe_batch([a.astype(np.float32) for a in non_speech.values()])
+    prompted = model.transcribe_with(list(non_speech.values()), "all")
+    unprompted = model.transcribe_batch(list(non_speech.values()))
     for label, with_list, without in zip(non_speech, prompted, unprompted):
         leaked = sorted(piece for piece in pieces if piece in with_list.text)
         assert not leaked, f"{label}: the prompt leaked {leaked} into {with_list.text!r}"

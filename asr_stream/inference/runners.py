@@ -269,31 +269,35 @@ def _graph_engine(name: str, family: str, backend: str) -> Callable[[Path], Engi
 
 def _funasr_model(name: str, family: str, directory: Path, language: str | None, backend: str, hotwords: HotwordLists) -> LoadedModel:
     runner = FunasrRunner.load(directory, _graph_engine(name, family, backend))
-    declared = runner.manifest.language
+    return _searched_model(name, family, runner, runner.manifest.language, runner.tokens.spellings, language, backend, hotwords)
+
+
+def _conformer_model(name: str, directory: Path, language: str | None, backend: str, hotwords: HotwordLists) -> LoadedModel:
+    runner = ConformerRunner.load(directory, _graph_engine(name, "Conformer-CTC", backend))
+    return _searched_model(name, CONFORMER, runner, runner.manifest.language, runner.tokenizer.spellings, language, backend, hotwords)
+
+
+def _searched_model(
+    name: str,
+    family: str,
+    runner: ConformerRunner | FunasrRunner,
+    declared: str | None,
+    spell: Callable[[str], list[list[int]]],
+    language: str | None,
+    backend: str,
+    hotwords: HotwordLists,
+) -> LoadedModel:
+    """An imported model whose hotwords bias its search (context graphs): the language it was added
+    with (`declared`) must agree with the one asked for."""
     if language is not None and declared is not None and language != declared:
         raise ModelError(f"model {name} transcribes {declared!r} (declared when it was added), not {language!r}")
-    graphs = _graphs(hotwords, runner.tokens.spellings, name)
+    graphs = _graphs(hotwords, spell, name)
 
     def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
         return runner.transcribe_batch(audios, graphs.get(hotword_list, graphs[None]))
 
     return LoadedModel(
         name, family, backend, transcribe, runner.engine.max_batch, declared or language, hotword_lists=frozenset(hotwords.named)
-    )
-
-
-def _conformer_model(name: str, directory: Path, language: str | None, backend: str, hotwords: HotwordLists) -> LoadedModel:
-    conformer = ConformerRunner.load(directory, _graph_engine(name, "Conformer-CTC", backend))
-    declared = conformer.manifest.language
-    if language is not None and declared is not None and language != declared:
-        raise ModelError(f"model {name} transcribes {declared!r} (declared when it was added), not {language!r}")
-    graphs = _graphs(hotwords, conformer.tokenizer.spellings, name)
-
-    def transcribe(audios: Sequence[np.ndarray], hotword_list: str | None) -> Sequence[Hypothesis]:
-        return conformer.transcribe_batch(audios, graphs.get(hotword_list, graphs[None]))
-
-    return LoadedModel(
-        name, CONFORMER, backend, transcribe, conformer.engine.max_batch, declared or language, hotword_lists=frozenset(hotwords.named)
     )
 
 
