@@ -345,9 +345,10 @@ async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_tha
         for event in later:
             sink.publish(event)
         await wait_for(lambda: sink.delivered + sink.spooled >= len(published), 20, "later events to be spooled behind it")
-        started = time.monotonic()
         await sink.close(timeout_s=1)
-        assert time.monotonic() - started < 5, "a stop must not wait for the frozen broker"
+        # close() bounds its wait by itself; what must hold is that the sink's thread ended within it
+        # (a time bound here would measure the machine: 5.6 s once on a loaded 2-core runner).
+        assert not sink.alive, "a stop must not wait for the frozen broker"
         assert sink.spool_size > len(later) and sink.delivered + sink.spool_size == len(published)
     finally:
         kafka_broker.thaw()

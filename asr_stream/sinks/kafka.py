@@ -44,7 +44,7 @@ from typing import Any, Protocol
 
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, TopicAlreadyExistsError
+from kafka.errors import ClusterAuthorizationFailedError, KafkaConfigurationError, KafkaError, KafkaTimeoutError, TopicAlreadyExistsError
 from kafka.producer.future import FutureRecordMetadata
 
 from asr_stream.common.throttled_log import ThrottledLog, clip
@@ -452,7 +452,13 @@ class KafkaSink:
     def _drop_producer(self) -> None:
         producer, self._producer = self._producer, None
         if producer is not None:
-            producer.close(timeout=0)  # fails what it was still retrying: the spool has it
+            try:
+                producer.close(timeout=0)  # fails what it was still retrying: the spool has it
+            except KafkaTimeoutError:
+                # kafka-python's close() flushes first and raises while records are unacknowledged,
+                # before it stops its sender thread (dpkp/kafka-python#2537); abandoning them has no
+                # public call, so stop the sender as close() would have: it fails those records.
+                producer._sender.force_close()
         if self._head_sent is not None and not self._head_sent.settled():
             self._head_sent = None
 
