@@ -131,8 +131,9 @@ CHILD = textwrap.dedent(
 
 @pytest.mark.parametrize("after_lines", [5, 301, 2_000])
 def test_a_process_killed_mid_write_leaves_a_journal_the_next_start_reads(tmp_path: Path, after_lines: int) -> None:
-    """SIGKILL while journaling: every call reported started and not reported ended is found, and
-    every call reported ended is not (the kill comes at an arbitrary point of a write or a rewrite)."""
+    """SIGKILL while journaling: every call reported started and not reported ended is found (but the
+    one being written when the kill came), and every call reported ended is not (the kill comes at an
+    arbitrary point of a write or a rewrite)."""
     path = tmp_path / "open-calls.journal"
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], cwd=REPO, stdout=subprocess.PIPE, text=True)
     try:
@@ -147,7 +148,11 @@ def test_a_process_killed_mid_write_leaves_a_journal_the_next_start_reads(tmp_pa
     started = {line.split()[1] for line in lines if line.startswith("started")}
     ended = {line.split()[1] for line in lines if line.startswith("ended")}
     found = {call.call_id.removeprefix("call-").removesuffix("@x") for call in OpenCallJournal(path).open()}
-    assert started - ended <= found, "a call reported started is missing"
+    # The kill comes inside one call's start or end: that call may be either way (its start written
+    # but not yet reported; its end written, its events kept, but not yet reported). Every other
+    # call must be exactly as reported.
+    in_progress = {max(started, key=int)} if started else set()
+    assert (started - ended) - found <= in_progress, "a call reported started is missing"
     assert not found & ended, "a call reported ended is still open"
     assert len(found - started) <= 1  # at most the call whose start was written when the kill came
 
