@@ -17,8 +17,8 @@ import yaml
 from test_conformer_features import read_clip
 from test_conformer_tokenizer import VOCAB_SIZE, english_transcripts, train_tokenizer
 
-from asr_stream.audio.features_nemo import NemoMelSettings, batch_features, nemo_log_mel
-from asr_stream.inference.conformer.export import NEMO_PREPROCESSOR, write_export_dir
+from asr_stream.audio.features_nemo import NEMO_PREPROCESSOR, NemoMelSettings, batch_features, nemo_log_mel
+from asr_stream.inference.conformer.export import write_export_dir
 from asr_stream.inference.conformer.frames import subsampled_lengths
 from asr_stream.inference.conformer.importer import add_conformer
 from asr_stream.inference.conformer.manifest import ConformerManifest

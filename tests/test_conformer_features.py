@@ -25,7 +25,7 @@ import pytest
 import torch
 
 from asr_stream.audio.features import mel_filters
-from asr_stream.audio.features_nemo import NemoMelSettings, batch_features, nemo_log_mel, num_frames
+from asr_stream.audio.features_nemo import NEMO_PREPROCESSOR, NemoMelSettings, batch_features, nemo_log_mel, num_frames
 
 SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
 
@@ -86,21 +86,7 @@ def test_features_are_normalised_per_band() -> None:
 
 
 def test_reads_a_nemo_preprocessor_section() -> None:
-    section = {
-        "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-        "sample_rate": 16000,
-        "normalize": "per_feature",
-        "window_size": 0.025,
-        "window_stride": 0.01,
-        "window": "hann",
-        "features": 128,
-        "n_fft": 512,
-        "log": True,
-        "frame_splicing": 1,
-        "dither": 1e-05,
-        "pad_to": 0,
-        "pad_value": 0.0,
-    }
+    section = {**NEMO_PREPROCESSOR, "features": 128}
     settings = NemoMelSettings.from_nemo_config(section)
     assert (settings.n_mels, settings.win_length, settings.hop_length) == (128, 400, 160)
     for unsupported in ({"window": "hamming"}, {"highfreq": 4000}, {"normalize": "all_features"}):

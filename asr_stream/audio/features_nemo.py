@@ -33,6 +33,24 @@ from asr_stream.audio.features import mel_filters
 _NORMALIZE_EPSILON = 1e-5
 
 
+# The preprocessor section of a NeMo English Conformer-CTC's model_config.yaml (80 mels, 25/10 ms).
+NEMO_PREPROCESSOR = {
+    "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
+    "sample_rate": 16000,
+    "normalize": "per_feature",
+    "window_size": 0.025,
+    "window_stride": 0.01,
+    "window": "hann",
+    "features": 80,
+    "n_fft": 512,
+    "log": True,
+    "frame_splicing": 1,
+    "dither": 1.0e-05,
+    "pad_to": 0,
+    "pad_value": 0.0,
+}
+
+
 @dataclass(frozen=True)
 class NemoMelSettings:
     """The preprocessor settings that change the features, in NeMo's units."""

@@ -18,6 +18,7 @@ import sentencepiece
 import torch
 import yaml
 
+from asr_stream.audio.features_nemo import NEMO_PREPROCESSOR
 from asr_stream.inference.conformer.manifest import FEATURES_INPUT, LENGTH_INPUT, LOG_PROBS_OUTPUT
 from asr_stream.inference.conformer.model import ConformerConfig, ConformerCTC
 from asr_stream.inference.onnx_export import export_graph
@@ -41,24 +42,6 @@ def export_onnx(model: ConformerCTC, path: Path) -> Path:
         output_names=[LOG_PROBS_OUTPUT],
         dynamic_shapes={"audio_signal": {0: batch, 2: frames}, "length": {0: batch}},  # keyed by forward()'s parameters
     )
-
-
-# The preprocessor section of a NeMo English Conformer-CTC's model_config.yaml (80 mels, 25/10 ms).
-NEMO_PREPROCESSOR = {
-    "_target_": "nemo.collections.asr.modules.AudioToMelSpectrogramPreprocessor",
-    "sample_rate": 16000,
-    "normalize": "per_feature",
-    "window_size": 0.025,
-    "window_stride": 0.01,
-    "window": "hann",
-    "features": 80,
-    "n_fft": 512,
-    "log": True,
-    "frame_splicing": 1,
-    "dither": 1.0e-05,
-    "pad_to": 0,
-    "pad_value": 0.0,
-}
 
 
 def train_tokenizer(directory: Path, texts: Iterable[str], vocab_size: int) -> Path:
