@@ -268,20 +268,21 @@ class WhisperDecoder:
         first_mask = self._first_mask
         forced = forced_lengths = None
         lengths = [len(row) for row in prefix] if prefix is not None else [0]
+        ragged = len(set(lengths)) > 1
         if max(lengths):
             if timestamps:
                 raise ValueError("a forced prefix is text only: timestamp decoding cannot take one")
             assert prefix is not None
             if len(prefix) != len(prompts) or any(token >= self.tokenizer.eot for row in prefix for token in row):
                 raise ValueError("a forced prefix is one run of text tokens per row")
-            if len(set(lengths)) > 1 and not self.compute.ragged_prefixes:
+            if ragged and not self.compute.ragged_prefixes:
                 raise ValueError(f"the {self.compute.backend} backend takes forced prefixes of one length per pass")
             common = min(lengths)
             prompts = np.concatenate(
                 (prompts, np.array([row[:common] for row in prefix], dtype=np.int64).reshape(len(prompts), common)), axis=1
             )
             first_mask = self._after_prefix_mask
-            if len(set(lengths)) > 1:
+            if ragged:
                 forced = np.zeros((len(prompts), max(lengths) - common), dtype=np.int64)
                 for row, tokens in enumerate(prefix):
                     forced[row, : len(tokens) - common] = tokens[common:]
