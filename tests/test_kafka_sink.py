@@ -324,6 +324,8 @@ async def test_a_batch_in_flight_through_a_broker_freeze_is_delivered_once(
     assert_delivered_once_in_order(consume_all(kafka_broker.bootstrap_servers, topic_name, expected=len(published)), published)
 
 
+# The sink thread must end cleanly: kafka-python's close() raising inside it once killed it.
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_that_batch(
     kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
 ) -> None:
