@@ -141,6 +141,21 @@ def test_rows_that_ended_leave_for_a_smaller_bucket(onnxruntime, english_clips, 
     assert [batch for batch, _ in runner.compute.describe()["buckets"]] == [1, 8]
 
 
+def test_a_lane_shares_the_weights_and_decodes_at_the_same_time_as_the_first(cpu_fp32, audio_by_id):
+    """The daemon's finals and partials each have a compute of their own over one model: two threads
+    decoding at once (each compute's runner has its own lock) get the tokens of one thread alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lane = cpu_fp32.compute.lane()
+    assert lane.model is cpu_fp32.compute.model and lane is not cpu_fp32.compute
+    lane_runner = WhisperRunner(cpu_fp32.decoder.on(lane))
+    audios = [audio_by_id[clip] for clip in ("en_ljspeech_LJ001-0005", "en_pocketsphinx_cards_001", "en_ljspeech_LJ001-0005")]
+    expected = [transcript.tokens for transcript in cpu_fp32.transcribe_batch(audios)]
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(runner.transcribe_batch, audios) for runner in (cpu_fp32, lane_runner, cpu_fp32, lane_runner)]
+        assert all([transcript.tokens for transcript in run.result()] == expected for run in runs)
+
+
 def test_device_stepper_serves_everything_but_timestamps(cpu_fp32):
     """Timestamp rules need each row's history on the host; every other pass chooses on the device."""
     encoded = cpu_fp32.encode([np.zeros(16000, np.float32)])
@@ -235,6 +250,24 @@ def test_gpu_daemon_loader_serves_fp16_with_cuda_graphs(engines_dir, onnxruntime
     assert sum(a == b for a, b in zip(ours, reference)) >= len(audios) - 6
     assert corpus_wer(references, ours) <= corpus_wer(references, reference) + 0.01
     assert model.transcribe_batch([audio_by_id[LOOPS_IN_TEN_SECONDS]])[0].text == "10 of clubs."
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_live_finals_and_partials_run_at_once_on_their_own_streams(engines_dir, audio_by_id, english_clips):
+    """`serve`'s live model: a batch of finals and a batch of partials submitted together from the
+    scheduler's two lanes (threads) decode concurrently on two CUDA streams, each as it does alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = load_model(MODEL, engines_dir, backend="torch", live=True, profiles_dir=Path(__file__).resolve().parents[1] / "profiles")
+    audios = [audio_by_id[row["id"]] for row in english_clips[:16]]
+    finals = [Utterance(audio) for audio in audios]
+    partials = [Utterance(audio[: len(audio) * 2 // 3], partial=True) for audio in audios]
+    alone = [[result.tokens for result in model.live(batch)] for batch in (finals, partials)]
+    with ThreadPoolExecutor(2) as pool:
+        for _ in range(3):
+            runs = [pool.submit(model.live, batch) for batch in (finals, partials, finals, partials)]
+            assert [[result.tokens for result in run.result()] for run in runs] == alone * 2
 
 
 @pytest.mark.gpu

