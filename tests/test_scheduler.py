@@ -34,6 +34,25 @@ async def test_batches_requests_and_returns_each_result():
     assert len(calls) <= 4, calls  # batched, not one call per item
 
 
+async def test_each_request_reports_its_queue_wait_as_its_batch_starts():
+    """The second batch's requests waited for the first (0.2 s): `on_wait` tells which, and how long."""
+    calls: list[list[str]] = []
+    waits: list[tuple[Priority, float]] = []
+    settings = SchedulerSettings(max_batch=2, max_wait_s=0.0, final_lane=False)
+    scheduler = BatchScheduler(_recording_engine(calls, 0.2), settings, on_wait=lambda priority, s: waits.append((priority, s)))
+    await scheduler.start()
+    try:
+        first = [asyncio.create_task(scheduler.submit(f"f{i}", f"final{i}", Priority.FINAL)) for i in range(2)]
+        await asyncio.sleep(0.05)  # the first batch is running
+        later = [scheduler.submit("f2", "final2", Priority.FINAL), scheduler.submit("p", "partial", Priority.PARTIAL)]
+        await asyncio.gather(*first, *later)
+    finally:
+        await scheduler.stop()
+    assert calls == [["final0", "final1"], ["final2", "partial"]]
+    assert [priority for priority, _ in waits] == [Priority.FINAL, Priority.FINAL, Priority.FINAL, Priority.PARTIAL]
+    assert all(wait < 0.1 for _, wait in waits[:2]) and all(wait >= 0.1 for _, wait in waits[2:])
+
+
 async def test_finals_go_before_partials():
     calls: list[list[str]] = []
     scheduler = BatchScheduler(_recording_engine(calls), SchedulerSettings(max_batch=2, max_wait_s=0.05, final_lane=False))

@@ -19,6 +19,7 @@ asr_final_latency_seconds,
 asr_partial_interval_seconds
 asr_inference_batch_size,                  `timed_batch`: wraps the function the
 asr_inference_seconds                      BatchScheduler runs on its worker threads
+asr_scheduler_wait_seconds{priority}       `observe_queue_wait`: the BatchScheduler's `on_wait`
 asr_scheduler_queue_depth{priority},       read at scrape time from `BatchScheduler`
 asr_scheduler_saturated,                   (`queued()`, `saturated`, `stats`)
 asr_scheduler_shed_partials_total
@@ -97,6 +98,13 @@ class DaemonMetrics:
         self.inference_seconds = Histogram(
             "asr_inference_seconds", "Wall time of one batched engine call", buckets=INFERENCE_BUCKETS, registry=r
         )
+        self.queue_wait = Histogram(
+            "asr_scheduler_wait_seconds",
+            "Time a request waited in the scheduler's queue before its batch started",
+            ["priority"],
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
         self._components = _ComponentCollector()
         r.register(self._components)
         self._channels_by_call: dict[str, int] = {}
@@ -165,6 +173,10 @@ class DaemonMetrics:
             self._last_partial.pop(event.call_id, None)
         self.calls_active.set(len(self._channels_by_call))
         self.channels_active.set(sum(self._channels_by_call.values()))
+
+    def observe_queue_wait(self, priority: Priority, seconds: float) -> None:
+        """The BatchScheduler's `on_wait`: where a final's time goes when batches themselves are quick."""
+        self.queue_wait.labels(priority.name.lower()).observe(seconds)
 
     def timed_batch(self, run_batch: Callable[[Sequence[P]], Sequence[R]]) -> Callable[[Sequence[P]], Sequence[R]]:
         """`run_batch` measured: pass the result to BatchScheduler instead of the bare function."""

@@ -30,5 +30,10 @@ def load_live_model(config: Config) -> LoadedModel:
 
 
 def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetrics) -> BatchScheduler:
-    """The scheduler over `model`, its batches measured into `metrics`; start() it in the serving loop."""
-    return BatchScheduler(metrics.timed_batch(model.live), settings.scheduler.build(model.max_batch), bucket=model.utterance_bucket)
+    """The scheduler over `model`, its batches and queue waits measured into `metrics`; start() it in the serving loop."""
+    return BatchScheduler(
+        metrics.timed_batch(model.live),
+        settings.scheduler.build(model.max_batch),
+        bucket=model.utterance_bucket,
+        on_wait=metrics.observe_queue_wait,
+    )

@@ -117,8 +117,11 @@ class BatchScheduler(Generic[P, R]):
         settings: SchedulerSettings = SchedulerSettings(),
         *,
         bucket: Callable[[P], Hashable] = lambda payload: None,
+        on_wait: Callable[[Priority, float], None] = lambda priority, seconds: None,
     ) -> None:
+        """`on_wait(priority, seconds)`: told, as each batch starts, how long each of its requests waited."""
         self._run_batch = run_batch
+        self._on_wait = on_wait
         self.max_batch = settings.max_batch
         self.max_wait_s = settings.max_wait_s
         self.max_queue = settings.max_queue
@@ -295,6 +298,8 @@ class BatchScheduler(Generic[P, R]):
             self._in_flight += 1
             self._finals_in_flight += has_final
             started = time.monotonic()
+            for job in batch:
+                self._on_wait(job.priority, started - job.submitted)
             try:
                 results = await loop.run_in_executor(self._executors[lane], self._run_batch, [job.payload for job in batch])
             except Exception as exc:  # the engine failed: every caller in the batch learns why

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +43,11 @@ NAME = "inference"
 METRIC_PREFIXES = ("asr_inference_", "asr_scheduler_")
 #: How often the child looks at the scheduler's saturation (admission reacts within this).
 SATURATION_POLL_S = 0.05
+#: The GIL switch interval here (CPython's default is 5 ms). The event loop, which reads the workers'
+#: requests and sends the answers, shares the GIL with the engine threads, whose decoding loops are
+#: Python between device calls: each time the loop gives the GIL up for a socket call it waits up to a
+#: whole interval to get it back (the convoy effect), hundreds of times a second at 2,000 channels.
+SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class InferenceStartFailed(OperatorError):
 
 async def serve_inference(spec: InferenceSpec, link: Link) -> int:
     """The inference process's main coroutine (see the module docstring)."""
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     try:
         model = await asyncio.to_thread(load_live_model, Config(spec.settings, spec.config_source))
     except OperatorError as error:
