@@ -9,7 +9,7 @@
 # Usage, from the repo root:   bash bench/device/callgen_ladder.sh CONFIG [N ...]   (default 500 1000 2000 3000)
 # Environment: DURATION_S (60) and RAMP_S (30) per step, CALLS_PER_WORKER (500), EXTRA (more callgen
 # arguments, e.g. "--codec PCMA"), OUT (results; default ./callgen-results), SITE (/tmp/site), SPEECH (/tmp/speech),
-# PROFILE_S (py-spy, when SITE has it: sample the main, inference and first ingest worker processes for
+# PROFILE_S (py-spy at $PYSPY, default $SITE/bin/py-spy: sample the main, inference and first ingest worker processes for
 # this many seconds from the end of the first step's ramp, into $OUT/profiles.tgz as collapsed stacks).
 # A step takes about RAMP_S + DURATION_S + 10 s; a device call is capped at 10 minutes, so split a long
 # ladder over calls (each call starts everything afresh, so each pays the daemon's start-up again).
@@ -88,7 +88,7 @@ if [ -n "${PROFILE_S:-}" ]; then
     read -r INFERENCE WORKER < <(ps -o pid= --ppid "$DAEMON" --sort=start_time | sed -n '2p;3p' | xargs)  # after the resource tracker
     for named in "main $DAEMON" "inference $INFERENCE" "worker $WORKER"; do
       read -r name pid <<< "$named"
-      "$SITE/bin/py-spy" record --nonblocking --format raw --rate 200 -d "$PROFILE_S" -p "$pid" -o "$RESULTS/profiles/$name.txt" \
+      "${PYSPY:-$SITE/bin/py-spy}" record --nonblocking --threads --format raw --rate 200 -d "$PROFILE_S" -p "$pid" -o "$RESULTS/profiles/$name.txt" \
         > "$RESULTS/profiles/$name.log" 2>&1 &
     done
     wait
