@@ -276,6 +276,14 @@ def emit(figures: StepFigures, args: argparse.Namespace, label: str | None = Non
             f"{counters['inference_batch_size_count']:.0f} batches of {counters.get('mean_batch_size', 0):.2f} "
             f"taking {counters.get('mean_batch_s', 0):.3f} s, Kafka failed/dropped {counters['kafka_failed_total']:.0f}/{counters['kafka_dropped_total']:.0f}"
         )
+        if "endpoint_s_p50" in counters:  # the daemon's histograms, so no finer than their buckets
+            notes.append(
+                "daemon: endpoint -> final p50/p95/p99 "
+                + " / ".join(f"{1000 * counters[f'endpoint_s_p{q}']:.0f}" for q in (50, 95, 99))
+                + " ms; a final's scheduler wait p50/p95/p99 "
+                + " / ".join(f"{1000 * counters.get(f'final_wait_s_p{q}', float('nan')):.0f}" for q in (50, 95, 99))
+                + " ms"
+            )
     notes += figures.problems[:10]
     for note in notes:
         print(f"    {figures.generator} N={figures.calls}: {note}", flush=True)

@@ -51,3 +51,6 @@ def test_two_calls_produce_every_final_with_a_sane_wer(tmp_path: Path, engines_d
     assert step["outside_ms"]["n"] == 4 and step["outside_ms"]["p50"] > 0
     assert step["generator_lateness_ms"]["n"] > 100 and step["packets"] > 2 * 8 * 50, "two calls of two clips stream for > 8 s"
     assert step["packets_dropped"] == 0
+    counters = step["daemon_counters"]  # the daemon's own histograms over the step
+    assert 0 < counters["endpoint_s_p50"] <= counters["endpoint_s_p99"] < step["latency_ms"]["p99"] / 1000
+    assert 0 <= counters["final_wait_s_p50"] <= counters["final_wait_s_p99"]

@@ -65,10 +65,18 @@ async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_bro
             assert corpus_wer([reference], [" ".join(finals)]) <= 0.25
             await page.wait_for("document.body.innerText.includes(" + repr(finals[-1]) + ")", True, timeout_s=15)
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"{base}/metrics") as response:
-                after = samples(await response.text())
+            for _ in range(50):  # a worker's series reach the main process once a second: bounded wait for the last
+                async with http.get(f"{base}/metrics") as response:
+                    after = samples(await response.text())
+                if after.get("asr_final_endpoint_seconds_count") == len(finals):
+                    break
+                await asyncio.sleep(0.1)
             async with http.get(f"{base}/readyz") as response:
                 assert response.status == 200, await response.text()
         assert after["asr_calls_active"] == 0 and after["asr_final_latency_seconds_count"] == len(finals)
+        # The endpoint latency leaves out the wait for the segment's end (closing silence, or the hang-up)
+        # that the final latency includes.
+        assert after["asr_final_endpoint_seconds_count"] == len(finals)
+        assert 0 < after["asr_final_endpoint_seconds_sum"] < after["asr_final_latency_seconds_sum"] - 0.1 * len(finals)
     finally:
         await daemon.stop()

@@ -189,9 +189,10 @@ async def test_finish_finalises_the_open_segment() -> None:
 
 
 async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> None:
-    clock, emitted = ManualClock(), []
+    """`latency_ms` includes the closing silence; the endpoint latency (`on_endpoint`) starts at the close decision."""
+    clock, emitted, endpoints = ManualClock(), [], []
     queue = ScriptedQueue(clock, hold={Priority.FINAL})
-    channel = transcriber(queue, ScriptedVad([(0.5, 1.5)]), clock, emitted)
+    channel = transcriber(queue, ScriptedVad([(0.5, 1.5)]), clock, emitted, on_endpoint=endpoints.append)
     while not any(r.priority is Priority.FINAL for r in queue.requests):  # bounded: the segment closes by ~2.1 s
         assert clock.now < 1005
         await stream(channel, clock, 0.02)
@@ -204,6 +205,7 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     # Speech ended at 1.5 s; the segment closes after min_silence (600 ms); then 250 ms of model.
     assert final_request.submitted_at - 1000.0 == pytest.approx(2.1, abs=0.05)
     assert final.latency_ms == pytest.approx(600 + 250, abs=50)
+    assert endpoints == [pytest.approx(0.25, abs=0.005)]
 
 
 def _speech_call() -> np.ndarray:

@@ -229,10 +229,18 @@ class CallPipeline:
     """Makes a transcribed `CallSession` of each call an ingest starts, and ends it when the ingest does."""
 
     def __init__(
-        self, settings: PipelineSettings, queue: TranscriptionQueue, publish: Publish, calls: CallRegistry, vad: VadSource | None = None
+        self,
+        settings: PipelineSettings,
+        queue: TranscriptionQueue,
+        publish: Publish,
+        calls: CallRegistry,
+        vad: VadSource | None = None,
+        on_endpoint: Callable[[float], None] = lambda seconds: None,
     ) -> None:
-        """`vad`: the process's shared VAD scorer (None: each channel runs its own)."""
+        """`vad`: the process's shared VAD scorer (None: each channel runs its own). `on_endpoint`:
+        each final's endpoint -> final seconds (`ChannelTranscriber`), for the process's metrics."""
         self.settings = settings
+        self._on_endpoint = on_endpoint
         self.calls = calls
         self._queue = queue
         self._publish = publish
@@ -265,6 +273,7 @@ class CallPipeline:
                 shared_vad=self._vad,
                 script=self._script,
                 hotwords=hotwords,
+                on_endpoint=self._on_endpoint,
             )
             for channel in channels
         )

@@ -133,7 +133,8 @@ class Daemon:
             self.vad = await start_batched_vad(self.config.settings)
             if self.vad is not None:
                 stack.push_async_callback(self.vad.stop)  # after the calls' last finals (unwound after the drain below)
-            pipeline = CallPipeline(PipelineSettings.of(self.config, language, hotword_lists), queue, self.publish, self.calls, self.vad)
+            settings = PipelineSettings.of(self.config, language, hotword_lists)
+            pipeline = CallPipeline(settings, queue, self.publish, self.calls, self.vad, self.metrics.final_endpoint.observe)
             stack.push_async_callback(lambda: self.calls.drain(self._remaining_s() * (1 - KAFKA_FLUSH_SHARE)))
             if self.whip is not None:
                 self._consume_while_running(stack, pipeline.consume(self.whip.events()), self.whip.stop)

@@ -17,6 +17,7 @@ asr_calls_ended_total{reason},             event (a daemon publish hook, like Ka
 asr_vad_segments_total, asr_partials_total,
 asr_final_latency_seconds,
 asr_partial_interval_seconds
+asr_final_endpoint_seconds                 `final_endpoint.observe`: the channels' `on_endpoint`
 asr_inference_batch_size,                  `timed_batch`: wraps the function the
 asr_inference_seconds                      BatchScheduler runs on its worker threads
 asr_scheduler_wait_seconds{priority}       `observe_queue_wait`: the BatchScheduler's `on_wait`
@@ -69,6 +70,8 @@ R = TypeVar("R")
 # End of speech -> final: the agent-facing latency; the useful range is 0.1 s (fast path) to a
 # few seconds (saturation), with the finals deadline (1.5 s by default) falling between buckets.
 FINAL_LATENCY_BUCKETS = (0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0)
+# The segmenter's close decision -> final (no closing silence): a GPU server's target is 0.4 s at p95.
+ENDPOINT_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 PARTIAL_INTERVAL_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -90,6 +93,12 @@ class DaemonMetrics:
         self.partials = Counter("asr_partials", "Partial hypotheses emitted", registry=r)
         self.final_latency = Histogram(
             "asr_final_latency_seconds", "End of speech to the segment's final event", buckets=FINAL_LATENCY_BUCKETS, registry=r
+        )
+        self.final_endpoint = Histogram(
+            "asr_final_endpoint_seconds",
+            "The segmenter's close decision to the segment's final event (final latency less the closing silence)",
+            buckets=ENDPOINT_BUCKETS,
+            registry=r,
         )
         self.partial_interval = Histogram(
             "asr_partial_interval_seconds", "Time between consecutive partials of one segment", buckets=PARTIAL_INTERVAL_BUCKETS, registry=r

@@ -93,11 +93,14 @@ class ChannelTranscriber:
         clock: Callable[[], float] = time.monotonic,
         script: ScriptConverter | None = None,
         hotwords: str | None = None,
+        on_endpoint: Callable[[float], None] = lambda seconds: None,
     ) -> None:
         """`vad`: this channel's own detector (default: a Silero `Vad`); `shared_vad`: score through a
         scorer shared with other channels instead (at most one of the two). `script`: the Chinese
         script of partials and finals (default: Simplified, `text.chinese_script`). `hotwords`: the
-        named hotword list the call uses (None: the default list)."""
+        named hotword list the call uses (None: the default list). `on_endpoint(seconds)`: told, as
+        each final is emitted, the time since the segmenter decided to close its segment (the
+        endpoint -> final latency, without the closing silence that `latency_ms` includes)."""
         if vad is not None and shared_vad is not None:
             raise ValueError("give a channel its own vad or a shared_vad, not both")
         self.labels = labels
@@ -113,6 +116,7 @@ class ChannelTranscriber:
         self._clock = clock
         self._script = script or ScriptConverter()
         self._hotwords = hotwords
+        self._on_endpoint = on_endpoint
         self._open: _OpenSegment | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_final: asyncio.Task[None] | None = None
@@ -161,7 +165,7 @@ class ChannelTranscriber:
                 if self._open is None or self._open.transcript.index != event.seq:
                     continue
                 transcript, self._open = self._open.transcript, None
-                self._last_final = asyncio.create_task(self._final(transcript, event, self._last_final))
+                self._last_final = asyncio.create_task(self._final(transcript, event, self._clock(), self._last_final))
 
     def _maybe_partial(self) -> None:
         segment = self._open
@@ -194,7 +198,9 @@ class ChannelTranscriber:
         if event is not None:
             self._emit(event)
 
-    async def _final(self, transcript: SegmentTranscript, closed: SegmentClosed, previous: asyncio.Task[None] | None) -> None:
+    async def _final(
+        self, transcript: SegmentTranscript, closed: SegmentClosed, closed_at: float, previous: asyncio.Task[None] | None
+    ) -> None:
         prefix = transcript.committed if self._partials.final_prefix else ()
         try:
             hypothesis = await self._scheduler.submit(
@@ -212,6 +218,7 @@ class ChannelTranscriber:
             return  # noise that the model heard as nothing: no consumer saw this segment
         speech_end = max(closed.start, closed.end - self._post_pad_samples)
         self._emit(transcript.final(text, closed.end_ms, language, self._latency_ms(speech_end)))
+        self._on_endpoint(self._clock() - closed_at)
         self.finals_emitted += 1
 
     def _latency_ms(self, media_sample: int) -> int:

@@ -53,7 +53,7 @@ from asr_stream.transcript.events import TranscriptEvent
 log = logging.getLogger(__name__)
 
 #: Metric families an ingest worker feeds (the main process merges them into /metrics).
-METRIC_PREFIXES = ("asr_rtp_", "asr_ipc_")
+METRIC_PREFIXES = ("asr_rtp_", "asr_ipc_", "asr_final_endpoint_")
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,8 @@ async def serve_calls(spec: WorkerSpec, link: Link) -> int:
     # worker's first call (also after a restart) would wait for it.
     await asyncio.to_thread(Vad().process, np.zeros(SAMPLE_RATE, np.float32))
     vad = await start_batched_vad(spec.settings)
-    pipeline = CallPipeline(PipelineSettings.of(config, spec.language, spec.hotword_lists), client, publish, calls, vad)
+    settings = PipelineSettings.of(config, spec.language, spec.hotword_lists)
+    pipeline = CallPipeline(settings, client, publish, calls, vad, metrics.final_endpoint.observe)
     await client.start()
     consuming = asyncio.create_task(pipeline.consume(media.events()), name="calls")
     reporting = asyncio.create_task(_report(link, metrics, media), name="metrics")

@@ -8,11 +8,12 @@ Tansu, `seek_to_end` relies on end offsets that are wrong after multi-record bat
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
@@ -100,6 +101,14 @@ def check_order(events: list[Event]) -> list[str]:
     return problems
 
 
+#: Daemon histograms a load step reports quantiles of: figure name -> (histogram, the series' labels).
+STEP_HISTOGRAMS = {
+    "endpoint_s": "asr_final_endpoint_seconds",  # the segmenter's close decision -> final
+    "final_wait_s": "asr_scheduler_wait_seconds",  # a final's wait in the scheduler's queue (priority="final")
+}
+STEP_HISTOGRAM_LABELS = {"final_wait_s": {"priority": "final"}}
+STEP_QUANTILES = (0.5, 0.95, 0.99)
+
 #: Daemon counters a load step reports the change of (docs/operations.md lists every metric).
 STEP_COUNTERS = (
     "asr_rtp_packets_total",
@@ -115,7 +124,8 @@ STEP_COUNTERS = (
 
 
 def scrape(url: str, timeout_s: float = 5) -> dict[str, float] | None:
-    """The daemon's Prometheus metrics, each sample name summed over its labels; None if unreachable."""
+    """The daemon's Prometheus metrics, each sample name summed over its labels, and each histogram
+    bucket of `STEP_HISTOGRAMS` by its labels too (`bucket_key`); None if unreachable."""
     try:
         with urllib.request.urlopen(url, timeout=timeout_s) as response:
             text = response.read().decode()
@@ -125,12 +135,53 @@ def scrape(url: str, timeout_s: float = 5) -> dict[str, float] | None:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+            if sample.name.endswith("_bucket") and family.name in STEP_HISTOGRAMS.values():
+                totals[bucket_key(family.name, sample.labels)] = sample.value
     return totals
 
 
+def bucket_key(histogram: str, labels: Mapping[str, str]) -> str:
+    """`name{le=..., other=...}`: one bucket of one labelled series."""
+    return f"{histogram}{{{','.join(f'{key}={value}' for key, value in sorted(labels.items()))}}}"
+
+
+def histogram_quantiles(
+    before: Mapping[str, float], after: Mapping[str, float], histogram: str, labels: Mapping[str, str], quantiles: Sequence[float]
+) -> list[float | None]:
+    """Quantiles of what one series of a histogram observed between two scrapes, interpolated linearly
+    inside a bucket as Prometheus' histogram_quantile does (so no finer than its buckets); None where it saw nothing."""
+    cumulative = []
+    for key, value in after.items():
+        if key.startswith(histogram + "{"):
+            pairs = dict(pair.split("=", 1) for pair in key[len(histogram) + 1 : -1].split(","))
+            upper = float(pairs.pop("le"))
+            if pairs == dict(labels):
+                cumulative.append((upper, value - before.get(key, 0.0)))
+    cumulative.sort()
+    total = cumulative[-1][1] if cumulative else 0.0
+    answers: list[float | None] = []
+    for quantile in quantiles:
+        rank, lower, below = quantile * total, 0.0, 0.0
+        answer = None
+        for upper, count in cumulative if total > 0 else ():
+            if count >= rank:
+                answer = upper if math.isinf(upper) else lower + (upper - lower) * (rank - below) / max(count - below, 1e-9)
+                break
+            lower, below = upper, count
+        answers.append(answer)
+    return answers
+
+
 def counter_changes(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-    """What a step did, from two scrapes: `STEP_COUNTERS` deltas, plus mean batch size and batch time."""
+    """What a step did, from two scrapes: `STEP_COUNTERS` deltas, `STEP_HISTOGRAMS` quantiles (e.g.
+    `endpoint_s_p95`), mean batch size and batch time."""
     changes = {name.removeprefix("asr_"): after.get(name, 0.0) - before.get(name, 0.0) for name in STEP_COUNTERS}
+    for figure, histogram in STEP_HISTOGRAMS.items():
+        for quantile, value in zip(
+            STEP_QUANTILES, histogram_quantiles(before, after, histogram, STEP_HISTOGRAM_LABELS.get(figure, {}), STEP_QUANTILES)
+        ):
+            if value is not None:
+                changes[f"{figure}_p{round(quantile * 100)}"] = value
     batches = changes["inference_batch_size_count"]
     if batches:
         changes["mean_batch_size"] = changes["inference_batch_size_sum"] / batches
