@@ -194,7 +194,7 @@ class BatchCounters:
         return cls(
             metric(daemon, "asr_inference_batch_size_count"),
             metric(daemon, "asr_inference_batch_size_sum"),
-            metric(daemon, "asr_inference_seconds_sum"),
+            metric(daemon, "asr_inference_seconds_sum", kind="final") + metric(daemon, "asr_inference_seconds_sum", kind="partial"),
             metric(daemon, "asr_scheduler_shed_partials_total")
             + metric(daemon, "asr_ipc_shed_partials_total", reason="arena_full")
             + metric(daemon, "asr_ipc_shed_partials_total", reason="inference_down"),

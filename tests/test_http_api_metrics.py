@@ -91,7 +91,7 @@ async def test_scheduler_batches_are_measured_and_its_queue_is_read_at_scrape_ti
     assert results == [f"ITEM{i}" for i in range(6)]
     assert samples[("asr_inference_batch_size_sum", ())] == 6
     assert samples[("asr_inference_batch_size_count", ())] == scheduler.stats.batches >= 2
-    assert samples[("asr_inference_seconds_count", ())] == scheduler.stats.batches
+    assert samples[("asr_inference_seconds_count", (("kind", "final"),))] == scheduler.stats.batches
     assert samples[("asr_scheduler_queue_depth", (("priority", "final"),))] == 0
     assert samples[("asr_scheduler_saturated", ())] == 0
 

@@ -156,6 +156,25 @@ def test_a_lane_shares_the_weights_and_decodes_at_the_same_time_as_the_first(cpu
         assert all([transcript.tokens for transcript in run.result()] == expected for run in runs)
 
 
+def test_a_lane_that_gives_way_waits_while_the_urgent_lane_runs_a_batch(cpu_fp32, audio_by_id):
+    """`finals_pause_partials`: the partials' lane stops at its pause points while a final batch holds the finals' lane."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from asr_stream.inference.torch_backend import Precedence
+
+    precedence = Precedence()
+    finals = TorchWhisperCompute(cpu_fp32.compute.model, (1, 4, 8), "cpu", torch.float32, False, precedence=precedence, urgent=True)
+    partials = WhisperRunner(cpu_fp32.decoder.on(finals.lane(precedence=precedence)))
+    audio = audio_by_id["en_ljspeech_LJ001-0005"]
+    with ThreadPoolExecutor(1) as pool:
+        with finals.exclusive():  # a final batch runs
+            finals.give_way()  # the urgent lane never waits for itself
+            paused = pool.submit(partials.transcribe_batch, [audio])
+            with pytest.raises(TimeoutError):
+                paused.result(timeout=5)  # a lane that did not wait would be done well within this (~1 s here)
+        assert [t.tokens for t in paused.result(timeout=60)] == [t.tokens for t in cpu_fp32.transcribe_batch([audio])]
+
+
 def test_device_stepper_serves_everything_but_timestamps(cpu_fp32):
     """Timestamp rules need each row's history on the host; every other pass chooses on the device."""
     encoded = cpu_fp32.encode([np.zeros(16000, np.float32)])
@@ -254,12 +273,15 @@ def test_gpu_daemon_loader_serves_fp16_with_cuda_graphs(engines_dir, onnxruntime
 
 @pytest.mark.gpu
 @needs_cuda
-def test_gpu_live_finals_and_partials_run_at_once_on_their_own_streams(engines_dir, audio_by_id, english_clips):
+@pytest.mark.parametrize("finals_pause_partials", [False, True])
+def test_gpu_live_finals_and_partials_run_at_once_on_their_own_streams(engines_dir, audio_by_id, english_clips, finals_pause_partials):
     """`serve`'s live model: a batch of finals and a batch of partials submitted together from the
-    scheduler's two lanes (threads) decode concurrently on two CUDA streams, each as it does alone."""
+    scheduler's two lanes (threads) decode concurrently on two CUDA streams (or the partials pause
+    while the finals run), each as it does alone."""
     from concurrent.futures import ThreadPoolExecutor
 
-    model = load_model(MODEL, engines_dir, backend="torch", live=True, profiles_dir=Path(__file__).resolve().parents[1] / "profiles")
+    profiles = Path(__file__).resolve().parents[1] / "profiles"
+    model = load_model(MODEL, engines_dir, backend="torch", live=True, profiles_dir=profiles, finals_pause_partials=finals_pause_partials)
     audios = [audio_by_id[row["id"]] for row in english_clips[:16]]
     finals = [Utterance(audio) for audio in audios]
     partials = [Utterance(audio[: len(audio) * 2 // 3], partial=True) for audio in audios]

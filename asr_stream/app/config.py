@@ -318,6 +318,9 @@ class SchedulerSection(_Section):
     partial_engine_threads: Annotated[int, Field(ge=1)] | None = Field(
         default=1, description="onnxruntime: partials on sessions of their own with this many threads; null: shared with finals"
     )
+    finals_pause_partials: bool = Field(
+        default=False, description="torch: a running partial batch pauses while a final batch runs (the GPU to the finals)"
+    )
     final_deadline_s: Positive = SchedulerSettings.final_deadline_s
     engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
 

@@ -19,7 +19,7 @@ asr_final_latency_seconds,
 asr_partial_interval_seconds
 asr_final_endpoint_seconds                 `final_endpoint.observe`: the channels' `on_endpoint`
 asr_inference_batch_size,                  `timed_batch`: wraps the function the
-asr_inference_seconds                      BatchScheduler runs on its worker threads
+asr_inference_seconds{kind}                BatchScheduler runs on its worker threads
 asr_scheduler_wait_seconds{priority}       `observe_queue_wait`: the BatchScheduler's `on_wait`
 asr_scheduler_queue_depth{priority},       read at scrape time from `BatchScheduler`
 asr_scheduler_saturated,                   (`queued()`, `saturated`, `stats`)
@@ -105,7 +105,11 @@ class DaemonMetrics:
         )
         self.batch_size = Histogram("asr_inference_batch_size", "Utterances per engine call", buckets=BATCH_SIZE_BUCKETS, registry=r)
         self.inference_seconds = Histogram(
-            "asr_inference_seconds", "Wall time of one batched engine call", buckets=INFERENCE_BUCKETS, registry=r
+            "asr_inference_seconds",
+            "Wall time of one batched engine call, by kind (final: it holds a final; partial: partials only)",
+            ["kind"],
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
         )
         self.queue_wait = Histogram(
             "asr_scheduler_wait_seconds",
@@ -114,6 +118,9 @@ class DaemonMetrics:
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
+        for priority in Priority:  # every labelled series exists from the start, at zero
+            self.inference_seconds.labels(priority.name.lower())
+            self.queue_wait.labels(priority.name.lower())
         self._components = _ComponentCollector()
         r.register(self._components)
         self._channels_by_call: dict[str, int] = {}
@@ -187,15 +194,18 @@ class DaemonMetrics:
         """The BatchScheduler's `on_wait`: where a final's time goes when batches themselves are quick."""
         self.queue_wait.labels(priority.name.lower()).observe(seconds)
 
-    def timed_batch(self, run_batch: Callable[[Sequence[P]], Sequence[R]]) -> Callable[[Sequence[P]], Sequence[R]]:
-        """`run_batch` measured: pass the result to BatchScheduler instead of the bare function."""
+    def timed_batch(
+        self, run_batch: Callable[[Sequence[P]], Sequence[R]], holds_final: Callable[[Sequence[P]], bool] = lambda batch: True
+    ) -> Callable[[Sequence[P]], Sequence[R]]:
+        """`run_batch` measured (its time by kind, as `holds_final` tells): pass the result to
+        BatchScheduler instead of the bare function."""
 
         def measured(batch: Sequence[P]) -> Sequence[R]:
             started = time.perf_counter()
             try:
                 return run_batch(batch)
             finally:
-                self.inference_seconds.observe(time.perf_counter() - started)
+                self.inference_seconds.labels("final" if holds_final(batch) else "partial").observe(time.perf_counter() - started)
                 self.batch_size.observe(len(batch))
 
         return measured

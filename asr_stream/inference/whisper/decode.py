@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -143,8 +144,6 @@ class WhisperCompute(Protocol):
     """What a backend provides for Whisper: encoding, row selection, and steppers."""
 
     backend: str  # "onnxruntime", "tensorrt", "torch"
-    # False when calls share device state (PyTorch's CUDA-graph buffers): the runner serialises them.
-    reentrant: bool
     # True when the stepper honours a pass's ragged `forced` tokens: where a decoder step is cheap
     # next to a pass (a GPU replaying CUDA graphs), rows with prefixes of different lengths share
     # one pass, the part beyond the shortest prefix forced step by step. False where each step is
@@ -170,6 +169,11 @@ class WhisperCompute(Protocol):
         ...
 
     def stepper(self, encoded: Any, plan: DecodingPass) -> Stepper: ...
+
+    def exclusive(self) -> AbstractContextManager[object]:
+        """Held by the runner around each batch: a compute whose calls share device state (PyTorch's
+        CUDA-graph buffers) runs one batch at a time; one whose calls are independent holds nothing."""
+        ...
 
     def describe(self) -> dict[str, object]: ...
 

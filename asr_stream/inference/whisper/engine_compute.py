@@ -10,6 +10,7 @@ that have ended are dropped from it so that a batch gets faster as its rows fini
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -77,7 +78,6 @@ class EngineSession:
 class EngineCompute:
     """`WhisperCompute` over an encoder and a decoder Engine; safe to call from several threads at once."""
 
-    reentrant = True
     ragged_prefixes = False  # a CPU step is dear: one prefill per prefix length beats forcing tokens step by step
 
     def __init__(self, encoder: Engine, decoder: Engine, n_text_ctx: int) -> None:
@@ -85,6 +85,10 @@ class EngineCompute:
         self.decoder = decoder
         self.n_text_ctx = n_text_ctx
         self.backend = encoder.backend
+
+    def exclusive(self) -> AbstractContextManager[object]:
+        """Nothing to hold: every call keeps its state in its own arrays (Engine sessions are thread-safe)."""
+        return nullcontext()
 
     @property
     def max_batch(self) -> int:

@@ -16,9 +16,7 @@ and TensorRT, torch_backend.py for PyTorch), whose encoded batches stay opaque t
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +97,6 @@ class WhisperRunner:
         self.dims = decoder.dims
         self.tokenizer = decoder.tokenizer
         self.margin_s = margin_s
-        # A backend whose calls share device buffers takes one batch at a time (the GPU runs them in turn anyway).
-        self._exclusive: AbstractContextManager[object] = nullcontext() if self.compute.reentrant else threading.Lock()
 
     @classmethod
     def for_spec(
@@ -134,10 +130,8 @@ class WhisperRunner:
         return cls.for_spec(prepared, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)
 
     def prompted(self, previous_text: Sequence[int]) -> WhisperRunner:
-        """The same model on the same compute (sharing its lock), each window prompted with `previous_text` (hotwords)."""
-        runner = WhisperRunner(self.decoder.with_previous_text(previous_text), self.windows_s, self.margin_s, self.partial_windows_s)
-        runner._exclusive = self._exclusive
-        return runner
+        """The same model on the same compute (whose `exclusive` it shares), each window prompted with `previous_text` (hotwords)."""
+        return WhisperRunner(self.decoder.with_previous_text(previous_text), self.windows_s, self.margin_s, self.partial_windows_s)
 
     def window_for(self, audio_seconds: float) -> int:
         """The smallest window (s) that holds `audio_seconds` plus the margin; the full window at most."""
@@ -164,7 +158,7 @@ class WhisperRunner:
             for i, transcript in zip(long, self.transcribe_batch([requests[i].audio for i in long], language)):
                 results[i] = LiveResult(transcript.text, transcript.language, tuple(transcript.tokens))
         short = [i for i in range(len(requests)) if i not in results]
-        with self._exclusive:
+        with self.compute.exclusive():
             for start in range(0, len(short), self.compute.max_batch):
                 rows = short[start : start + self.compute.max_batch]
                 decoded = self._live_round([requests[i] for i in rows], english_only or language)
@@ -221,7 +215,7 @@ class WhisperRunner:
         segments: list[list[Segment]] = [[] for _ in audios]
         # Each round consumes at least one timestamp step (20 ms) of every pending utterance.
         max_rounds = max((len(audio) for audio in audios), default=0) // 320 + 1
-        with self._exclusive:
+        with self.compute.exclusive():
             for _ in range(max_rounds):
                 pending = [i for i, audio in enumerate(audios) if positions[i] < len(audio)]
                 if not pending:
@@ -245,7 +239,7 @@ class WhisperRunner:
         """
         english_only = None if self.tokenizer.multilingual else "en"
         wanted = [english_only or language for language in (languages or [None] * len(mel))]
-        with self._exclusive:
+        with self.compute.exclusive():
             encoded = self.compute.encode(mel)
             return self.decoder.decode(encoded, self._languages(encoded, wanted), audio_seconds, timestamps=False)
 
