@@ -318,8 +318,10 @@ class SchedulerSection(_Section):
     partial_engine_threads: Annotated[int, Field(ge=1)] | None = Field(
         default=1, description="onnxruntime: partials on sessions of their own with this many threads; null: shared with finals"
     )
+    # On by default: finals first is the scheduler's first rule. Measured on an H200 at 2,000 channels
+    # (docs/benchmarks.md): p95 endpoint -> final 450 -> 354 ms, partials per segment 1.32 -> 0.57.
     finals_pause_partials: bool = Field(
-        default=False, description="torch: a running partial batch pauses while a final batch runs (the GPU to the finals)"
+        default=True, description="torch: a running partial batch pauses while a final batch runs (the GPU to the finals)"
     )
     final_deadline_s: Positive = SchedulerSettings.final_deadline_s
     engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
