@@ -11,6 +11,8 @@
 # arguments, e.g. "--codec PCMA"), OUT (results; default ./callgen-results), SITE (/tmp/site), SPEECH (/tmp/speech),
 # PROFILE_S (py-spy at $PYSPY, default $SITE/bin/py-spy: sample the main, inference and first ingest worker processes for
 # this many seconds from the end of the first step's ramp, into $OUT/profiles.tgz as collapsed stacks).
+# The results are up to 10 files and a device call returns at most 8: point OUT at a folder below the
+# call's $OUT and tar it there before the call ends (docs/benchmarks.md, runs F0 / F1).
 # A step takes about RAMP_S + DURATION_S + 10 s; a device call is capped at 10 minutes, so split a long
 # ladder over calls (each call starts everything afresh, so each pays the daemon's start-up again).
 #
