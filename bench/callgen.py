@@ -48,7 +48,7 @@ from kafka.errors import KafkaError
 from asr_stream.devtools.loadgen.call_audio import CallProgram, Clip, load_clips
 from asr_stream.devtools.loadgen.figures import StepFigures, step_figures
 from asr_stream.devtools.loadgen.host import load_average, machine, machine_busy_s, process_cpu_s
-from asr_stream.devtools.loadgen.recorder import Event, TopicRecorder, counter_changes, scrape
+from asr_stream.devtools.loadgen.recorder import STEP_QUANTILES, Event, TopicRecorder, counter_changes, scrape
 from asr_stream.devtools.loadgen.rtp_pacer import PERIOD_S
 from asr_stream.devtools.loadgen.spawned import SpawnedDaemon
 from asr_stream.devtools.loadgen.worker import (
@@ -277,11 +277,12 @@ def emit(figures: StepFigures, args: argparse.Namespace, label: str | None = Non
             f"taking {counters.get('mean_batch_s', 0):.3f} s, Kafka failed/dropped {counters['kafka_failed_total']:.0f}/{counters['kafka_dropped_total']:.0f}"
         )
         if "endpoint_s_p50" in counters:  # the daemon's histograms, so no finer than their buckets
+            percentiles = [round(100 * quantile) for quantile in STEP_QUANTILES]
             notes.append(
                 "daemon: endpoint -> final p50/p95/p99 "
-                + " / ".join(f"{1000 * counters[f'endpoint_s_p{q}']:.0f}" for q in (50, 95, 99))
+                + " / ".join(f"{1000 * counters[f'endpoint_s_p{q}']:.0f}" for q in percentiles)
                 + " ms; a final's scheduler wait p50/p95/p99 "
-                + " / ".join(f"{1000 * counters.get(f'final_wait_s_p{q}', float('nan')):.0f}" for q in (50, 95, 99))
+                + " / ".join(f"{1000 * counters.get(f'final_wait_s_p{q}', float('nan')):.0f}" for q in percentiles)
                 + " ms"
             )
     notes += figures.problems[:10]

@@ -102,11 +102,10 @@ def check_order(events: list[Event]) -> list[str]:
 
 
 #: Daemon histograms a load step reports quantiles of: figure name -> (histogram, the series' labels).
-STEP_HISTOGRAMS = {
-    "endpoint_s": "asr_final_endpoint_seconds",  # the segmenter's close decision -> final
-    "final_wait_s": "asr_scheduler_wait_seconds",  # a final's wait in the scheduler's queue (priority="final")
+STEP_HISTOGRAMS: dict[str, tuple[str, dict[str, str]]] = {
+    "endpoint_s": ("asr_final_endpoint_seconds", {}),  # the segmenter's close decision -> final
+    "final_wait_s": ("asr_scheduler_wait_seconds", {"priority": "final"}),  # a final's wait in the scheduler's queue
 }
-STEP_HISTOGRAM_LABELS = {"final_wait_s": {"priority": "final"}}
 STEP_QUANTILES = (0.5, 0.95, 0.99)
 
 #: Daemon counters a load step reports the change of (docs/operations.md lists every metric).
@@ -135,7 +134,7 @@ def scrape(url: str, timeout_s: float = 5) -> dict[str, float] | None:
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
-            if sample.name.endswith("_bucket") and family.name in STEP_HISTOGRAMS.values():
+            if sample.name.endswith("_bucket") and any(family.name == name for name, _ in STEP_HISTOGRAMS.values()):
                 totals[bucket_key(family.name, sample.labels)] = sample.value
     return totals
 
@@ -176,10 +175,8 @@ def counter_changes(before: dict[str, float], after: dict[str, float]) -> dict[s
     """What a step did, from two scrapes: `STEP_COUNTERS` deltas, `STEP_HISTOGRAMS` quantiles (e.g.
     `endpoint_s_p95`), mean batch size and batch time."""
     changes = {name.removeprefix("asr_"): after.get(name, 0.0) - before.get(name, 0.0) for name in STEP_COUNTERS}
-    for figure, histogram in STEP_HISTOGRAMS.items():
-        for quantile, value in zip(
-            STEP_QUANTILES, histogram_quantiles(before, after, histogram, STEP_HISTOGRAM_LABELS.get(figure, {}), STEP_QUANTILES)
-        ):
+    for figure, (histogram, labels) in STEP_HISTOGRAMS.items():
+        for quantile, value in zip(STEP_QUANTILES, histogram_quantiles(before, after, histogram, labels, STEP_QUANTILES)):
             if value is not None:
                 changes[f"{figure}_p{round(quantile * 100)}"] = value
     batches = changes["inference_batch_size_count"]
