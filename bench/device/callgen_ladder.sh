@@ -103,6 +103,7 @@ if [ -n "${PROFILE_S:-}" ]; then
     wait
     tar -czf "$RESULTS/profiles.tgz" -C "$RESULTS" profiles && rm -rf "$RESULTS/profiles"
   ) &
+  pids=("${pids[@]}" $!)  # stopped with the rest if the ladder ends first
 fi
 
 # shellcheck disable=SC2086  # EXTRA is a list of arguments

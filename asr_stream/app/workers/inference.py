@@ -45,8 +45,9 @@ METRIC_PREFIXES = ("asr_inference_", "asr_scheduler_")
 SATURATION_POLL_S = 0.05
 #: The GIL switch interval here (CPython's default is 5 ms). The event loop, which reads the workers'
 #: requests and sends the answers, shares the GIL with the engine threads, whose decoding loops are
-#: Python between device calls: each time the loop gives the GIL up for a socket call it waits up to a
-#: whole interval to get it back (the convoy effect), hundreds of times a second at 2,000 channels.
+#: Python between device calls, and may wait up to a whole interval for the GIL after each socket call
+#: (the convoy effect). Measured on the H200 at 2,000 channels, its effect was within run-to-run noise
+#: (docs/benchmarks.md, runs E1-E3): kept because it costs nothing measurable, not as a gain.
 SWITCH_INTERVAL_S = 0.0005
 
 
