@@ -8,6 +8,7 @@ import pytest
 import yaml
 
 from asr_stream.inference.profiles import Buckets, ProfileError, check_against_graph, load_profile, onnx_input_shapes, variants
+from asr_stream.inference.whisper.graphs import cross_names
 
 ROOT = Path(__file__).resolve().parents[1]
 PROFILES = ROOT / "profiles"
@@ -17,20 +18,26 @@ TINY_DECODER = {
     "tokens": ["batch", "new_tokens"],
     "offset": ["batch"],
     "self_kv": [4, 2, "batch", 6, "capacity", 64],
-    "cross_kv": [4, 2, "batch", 6, "audio_ctx", 64],
+    **{f"cross_k_{layer}": ["batch", 6, 64, "audio_ctx"] for layer in range(4)},
+    **{f"cross_v_{layer}": ["batch", 6, "audio_ctx", 64] for layer in range(4)},
 }
 
 
 @pytest.mark.parametrize("model", WHISPER)
-def test_whisper_profiles_have_both_variants_with_a_15_second_floor(model: str) -> None:
+def test_whisper_profiles_have_both_variants_and_the_live_windows(model: str) -> None:
     path = PROFILES / f"{model}.yaml"
     assert variants(path) == ["throughput", "latency"]
     throughput, latency = (load_profile(path, name) for name in ("throughput", "latency"))
     assert throughput.precision == "fp16" and throughput.max_batch > latency.max_batch
     for profile in (throughput, latency):
         mel = profile.inputs("encoder.onnx")["mel"]
-        assert (mel.min[2], mel.max[2]) == (1500, 3000)
-        assert profile.inputs("decoder.onnx")["cross_kv"].min[4] == 750
+        # From a 5 s partial window to the full 30 s one (runner.LIVE_PARTIAL_WINDOWS_S).
+        assert (mel.min[2], mel.max[2]) == (500, 3000)
+        decoder = profile.inputs("decoder.onnx")
+        layers = decoder["self_kv"].min[0]
+        assert {name for name in decoder if name.startswith("cross_")} == set(cross_names(layers))
+        assert all(decoder[f"cross_k_{layer}"].min[3] == decoder[f"cross_v_{layer}"].min[2] == 250 for layer in range(layers))
+        assert decoder["tokens"].max[1] == 448  # a prompt with a forced prefix, up to the text context
         assert profile.buckets is not None and profile.buckets.batch[-1] == profile.max_batch
     assert throughput.inputs("encoder.onnx")["mel"].opt[0] > latency.inputs("encoder.onnx")["mel"].opt[0]
 

@@ -47,22 +47,32 @@ def test_graph_contract_has_dynamic_batch(engines_dir: Path):
     prepared = load_prepared("whisper-tiny.en", engines_dir)
     encoder = OnnxRuntimeEngine.load(prepared.graph_path(graphs.ENCODER))
     decoder = OnnxRuntimeEngine.load(prepared.graph_path(graphs.DECODER))
+    dims = prepared.dims
+    cross = graphs.cross_names(dims.n_text_layer)
+    assert cross[:3] == ("cross_k_0", "cross_v_0", "cross_k_1") and len(cross) == 2 * dims.n_text_layer
     assert tuple(spec.name for spec in encoder.inputs) == graphs.ENCODER_INPUTS
-    assert tuple(spec.name for spec in decoder.inputs) == graphs.DECODER_INPUTS
+    assert tuple(spec.name for spec in encoder.outputs) == cross
+    assert tuple(spec.name for spec in decoder.inputs) == graphs.decoder_inputs(dims.n_text_layer)
     assert tuple(spec.name for spec in decoder.outputs) == graphs.DECODER_OUTPUTS
     mel = next(spec for spec in encoder.inputs if spec.name == "mel")
     assert isinstance(mel.shape[0], str) and mel.shape[1] == 80
-    # Batch 3 and a one-slot cache: shapes other than the export examples must run.
-    dims = prepared.dims
-    cross_kv = encoder.run({"mel": np.zeros((3, 80, 3000), np.float32)})["cross_kv"]
-    assert cross_kv.shape == (dims.n_text_layer, 2, 3, dims.n_text_head, 1500, dims.head_dim)
+    # Batch 3, a 10 s window and a one-slot cache: shapes other than the export examples must run.
+    encoded = encoder.run({"mel": np.zeros((3, 80, 1000), np.float32)})
+    assert encoded["cross_k_0"].shape == (3, dims.n_text_head, dims.head_dim, 500)  # keys transposed
+    assert encoded["cross_v_0"].shape == (3, dims.n_text_head, 500, dims.head_dim)
     out = decoder.run(
         {
             "tokens": np.full((3, 1), 50257, np.int64),
             "offset": np.zeros(3, np.int64),
             "self_kv": np.zeros((dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim), np.float32),
-            "cross_kv": cross_kv,
+            **encoded,
         }
     )
     assert out["logits"].shape == (3, dims.n_vocab)
+    # Every layer reads its own cross-attention inputs (an export from one shared example tensor
+    # made every layer read the last layer's).
+    import onnx
+
+    graph = onnx.load(str(prepared.graph_path(graphs.DECODER)), load_external_data=False).graph
+    assert set(cross) <= {name for node in graph.node for name in node.input}
     assert out["new_kv"].shape == (dims.n_text_layer, 2, 3, dims.n_text_head, 1, dims.head_dim)

@@ -24,7 +24,7 @@ from asr_stream.inference.whisper.ct2 import read_model_bin
 from asr_stream.inference.whisper.decode import compression_ratio, looks_broken
 from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.export import DecoderGraph, EncoderGraph
-from asr_stream.inference.whisper.graphs import DECODER_INPUTS, ENCODER_INPUTS
+from asr_stream.inference.whisper.graphs import DECODER_OUTPUTS, ENCODER_INPUTS, cross_names, decoder_inputs
 from asr_stream.inference.whisper.model import Whisper
 from asr_stream.inference.whisper.runner import WhisperRunner
 
@@ -100,8 +100,8 @@ def test_onnx_runtime_equals_pytorch_definition(runner, english_audio, ours_b1):
     model = Whisper.from_ct2(read_model_bin(packaged.locate() for packaged in MODELS["whisper-tiny.en"].weights))
     torch.set_num_threads(2)
     compute = EngineCompute(
-        TorchEngine(EncoderGraph(model).eval(), ENCODER_INPUTS, ("cross_kv",)),
-        TorchEngine(DecoderGraph(model).eval(), DECODER_INPUTS, ("logits", "new_kv")),
+        TorchEngine(EncoderGraph(model).eval(), ENCODER_INPUTS, cross_names(model.dims.n_text_layer)),
+        TorchEngine(DecoderGraph(model).eval(), decoder_inputs(model.dims.n_text_layer), DECODER_OUTPUTS),
         model.dims.n_text_ctx,
     )
     torch_runner = WhisperRunner(runner.decoder.on(compute))

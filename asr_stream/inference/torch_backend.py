@@ -60,7 +60,7 @@ from asr_stream.inference.engine import BackendError
 from asr_stream.inference.models import WhisperSpec, packaged_whisper
 from asr_stream.inference.whisper.decode import DecodingPass
 from asr_stream.inference.whisper.host_stepper import HostStepper
-from asr_stream.inference.whisper.model import Whisper
+from asr_stream.inference.whisper.model import Whisper, cross_views
 
 # CUDA stream priorities of the daemon's two lanes (lower is more urgent; every CUDA GPU has at least these two).
 FINAL_STREAM_PRIORITY, PARTIAL_STREAM_PRIORITY = -1, 0
@@ -158,6 +158,11 @@ class _Bucket:
     @property
     def batch(self) -> int:
         return self.tokens.shape[0]
+
+    @property
+    def cross(self) -> list[tuple[Tensor, Tensor]]:
+        """`cross_kv` as the decoder takes it: per layer, keys transposed (views of the static buffer)."""
+        return cross_views(self.cross_kv)
 
 
 class DeviceLogMel:
@@ -360,7 +365,7 @@ class TorchWhisperCompute:
         Attends over the first `tier` cache slots (a view: the write goes to the whole cache).
         """
         cache = bucket.self_kv[:, :, :, :, :tier]
-        logits, new_kv = self.model.decoder(bucket.tokens, bucket.offset, cache, bucket.cross_kv)
+        logits, new_kv = self.model.decoder(bucket.tokens, bucket.offset, cache, bucket.cross)
         bucket.self_kv.index_copy_(_KV_POSITION, bucket.offset[:1], new_kv)
         first_free = (bucket.forced_lengths == bucket.step).unsqueeze(1)
         scores = logits.float() + torch.where(first_free, self._first_mask, self._step_mask)
@@ -452,7 +457,7 @@ class TorchStepper:
         batch_prompts[: len(prompts)] = prompts
         bucket.offset.zero_()
         cache = bucket.self_kv[:, :, :, :, : compute.cache_tiers[0]]
-        logits, new_kv = compute.model.decoder(batch_prompts, bucket.offset, cache, bucket.cross_kv)
+        logits, new_kv = compute.model.decoder(batch_prompts, bucket.offset, cache, bucket.cross)
         bucket.self_kv[:, :, :, :, : self._prompt_length].copy_(new_kv)
         scores = logits.float() + compute._first_mask
         first = compute._sample(scores, bucket.uniforms[0]) if self._sampling else compute._argmax(scores)
@@ -548,7 +553,7 @@ class _TorchSession:
         index = torch.from_numpy(rows).to(compute.device)
         fed[index] = torch.from_numpy(tokens).to(compute.device)
         bucket.offset.fill_(self._offset)
-        logits, new_kv = compute.model.decoder(fed, bucket.offset, bucket.self_kv, bucket.cross_kv)
+        logits, new_kv = compute.model.decoder(fed, bucket.offset, bucket.self_kv, bucket.cross)
         bucket.self_kv[:, :, :, :, self._offset : self._offset + tokens.shape[1]].copy_(new_kv)
         self._offset += tokens.shape[1]
         return logits[index].float().cpu().numpy()

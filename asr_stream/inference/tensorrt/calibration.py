@@ -20,7 +20,7 @@ from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.tensorrt.buffers import DeviceBuffer
 from asr_stream.inference.tensorrt.cache import calibration_cache_path
 from asr_stream.inference.whisper.engine_compute import HostEncoded
-from asr_stream.inference.whisper.graphs import DECODER, ENCODER, GRAPH_FILES, KV_POSITION_AXIS
+from asr_stream.inference.whisper.graphs import DECODER, ENCODER, GRAPH_FILES
 from asr_stream.inference.whisper.runner import WhisperRunner
 
 
@@ -100,13 +100,13 @@ def whisper_calibration(engines_dir: str | Path, model: str, wavs: list[Path], b
     def decoder_feeds() -> Iterator[Mapping[str, np.ndarray]]:
         for mel in mel_batches:  # encoded lazily: one batch's K/V at a time (base at batch 128 is > 1 GB)
             encoded: HostEncoded = runner.compute.encode(mel)
-            cross_kv = encoded.cross_kv
-            empty_cache = np.zeros((*cross_kv.shape[:KV_POSITION_AXIS], 1, *cross_kv.shape[KV_POSITION_AXIS + 1 :]), np.float32)
+            dims = prepared.dims
+            empty_cache = np.zeros((dims.n_text_layer, 2, len(mel), dims.n_text_head, 1, dims.head_dim), np.float32)
             yield {
                 "tokens": np.full((len(mel), 1), start_token, np.int64),
                 "offset": np.zeros(len(mel), np.int64),
                 "self_kv": empty_cache,
-                "cross_kv": cross_kv,
+                **encoded.cross,
             }
 
     encoder_file, decoder_file = GRAPH_FILES[ENCODER], GRAPH_FILES[DECODER]

@@ -18,44 +18,49 @@ import numpy as np
 from asr_stream.audio.features import log_mel_spectrogram
 from asr_stream.inference.engine import Engine
 from asr_stream.inference.whisper.decode import DecodingPass
-from asr_stream.inference.whisper.graphs import KV_BATCH_AXIS, KV_POSITION_AXIS
+from asr_stream.inference.whisper.graphs import CROSS_BATCH_AXIS, KV_BATCH_AXIS, KV_POSITION_AXIS, cross_names
 from asr_stream.inference.whisper.host_stepper import HostStepper
 
 _FIRST_CACHE_CAPACITY = 64
+_VALUES_0 = cross_names(1)[1]  # the first layer's cross-attention values [B, H, S, D]: an encoded batch's sizes
 
 
 @dataclass(frozen=True)
 class HostEncoded:
-    """Encoded windows as the encoder graph returns them: cross_kv [L, 2, B, H, frames/2, D]."""
+    """Encoded windows as the encoder graph returns them: each decoder layer's cross_k_i [B, H, D, frames/2]
+    and cross_v_i [B, H, frames/2, D], by name (graphs.cross_names)."""
 
-    cross_kv: np.ndarray
+    cross: dict[str, np.ndarray]
 
     @property
     def rows(self) -> int:
-        return self.cross_kv.shape[KV_BATCH_AXIS]
+        return self.cross[_VALUES_0].shape[CROSS_BATCH_AXIS]
+
+    def take(self, rows: Sequence[int] | np.ndarray) -> HostEncoded:
+        return HostEncoded({name: np.take(tensor, rows, axis=CROSS_BATCH_AXIS) for name, tensor in self.cross.items()})
 
 
 class EngineSession:
     """The decoder graph over one encoded batch, with the self-attention cache on the host."""
 
-    def __init__(self, engine: Engine, cross_kv: np.ndarray, n_text_ctx: int, first_capacity: int) -> None:
+    def __init__(self, engine: Engine, encoded: HostEncoded, n_text_ctx: int, first_capacity: int) -> None:
         self._engine = engine
-        self._cross_kv = cross_kv
+        self._encoded = encoded
         self._n_text_ctx = n_text_ctx
+        values = encoded.cross[_VALUES_0]
+        self._layers, self._heads, self._head_dim = len(encoded.cross) // 2, values.shape[1], values.shape[3]
+        self._rows = np.arange(encoded.rows)
         self._cache = self._empty_cache(first_capacity)
-        self._rows = np.arange(cross_kv.shape[KV_BATCH_AXIS])
         self._offset = 0
 
     def _empty_cache(self, capacity: int) -> np.ndarray:
-        shape = list(self._cross_kv.shape)
-        shape[KV_POSITION_AXIS] = capacity
-        return np.zeros(shape, dtype=np.float32)
+        return np.zeros((self._layers, 2, len(self._rows), self._heads, capacity, self._head_dim), dtype=np.float32)
 
     def feed(self, tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
         if len(rows) != len(self._rows):  # rows ended: drop them from the batch
             keep = np.searchsorted(self._rows, rows)
             self._cache = np.take(self._cache, keep, axis=KV_BATCH_AXIS)
-            self._cross_kv = np.take(self._cross_kv, keep, axis=KV_BATCH_AXIS)
+            self._encoded = self._encoded.take(keep)
             self._rows = rows
         offset, needed = self._offset, self._offset + tokens.shape[1]
         if needed > self._cache.shape[KV_POSITION_AXIS]:
@@ -67,7 +72,7 @@ class EngineSession:
             "tokens": tokens,
             "offset": np.full(tokens.shape[0], offset, dtype=np.int64),
             "self_kv": self._cache,
-            "cross_kv": self._cross_kv,
+            **self._encoded.cross,
         }
         out = self._engine.run(feeds)
         self._cache[..., offset:needed, :] = out["new_kv"]
@@ -98,16 +103,16 @@ class EngineCompute:
         return np.stack([log_mel_spectrogram(window, n_mels=n_mels, n_samples=n_samples) for window in windows])
 
     def encode(self, mel: np.ndarray) -> HostEncoded:
-        return HostEncoded(self.encoder.run({"mel": mel})["cross_kv"])
+        return HostEncoded(self.encoder.run({"mel": mel}))
 
     def select(self, encoded: HostEncoded, rows: Sequence[int]) -> HostEncoded:
-        return HostEncoded(np.take(encoded.cross_kv, list(rows), axis=KV_BATCH_AXIS))
+        return encoded.take(list(rows))
 
     def stepper(self, encoded: HostEncoded, plan: DecodingPass) -> HostStepper:
         prompt_length = plan.prompts.shape[1]
         # Never more than the pass can fill (one slot for a language detection), else room for a typical utterance.
         capacity = min(self.n_text_ctx, prompt_length + plan.limit - 1, max(_FIRST_CACHE_CAPACITY, prompt_length))
-        return HostStepper(EngineSession(self.decoder, encoded.cross_kv, self.n_text_ctx, capacity), plan)
+        return HostStepper(EngineSession(self.decoder, encoded, self.n_text_ctx, capacity), plan)
 
     def describe(self) -> dict[str, object]:
         return {"encoder": self.encoder.describe(), "decoder": self.decoder.describe()}

@@ -15,7 +15,7 @@ from torch.export import Dim
 
 from asr_stream.inference.onnx_export import export_graph
 from asr_stream.inference.whisper import graphs
-from asr_stream.inference.whisper.model import Whisper
+from asr_stream.inference.whisper.model import Whisper, cross_views
 
 ONNX_OPSET = 18
 
@@ -23,28 +23,31 @@ ONNX_OPSET = 18
 # that changes an exported graph (its ops or numerics): `models prepare` records it, so graphs
 # exported by older code are not reused. 2: attention through F.scaled_dot_product_attention.
 # 3: no stack traces (absolute source paths) in node metadata, so graphs are byte-identical
-# whichever checkout exported them.
-EXPORT_VERSION = 3
+# whichever checkout exported them. 4: cross-attention K/V one tensor per layer, keys transposed
+# (graphs.py).
+EXPORT_VERSION = 4
 
 
 class EncoderGraph(nn.Module):
-    """mel -> every decoder layer's cross-attention K/V, so the decoder never sees raw audio features."""
+    """mel -> every decoder layer's cross-attention keys (transposed) and values, so the decoder never sees raw audio features."""
 
     def __init__(self, model: Whisper) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, mel: Tensor) -> Tensor:
-        return self.model.decoder.cross_kv(self.model.encoder(mel))
+    def forward(self, mel: Tensor) -> tuple[Tensor, ...]:
+        return tuple(tensor for layer in cross_views(self.model.decoder.cross_kv(self.model.encoder(mel))) for tensor in layer)
 
 
 class DecoderGraph(nn.Module):
+    """The decoder with its cross-attention inputs flat, in `graphs.cross_names` order."""
+
     def __init__(self, model: Whisper) -> None:
         super().__init__()
         self.decoder = model.decoder
 
-    def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross_kv: Tensor) -> tuple[Tensor, Tensor]:
-        return self.decoder(tokens, offset, self_kv, cross_kv)
+    def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, *cross: Tensor) -> tuple[Tensor, Tensor]:
+        return self.decoder(tokens, offset, self_kv, list(zip(cross[::2], cross[1::2])))
 
 
 def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
@@ -58,6 +61,7 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
     audio_ctx = Dim("audio_ctx", min=1, max=dims.n_audio_ctx)
     example_batch, example_frames = 2, dims.n_frames
     kv_shape = (dims.n_text_layer, 2, example_batch, dims.n_text_head)
+    cross_names = graphs.cross_names(dims.n_text_layer)
     paths = {name: out_dir / filename for name, filename in graphs.GRAPH_FILES.items()}
     with torch.no_grad():
         mel = torch.zeros(example_batch, dims.n_mels, example_frames)
@@ -66,27 +70,31 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
             (mel,),
             paths[graphs.ENCODER],
             input_names=graphs.ENCODER_INPUTS,
-            output_names=graphs.ENCODER_OUTPUTS,
+            output_names=cross_names,
             dynamic_shapes={"mel": {0: batch, 2: 2 * half_frames}},
             opset_version=ONNX_OPSET,
         )
+        head = (example_batch, dims.n_text_head)
+        # A tensor of its own per input: the exporter makes one graph input of a tensor passed twice.
+        keys_t, values = (*head, dims.head_dim, dims.n_audio_ctx), (*head, dims.n_audio_ctx, dims.head_dim)
+        cross = [torch.zeros(keys_t if name.startswith("cross_k") else values) for name in cross_names]
         decoder_args = (
             torch.zeros(example_batch, 3, dtype=torch.int64),
             torch.zeros(example_batch, dtype=torch.int64),
             torch.zeros(*kv_shape, 8, dims.head_dim),
-            torch.zeros(*kv_shape, dims.n_audio_ctx, dims.head_dim),
+            *cross,
         )
         decoder_dynamic = {
             "tokens": {0: batch, 1: new_tokens},
             "offset": {0: batch},
             "self_kv": {2: batch, 4: capacity},
-            "cross_kv": {2: batch, 4: audio_ctx},
+            "cross": ({0: batch, 3: audio_ctx}, {0: batch, 2: audio_ctx}) * dims.n_text_layer,
         }
         export_graph(
             DecoderGraph(model).eval(),
             decoder_args,
             paths[graphs.DECODER],
-            input_names=graphs.DECODER_INPUTS,
+            input_names=graphs.decoder_inputs(dims.n_text_layer),
             output_names=graphs.DECODER_OUTPUTS,
             dynamic_shapes=decoder_dynamic,
             opset_version=ONNX_OPSET,

@@ -13,6 +13,8 @@ and the oracle test checks that no token does.
 Cache layout (axis 2 is the batch in both; 2 = key, value):
     cross_kv  [n_text_layer, 2, B, n_text_head, audio frames / 2, head_dim]
     self_kv   [n_text_layer, 2, B, n_text_head, capacity, head_dim], valid up to each row's offset
+The decoder takes cross-attention per layer, keys transposed ([B, H, D, S], `cross_views`): the
+ONNX graphs pass them so (graphs.py says why), the PyTorch backend as views of its stacked cache.
 
 Why a fixed-capacity cache with a mask rather than a growing one: one decoder graph serves the first
 step and every later one, no tensor is ever zero-length (TensorRT rejects empty profiles), shapes
@@ -23,7 +25,7 @@ projection.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import cast
 
 import numpy as np
@@ -76,6 +78,17 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.out(attend(split_heads(self.query(x), self.n_head), k, v, mask))
 
+    def attend_transposed(self, x: Tensor, keys_t: Tensor, values: Tensor) -> Tensor:
+        """Attention over keys given as [B, H, D, S] (cross-attention): q @ keys_t needs no transpose.
+
+        Written out rather than through SDPA, which wants keys as [B, H, S, D]: for a decoder step
+        (a query or a few) the score matrix is small, and the ONNX graph keeps no Transpose. The
+        query alone is scaled, as CTranslate2 does.
+        """
+        q = split_heads(self.query(x), self.n_head)
+        weights = torch.softmax((q * q.shape[-1] ** -0.5) @ keys_t, dim=-1)
+        return self.out(merge_heads(weights @ values))
+
 
 class ResidualAttentionBlock(nn.Module):
     def __init__(self, n_state: int, n_head: int, cross_attention: bool) -> None:
@@ -94,14 +107,14 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
     def decode(
-        self, x: Tensor, cross_k: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, mask: Tensor
+        self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Decoder block over new tokens `x`, attending to the cache and themselves; returns x and the new tokens' K/V."""
         h = self.attn_ln(x)
         k, v = self.attn.project_kv(h)
         x = x + self.attn(h, torch.cat([cache_k, k], dim=2), torch.cat([cache_v, v], dim=2), mask)
         assert self.cross_attn is not None and self.cross_attn_ln is not None
-        x = x + self.cross_attn(self.cross_attn_ln(x), cross_k, cross_v)
+        x = x + self.cross_attn.attend_transposed(self.cross_attn_ln(x), cross_k_t, cross_v)
         return x + self.mlp(self.mlp_ln(x)), k, v
 
 
@@ -153,13 +166,14 @@ class TextDecoder(nn.Module):
             layers.append(torch.stack(block.cross_attn.project_kv(audio_features)))
         return torch.stack(layers)
 
-    def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross_kv: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
         """One decoding call over new tokens, with a fixed-capacity self-attention cache.
 
         tokens [B, N] sit at positions offset[b] .. offset[b]+N-1; self_kv [L, 2, B, H, C, D] holds
         C >= 1 slots of which the first offset[b] are valid (the rest are masked, their content is
-        ignored). Returns the logits of each row's last token [B, V] and the new tokens' K/V
-        [L, 2, B, H, N, D], which the caller writes into its cache at offset[b].
+        ignored); `cross` is each layer's (keys [B, H, D, S], values [B, H, S, D]). Returns the
+        logits of each row's last token [B, V] and the new tokens' K/V [L, 2, B, H, N, D], which
+        the caller writes into its cache at offset[b].
         """
         n_new, capacity = tokens.shape[1], self_kv.shape[4]
         new_positions = offset.unsqueeze(1) + torch.arange(n_new, device=tokens.device)
@@ -167,7 +181,7 @@ class TextDecoder(nn.Module):
         mask = self._attention_mask(offset, n_new, capacity)
         new_kv = []
         for layer, block in enumerate(self.blocks):
-            x, k, v = block.decode(x, cross_kv[layer, 0], cross_kv[layer, 1], self_kv[layer, 0], self_kv[layer, 1], mask)
+            x, k, v = block.decode(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], mask)
             new_kv.append(torch.stack([k, v]))
         last = self.ln(x[:, -1])
         return last @ self.token_embedding.weight.T, torch.stack(new_kv)
@@ -182,6 +196,11 @@ class TextDecoder(nn.Module):
         return torch.cat(
             [stale[:, None, None, :].expand(batch, 1, n_new, capacity), future[None, None].expand(batch, 1, n_new, n_new)], dim=-1
         )
+
+
+def cross_views(cross_kv: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """A stacked cross-attention cache [L, 2, B, H, S, D] as the decoder's per-layer (keys [B, H, D, S], values): views, no copies."""
+    return [(layer[0].transpose(-1, -2), layer[1]) for layer in cross_kv.unbind(0)]
 
 
 class Whisper(nn.Module):
