@@ -18,6 +18,7 @@ from asr_stream.inference.engine import Engine
 from asr_stream.inference.live import Utterance
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
+from asr_stream.inference.whisper.decode import loop_head
 from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.runner import WhisperRunner, live_partial_windows, live_windows
 
@@ -82,15 +83,14 @@ def test_forcing_the_start_of_the_greedy_output_gives_the_same_tokens_for_fewer_
         calls = decoder.calls
         free = live.transcribe_live([Utterance(audio, partial=True)], language="en")[0]
         free_calls = decoder.calls - calls
-        if len(free.tokens) < 6:  # a preview the loop guard threw away (short windows do that to a few clips)
-            continue
+        if len(free.tokens) < 6 or free_calls != len(free.tokens) + 1:
+            continue  # a preview too short to test, or a loop's first pass (`loop_head`): no end token, decoded to its budget
         checked += 1
         forced_prefix = free.tokens[: len(free.tokens) - 3]
         calls = decoder.calls
         forced = live.transcribe_live([Utterance(audio, partial=True, prefix=forced_prefix)], language="en")[0]
         assert forced.tokens == free.tokens and forced.text == free.text
         assert decoder.calls - calls == 4, "one call for prompt and prefix, then the three tail tokens and the end"
-        assert free_calls == len(free.tokens) + 1
     assert checked >= 4
 
 
@@ -143,3 +143,29 @@ def test_the_torch_backend_forces_a_prefix_token_for_token_like_onnxruntime(live
     assert [result.tokens for result in on_torch.transcribe_live(requests, language="en")] == expected
     assert len(passes) == -(-len(requests) // compute.max_batch), "one pass per batch"
     assert any(plan.forced is not None for plan in passes)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "head"),
+    [
+        ([7, 8, 9, 7, 8, 9, 7, 8], [7, 8, 9]),  # cut by the token budget inside the third pass
+        ([1, 2, 5, 5, 5, 5], [1, 2, 5]),
+        ([3, 4, 3, 4], [3, 4]),
+        ([1, 2, 3, 4], None),  # no repeat
+        ([1, 2, 3, 3], [1, 2, 3]),  # two passes of a one-token block (only ever applied to output the guard rejected)
+        ([5, 6, 5, 6, 9], None),  # a repeat that does not reach the end
+        ([], None),
+    ],
+)
+def test_loop_head_keeps_the_first_pass_of_the_loop_an_output_ends_in(tokens: list[int], head: list[int] | None) -> None:
+    assert loop_head(tokens) == head
+
+
+def test_a_looping_preview_shows_its_first_pass_instead_of_nothing(live: WhisperRunner, english_clips: list[dict]) -> None:
+    """The first second of "go forward ten meters" in a 5 s window: tiny.en writes "Go forward." until the budget ends."""
+    [row] = [row for row in english_clips if row["id"] == "en_pocketsphinx_goforward"]
+    opening = load_mono(row["wav"])[:RATE]
+    encoded = live.encode([opening], 5)
+    assert live.decoder.decode_greedy(encoded, ["en"], [1.0], False) == [None]  # the loop guard drops it
+    [preview] = live.transcribe_live([Utterance(opening, partial=True)])
+    assert preview.text == "Go forward."

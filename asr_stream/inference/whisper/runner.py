@@ -181,7 +181,9 @@ class WhisperRunner:
             group_seconds = [seconds[row] for row in rows]
             prefix = [requests[row].prefix for row in rows]
             if partial:
-                decoded: Sequence[DecodedWindow | None] = self.decoder.decode_greedy(group, group_languages, group_seconds, False, prefix)
+                decoded: Sequence[DecodedWindow | None] = self.decoder.decode_greedy(
+                    group, group_languages, group_seconds, False, prefix, trim_loops=True
+                )
             elif window_s == FULL_WINDOW_S:
                 decoded = self.decoder.decode(group, group_languages, group_seconds, False, prefix=prefix)
             else:
