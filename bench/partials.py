@@ -3,6 +3,7 @@
     .venv/bin/python bench/partials.py --schemes baseline short-windows prefix prefix+final
     .venv/bin/python bench/partials.py --model whisper-base --schemes baseline prefix
     .venv/bin/python bench/partials.py --calls 8 --schemes baseline prefix prefix+final   # whole calls
+    .venv/bin/python bench/partials.py --schemes prefix int8-vocab && .venv/bin/python bench/partials.py --calls 8 --schemes prefix int8-vocab
 
 Every English shared clip is one open segment, trimmed to its voice and padded 0.3 s on each side
 as the segmenter pads: the segment grows in real time and gets a partial every second (at 1.3 s,
@@ -51,7 +52,7 @@ from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.whisper.engine_compute import EngineCompute
-from asr_stream.inference.whisper.graphs import DECODER, ENCODER
+from asr_stream.inference.whisper.graphs import DECODER, DECODER_CPU, ENCODER
 from asr_stream.inference.whisper.runner import WhisperRunner, live_windows
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal
@@ -70,7 +71,8 @@ class Scheme:
     partial_windows_s: tuple[int, ...] | None  # None: the final's windows
     reuse_prefix: bool = False
     final_prefix: bool = False
-    int8: bool = False
+    int8: bool = False  # every MatMul of both graphs (quantize_dynamic)
+    decoder: str = DECODER  # DECODER_CPU: the int8 vocabulary projection the daemon runs on ONNX Runtime
 
 
 SCHEMES = {
@@ -81,6 +83,7 @@ SCHEMES = {
     "prefix+final": Scheme((5, 10, 20, 30), reuse_prefix=True, final_prefix=True),
     "int8": Scheme(None, int8=True),
     "int8+prefix": Scheme((5, 10, 20, 30), reuse_prefix=True, int8=True),
+    "int8-vocab": Scheme((5, 10, 20, 30), reuse_prefix=True, decoder=DECODER_CPU),
 }
 
 
@@ -114,7 +117,7 @@ def int8_graph(graph: Path, cache: Path) -> Path:
 
 def make_runner(model: str, scheme: Scheme, threads: int, cache: Path) -> tuple[WhisperRunner, CountingEngine]:
     prepared = load_prepared(model, REPO / "engines")
-    graphs = {name: prepared.graph_path(name) for name in (ENCODER, DECODER)}
+    graphs = {ENCODER: prepared.graph_path(ENCODER), DECODER: prepared.graph_path(scheme.decoder)}
     if scheme.int8:
         graphs = {name: int8_graph(path, cache) for name, path in graphs.items()}
     decoder = CountingEngine(OnnxRuntimeEngine.load(graphs[DECODER], threads=threads))

@@ -169,3 +169,4 @@ def test_a_looping_preview_shows_its_first_pass_instead_of_nothing(live: Whisper
     assert live.decoder.decode_greedy(encoded, ["en"], [1.0], False) == [None]  # the loop guard drops it
     [preview] = live.transcribe_live([Utterance(opening, partial=True)])
     assert preview.text == "Go forward."
+    assert preview.tokens == ()  # shown, but not agreed on: nothing of it is forced into the next partial

@@ -36,7 +36,8 @@ class Utterance:
 @dataclass(frozen=True)
 class LiveResult:
     """The model's text for a request. `tokens` is the whole output (prefix included) for models that
-    take a forced prefix (Whisper), () for those that do not (Conformer-CTC ignores `prefix`)."""
+    take a forced prefix (Whisper), () for those that do not (Conformer-CTC ignores `prefix`) and
+    for a partial whose text should not be built on (a loop's first pass, whisper/decode.py)."""
 
     text: str
     language: str | None

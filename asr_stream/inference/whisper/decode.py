@@ -88,11 +88,13 @@ def loop_head(tokens: Sequence[int]) -> list[int] | None:
 @dataclass(frozen=True)
 class DecodedWindow:
     """One window's decoded tokens (text and timestamps, no prompt, no end token), and the
-    temperature of the attempt that was kept (0.0: greedy)."""
+    temperature of the attempt that was kept (0.0: greedy). `looped`: the tokens are the first
+    pass of a loop (`loop_head`), good to show but not to build on."""
 
     tokens: list[int]
     language: str
     temperature: float
+    looped: bool = False
 
 
 @dataclass(frozen=True)
@@ -367,7 +369,10 @@ class WhisperDecoder:
             limit = max(max_plausible_tokens(seconds) + 1 - len(row) for seconds, row in zip(audio_seconds, forced))
             samples = decoder.sample(encoded, languages, timestamps, max_tokens=max(limit, 1), prefix=prefix)
             windows = [DecodedWindow(tokens, language, 0.0) for tokens, language in zip(samples, languages)]
-            return [decoder._kept(window, seconds, row_prefix, trim_loops) for window, seconds, row_prefix in zip(windows, audio_seconds, forced)]
+            return [
+                decoder._kept(window, seconds, row_prefix, trim_loops)
+                for window, seconds, row_prefix in zip(windows, audio_seconds, forced)
+            ]
 
         return self._gated(encoded, languages, audio_seconds, prefix, greedy)
 
@@ -457,7 +462,7 @@ class WhisperDecoder:
         if not self._broken(window, audio_seconds, prefix):
             return window
         head = loop_head(window.tokens) if trim_loops else None
-        trimmed = DecodedWindow(head, window.language, window.temperature) if head else None
+        trimmed = DecodedWindow(head, window.language, window.temperature, looped=True) if head else None
         return trimmed if trimmed is not None and not self._broken(trimmed, audio_seconds, prefix) else None
 
 

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 ENCODER = "encoder"
 DECODER = "decoder"
-GRAPH_FILES = {ENCODER: "encoder.onnx", DECODER: "decoder.onnx"}
+# The same decoder with its vocabulary projection in int8, for ONNX Runtime on the CPU (cpu_decoder.py).
+DECODER_CPU = "decoder_cpu"
+GRAPH_FILES = {ENCODER: "encoder.onnx", DECODER: "decoder.onnx", DECODER_CPU: "decoder.cpu.onnx"}
 
 # encoder: mel [B, n_mels, T] float32 -> per decoder layer i:
 #   cross_k_i [B, H, D, T/2] (keys transposed), cross_v_i [B, H, T/2, D], float32

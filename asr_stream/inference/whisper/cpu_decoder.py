@@ -1,0 +1,63 @@
+"""The decoder graph ONNX Runtime serves on the CPU: the exported one with its vocabulary projection in int8.
+
+Why: at the batch sizes of live calls a decoder step is memory-bound on one MatMul, the projection
+of the last hidden state onto the vocabulary, whose fp32 weights ([n_text_state, n_vocab]: 80 MB
+for tiny.en, 106 MB for base) are read whole at every step: 43 % of a CPU step by ONNX Runtime's
+profiler. Stored in int8 (one scale per vocabulary entry) they are a quarter of that: a step takes
+a third less and the corpus WER of the 39 shared English clips did not move (docs/benchmarks.md,
+"Partials that scale"). Only this MatMul: quantizing every MatMul of both graphs was tried for the
+same issue and was no faster and cost WER. TensorRT and PyTorch keep the fp32 export (they run it
+in fp16 on a GPU, where this step is not memory-bound the same way).
+
+Export-time code (onnx, onnxruntime.quantization); serving only loads the written file.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+from onnxruntime.quantization import QuantType, quantize_dynamic
+
+_PROJECTION_WEIGHT = "vocabulary_projection"
+
+
+def write_cpu_decoder(decoder: Path, target: Path) -> Path:
+    """Write `decoder` (an exported fp32 Whisper decoder graph) with an int8 vocabulary projection to `target`."""
+    model = onnx.load(str(decoder))
+    projection = _untie_projection(model)
+    root = logging.getLogger()
+    level = root.level
+    with tempfile.TemporaryDirectory() as scratch:
+        untied = Path(scratch) / "decoder.onnx"
+        onnx.save(model, str(untied))
+        root.setLevel(logging.ERROR)  # the quantizer advises its pre-processing pass (shape inference) on the root logger
+        try:
+            quantize_dynamic(untied, target, nodes_to_quantize=[projection], per_channel=True, weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
+    return target
+
+
+def _untie_projection(model: onnx.ModelProto) -> str:
+    """Give the logits MatMul a weight initializer of its own; returns the MatMul's name.
+
+    The export ties the projection to the token embedding (logits = x @ embedding^T, as Whisper
+    does), which ONNX writes as a Transpose of the embedding's initializer; the quantizer needs a
+    constant weight, and the embedding's lookup must stay fp32.
+    """
+    graph = model.graph
+    [projection] = [node for node in graph.node if node.op_type == "MatMul" and "logits" in node.output]
+    [transpose] = [node for node in graph.node if projection.input[1] in node.output and node.op_type == "Transpose"]
+    [embedding] = [tensor for tensor in graph.initializer if tensor.name == transpose.input[0]]
+    permutation = next(attribute.ints for attribute in transpose.attribute if attribute.name == "perm")
+    weight = np.ascontiguousarray(np.transpose(numpy_helper.to_array(embedding), list(permutation)))
+    graph.initializer.append(numpy_helper.from_array(weight, _PROJECTION_WEIGHT))
+    projection.input[1] = _PROJECTION_WEIGHT
+    if not any(transpose.output[0] in node.input for node in graph.node):
+        graph.node.remove(transpose)
+    return projection.name
