@@ -112,3 +112,17 @@ def test_the_cpu_decoder_is_the_decoder_with_an_int8_vocabulary_projection(engin
     error = np.abs(quantized["logits"] - reference["logits"]).max() / np.abs(reference["logits"]).max()
     assert 0 < error < 0.1  # activations are quantized per tensor at run time: coarse, but the choice below holds
     assert (quantized["logits"].argmax(-1) == reference["logits"].argmax(-1)).all()
+
+
+def test_onnx_runtime_serves_the_cpu_decoder_and_tensorrt_the_export(engines_dir: Path, monkeypatch: pytest.MonkeyPatch):
+    """Which graph files `load_model` opens per graph backend (the loader records them, then loads for real where it can)."""
+    from asr_stream.inference import runners
+
+    opened: list[str] = []
+    monkeypatch.setitem(
+        runners.GRAPH_ENGINES, "onnxruntime", lambda graph: opened.append(Path(graph).name) or OnnxRuntimeEngine.load(graph)
+    )
+    model = runners.load_model("whisper-tiny.en", engines_dir, live=True)
+    assert opened == ["encoder.onnx", "decoder.cpu.onnx"]
+    assert model.backend == "onnxruntime"
+    assert runners.DECODER_GRAPHS["tensorrt"] == graphs.DECODER  # TensorRT builds the fp32 export at its own precision

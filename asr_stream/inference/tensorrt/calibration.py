@@ -96,11 +96,11 @@ def whisper_calibration(engines_dir: str | Path, model: str, wavs: list[Path], b
     audios = [channel for path in wavs for channel in load_audio(path)[0]]
     mel_batches = [runner.features(audios[first : first + batch]) for first in range(0, len(audios), batch)]
     start_token = runner.tokenizer.sot
+    dims = prepared.dims
 
     def decoder_feeds() -> Iterator[Mapping[str, np.ndarray]]:
         for mel in mel_batches:  # encoded lazily: one batch's K/V at a time (base at batch 128 is > 1 GB)
             encoded: HostEncoded = runner.compute.encode(mel)
-            dims = prepared.dims
             empty_cache = np.zeros((dims.n_text_layer, 2, len(mel), dims.n_text_head, 1, dims.head_dim), np.float32)
             yield {
                 "tokens": np.full((len(mel), 1), start_token, np.int64),
