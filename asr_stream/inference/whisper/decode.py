@@ -72,8 +72,8 @@ def loop_head(tokens: Sequence[int]) -> list[int] | None:
     A loop is a block repeated back to back at least twice up to the end ("Go forward. Go forward.
     Go forward."). Of all such readings the shortest head wins. What tiny.en writes for a second
     or two of speech in a 5 s window is often its transcript and then the same words again until
-    the token budget runs out (measured on the shared clips: 4 of 38 one-second openings); the
-    first pass is a usable preview.
+    the token budget runs out (the first second of the shared clip "go forward ten meters": "Go
+    forward." five times); the first pass is a usable preview.
     """
     best: int | None = None
     for period in range(1, len(tokens) // 2 + 1):
