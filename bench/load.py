@@ -253,6 +253,8 @@ class StepResult:
     partials: int
     cadence_p50_s: float
     cadence_p95_s: float
+    partial_latency_p50_ms: float  # a partial's own latency_ms: arrival of the newest audio it covers -> emission
+    partial_latency_p95_ms: float
     first_partial_p50_s: float
     first_partial_p95_s: float
     long_without_partial: str  # segments > 3 s that got no partial / segments > 3 s
@@ -271,6 +273,7 @@ class StepResult:
     load: str  # 1, 5 and 15 min load averages at the end of the step (a shared machine)
     problems: list[str]
     texts: list[tuple[str, str]]  # per call: references joined, finals joined
+    events: list[tuple[float, dict]]  # every event of the step's calls, with its arrival time (epoch s)
 
 
 def analyse(
@@ -287,6 +290,7 @@ def analyse(
     problems = [f"call {i}: {c.error}" for i, c in enumerate(placed) if c.error]
     latencies, outside, outside_minus_own, cadence, hypotheses, references = [], [], [], [], [], []
     first_partial: list[float] = []
+    partial_latencies: list[float] = []
     utterances = partials = finals_count = long_segments = long_without = 0
     churned = [0, 0, 0, 0]  # changed, shown; stable changed, stable shown
     for call in (c for c in placed if c.call_id):
@@ -302,6 +306,7 @@ def analyse(
         for _, e in mine:
             if e["event"] == "segment.partial":
                 partials += 1
+                partial_latencies.append(e["latency_ms"])
                 stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
                 shown.setdefault(e["segment_id"], []).append(e)
         cadence += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
@@ -341,6 +346,8 @@ def analyse(
         partials=partials,
         cadence_p50_s=pct(cadence, 50),
         cadence_p95_s=pct(cadence, 95),
+        partial_latency_p50_ms=pct(partial_latencies, 50),
+        partial_latency_p95_ms=pct(partial_latencies, 95),
         first_partial_p50_s=pct(first_partial, 50),
         first_partial_p95_s=pct(first_partial, 95),
         long_without_partial=f"{long_without}/{long_segments}",
@@ -359,6 +366,7 @@ def analyse(
         load=load_average(),
         problems=problems,
         texts=list(zip(references, hypotheses)),
+        events=recorded,
     )
 
 
@@ -426,20 +434,25 @@ async def run_step(
 # -- report ------------------------------------------------------------------------------------
 HEADER = (
     "| N | finals | p50 / p95 / p99 latency_ms | outside p50 / p95 ms (pairs) | outside - own, median ms | partials | partial gap p50 / p95 s "
-    "| first partial p50 / p95 s | > 3 s without partial | churn / stable churn "
+    "| partial latency_ms p50 / p95 | first partial p50 / p95 s | > 3 s without partial | churn / stable churn "
     "| CPU s per call-s | cores used | RSS MiB per call | batch mean / max | batch s (mean) | shed partials | saturated | WER | load avg |\n"
-    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
 def row(r: StepResult) -> str:
     return (
         f"| {r.calls} | {r.finals} | {r.p50_ms:.0f} / {r.p95_ms:.0f} / {r.p99_ms:.0f} | {r.outside_p50_ms:.0f} / {r.outside_p95_ms:.0f} ({r.outside_pairs}) | {r.outside_minus_own_ms:+.0f} "
-        f"| {r.partials} | {r.cadence_p50_s:.2f} / {r.cadence_p95_s:.2f} | {r.first_partial_p50_s:.2f} / {r.first_partial_p95_s:.2f} "
+        f"| {r.partials} | {r.cadence_p50_s:.2f} / {r.cadence_p95_s:.2f} | {r.partial_latency_p50_ms:.0f} / {r.partial_latency_p95_ms:.0f} | {r.first_partial_p50_s:.2f} / {r.first_partial_p95_s:.2f} "
         f"| {r.long_without_partial} | {r.churn:.3f} / {r.stable_churn:.3f} "
         f"| {r.cpu_per_call_s:.3f} | {r.cores_used:.2f} | {r.rss_per_call_mib:.1f} "
         f"| {r.batch_mean:.2f} / {r.batch_max} | {r.batch_s:.2f} | {r.shed_partials} | {r.saturated_share:.0%} | {r.wer:.3f} | {r.load} |"
     )
+
+
+def write_events(path: Path, events: list[tuple[float, dict]]) -> None:
+    """One JSON object per line: the event with its arrival time (`arrived`, epoch s) added."""
+    path.write_text("".join(json.dumps({"arrived": t, **e}) + "\n" for t, e in events))
 
 
 def telephone(audio: np.ndarray) -> np.ndarray:
@@ -515,6 +528,8 @@ async def main(args: argparse.Namespace) -> int:
                 print(row(result), flush=True)
                 for reference, hypothesis in result.texts if args.show_text else []:
                     print(f"    ref: {reference}\n    hyp: {hypothesis}", flush=True)
+                if args.events_out:
+                    await asyncio.to_thread(write_events, Path(f"{args.events_out}-n{n}.jsonl"), result.events)
                 for problem in result.problems[:20]:
                     print(f"    N={n}: {problem}", flush=True)
                 if not result.p95_ms <= args.limit_ms or result.failed_calls:
@@ -539,6 +554,7 @@ def parse_args() -> argparse.Namespace:
         "--partial-interval-s", type=float, default=1.0, help="the daemon's default is 1.0; a huge value turns partials off"
     )
     parser.add_argument("--seed", type=int, default=1, help="for the pauses between utterances")
+    parser.add_argument("--events-out", metavar="PREFIX", help="write each step's events to PREFIX-nN.jsonl (with arrival times)")
     parser.add_argument("--show-text", action="store_true", help="print each call's finals under its references")
     parser.add_argument("--stagger-s", type=float, default=0.0, help="start the calls this far apart (0: all at once)")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="a daemon config override")

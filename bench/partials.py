@@ -4,6 +4,7 @@
     .venv/bin/python bench/partials.py --model whisper-base --schemes baseline prefix
     .venv/bin/python bench/partials.py --calls 8 --schemes baseline prefix prefix+final   # whole calls
     .venv/bin/python bench/partials.py --schemes prefix int8-vocab && .venv/bin/python bench/partials.py --calls 8 --schemes prefix int8-vocab
+    .venv/bin/python bench/partials.py --threads 1 --schemes int8-vocab int8-encoder fine-windows
 
 Every English shared clip is one open segment, trimmed to its voice and padded 0.3 s on each side
 as the segmenter pads: the segment grows in real time and gets a partial every second (at 1.3 s,
@@ -44,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from asr_stream.app.blas_threads import limit_blas_threads
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.scoring import churn, corpus_wer, normalize
 from asr_stream.inference.engine import Engine
@@ -52,7 +54,7 @@ from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.runners import LoadedModel, load_model
 from asr_stream.inference.whisper.engine_compute import EngineCompute
-from asr_stream.inference.whisper.graphs import DECODER, DECODER_CPU, ENCODER
+from asr_stream.inference.whisper.graphs import DECODER, DECODER_CPU, ENCODER, ENCODER_CPU
 from asr_stream.inference.whisper.runner import WhisperRunner, live_windows
 from asr_stream.transcript.channel import ChannelTranscriber
 from asr_stream.transcript.events import SegmentFinal
@@ -73,6 +75,7 @@ class Scheme:
     final_prefix: bool = False
     int8: bool = False  # every MatMul of both graphs (quantize_dynamic)
     decoder: str = DECODER  # DECODER_CPU: the int8 vocabulary projection the daemon runs on ONNX Runtime
+    encoder: str = ENCODER  # ENCODER_CPU: the encoder's MatMuls in int8, as the daemon runs it on ONNX Runtime
 
 
 SCHEMES = {
@@ -84,6 +87,8 @@ SCHEMES = {
     "int8": Scheme(None, int8=True),
     "int8+prefix": Scheme((5, 10, 20, 30), reuse_prefix=True, int8=True),
     "int8-vocab": Scheme((5, 10, 20, 30), reuse_prefix=True, decoder=DECODER_CPU),
+    "fine-windows": Scheme((2, 3, 4, 5, 6, 7, 8, 10, 12, 15, 20, 30), reuse_prefix=True, decoder=DECODER_CPU),
+    "int8-encoder": Scheme((5, 10, 20, 30), reuse_prefix=True, decoder=DECODER_CPU, encoder=ENCODER_CPU),
 }
 
 
@@ -117,7 +122,10 @@ def int8_graph(graph: Path, cache: Path) -> Path:
 
 def make_runner(model: str, scheme: Scheme, threads: int, cache: Path) -> tuple[WhisperRunner, CountingEngine]:
     prepared = load_prepared(model, REPO / "engines")
-    graphs = {ENCODER: prepared.graph_path(ENCODER), DECODER: prepared.graph_path(scheme.decoder)}
+    graphs = {
+        ENCODER: Path("/tmp/enc-int8-mm.onnx") if scheme.encoder != ENCODER else prepared.graph_path(ENCODER),
+        DECODER: prepared.graph_path(scheme.decoder),
+    }
     if scheme.int8:
         graphs = {name: int8_graph(path, cache) for name, path in graphs.items()}
     decoder = CountingEngine(OnnxRuntimeEngine.load(graphs[DECODER], threads=threads))
@@ -250,6 +258,7 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path("/tmp/asr-bench-int8"), help="where int8 graphs are written")
     parser.add_argument("--calls", type=int, default=0, help="whole calls through the channel path instead (see above)")
     args = parser.parse_args()
+    limit_blas_threads()  # as the daemon does: numpy's spinning BLAS threads would be counted as the model's CPU
     if args.calls:
         whole_calls(args.model, args.calls, args.schemes)
         return

@@ -68,6 +68,32 @@ def test_open_segment_audio_is_available_while_it_grows() -> None:
     assert not grew[0].audio.flags.writeable
 
 
+def test_pending_close_is_the_close_that_silence_brings_once_its_pad_is_in() -> None:
+    """Window by window: nothing while speech goes on or the pad is still arriving, then exactly the
+    SegmentClosed that comes at min_silence; a voiced window takes it back."""
+    rng = np.random.default_rng(3)
+    audio = rng.standard_normal(120 * WINDOW_SAMPLES).astype(np.float32)
+    probs = [0.0] * 10 + [0.9] * 20 + [0.0] * 14 + [0.9] * 10 + [0.0] * 40  # a 448 ms pause, then the close
+    segmenter = Segmenter()
+    pad_windows = SegmenterConfig().windows(300)
+    pending, closed = [], []
+    for k, prob in enumerate(probs):
+        events = segmenter.push(audio[k * WINDOW_SAMPLES : (k + 1) * WINDOW_SAMPLES], np.array([prob]))
+        closed += [e for e in events if isinstance(e, SegmentClosed)]
+        pending.append(segmenter.pending_close())
+    assert len(closed) == 1
+    (final,) = closed
+    first_pause, second_pause = 30 + pad_windows - 1, 54 + pad_windows - 1  # windows at which the pad is complete
+    assert all(p is None for p in pending[:first_pause])
+    early = pending[first_pause]
+    assert early is not None and early.end == 30 * WINDOW_SAMPLES + PAD != final.end  # the pause it expected to close at...
+    assert all(p is None for p in pending[44:second_pause])  # ...was taken back by the voice at window 44
+    expected = [p for p in pending[second_pause:] if p is not None]
+    assert expected and {(p.seq, p.start, p.end) for p in expected} == {(final.seq, final.start, final.end)}
+    assert np.array_equal(expected[0].audio, final.audio) and expected[0].reason == final.reason == "silence"
+    assert segmenter.pending_close() is None  # closed: nothing pending
+
+
 def test_config_rejects_pad_longer_than_silence() -> None:
     with pytest.raises(ValueError):
         SegmenterConfig(post_speech_pad_ms=800, min_silence_ms=500)

@@ -192,7 +192,9 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     """`latency_ms` includes the closing silence; the endpoint latency (`on_endpoint`) starts at the close decision."""
     clock, emitted, endpoints = ManualClock(), [], []
     queue = ScriptedQueue(clock, hold={Priority.FINAL})
-    channel = transcriber(queue, ScriptedVad([(0.5, 1.5)]), clock, emitted, on_endpoint=endpoints.append)
+    channel = transcriber(
+        queue, ScriptedVad([(0.5, 1.5)]), clock, emitted, on_endpoint=endpoints.append, partials=PartialPolicy(early_final=False)
+    )
     while not any(r.priority is Priority.FINAL for r in queue.requests):  # bounded: the segment closes by ~2.1 s
         assert clock.now < 1005
         await stream(channel, clock, 0.02)
@@ -206,6 +208,46 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     assert final_request.submitted_at - 1000.0 == pytest.approx(2.1, abs=0.05)
     assert final.latency_ms == pytest.approx(600 + 250, abs=50)
     assert endpoints == [pytest.approx(0.25, abs=0.005)]
+
+
+async def test_an_early_final_is_asked_in_the_closing_silence_and_ready_at_the_close() -> None:
+    clock, emitted, endpoints = ManualClock(), [], []
+    queue = ScriptedQueue(clock, hold={Priority.FINAL})
+    channel = transcriber(queue, ScriptedVad([(0.5, 1.5)]), clock, emitted, on_endpoint=endpoints.append)
+    while not any(r.priority is Priority.FINAL for r in queue.requests):  # bounded: the pad is in by ~1.85 s
+        assert clock.now < 1005
+        await stream(channel, clock, 0.02)
+    (early,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    assert early.submitted_at - 1000.0 == pytest.approx(1.8, abs=0.06)  # speech end 1.5 s + the 300 ms pad
+    assert not emitted or not isinstance(emitted[-1], SegmentFinal)  # not final yet: the caller may speak on
+    clock.now += 0.25  # the model takes 250 ms, inside the closing silence
+    queue.release(early)
+    await stream(channel, clock, 1.0)
+    await channel.finish()
+    finals = [e for e in emitted if isinstance(e, SegmentFinal)]
+    assert [r.priority for r in queue.requests].count(Priority.FINAL) == 1  # asked once, early
+    assert len(finals) == 1 and finals[0].text == f"{round(early.seconds * 10)} tenths"
+    assert (finals[0].end_ms - finals[0].start_ms) / 1000 == pytest.approx(early.seconds, abs=0.002)  # the closed segment's audio
+    assert finals[0].latency_ms == pytest.approx(640, abs=50)  # the closing silence alone: the model was done before
+    assert endpoints == [pytest.approx(0.0, abs=0.005)]
+
+
+async def test_an_early_final_is_called_off_when_the_caller_speaks_on() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, hold={Priority.FINAL})
+    channel = transcriber(queue, ScriptedVad([(0.5, 1.5), (2.0, 3.0)]), clock, emitted)  # a 500 ms pause: past the pad, short of a close
+    await stream(channel, clock, 2.1)
+    (early,) = [r for r in queue.requests if r.priority is Priority.FINAL]
+    assert early.answer.cancelled()  # the voice came back at 2.0 s: that close will not come
+    while len([r for r in queue.requests if r.priority is Priority.FINAL]) < 2:  # bounded: the real pause starts at 3.0 s
+        assert clock.now < 1005
+        await stream(channel, clock, 0.02)
+    final_request = queue.requests[-1]
+    assert final_request.priority is Priority.FINAL and final_request.seconds > early.seconds + 1.0
+    queue.release(final_request)
+    await channel.finish()
+    finals = [e for e in emitted if isinstance(e, SegmentFinal)]
+    assert len(finals) == 1 and finals[0].text == f"{round(final_request.seconds * 10)} tenths"
 
 
 def _speech_call() -> np.ndarray:

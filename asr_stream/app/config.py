@@ -311,6 +311,9 @@ class SchedulerSection(_Section):
     )
     partial_prefix: bool = Field(default=PartialPolicy.reuse_prefix, description="decode only a partial's tail after the agreed tokens")
     final_prefix: bool = Field(default=PartialPolicy.final_prefix, description="force the agreed tokens on the final too")
+    early_final: bool = Field(
+        default=PartialPolicy.early_final, description="ask for a final during its closing silence, once its audio is settled"
+    )
     final_lane: bool = Field(default=SchedulerSettings.final_lane, description="a worker of their own for finals (never behind a partial)")
     partial_nice: Annotated[int, Field(ge=0, le=19)] = Field(
         default=SchedulerSettings.partial_nice, description="with final_lane: how much nicer the partial threads run (Linux)"
@@ -338,7 +341,9 @@ class SchedulerSection(_Section):
         )
 
     def partials(self) -> PartialPolicy:
-        return PartialPolicy(self.partial_interval_s, self.partial_min_new_speech_s, self.partial_prefix, self.final_prefix)
+        return PartialPolicy(
+            self.partial_interval_s, self.partial_min_new_speech_s, self.partial_prefix, self.final_prefix, self.early_final
+        )
 
 
 def usable_cores() -> int:

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from asr_stream.app import http_api
+from asr_stream.app.blas_threads import limit_blas_threads
 from asr_stream.app.calls import CallPipeline, CallRegistry, CallSession, PipelineSettings, rtp_channels, start_batched_vad
 from asr_stream.app.config import Config, split_hostport
 from asr_stream.app.logs import LogSettings
@@ -117,6 +118,7 @@ class Daemon:
     async def start(self) -> None:
         """Bring every component up; if one fails, what was started is stopped again and the error raised."""
         self._deadline = asyncio.get_running_loop().time() + START_UNWIND_S
+        limit_blas_threads()
         async with contextlib.AsyncExitStack() as stack:
             # The model first: the likeliest operator mistake (not prepared, no CUDA) fails before any
             # socket or thread. With workers: N > 1 the inference process loads it (and stops last).

@@ -13,7 +13,9 @@ window of its last `split_search_ms`, the next segment starting at the very same
 audio is lost at a forced cut.
 
 For partial transcripts the daemon can read `Segmenter.open_audio()` whenever it likes (e.g.
-once a second); `SegmentGrew` events carry the same view. Audio is handed out as read-only views
+once a second); `SegmentGrew` events carry the same view. `pending_close()` tells, during the
+closing silence, which segment silence will close and with what audio, so that the final's
+transcription can start before the close is certain. Audio is handed out as read-only views
 of an append-only buffer: no copy per event, and the samples a view shows never change.
 """
 
@@ -178,6 +180,21 @@ class Segmenter:
         if self._open_start is None:
             return None
         return self._audio.view(self._open_start, self._audio.end)
+
+    def pending_close(self) -> SegmentClosed | None:
+        """The `SegmentClosed` that silence will produce if no voice comes back, once it is known.
+
+        Known once the post-speech pad has arrived and every window up to it was judged silent:
+        from then until the close (`min_silence_ms` after the last voiced window) the segment's end
+        and audio can no longer change unless a voiced window reopens the question (or a forced cut
+        at `max_segment_ms` comes first, which closes it elsewhere). None while speech goes on.
+        """
+        if self._open_start is None:
+            return None
+        end = self._last_voiced + self._post_pad
+        if self._n_windows * WINDOW_SAMPLES < end:
+            return None
+        return SegmentClosed(self._seq, self._open_start, end, self._audio.view(self._open_start, end), "silence")
 
     def push(self, audio: np.ndarray, speech_probs: np.ndarray) -> list[SegmentEvent]:
         """Add the next samples and the VAD probabilities of the windows they completed.

@@ -42,13 +42,14 @@ from asr_stream.inference.models import ModelError, load_prepared, model_family,
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
 from asr_stream.inference.profiles import ProfileError, load_profile
 from asr_stream.inference.tensorrt.engine import TensorRTEngine
-from asr_stream.inference.whisper.graphs import DECODER, DECODER_CPU
+from asr_stream.inference.whisper.graphs import DECODER, DECODER_CPU, ENCODER, ENCODER_CPU
 from asr_stream.inference.whisper.prompt import hotword_prompt
 from asr_stream.inference.whisper.runner import FULL_WINDOW_S, WhisperRunner, live_partial_windows, live_windows
 
 # The backends of the graph families: one Engine per exported graph.
 GRAPH_ENGINES: dict[str, Callable[[Path], Engine]] = {"onnxruntime": OnnxRuntimeEngine.load, "tensorrt": TensorRTEngine.load}
-# Which Whisper decoder graph each graph backend runs: the CPU's has an int8 vocabulary projection (whisper/cpu_decoder.py).
+# Which Whisper graphs each graph backend runs: the CPU's have int8 weights where that pays (whisper/cpu_graphs.py).
+ENCODER_GRAPHS = {"onnxruntime": ENCODER_CPU, "tensorrt": ENCODER}
 DECODER_GRAPHS = {"onnxruntime": DECODER_CPU, "tensorrt": DECODER}
 BACKENDS = (*GRAPH_ENGINES, "torch")
 _T = TypeVar("_T")
@@ -184,15 +185,13 @@ def load_model(
         )
     else:
         prepared = load_prepared(name, engines_dir)
-        decoder = DECODER_GRAPHS[backend]
+        graphs = {"encoder": ENCODER_GRAPHS[backend], "decoder": DECODER_GRAPHS[backend]}
         runner = WhisperRunner.from_prepared(
-            prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s, decoder=decoder
+            prepared, GRAPH_ENGINES[backend], windows_s, margin_s, partial_windows_s=partial_windows_s, **graphs
         )
         if live and partial_threads is not None and backend == "onnxruntime":
             load = partial(OnnxRuntimeEngine.load, threads=partial_threads)
-            partials = WhisperRunner.from_prepared(
-                prepared, load, windows_s, margin_s, partial_windows_s=partial_windows_s, decoder=decoder
-            )
+            partials = WhisperRunner.from_prepared(prepared, load, windows_s, margin_s, partial_windows_s=partial_windows_s, **graphs)
     return whisper_model(name, runner, language, timestamps, hotwords, partials)
 
 

@@ -12,6 +12,13 @@ partials.py: paced by time and by new speech, at most one in flight per channel,
 tokens forced as the decoder's prefix); when it closes, its final goes in at high priority.
 Finals are emitted strictly in segment order even if batches finish out of order.
 
+Early finals (`PartialPolicy.early_final`, on by default): a segment closes after `min_silence_ms` (600 ms) of silence, but its
+audio is settled as soon as the post-speech pad (300 ms) has arrived silent
+(`Segmenter.pending_close`). The final's request goes in then, so the model works during the rest
+of the closing silence instead of after it; if the caller speaks on, the request is cancelled (a
+queued one never runs) and the segment's final is asked again when it really closes. The final
+text is the same either way: the same audio, the same request.
+
 Latency is measured from the wall time at which the end of speech arrived (a final: the segment's
 end less its post-speech pad; a partial: the newest audio it covers) to the moment the event is
 emitted. It therefore includes the segmenter's wait for closing silence (`min_silence_ms`), then
@@ -23,7 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,6 +73,25 @@ class TranscriptionQueue(Protocol):
     """Where a channel sends audio to be transcribed: the daemon's `BatchScheduler`, shared by every channel."""
 
     async def submit(self, key: Hashable, payload: Utterance, priority: Priority) -> Heard: ...
+
+
+@dataclass
+class _EarlyFinal:
+    """The final requested during a segment's closing silence, for the close it expects."""
+
+    expected: SegmentClosed
+    answer: asyncio.Task[Heard]
+
+    def matches(self, closed: SegmentClosed) -> bool:
+        return (closed.seq, closed.start, closed.end) == (self.expected.seq, self.expected.start, self.expected.end)
+
+    def drop(self) -> None:
+        """Cancel it (a queued request never runs); an answer or failure already in is discarded."""
+        if self.answer.done():
+            if not self.answer.cancelled():
+                self.answer.exception()  # retrieved, so asyncio does not log it as lost
+        else:
+            self.answer.cancel()
 
 
 @dataclass
@@ -117,6 +143,7 @@ class ChannelTranscriber:
         self._script = script or ScriptConverter()
         self._hotwords = hotwords
         self._on_endpoint = on_endpoint
+        self._early: _EarlyFinal | None = None
         self._open: _OpenSegment | None = None
         self._partial_task: asyncio.Task[None] | None = None
         self._last_final: asyncio.Task[None] | None = None
@@ -136,6 +163,8 @@ class ChannelTranscriber:
 
     def _on_speech_probs(self, probs: np.ndarray) -> None:
         self._handle(self._segmenter.push(_NO_AUDIO, probs))
+        if self._partials.early_final:
+            self._request_early_final()
 
     async def finish(self) -> None:
         """The channel ended: close the open segment and wait until every final is out."""
@@ -154,6 +183,9 @@ class ChannelTranscriber:
         self._vad.close()
         if self._partial_task is not None:
             self._partial_task.cancel()
+        if self._early is not None:
+            self._early.drop()
+            self._early = None
 
     # -- segments ----------------------------------------------------------------------
     def _handle(self, events: list[SegmentEvent]) -> None:
@@ -165,7 +197,25 @@ class ChannelTranscriber:
                 if self._open is None or self._open.transcript.index != event.seq:
                     continue
                 transcript, self._open = self._open.transcript, None
-                self._last_final = asyncio.create_task(self._final(transcript, event, self._clock(), self._last_final))
+                early, self._early = self._early, None
+                if early is not None and early.matches(event):
+                    answer: Awaitable[Heard] = early.answer
+                else:
+                    if early is not None:
+                        early.drop()
+                    answer = self._request_final(transcript, event)
+                self._last_final = asyncio.create_task(self._final(transcript, event, answer, self._clock(), self._last_final))
+
+    def _request_early_final(self) -> None:
+        """Ask for the final of a segment in its closing silence, once its audio is settled; drop
+        that request when the caller speaks on (its expected close will not come)."""
+        closing = self._segmenter.pending_close()
+        if self._early is not None and (closing is None or not self._early.matches(closing)):
+            self._early.drop()
+            self._early = None
+        if closing is None or self._early is not None or self._open is None:
+            return
+        self._early = _EarlyFinal(closing, asyncio.create_task(self._request_final(self._open.transcript, closing)))
 
     def _maybe_partial(self) -> None:
         segment = self._open
@@ -198,16 +248,21 @@ class ChannelTranscriber:
         if event is not None:
             self._emit(event)
 
-    async def _final(
-        self, transcript: SegmentTranscript, closed: SegmentClosed, closed_at: float, previous: asyncio.Task[None] | None
-    ) -> None:
+    async def _request_final(self, transcript: SegmentTranscript, closed: SegmentClosed) -> Heard:
         prefix = transcript.committed if self._partials.final_prefix else ()
+        request = Utterance(np.array(closed.audio), self._hotwords, prefix=prefix)
+        return await self._scheduler.submit((self.labels.call_id, self.channel, closed.seq), request, Priority.FINAL)
+
+    async def _final(
+        self,
+        transcript: SegmentTranscript,
+        closed: SegmentClosed,
+        answer: Awaitable[Heard],
+        closed_at: float,
+        previous: asyncio.Task[None] | None,
+    ) -> None:
         try:
-            hypothesis = await self._scheduler.submit(
-                (self.labels.call_id, self.channel, closed.seq),
-                Utterance(np.array(closed.audio), self._hotwords, prefix=prefix),
-                Priority.FINAL,
-            )
+            hypothesis = await answer
             text, language = self._script.convert(hypothesis.text, hypothesis.language), hypothesis.language
         except Exception:
             log.exception("final transcription failed", extra={"call_id": self.labels.call_id})

@@ -1,4 +1,4 @@
-"""When an open segment gets a partial, and what the model may reuse for it (issue 13).
+"""When an open segment gets a partial, what the model may reuse for it, and when a final may start (issue 13).
 
 A partial used to re-transcribe the whole open segment every second whatever had happened; on a
 loaded CPU that cost as much as the finals and most partials were shed. The policy here makes a
@@ -15,6 +15,10 @@ partial's cost follow what is new:
 - `final_prefix`: the final forces them too, so it decodes only what no two partials agreed on.
   Off: a fifth less CPU per final and the same WER on the 39 single-utterance clips, but +0.015
   WER on whole calls (a forced digit run looped), docs/benchmarks.md.
+- `early_final`: a closing segment's final is requested once its audio is settled (the post-speech
+  pad arrived silent), i.e. during the rest of the closing silence instead of after it, and called
+  off if the caller speaks on (transcript/channel.py). Same audio, same text; measured in
+  docs/benchmarks.md.
 
 Defaults and the rejected alternatives are measured in docs/benchmarks.md ("Partials that scale").
 """
@@ -35,6 +39,7 @@ class PartialPolicy:
     min_new_speech_s: float = MIN_NEW_SPEECH_S
     reuse_prefix: bool = True
     final_prefix: bool = False
+    early_final: bool = True
 
     def __post_init__(self) -> None:
         if self.interval_s <= 0 or self.min_new_speech_s < 0:

@@ -27,6 +27,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from asr_stream.app.blas_threads import limit_blas_threads
 from asr_stream.app.logs import LogSettings
 from asr_stream.common.ipc import Link
 
@@ -56,6 +57,7 @@ def run_child(main: ChildMain, spec: object, control: socket.socket, name: str, 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, signal.SIG_IGN)
     logs.apply(process=name)
+    limit_blas_threads()
 
     async def linked() -> int:
         return await main(spec, await Link.adopt(control))

@@ -1,6 +1,6 @@
 """Export the PyTorch Whisper (`model.py`) to the ONNX graphs named in `graphs.py`.
 
-The only module, with `model.py` and `cpu_decoder.py`, that imports torch and onnx: serving never needs them.
+The only module, with `model.py` and `cpu_graphs.py`, that imports torch and onnx: serving never needs them.
 torch 2.13's exporter is dynamo-based; dynamic dims are declared with example sizes >= 2 because
 `torch.export` pins a dim whose example is 0 or 1.
 """
@@ -15,7 +15,7 @@ from torch.export import Dim
 
 from asr_stream.inference.onnx_export import export_graph
 from asr_stream.inference.whisper import graphs
-from asr_stream.inference.whisper.cpu_decoder import write_cpu_decoder
+from asr_stream.inference.whisper.cpu_graphs import write_cpu_decoder, write_cpu_encoder
 from asr_stream.inference.whisper.model import Whisper, cross_views
 
 ONNX_OPSET = 18
@@ -25,8 +25,9 @@ ONNX_OPSET = 18
 # exported by older code are not reused. 2: attention through F.scaled_dot_product_attention.
 # 3: no stack traces (absolute source paths) in node metadata, so graphs are byte-identical
 # whichever checkout exported them. 4: cross-attention K/V one tensor per layer, keys transposed
-# (graphs.py), and the CPU's decoder with an int8 vocabulary projection (cpu_decoder.py).
-EXPORT_VERSION = 4
+# (graphs.py), and the CPU's decoder with an int8 vocabulary projection (cpu_graphs.py). 5: the
+# CPU's encoder with int8 MatMuls.
+EXPORT_VERSION = 5
 
 
 class EncoderGraph(nn.Module):
@@ -100,5 +101,6 @@ def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
             dynamic_shapes=decoder_dynamic,
             opset_version=ONNX_OPSET,
         )
+    write_cpu_encoder(paths[graphs.ENCODER], paths[graphs.ENCODER_CPU])
     write_cpu_decoder(paths[graphs.DECODER], paths[graphs.DECODER_CPU])
     return paths

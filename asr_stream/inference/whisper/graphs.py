@@ -13,9 +13,11 @@ from __future__ import annotations
 
 ENCODER = "encoder"
 DECODER = "decoder"
-# The same decoder with its vocabulary projection in int8, for ONNX Runtime on the CPU (cpu_decoder.py).
+# The same graphs with int8 weights, for ONNX Runtime on the CPU (cpu_graphs.py): the encoder's
+# MatMuls, the decoder's vocabulary projection.
+ENCODER_CPU = "encoder_cpu"
 DECODER_CPU = "decoder_cpu"
-GRAPH_FILES = {ENCODER: "encoder.onnx", DECODER: "decoder.onnx", DECODER_CPU: "decoder.cpu.onnx"}
+GRAPH_FILES = {ENCODER: "encoder.onnx", DECODER: "decoder.onnx", ENCODER_CPU: "encoder.cpu.onnx", DECODER_CPU: "decoder.cpu.onnx"}
 
 # encoder: mel [B, n_mels, T] float32 -> per decoder layer i:
 #   cross_k_i [B, H, D, T/2] (keys transposed), cross_v_i [B, H, T/2, D], float32

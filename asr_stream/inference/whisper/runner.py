@@ -122,11 +122,13 @@ class WhisperRunner:
         margin_s: float = 0.0,
         *,
         partial_windows_s: Sequence[int] | None = None,
+        encoder: str = ENCODER,
         decoder: str = DECODER,
     ) -> WhisperRunner:
-        """Load the encoder and `decoder` (DECODER, or DECODER_CPU for ONNX Runtime) with `load_engine` (e.g. `OnnxRuntimeEngine.load`)."""
+        """Load the `encoder` and `decoder` graphs (the exports, or ENCODER_CPU and DECODER_CPU for ONNX
+        Runtime) with `load_engine` (e.g. `OnnxRuntimeEngine.load`)."""
         compute = EngineCompute(
-            load_engine(prepared.graph_path(ENCODER)), load_engine(prepared.graph_path(decoder)), prepared.dims.n_text_ctx
+            load_engine(prepared.graph_path(encoder)), load_engine(prepared.graph_path(decoder)), prepared.dims.n_text_ctx
         )
         return cls.for_spec(prepared, compute, windows_s, margin_s, partial_windows_s=partial_windows_s)
 
