@@ -149,6 +149,42 @@ async def test_a_full_arena_sheds_partials_at_once_and_makes_finals_wait(socket_
         small.destroy()
 
 
+async def test_a_request_its_caller_gave_up_is_withdrawn_from_the_other_process(socket_path, arena) -> None:
+    """Cancelled while queued behind a running batch: it never runs there, its region comes back free."""
+    release = threading.Event()
+    ran: list[str] = []
+
+    def held(batch: Sequence[Utterance]) -> list[LiveResult]:
+        release.wait(10)
+        ran.extend(fingerprint(u.audio) for u in batch)
+        return heard(batch)
+
+    scheduler = BatchScheduler(held, SchedulerSettings(max_batch=1, max_wait_s=0.0))
+    await scheduler.start()
+    server = InferenceServer(scheduler, socket_path)
+    await server.start()
+    client = InferenceClient(socket_path, arena, "worker-0")
+    await client.start()
+    try:
+        await client.wait_connected()
+        first = asyncio.create_task(client.submit(("c", "a", 0), Utterance(np.ones(1000, np.float32)), Priority.FINAL))
+        await asyncio.sleep(0.2)  # running, held
+        gave_up = asyncio.create_task(client.submit(("c", "a", 1), Utterance(np.full(2000, 2, np.float32)), Priority.FINAL))
+        await asyncio.sleep(0.2)  # queued in the other process
+        gave_up.cancel()
+        await asyncio.sleep(0.2)  # the cancel crosses the link
+        release.set()
+        assert (await first).text == "1000:1000.0000"
+        assert (await client.submit(("c", "a", 2), Utterance(np.full(500, 3, np.float32)), Priority.FINAL)).text == "500:1500.0000"
+    finally:
+        release.set()
+        await client.stop()
+        await server.stop()
+        await scheduler.stop()
+    assert ran == ["1000:1000.0000", "500:1500.0000"], "the withdrawn request never ran"
+    assert client._allocator.used == 0, "its region was freed with the server's answer"
+
+
 # -- a server process that dies ----------------------------------------------------------------
 
 

@@ -173,3 +173,25 @@ async def test_in_their_own_lane_partials_are_not_shed_for_slow_finals():
         assert await asyncio.gather(*finals) == ["F0", "F1", "F2", "F3"]
     finally:
         await scheduler.stop()
+
+
+async def test_a_request_whose_caller_stopped_waiting_never_runs():
+    """A cancelled submit leaves the queue unrun, and a later partial of the same key is served as usual."""
+    calls: list[list[str]] = []
+    scheduler = BatchScheduler(_recording_engine(calls, 0.2), SchedulerSettings(max_batch=1, max_wait_s=0.0))
+    await scheduler.start()
+    try:
+        running = asyncio.create_task(scheduler.submit("p0", "busy", Priority.PARTIAL))
+        running_final = asyncio.create_task(scheduler.submit("f0", "busy-final", Priority.FINAL))
+        await asyncio.sleep(0.05)  # both lanes are busy
+        withdrawn = asyncio.create_task(scheduler.submit("p1", "withdrawn", Priority.PARTIAL))
+        final = asyncio.create_task(scheduler.submit("f1", "called-off", Priority.FINAL))
+        await asyncio.sleep(0.01)
+        withdrawn.cancel()
+        final.cancel()
+        assert (await running, await running_final) == ("BUSY", "BUSY-FINAL")
+        assert await scheduler.submit("p1", "again", Priority.PARTIAL) == "AGAIN"
+    finally:
+        await scheduler.stop()
+    assert ["called-off"] not in calls and ["withdrawn"] not in calls
+    assert calls[-1] == ["again"]

@@ -210,6 +210,19 @@ async def test_final_latency_runs_from_the_arrival_of_the_end_of_speech() -> Non
     assert endpoints == [pytest.approx(0.25, abs=0.005)]
 
 
+async def test_the_partial_in_flight_is_withdrawn_when_its_segment_closes() -> None:
+    clock, emitted = ManualClock(), []
+    queue = ScriptedQueue(clock, hold={Priority.PARTIAL})
+    channel = transcriber(queue, ScriptedVad([(0.5, 2.5)]), clock, emitted)
+    await stream(channel, clock, 2.5)
+    (partial,) = [r for r in queue.requests if r.priority is Priority.PARTIAL]  # one in flight, held
+    assert not partial.answer.done()
+    await stream(channel, clock, 1.5)  # the segment closes at ~3.4 s
+    assert partial.answer.cancelled()  # a preview of a closed segment would be dropped: it is not computed
+    await channel.finish()
+    assert [type(e) for e in emitted] == [SegmentFinal]
+
+
 async def test_an_early_final_is_asked_in_the_closing_silence_and_ready_at_the_close() -> None:
     clock, emitted, endpoints = ManualClock(), [], []
     queue = ScriptedQueue(clock, hold={Priority.FINAL})

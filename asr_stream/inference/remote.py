@@ -17,6 +17,10 @@ Restarts: if the inference process dies, the client keeps its finals (their audi
 the arena), reconnects when a new process listens, and sends each again: a request is sent at most
 twice, so a segment that kills the process cannot do it forever. Partials in flight are answered
 `Shed`, as are partials submitted while no process is there.
+
+A caller that stops waiting (a partial of a segment that closed, an early final the caller's
+voice called off) cancels its request over the link: the server withdraws it from the scheduler,
+so a queued one never runs, and answers `Shed` so the client frees its region.
 """
 
 from __future__ import annotations
@@ -77,6 +81,13 @@ class Transcribe:
 
 
 @dataclass(frozen=True, slots=True)
+class Cancel:
+    """The caller of request `id` stopped waiting: withdraw it if it has not run yet."""
+
+    id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Heard:
     """The answer: a `LiveResult`'s fields."""
 
@@ -128,15 +139,18 @@ class InferenceServer:
         arena: SharedArena | None = None
         client = "?"
         requests: set[asyncio.Task[None]] = set()
+        submissions: dict[int, asyncio.Future[LiveResult]] = {}  # by request id, while in the scheduler
         try:
             async for message in link.receive():
                 if isinstance(message, Hello):
                     client, arena = message.client, SharedArena.attach(message.arena)
                     link.send(Welcome())
                 elif isinstance(message, Transcribe) and arena is not None:
-                    task = asyncio.create_task(self._answer(link, arena, client, message))
+                    task = asyncio.create_task(self._answer(link, arena, client, message, submissions))
                     requests.add(task)
                     task.add_done_callback(requests.discard)
+                elif isinstance(message, Cancel) and message.id in submissions:
+                    submissions[message.id].cancel()
         except FileNotFoundError:  # the client's owner removed its arena: the client is gone
             log.warning("inference client %s: its audio arena is gone", client)
         finally:
@@ -148,18 +162,29 @@ class InferenceServer:
                 arena.close()
             self._connections.discard(connection)
 
-    async def _answer(self, link: Link, arena: SharedArena, client: str, request: Transcribe) -> None:
+    async def _answer(
+        self, link: Link, arena: SharedArena, client: str, request: Transcribe, submissions: dict[int, asyncio.Future[LiveResult]]
+    ) -> None:
         # Copied out at once (a memcpy: about a thousandth of what the features cost): no view of the
         # arena outlives this line, so a client's arena can always be unmapped when it goes away.
         audio = arena.view(request.offset, request.count).copy()
         utterance = Utterance(audio, request.hotwords, partial=request.partial, prefix=request.prefix)
+        submission = submissions[request.id] = asyncio.ensure_future(
+            self._scheduler.submit((client, request.key), utterance, request.priority)
+        )
         try:
-            result = await self._scheduler.submit((client, request.key), utterance, request.priority)
+            result = await submission
             answer: Heard | NotHeard = Heard(request.id, result.text, result.language, tuple(result.tokens))
+        except asyncio.CancelledError:
+            if not submission.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                raise  # the connection is going away, not just this request
+            answer = NotHeard(request.id, shed=True)  # the client cancelled it: its region can be freed
         except Shed:
             answer = NotHeard(request.id, shed=True)
         except Exception as error:  # the engine failed or the scheduler stopped: the client learns why
             answer = NotHeard(request.id, shed=False, error=f"{type(error).__name__}: {error}")
+        finally:
+            submissions.pop(request.id, None)
         with contextlib.suppress(LinkClosed):
             link.send(answer)
 
@@ -246,8 +271,10 @@ class InferenceClient:
         self.stats.requests += 1
         if self._link is not None:
             self._send(self._link, pending)
-        # Not shielded: a cancelled caller cancels the future, but the region stays taken until
-        # the answer comes back, since the inference process may be reading it right now.
+        # Not shielded: a cancelled caller cancels the future and withdraws the request, but the
+        # region stays taken until the answer comes back, since the inference process may be
+        # reading it right now.
+        future.add_done_callback(lambda done: self._withdraw(pending) if done.cancelled() else None)
         return await future
 
     # -- connection ----------------------------------------------------------------------------
@@ -276,6 +303,9 @@ class InferenceClient:
     def _welcomed(self, link: Link) -> None:
         """The server is there: send what is pending (again, for what a dead predecessor had)."""
         for pending in sorted(self._pending.values(), key=lambda p: p.request.id):
+            if pending.future.cancelled():  # its caller stopped waiting while no process was there
+                self._settle(pending, Shed(pending.request.key))
+                continue
             if pending.sends:
                 self.stats.resent += 1
             self._send(link, pending)
@@ -298,6 +328,13 @@ class InferenceClient:
             else:
                 retry += 1
         log.warning("%s: inference process lost; %d finals will be sent again", self.name, retry)
+
+    def _withdraw(self, pending: _Pending) -> None:
+        """Its caller stopped waiting: tell the server, unless the answer is in or the request was never sent."""
+        if self._link is None or pending.request.id not in self._pending or not pending.sends:
+            return
+        with contextlib.suppress(LinkClosed):
+            self._link.send(Cancel(pending.request.id))
 
     def _send(self, link: Link, pending: _Pending) -> None:
         try:

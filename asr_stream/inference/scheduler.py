@@ -191,7 +191,7 @@ class BatchScheduler(Generic[P, R]):
                 self._shed(job)
                 return await job.future
             older = self._partial_by_key.pop(key, None)
-            if older is not None:
+            if older is not None:  # still queued: `_take_batch` unmaps what it takes or drops
                 self._queues[Priority.PARTIAL].remove(older)
                 self._shed(older)
             self._partial_by_key[key] = job
@@ -269,11 +269,14 @@ class BatchScheduler(Generic[P, R]):
             queue = self._queues[priority]
             keep = []
             for job in queue:
-                if len(batch) < self.max_batch and job.bucket == head.bucket and not job.future.done():
+                if job.future.done():  # its caller stopped waiting (cancelled): it never runs
+                    if self._partial_by_key.get(job.key) is job:
+                        del self._partial_by_key[job.key]
+                elif len(batch) < self.max_batch and job.bucket == head.bucket:
                     batch.append(job)
                     if priority is Priority.PARTIAL:
                         self._partial_by_key.pop(job.key, None)
-                elif not job.future.done():
+                else:
                     keep.append(job)
             queue[:] = keep
         return batch

