@@ -12,7 +12,9 @@ at run time). The encoder is compute-bound (hundreds of positions per window), w
 kernels speed up: on the AMD EPYC (AVX-512 VNNI) CI-class machine a 5 s window of tiny.en took
 67 -> 27 ms on one thread and a 10 s window 122 -> 66 ms; the corpus WER of the 39 shared English
 clips' finals did not move (docs/benchmarks.md, "Partials that scale"). CPUs without VNNI gain
-less (an earlier all-MatMul quantization of both graphs, on an Intel Xeon, was no faster).
+less (an earlier all-MatMul quantization of both graphs, on an Intel Xeon, was no faster). Every
+export writes it; the daemon serves it only for the models where it was measured
+(`inference.runners.INT8_ENCODER_MODELS`).
 
 TensorRT and PyTorch keep the fp32 exports (they run them in fp16 on a GPU). Export-time code
 (onnx, onnxruntime.quantization); serving only loads the written files.
