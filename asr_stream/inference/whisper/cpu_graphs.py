@@ -10,7 +10,7 @@ one token at a time, where quantizing the activations costs more than it saves.
 Encoder (`write_cpu_encoder`): every MatMul in int8 (per-channel weights, activations quantized
 at run time). The encoder is compute-bound (hundreds of positions per window), which is what int8
 kernels speed up: on the AMD EPYC (AVX-512 VNNI) CI-class machine a 5 s window of tiny.en took
-67 -> 27 ms on one thread and a 10 s window 122 -> 66 ms; the corpus WER of the 39 shared English
+59 -> 27 ms on one thread and a 10 s window 123 -> 60 ms (bench/encoder_windows.py); the corpus WER of the 39 shared English
 clips' finals did not move (docs/benchmarks.md, "Partials that scale"). CPUs without VNNI gain
 less (an earlier all-MatMul quantization of both graphs, on an Intel Xeon, was no faster). Every
 export writes it; the daemon serves it only for the models where it was measured
