@@ -4,8 +4,8 @@ numpy's OpenBLAS starts a thread per core and, after each matrix product (the lo
 of every request, for one), keeps those threads spinning for a while in wait for more work. The
 daemon's products are small, and its cores are already divided between the engines' threads (one
 ONNX Runtime session per lane, sized for the machine), so the spinning only steals the core that the
-other lane is computing on: on 2 cores a tiny.en partial cost 223 ms of CPU with numpy's default
-pool and 139 ms with one thread, for the same wall time (docs/benchmarks.md, "Partials that scale").
+other lane is computing on: on 2 cores a tiny.en partial cost 262-267 ms of CPU with numpy's
+default pool and 162 ms with one thread (bench/partials.py; docs/benchmarks.md, "Partials that scale").
 threadpoolctl caps the pool of whichever BLAS numpy loaded, at run time, so the order of imports
 does not matter the way an environment variable would.
 """

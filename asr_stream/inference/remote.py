@@ -176,7 +176,8 @@ class InferenceServer:
             result = await submission
             answer: Heard | NotHeard = Heard(request.id, result.text, result.language, tuple(result.tokens))
         except asyncio.CancelledError:
-            if not submission.cancelled() or asyncio.current_task().cancelling():  # type: ignore[union-attr]
+            answering = asyncio.current_task()
+            if not submission.cancelled() or (answering is not None and answering.cancelling()):
                 raise  # the connection is going away, not just this request
             answer = NotHeard(request.id, shed=True)  # the client cancelled it: its region can be freed
         except Shed:

@@ -12,12 +12,12 @@ partials.py: paced by time and by new speech, at most one in flight per channel,
 tokens forced as the decoder's prefix); when it closes, its final goes in at high priority.
 Finals are emitted strictly in segment order even if batches finish out of order.
 
-Early finals (`PartialPolicy.early_final`, on by default): a segment closes after `min_silence_ms` (600 ms) of silence, but its
-audio is settled as soon as the post-speech pad (300 ms) has arrived silent
-(`Segmenter.pending_close`). The final's request goes in then, so the model works during the rest
-of the closing silence instead of after it; if the caller speaks on, the request is cancelled (a
-queued one never runs) and the segment's final is asked again when it really closes. The final
-text is the same either way: the same audio, the same request.
+Early finals (`PartialPolicy.early_final`, on by default): a segment closes after `min_silence_ms`
+(600 ms) of silence, but its audio is settled as soon as the post-speech pad (300 ms) has arrived
+silent (`Segmenter.pending_close`). The final's request goes in then, so the model works during
+the rest of the closing silence instead of after it; if the caller speaks on, the request is
+cancelled (a queued one never runs) and the segment's final is asked again when it really closes.
+The final text is the same either way: the same audio, the same request.
 
 Latency is measured from the wall time at which the end of speech arrived (a final: the segment's
 end less its post-speech pad; a partial: the newest audio it covers) to the moment the event is

@@ -4,15 +4,17 @@ Decoder (`write_cpu_decoder`): at the batch sizes of live calls a decoder step i
 one MatMul, the projection of the last hidden state onto the vocabulary, whose fp32 weights
 ([n_text_state, n_vocab]: 80 MB for tiny.en, 106 MB for base) are read whole at every step: 43 %
 of a CPU step by ONNX Runtime's profiler. Stored in int8 (one scale per vocabulary entry) they are
-a quarter of that: a step takes a third less. Only this MatMul: the decoder's other MatMuls work on
-one token at a time, where quantizing the activations costs more than it saves.
+a quarter of that: a step takes a third less. Only this MatMul: quantizing every MatMul of both
+graphs was measured no faster and cost WER (docs/benchmarks.md); the decoder's other MatMuls work on
+one token at a time, where a step is bound by per-node overhead rather than arithmetic.
 
 Encoder (`write_cpu_encoder`): every MatMul in int8 (per-channel weights, activations quantized
 at run time). The encoder is compute-bound (hundreds of positions per window), which is what int8
 kernels speed up: on the AMD EPYC (AVX-512 VNNI) CI-class machine a 5 s window of tiny.en took
-59 -> 27 ms on one thread and a 10 s window 123 -> 60 ms (bench/encoder_windows.py); the corpus WER of the 39 shared English
-clips' finals did not move (docs/benchmarks.md, "Partials that scale"). CPUs without VNNI gain
-less (an earlier all-MatMul quantization of both graphs, on an Intel Xeon, was no faster). Every
+59 -> 27 ms on one thread and a 10 s window 123 -> 60 ms (bench/encoder_windows.py); the corpus
+WER of the 39 shared English clips' finals did not move (docs/benchmarks.md, "Partials that
+scale"). CPUs without VNNI may gain less (that earlier all-MatMul quantization ran on an Intel
+Xeon). Every
 export writes it; the daemon serves it only for the models where it was measured
 (`inference.runners.INT8_ENCODER_MODELS`).
 
