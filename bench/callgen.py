@@ -235,9 +235,9 @@ def children_cpu_s() -> float:
 # -- report --------------------------------------------------------------------------------------
 HEADER = (
     "| gen | N | answered / failed | finals got / expected (matched) | lost | latency_ms p50 / p95 / p99 | outside ms p50 / p95 / p99 "
-    "| outside - own ms | partials per segment | partial gap p50 / p95 s | WER or CER (per call p50 / max) | gen lateness p99 / max ms "
+    "| outside - own ms | delivery ms, finals p50 / p95 | partials per segment | partial gap p50 / p95 s | partial latency_ms p50 / p95 | WER or CER (per call p50 / max) | gen lateness p99 / max ms "
     "| gen CPU s (cores) | daemon CPU s (cores) | machine busy cores | wall s |\n"
-    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+    "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
 )
 
 
@@ -247,6 +247,7 @@ def _n(value: float | None, digits: int = 0) -> str:
 
 def row(f: StepFigures, label: str | None = None) -> str:
     lat, out, gap, err, late = f.latency_ms, f.outside_ms, f.partial_gap_s, f.error_rate_per_call, f.generator_lateness_ms
+    plat, fdel = f.partial_latency_ms, f.final_delivery_ms
     cpu = "-" if f.generator_cpu_s is None else f"{f.generator_cpu_s:.1f} ({f.generator_cores:.2f})"
     daemon = "-" if f.daemon_cpu_s is None else f"{f.daemon_cpu_s:.1f} ({f.daemon_cpu_s / f.wall_s:.2f})"
     busy = "-" if f.machine_busy_cores is None else f"{f.machine_busy_cores:.2f}"
@@ -254,7 +255,8 @@ def row(f: StepFigures, label: str | None = None) -> str:
     return (
         f"| {f.generator} | {label or f.calls} | {f.answered} / {failed} | {f.finals_received} / {f.finals_expected} ({f.utterances_matched}) "
         f"| {f.lost_calls} | {_n(lat['p50'])} / {_n(lat['p95'])} / {_n(lat['p99'])} | {_n(out['p50'])} / {_n(out['p95'])} / {_n(out['p99'])} "
-        f"| {'-' if f.outside_minus_own_ms is None else f'{f.outside_minus_own_ms:+.0f}'} | {_n(f.partials_per_segment, 2)} | {_n(gap['p50'], 2)} / {_n(gap['p95'], 2)} "
+        f"| {'-' if f.outside_minus_own_ms is None else f'{f.outside_minus_own_ms:+.0f}'} | {_n(fdel['p50'])} / {_n(fdel['p95'])} "
+        f"| {_n(f.partials_per_segment, 2)} | {_n(gap['p50'], 2)} / {_n(gap['p95'], 2)} | {_n(plat['p50'])} / {_n(plat['p95'])} "
         f"| {_n(f.error_rate, 3)} ({_n(err['p50'], 3)} / {_n(err['max'], 3)}) | {_n(late['p99'], 1)} / {_n(late['max'], 1)} | {cpu} | {daemon} | {busy} | {f.wall_s:.0f} |"
     )
 
@@ -283,6 +285,8 @@ def emit(figures: StepFigures, args: argparse.Namespace, label: str | None = Non
                 + " / ".join(f"{1000 * counters[f'endpoint_s_p{q}']:.0f}" for q in percentiles)
                 + " ms; a final's scheduler wait p50/p95/p99 "
                 + " / ".join(f"{1000 * counters.get(f'final_wait_s_p{q}', float('nan')):.0f}" for q in percentiles)
+                + " ms; a final's emitted -> Kafka ack p50/p95/p99 "
+                + " / ".join(f"{1000 * counters.get(f'final_delivery_s_p{q}', float('nan')):.0f}" for q in percentiles)
                 + " ms"
             )
     notes += figures.problems[:10]

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 import tempfile
@@ -46,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asr_stream.app.blas_threads import limit_blas_threads
+from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.scoring import churn, corpus_wer, normalize
 from asr_stream.inference.engine import Engine
@@ -207,13 +209,14 @@ class _MediaClock:
         return self.now
 
 
-async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPolicy) -> str:
+async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPolicy, segmenter: SegmenterConfig) -> str:
     clock, emitted = _MediaClock(), []
     channel = ChannelTranscriber(
         labels=Labels("bench", model.name, model.backend),
         channel="caller",
         scheduler=_AnswerAtOnce(model),
         emit=emitted.append,
+        segmenter_config=segmenter,
         partials=policy,
         clock=clock,
     )
@@ -225,7 +228,7 @@ async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPol
     return " ".join(event.text for event in emitted if isinstance(event, SegmentFinal))
 
 
-def whole_calls(model_name: str, n_calls: int, schemes: list[str]) -> None:
+def whole_calls(model_name: str, n_calls: int, schemes: list[str], offsets_ms: list[int], segmenter: SegmenterConfig) -> None:
     import load  # bench/load.py: the same calls as the live load test
 
     clips = load.english_clips(2.5, 10.0)
@@ -241,12 +244,26 @@ def whole_calls(model_name: str, n_calls: int, schemes: list[str]) -> None:
         f"{n_calls} calls: offline WER per utterance {corpus_wer(references, per_utterance):.4f}, per whole call {corpus_wer(references, whole):.4f}"
     )
     live = load_model(model_name, REPO / "engines", live=True)
-    print("| scheme | finals WER |\n|---|---:|")
+    print(f"segmenter: {segmenter}")
+    print(f"| scheme | {' | '.join(f'WER, call audio {ms} ms later' for ms in offsets_ms)} | mean |")
+    print(f"|---|{'---:|' * (len(offsets_ms) + 1)}")
     for name in schemes:
         scheme = SCHEMES[name]
-        policy = PartialPolicy(reuse_prefix=scheme.reuse_prefix, final_prefix=scheme.final_prefix)
-        hypotheses = [asyncio.run(_call_finals(live, audio, policy)) for audio in audios]
-        print(f"| {name} | {corpus_wer(references, hypotheses):.4f} |", flush=True)
+        # Partials change a final only through `final_prefix`: without it they are skipped (the finals are the same, sooner).
+        interval_s = INTERVAL_S if scheme.final_prefix else 1e9
+        policy = PartialPolicy(interval_s=interval_s, reuse_prefix=scheme.reuse_prefix, final_prefix=scheme.final_prefix)
+        rates = []
+        for ms in offsets_ms:
+            lead = np.zeros(ms * RATE // 1000, np.float32)
+            hypotheses = [asyncio.run(_call_finals(live, np.concatenate((lead, audio)), policy, segmenter)) for audio in audios]
+            rates.append(corpus_wer(references, hypotheses))
+        print(f"| {name} | {' | '.join(f'{rate:.4f}' for rate in rates)} | {np.mean(rates):.4f} |", flush=True)
+
+
+def segmenter_config(overrides: list[str]) -> SegmenterConfig:
+    """`KEY=VALUE` overrides (integers or floats) of the daemon's segmenter defaults."""
+    fields = {key: float(value) if "." in value else int(value) for key, _, value in (o.partition("=") for o in overrides)}
+    return dataclasses.replace(SegmenterConfig(), **fields)
 
 
 def main() -> None:
@@ -257,10 +274,20 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=0, help="only the first N English clips (0: all)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/asr-bench-int8"), help="where int8 graphs are written")
     parser.add_argument("--calls", type=int, default=0, help="whole calls through the channel path instead (see above)")
+    parser.add_argument(
+        "--offsets-ms",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="with --calls: start each call's audio this much later (VAD windows fall elsewhere)",
+    )
+    parser.add_argument(
+        "--segmenter", nargs="*", default=[], metavar="KEY=VALUE", help="with --calls: segmenter settings, e.g. min_silence_ms=800"
+    )
     args = parser.parse_args()
     limit_blas_threads()  # as the daemon does: numpy's spinning BLAS threads would be counted as the model's CPU
     if args.calls:
-        whole_calls(args.model, args.calls, args.schemes)
+        whole_calls(args.model, args.calls, args.schemes, args.offsets_ms, segmenter_config(args.segmenter))
         return
     rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
     rows = [row for row in rows if row["lang"] == "en"][: args.clips or None]

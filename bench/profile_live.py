@@ -10,6 +10,12 @@ seconds of a clip with the tokens an earlier, shorter partial chose forced as pr
 differ in length across rows).
 
     python bench/profile_live.py --model whisper-base --backend torch --batch 32 --repeats 5
+    python bench/profile_live.py --mix partials --batch 64 128 --torch-profile   # the partial lane's batches
+
+`--mix partials` is what the daemon's partial lane runs under load: partials only, all in the 5 s
+window (open segments of 1.5-4.5 s), each with the prefix its previous partial (1 s shorter) agreed
+on. `--torch-profile` adds the device's view (torch.profiler): the kernels' total time against the
+batch's wall time says how much of a batch the GPU is actually busy.
 """
 
 from __future__ import annotations
@@ -45,21 +51,40 @@ def live_mix(model, clips: list[np.ndarray], batch: int) -> list[Utterance]:
     return requests
 
 
+def partial_mix(model, clips: list[np.ndarray], batch: int, rng: np.random.Generator) -> list[Utterance]:
+    """The partial lane's batch: open segments of 1.5-4.5 s, each forcing what its partial 1 s earlier agreed on."""
+    requests = []
+    for k in range(batch):
+        audio = clips[k % len(clips)]
+        seconds = min(rng.uniform(1.5, 4.5), len(audio) / RATE)
+        early = model.live([Utterance(audio[: int((seconds - 1) * RATE)], partial=True)])[0]
+        prefix = early.tokens[: max(0, len(early.tokens) - 2)]
+        requests.append(Utterance(audio[: int(seconds * RATE)], partial=True, prefix=tuple(prefix)))
+    return requests
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-base")
     parser.add_argument("--backend", default="torch")
     parser.add_argument("--engines-dir", type=Path, default=Path("engines"))
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
-    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mix", choices=["live", "partials"], default="live", help="half finals, half partials; or the partial lane's")
+    parser.add_argument("--torch-profile", action="store_true", help="also the device's kernel time (torch.profiler)")
     args = parser.parse_args()
     manifest = [json.loads(line) for line in (args.speech / "manifest.jsonl").read_text().splitlines() if line.strip()]
     clips = [load_audio(args.speech / row["path_wav16k"])[0][0] for row in manifest if row["lang"] == "en"]
     model = load_model(args.model, args.engines_dir, "en", backend=args.backend, live=True)
-    requests = live_mix(model, clips, args.batch)
+    for batch in args.batch:
+        requests = live_mix(model, clips, batch) if args.mix == "live" else partial_mix(model, clips, batch, np.random.default_rng(batch))
+        profile_batch(model, requests, args)
+
+
+def profile_batch(model, requests: list[Utterance], args: argparse.Namespace) -> None:
     prefixes = sorted({len(request.prefix) for request in requests if request.partial})
-    print(f"{args.model} on {args.backend}: batch {len(requests)}, partial prefix lengths {prefixes}")
+    print(f"{args.model} on {args.backend}, {args.mix}: batch {len(requests)}, partial prefix lengths {prefixes}")
     sync = _device_sync(args.backend)
     model.live(requests)  # warm
     sync()
@@ -78,6 +103,23 @@ def main() -> None:
     out = io.StringIO()
     pstats.Stats(profile, stream=out).sort_stats("tottime").print_stats(25)
     print(out.getvalue())
+    if args.torch_profile:
+        device_profile(model, requests, sync)
+
+
+def device_profile(model, requests: list[Utterance], sync) -> None:
+    """Kernel time on the device vs the batch's wall time, and the kernels that take it."""
+    from torch.profiler import ProfilerActivity, profile
+
+    started = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as recorded:
+        model.live(requests)
+        sync()
+    wall = time.perf_counter() - started
+    events = recorded.key_averages()
+    device_s = sum(event.self_device_time_total for event in events) / 1e6
+    print(f"device kernels {device_s:.3f} s of {wall:.3f} s wall under the profiler ({device_s / wall:.0%} busy)")
+    print(events.table(sort_by="self_device_time_total", row_limit=15, max_name_column_width=60))
 
 
 def _device_sync(backend: str):

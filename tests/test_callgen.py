@@ -49,6 +49,9 @@ def test_two_calls_produce_every_final_with_a_sane_wer(tmp_path: Path, engines_d
     assert all(call["error_rate"] <= 0.5 for call in step["per_call"])
     assert step["latency_ms"]["n"] == step["finals_received"] and step["latency_ms"]["p50"] > 0
     assert step["outside_ms"]["n"] == 4 and step["outside_ms"]["p50"] > 0
+    # Emitted -> our consumer: the part of "outside" after the daemon's own latency (same machine, same clock).
+    assert step["final_delivery_ms"]["n"] == step["finals_received"] and 0 <= step["final_delivery_ms"]["p50"] < step["outside_ms"]["p50"]
+    assert step["partial_latency_ms"]["n"] == step["partial_delivery_ms"]["n"] > 0 and step["partial_latency_ms"]["p50"] > 0
     assert step["generator_lateness_ms"]["n"] > 100 and step["packets"] > 2 * 8 * 50, "two calls of two clips stream for > 8 s"
     assert step["packets_dropped"] == 0
     counters = step["daemon_counters"]  # the daemon's own histograms over the step

@@ -99,7 +99,8 @@ async def test_scheduler_batches_are_measured_and_its_queue_is_read_at_scrape_ti
 async def test_kafka_and_livefeed_counters_are_read_from_the_components(kafka_broker: LocalBroker, topic_name: str, tmp_path: Path) -> None:
     metrics = DaemonMetrics()
     hub = LiveFeedHub()
-    sink = KafkaSink(KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers, topic=topic_name, spool_dir=tmp_path / "spool"))
+    settings = KafkaSettings(bootstrap_servers=kafka_broker.bootstrap_servers, topic=topic_name, spool_dir=tmp_path / "spool")
+    sink = KafkaSink(settings, on_delivered=metrics.observe_delivered)
     metrics.watch_kafka(sink)
     metrics.watch_livefeed(hub)
     sink.start()
@@ -117,6 +118,11 @@ async def test_kafka_and_livefeed_counters_are_read_from_the_components(kafka_br
     finally:
         await sink.close(timeout_s=5)
     assert samples[("asr_kafka_delivered_total", ())] == len(events)
+    # Each acknowledged event's time from creation to the broker's ack, by kind (a real broker: > 0, < the wait above).
+    assert samples[("asr_kafka_delivery_seconds_count", (("event", "final"),))] == 1
+    assert samples[("asr_kafka_delivery_seconds_count", (("event", "call"),))] == 2
+    assert samples[("asr_kafka_delivery_seconds_count", (("event", "partial"),))] == 0
+    assert 0 < samples[("asr_kafka_delivery_seconds_sum", (("event", "final"),))] < 10
     assert samples[("asr_kafka_failed_total", ())] == 0
     assert samples[("asr_kafka_spool_records", ())] == 0
     assert samples[("asr_livefeed_subscribers", ())] == 1

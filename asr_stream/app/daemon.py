@@ -228,7 +228,7 @@ class Daemon:
         journal = OpenCallJournal(settings.spool_dir / JOURNAL_NAME)
         left_open = journal.open()
         stack.callback(journal.close)  # after the sink has stopped writing to it
-        self.kafka = KafkaSink(settings, ledger=journal)
+        self.kafka = KafkaSink(settings, ledger=journal, on_delivered=self.metrics.observe_delivered)
         self.kafka.start()
         stack.push_async_callback(lambda: self.kafka.close(timeout_s=self._remaining_s()))  # type: ignore[union-attr]
         self.metrics.watch_kafka(self.kafka)

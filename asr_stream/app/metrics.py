@@ -27,6 +27,7 @@ asr_scheduler_shed_partials_total
 asr_rtp_packets_total,                     read at scrape time from the open channels'
 asr_rtp_lost_packets_total,                `RtpReceiver.stats()`, plus the totals of closed
 asr_rtp_jitter_max_ms                      channels handed to `channel_closed`
+asr_kafka_delivery_seconds{event}          `observe_delivered`: the `KafkaSink`'s acknowledgements
 asr_kafka_delivered_total, ..._failed_,    read at scrape time from `KafkaSink`'s counters
 ..._spooled_, ..._dropped_total,
 asr_kafka_spool_records, ..._spool_bytes
@@ -75,6 +76,10 @@ ENDPOINT_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2
 PARTIAL_INTERVAL_BUCKETS = (0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 3.0, 5.0)
 INFERENCE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# From an event's creation (in whichever process) to the broker's acknowledgement: the IPC hop,
+# the sink's queue and Kafka's round trip, normally a few ms, seconds when something backs up.
+DELIVERY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_DELIVERY_KINDS = {SegmentFinal: "final", SegmentPartial: "partial"}
 
 
 class DaemonMetrics:
@@ -118,6 +123,15 @@ class DaemonMetrics:
             buckets=INFERENCE_BUCKETS,
             registry=r,
         )
+        self.kafka_delivery = Histogram(
+            "asr_kafka_delivery_seconds",
+            "From an event's emitted_at to the broker's acknowledgement, by event (final, partial, call)",
+            ["event"],
+            buckets=DELIVERY_BUCKETS,
+            registry=r,
+        )
+        for kind in ("final", "partial", "call"):
+            self.kafka_delivery.labels(kind)
         for priority in Priority:  # every labelled series exists from the start, at zero
             self.inference_seconds.labels(priority.name.lower())
             self.queue_wait.labels(priority.name.lower())
@@ -189,6 +203,17 @@ class DaemonMetrics:
             self._last_partial.pop(event.call_id, None)
         self.calls_active.set(len(self._channels_by_call))
         self.channels_active.set(sum(self._channels_by_call.values()))
+
+    def observe_delivered(self, events: Sequence[TranscriptEvent]) -> None:
+        """The `KafkaSink`'s `on_delivered` (its thread): how long acknowledged events took from their creation.
+
+        Wall clocks (`emitted_at` is stamped in the process that made the event); events replayed
+        from the spool after an outage are not observed, their time is the outage's.
+        """
+        now = time.time()
+        for event in events:
+            kind = _DELIVERY_KINDS.get(type(event), "call")
+            self.kafka_delivery.labels(kind).observe(max(0.0, now - event.emitted_at.timestamp()))
 
     def observe_queue_wait(self, priority: Priority, seconds: float) -> None:
         """The BatchScheduler's `on_wait`: where a final's time goes when batches themselves are quick."""

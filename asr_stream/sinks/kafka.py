@@ -145,10 +145,18 @@ class KafkaSink:
     """
 
     def __init__(
-        self, settings: KafkaSettings, queue_capacity: int = 10_000, replay_chunk: int = 500, ledger: DeliveryLedger | None = None
+        self,
+        settings: KafkaSettings,
+        queue_capacity: int = 10_000,
+        replay_chunk: int = 500,
+        ledger: DeliveryLedger | None = None,
+        on_delivered: Callable[[Sequence[TranscriptEvent]], None] | None = None,
     ) -> None:
+        """`on_delivered(events)`: told, on the sink's thread, of events the broker acknowledged at
+        their first send (not of those replayed from the spool)."""
         self.settings = settings
         self._ledger = ledger
+        self._on_delivered = on_delivered
         self.delivered = 0
         self.failed = 0
         self.spooled = 0
@@ -495,6 +503,8 @@ class KafkaSink:
     def _kept(self, items: list[_Outgoing]) -> None:
         if self._ledger is not None:
             self._tell_ledger(self._ledger.kept, items)
+        if self._on_delivered is not None and items:
+            self._on_delivered([item.event for item in items])
 
     def _tell_ledger(self, hook: Callable[[Sequence[TranscriptEvent]], None], items: list[_Outgoing]) -> None:
         """A ledger that cannot write (a full disk) must not stop delivery: its failure is logged."""

@@ -8,7 +8,10 @@ the delay from the answer to our first packet: the daemon's clock starts at the 
 Latency is measured two ways: the events' own `latency_ms` (daemon clock: end of speech leaving the
 jitter buffer -> publish), and from outside: the final's arrival at our consumer minus the wall
 time the packet carrying the utterance's last speech sample was sent. The outside view adds the
-network, the jitter buffer's playout delay, Kafka delivery and the consumer's fetch wait.
+network, the jitter buffer's playout delay, Kafka delivery and the consumer's fetch wait. Delivery
+(the arrival at our consumer minus the event's own `emitted_at`, both on this machine's clock when
+the generator runs beside the daemon) splits that difference: what happened after the daemon
+emitted the event (its path to Kafka, the broker, our consumer) versus before (ingest lag).
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ class StepFigures:
     setup_ms: dict  # INVITE -> 200 OK
     partials_per_segment: float | None
     partial_gap_s: dict  # between consecutive partials of a segment (emitted_at)
+    partial_latency_ms: dict  # the partials' own latency_ms: arrival of the newest audio they cover -> emission
+    final_delivery_ms: dict  # a final's arrival at our consumer - its emitted_at
+    partial_delivery_ms: dict
     error_rate: float | None  # corpus WER (CER for languages written without spaces)
     error_rate_per_call: dict
     error_metric: str
@@ -119,6 +125,8 @@ def step_figures(
         by_call.setdefault(arrival[1]["call_id"], []).append(arrival)
     answered = [c for c in calls if c.call_id is not None]
     latencies, outside, differences, gaps, per_call, problems = [], [], [], [], [], []
+    partial_latencies: list[float] = []
+    delivery: dict[str, list[float]] = {"segment.final": [], "segment.partial": []}
     references, hypotheses, call_error_rates = [], [], []
     finals_received = matched = lost = never_started = partials = segments = 0
     metric = corpus_wer if language == "en" else corpus_cer
@@ -133,9 +141,12 @@ def step_figures(
         finals_received += len(finals)
         latencies += [e["latency_ms"] for _, e in finals]
         stamps: dict[str, list[float]] = {}
-        for _, e in mine:
+        for arrived, e in mine:
+            if e["event"] in delivery:
+                delivery[e["event"]].append(1000 * (arrived - datetime.fromisoformat(e["emitted_at"]).timestamp()))
             if e["event"] == "segment.partial":
                 partials += 1
+                partial_latencies.append(e["latency_ms"])
                 stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
         segments += len(finals)
         gaps += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
@@ -179,6 +190,9 @@ def step_figures(
         setup_ms=spread(setup),
         partials_per_segment=partials / segments if segments else None,
         partial_gap_s=spread(gaps),
+        partial_latency_ms=spread(partial_latencies),
+        final_delivery_ms=spread(delivery["segment.final"]),
+        partial_delivery_ms=spread(delivery["segment.partial"]),
         error_rate=metric(references, hypotheses, language) if references else None,
         error_rate_per_call=spread(call_error_rates) | {"max": max(call_error_rates, default=None)},
         error_metric="WER" if language == "en" else "CER",

@@ -105,6 +105,7 @@ def check_order(events: list[Event]) -> list[str]:
 STEP_HISTOGRAMS: dict[str, tuple[str, dict[str, str]]] = {
     "endpoint_s": ("asr_final_endpoint_seconds", {}),  # the segmenter's close decision -> final
     "final_wait_s": ("asr_scheduler_wait_seconds", {"priority": "final"}),  # a final's wait in the scheduler's queue
+    "final_delivery_s": ("asr_kafka_delivery_seconds", {"event": "final"}),  # a final's emitted_at -> the broker's ack
 }
 STEP_QUANTILES = (0.5, 0.95, 0.99)
 
