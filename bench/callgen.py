@@ -96,7 +96,7 @@ def slim(event: Event) -> Event:
     """What the figures read of a partial (its text is the bulk of a long run's events)."""
     if event["event"] != "segment.partial":
         return event
-    return {key: event[key] for key in ("event", "call_id", "segment_id", "revision", "emitted_at")}
+    return {key: event[key] for key in ("event", "call_id", "segment_id", "revision", "emitted_at", "latency_ms")}
 
 
 # -- callgen steps -------------------------------------------------------------------------------

@@ -26,7 +26,10 @@ load.py's first N calls (3 utterances each, through the G.711 channel SIPp would
 20 ms frames to a `ChannelTranscriber` (real Silero VAD and segmenter) on a clock that moves with
 the audio, every request answered at once by the live model. It gives the finals' WER per scheme
 without the timing noise of a live run, next to the offline WER of the same audio (per utterance
-and per whole call, full window).
+and per whole call, full window). `--offsets-ms` starts every call's audio that much later: the VAD's
+32 ms windows then fall elsewhere on the speech, which moves segment edges by a window, the way two
+live runs of the same call differ. `--segmenter KEY=VALUE` changes the segmenter's settings;
+`--noise-db` puts white noise under each call, so pauses and pads are not digital silence.
 """
 
 from __future__ import annotations
@@ -228,20 +231,35 @@ async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPol
     return " ".join(event.text for event in emitted if isinstance(event, SegmentFinal))
 
 
-def whole_calls(model_name: str, n_calls: int, schemes: list[str], offsets_ms: list[int], segmenter: SegmenterConfig) -> None:
+def whole_calls(
+    model_name: str, n_calls: int, schemes: list[str], offsets_ms: list[int], segmenter: SegmenterConfig, noise_db: float | None
+) -> None:
     import load  # bench/load.py: the same calls as the live load test
 
     clips = load.english_clips(2.5, 10.0)
     with tempfile.TemporaryDirectory() as tmp:
         rng = np.random.default_rng(1)
         calls = [load.build_call(i, clips, 3, Path(tmp), rng) for i in range(n_calls)]
-        audios = [load.telephone(load_audio(call.wav)[0][0]) for call in calls]
+        audios = [load_audio(call.wav)[0][0] for call in calls]
+    noise = np.random.default_rng(7)
+
+    def heard(audio: np.ndarray, lead_ms: int = 0) -> np.ndarray:
+        """What the daemon hears: `lead_ms` of silence first, line noise under it all if asked, through G.711."""
+        audio = np.concatenate((np.zeros(lead_ms * RATE // 1000, np.float32), audio))
+        if noise_db is not None:  # line noise: pauses and pads are then not digital silence
+            audio = audio + (10 ** (noise_db / 20) * noise.standard_normal(len(audio))).astype(np.float32)
+        return load.telephone(audio)
+
     references = [" ".join(u.text for u in call.utterances) for call in calls]
     offline = load_model(model_name, REPO / "engines")
-    per_utterance = [" ".join(offline.transcribe_batch([load.telephone(u.audio)])[0].text for u in call.utterances) for call in calls]
-    whole = [offline.transcribe_batch([audio])[0].text for audio in audios]
+    per_offset = []  # the yardstick moves with the audio's start too: one utterance at a time, each shifted alike
+    for ms in offsets_ms:
+        texts = [" ".join(offline.transcribe_batch([heard(u.audio, ms)])[0].text for u in call.utterances) for call in calls]
+        per_offset.append(corpus_wer(references, texts))
+    whole = [offline.transcribe_batch([heard(audio)])[0].text for audio in audios]
     print(
-        f"{n_calls} calls: offline WER per utterance {corpus_wer(references, per_utterance):.4f}, per whole call {corpus_wer(references, whole):.4f}"
+        f"{n_calls} calls: offline WER per utterance {' / '.join(f'{rate:.4f}' for rate in per_offset)} (mean {np.mean(per_offset):.4f}), "
+        f"per whole call {corpus_wer(references, whole):.4f}"
     )
     live = load_model(model_name, REPO / "engines", live=True)
     print(f"segmenter: {segmenter}")
@@ -254,8 +272,7 @@ def whole_calls(model_name: str, n_calls: int, schemes: list[str], offsets_ms: l
         policy = PartialPolicy(interval_s=interval_s, reuse_prefix=scheme.reuse_prefix, final_prefix=scheme.final_prefix)
         rates = []
         for ms in offsets_ms:
-            lead = np.zeros(ms * RATE // 1000, np.float32)
-            hypotheses = [asyncio.run(_call_finals(live, np.concatenate((lead, audio)), policy, segmenter)) for audio in audios]
+            hypotheses = [asyncio.run(_call_finals(live, heard(audio, ms), policy, segmenter)) for audio in audios]
             rates.append(corpus_wer(references, hypotheses))
         print(f"| {name} | {' | '.join(f'{rate:.4f}' for rate in rates)} | {np.mean(rates):.4f} |", flush=True)
 
@@ -287,7 +304,7 @@ def main() -> None:
     args = parser.parse_args()
     limit_blas_threads()  # as the daemon does: numpy's spinning BLAS threads would be counted as the model's CPU
     if args.calls:
-        whole_calls(args.model, args.calls, args.schemes, args.offsets_ms, segmenter_config(args.segmenter))
+        whole_calls(args.model, args.calls, args.schemes, args.offsets_ms, segmenter_config(args.segmenter), args.noise_db)
         return
     rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
     rows = [row for row in rows if row["lang"] == "en"][: args.clips or None]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import threading
 import time
 
 import pytest
@@ -195,3 +197,23 @@ async def test_a_request_whose_caller_stopped_waiting_never_runs():
         await scheduler.stop()
     assert ["called-off"] not in calls and ["withdrawn"] not in calls
     assert calls[-1] == ["again"]
+
+
+@pytest.mark.parametrize("nice", [0, 5])
+async def test_partial_threads_run_as_nice_as_configured_and_finals_never_nicer(nice: int):
+    """`partial_nice` (0 by default since early finals, docs/benchmarks.md) lowers only the partial lane's threads."""
+    priorities: dict[str, int] = {}
+
+    def run(batch):
+        priorities[batch[0]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        return list(batch)
+
+    scheduler = BatchScheduler(run, SchedulerSettings(partial_nice=nice))
+    await scheduler.start()
+    try:
+        await asyncio.gather(scheduler.submit("p", "partial", Priority.PARTIAL), scheduler.submit("f", "final", Priority.FINAL))
+    finally:
+        await scheduler.stop()
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    assert priorities == {"partial": min(19, base + nice), "final": base}
+    assert SchedulerSettings().partial_nice == 0
