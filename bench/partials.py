@@ -301,6 +301,7 @@ def main() -> None:
     parser.add_argument(
         "--segmenter", nargs="*", default=[], metavar="KEY=VALUE", help="with --calls: segmenter settings, e.g. min_silence_ms=800"
     )
+    parser.add_argument("--noise-db", type=float, help="with --calls: white noise this many dB below full scale under each call")
     args = parser.parse_args()
     limit_blas_threads()  # as the daemon does: numpy's spinning BLAS threads would be counted as the model's CPU
     if args.calls:
