@@ -63,7 +63,7 @@ class StepFigures:
     partial_gap_s: dict  # between consecutive partials of a segment (emitted_at)
     partial_latency_ms: dict  # the partials' own latency_ms: arrival of the newest audio they cover -> emission
     final_delivery_ms: dict  # a final's arrival at our consumer - its emitted_at
-    partial_delivery_ms: dict
+    partial_delivery_ms: dict  # the same for partials
     error_rate: float | None  # corpus WER (CER for languages written without spaces)
     error_rate_per_call: dict
     error_metric: str
