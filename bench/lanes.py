@@ -7,7 +7,8 @@ Why: through the whole daemon at 2,000 calls (docs/benchmarks.md, "GPU: the part
 from inside") the partial lane's batches took three times as long as the same batches alone while
 the GPU was ~11 % busy, and py-spy found the lanes' threads at syncs and launches. If the two lanes
 slow each other down in one process but not in two, the cause is the shared interpreter (the GIL
-and the host work it serialises), and a process per lane is the lever.
+and the host work it serialises), and a process per lane is the lever. Measured on the H200: they
+slow each other as much in two processes, so it is not (docs/benchmarks.md).
 
 Each lane runs back-to-back batches for `--seconds` and counts rows: the final lane batches of
 `--final-batch` finals (whole clips of at most 10 s), the partial lane `--partial-batch` partials
