@@ -80,14 +80,15 @@ def run_for(runner: WhisperRunner, requests: list[Utterance], seconds: float, st
 
 def in_one_process(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[str, float]:
     final, partial = runners(args.model, two_lanes=len(kinds) == 2)
-    lanes = dict(zip(kinds, (final, partial) if len(kinds) == 2 else (final,), strict=True))
+    # One kind: the single compute (zip stops at `kinds`); two: the final and the partial lane.
+    lanes = {kind: runner for kind, runner in zip(kinds, (final, partial)) if runner is not None}
     clips = clips_of(args.speech)
-    work = {kind: batches(runner, kind, clips, args) for kind, runner in lanes.items() if runner is not None}
+    work = {kind: batches(runner, kind, clips, args) for kind, runner in lanes.items()}
     barrier = threading.Barrier(len(work))
     rates: dict[str, float] = {}
 
     def lane(kind: str) -> None:
-        rates[kind] = run_for(lanes[kind], work[kind], args.seconds, barrier.wait)  # type: ignore[arg-type]
+        rates[kind] = run_for(lanes[kind], work[kind], args.seconds, barrier.wait)
 
     threads = [threading.Thread(target=lane, args=(kind,)) for kind in work]
     for thread in threads:

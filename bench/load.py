@@ -59,6 +59,7 @@ import resource
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -263,7 +264,8 @@ class StepResult:
     partial_latency_p95_ms: float
     first_partial_p50_s: float
     first_partial_p95_s: float
-    long_without_partial: str  # segments > 3 s that got no partial / segments > 3 s
+    long_without_partial: int  # segments > 3 s that got no partial
+    long_segments: int  # segments > 3 s
     churn: float
     stable_churn: float
     cpu_per_call_s: float
@@ -280,6 +282,20 @@ class StepResult:
     problems: list[str]
     texts: list[tuple[str, str]]  # per call: references joined, finals joined
     events: list[tuple[float, dict]]  # every event of the step's calls, with its arrival time (epoch s)
+
+
+def partial_stamps(events: Iterable[dict]) -> dict[str, list[float]]:
+    """Per segment, the emission times (epoch s) of its partials, in order."""
+    stamps: dict[str, list[float]] = {}
+    for e in events:
+        if e["event"] == "segment.partial":
+            stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
+    return stamps
+
+
+def gaps_between(stamps: dict[str, list[float]]) -> list[float]:
+    """The gaps between consecutive partials of each segment."""
+    return [b - a for times in stamps.values() for a, b in itertools.pairwise(times)]
 
 
 def analyse(
@@ -307,15 +323,14 @@ def analyse(
         latencies += [e["latency_ms"] for _, e in finals]
         hypotheses.append(" ".join(e["text"] for _, e in finals))
         references.append(" ".join(u.text for u in call.audio.utterances))
-        stamps: dict[str, list[float]] = {}
         shown: dict[str, list[dict]] = {}
         for _, e in mine:
             if e["event"] == "segment.partial":
                 partials += 1
                 partial_latencies.append(e["latency_ms"])
-                stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
                 shown.setdefault(e["segment_id"], []).append(e)
-        cadence += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
+        stamps = partial_stamps(e for _, e in mine)
+        cadence += gaps_between(stamps)
         for _, e in finals:
             seen = shown.get(e["segment_id"], [])
             if e["end_ms"] - e["start_ms"] > 3000:
@@ -356,7 +371,8 @@ def analyse(
         partial_latency_p95_ms=pct(partial_latencies, 95),
         first_partial_p50_s=pct(first_partial, 50),
         first_partial_p95_s=pct(first_partial, 95),
-        long_without_partial=f"{long_without}/{long_segments}",
+        long_without_partial=long_without,
+        long_segments=long_segments,
         churn=churned[0] / max(churned[1], 1),
         stable_churn=churned[2] / max(churned[3], 1),
         cpu_per_call_s=cpu_s / sum(c.audio.duration_s for c in placed),
@@ -450,7 +466,7 @@ def row(r: StepResult) -> str:
     return (
         f"| {r.calls} | {r.finals} | {r.p50_ms:.0f} / {r.p95_ms:.0f} / {r.p99_ms:.0f} | {r.outside_p50_ms:.0f} / {r.outside_p95_ms:.0f} ({r.outside_pairs}) | {r.outside_minus_own_ms:+.0f} "
         f"| {r.partials} | {r.cadence_p50_s:.2f} / {r.cadence_p95_s:.2f} | {r.partial_latency_p50_ms:.0f} / {r.partial_latency_p95_ms:.0f} | {r.first_partial_p50_s:.2f} / {r.first_partial_p95_s:.2f} "
-        f"| {r.long_without_partial} | {r.churn:.3f} / {r.stable_churn:.3f} "
+        f"| {r.long_without_partial}/{r.long_segments} | {r.churn:.3f} / {r.stable_churn:.3f} "
         f"| {r.cpu_per_call_s:.3f} | {r.cores_used:.2f} | {r.rss_per_call_mib:.1f} "
         f"| {r.batch_mean:.2f} / {r.batch_max} | {r.batch_s:.2f} | {r.shed_partials} | {r.saturated_share:.0%} | {r.wer:.3f} | {r.load} |"
     )
@@ -467,12 +483,9 @@ def pooled_row(results: list[StepResult]) -> str:
     events = [e for r in results for _, e in r.events]
     finals = [e["latency_ms"] for e in events if e["event"] == "segment.final"]
     partials = [e for e in events if e["event"] == "segment.partial"]
-    stamps: dict[str, list[float]] = {}
-    for e in partials:
-        stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
-    gaps = [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
+    gaps = gaps_between(partial_stamps(partials))
     latencies = [e["latency_ms"] for e in partials]
-    without, long_segments = (sum(int(r.long_without_partial.split("/")[k]) for r in results) for k in (0, 1))
+    without, long_segments = sum(r.long_without_partial for r in results), sum(r.long_segments for r in results)
     references, hypotheses = zip(*(pair for r in results for pair in r.texts), strict=True)
     return (
         f"| {len(results)} | {len(finals)} | {pct(finals, 50):.0f} / {pct(finals, 95):.0f} / {pct(finals, 99):.0f} | {len(partials)} "

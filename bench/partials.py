@@ -305,7 +305,11 @@ def main() -> None:
     args = parser.parse_args()
     limit_blas_threads()  # as the daemon does: numpy's spinning BLAS threads would be counted as the model's CPU
     if args.calls:
-        whole_calls(args.model, args.calls, args.schemes, args.offsets_ms, segmenter_config(args.segmenter), args.noise_db)
+        try:
+            segmenter = segmenter_config(args.segmenter)
+        except (TypeError, ValueError) as error:  # an unknown key, a value that is no number, or settings it refuses
+            parser.error(f"--segmenter {' '.join(args.segmenter)}: {error}")
+        whole_calls(args.model, args.calls, args.schemes, args.offsets_ms, segmenter, args.noise_db)
         return
     rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines()]
     rows = [row for row in rows if row["lang"] == "en"][: args.clips or None]
