@@ -50,7 +50,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
 import json
 import logging
 import os
@@ -59,7 +58,6 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -74,6 +72,7 @@ from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.audio.vad import Vad
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.loadgen.call_audio import trim_silence
+from asr_stream.devtools.loadgen.figures import gaps_between, partial_stamps
 from asr_stream.devtools.loadgen.host import load_average, machine
 from asr_stream.devtools.loadgen.recorder import TopicRecorder, check_order
 from asr_stream.devtools.local_broker import LocalBroker, free_tcp_port
@@ -282,20 +281,6 @@ class StepResult:
     problems: list[str]
     texts: list[tuple[str, str]]  # per call: references joined, finals joined
     events: list[tuple[float, dict]]  # every event of the step's calls, with its arrival time (epoch s)
-
-
-def partial_stamps(events: Iterable[dict]) -> dict[str, list[float]]:
-    """Per segment, the emission times (epoch s) of its partials, in order."""
-    stamps: dict[str, list[float]] = {}
-    for e in events:
-        if e["event"] == "segment.partial":
-            stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
-    return stamps
-
-
-def gaps_between(stamps: dict[str, list[float]]) -> list[float]:
-    """The gaps between consecutive partials of each segment."""
-    return [b - a for times in stamps.values() for a, b in itertools.pairwise(times)]
 
 
 def analyse(

@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 
 import numpy as np
 
 from asr_stream.audio.segmenter import SegmenterConfig
-from asr_stream.devtools.loadgen.recorder import Arrival, check_order
+from asr_stream.devtools.loadgen.recorder import Arrival, Event, check_order
 from asr_stream.devtools.loadgen.worker import CallRecord, WorkerReport
 from asr_stream.devtools.scoring import corpus_cer, corpus_wer
 
@@ -86,6 +86,20 @@ class StepFigures:
         return asdict(self)
 
 
+def partial_stamps(events: Iterable[Event]) -> dict[str, list[float]]:
+    """Per segment, the emission times (epoch s) of its partials, in order."""
+    stamps: dict[str, list[float]] = {}
+    for e in events:
+        if e["event"] == "segment.partial":
+            stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
+    return stamps
+
+
+def gaps_between(stamps: dict[str, list[float]]) -> list[float]:
+    """The gaps (s) between consecutive partials of each segment: what an agent waits for new text."""
+    return [b - a for times in stamps.values() for a, b in itertools.pairwise(times)]
+
+
 def _failure(call: CallRecord) -> str:
     return call.failure + (f" (Retry-After {call.retry_after_s})" if call.retry_after_s is not None else "")  # type: ignore[operator]
 
@@ -140,16 +154,14 @@ def step_figures(
         finals = [a for a in mine if a[1]["event"] == "segment.final"]
         finals_received += len(finals)
         latencies += [e["latency_ms"] for _, e in finals]
-        stamps: dict[str, list[float]] = {}
         for arrived, e in mine:
             if e["event"] in delivery:
                 delivery[e["event"]].append(1000 * (arrived - datetime.fromisoformat(e["emitted_at"]).timestamp()))
             if e["event"] == "segment.partial":
                 partials += 1
                 partial_latencies.append(e["latency_ms"])
-                stamps.setdefault(e["segment_id"], []).append(datetime.fromisoformat(e["emitted_at"]).timestamp())
         segments += len(finals)
-        gaps += [b - a for ts in stamps.values() for a, b in itertools.pairwise(ts)]
+        gaps += gaps_between(partial_stamps(e for _, e in mine))
         pairs = _match(call, finals)
         matched += len(pairs)
         for utterance, (arrived, final) in pairs:
