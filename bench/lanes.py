@@ -56,9 +56,9 @@ def clips_of(speech: Path) -> list[np.ndarray]:
     return [load_audio(speech / row["path_wav16k"])[0][0] for row in manifest if row["lang"] == "en" and row["duration_s"] <= 10]
 
 
-def runners(model: str, two_lanes: bool) -> tuple[WhisperRunner, WhisperRunner | None]:
-    windows_s, margin_s = live_windows(model)
-    return torch_live_runners(model, "profiles", windows_s, margin_s, live_partial_windows(model), partial_lane=two_lanes)
+def runners(args: argparse.Namespace, two_lanes: bool) -> tuple[WhisperRunner, WhisperRunner | None]:
+    windows_s, margin_s = live_windows(args.model)
+    return torch_live_runners(args.model, args.profiles_dir, windows_s, margin_s, live_partial_windows(args.model), partial_lane=two_lanes)
 
 
 def batches(runner: WhisperRunner, kind: str, clips: list[np.ndarray], args: argparse.Namespace) -> list[Utterance]:
@@ -79,7 +79,7 @@ def run_for(runner: WhisperRunner, requests: list[Utterance], seconds: float, st
 
 
 def in_one_process(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[str, float]:
-    final, partial = runners(args.model, two_lanes=len(kinds) == 2)
+    final, partial = runners(args, two_lanes=len(kinds) == 2)
     # One kind: the single compute (zip stops at `kinds`); two: the final and the partial lane.
     lanes = {kind: runner for kind, runner in zip(kinds, (final, partial)) if runner is not None}
     clips = clips_of(args.speech)
@@ -99,7 +99,7 @@ def in_one_process(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[str
 
 
 def _lane_process(args: argparse.Namespace, kind: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
-    runner, _ = runners(args.model, two_lanes=False)
+    runner, _ = runners(args, two_lanes=False)
     requests = batches(runner, kind, clips_of(args.speech), args)
     results[kind] = run_for(runner, requests, args.seconds, barrier.wait)
 
@@ -116,6 +116,14 @@ def in_two_processes(args: argparse.Namespace) -> dict[str, float]:
         return dict(results)
 
 
+SETTINGS: dict[str, tuple[str, Callable[[argparse.Namespace], dict[str, float]]]] = {
+    "final": ("final lane alone", lambda args: in_one_process(args, ("final",))),
+    "partial": ("partial lane alone", lambda args: in_one_process(args, ("partial",))),
+    "threads": ("both, threads of one process", lambda args: in_one_process(args, ("final", "partial"))),
+    "processes": ("both, a process each", in_two_processes),
+}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="whisper-base")
@@ -123,15 +131,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--final-batch", type=int, default=24)
     parser.add_argument("--partial-batch", type=int, default=77)
+    parser.add_argument("--profiles-dir", type=Path, default=Path("profiles"), help="where <model>.yaml gives the batch buckets")
+    parser.add_argument("--settings", nargs="+", choices=SETTINGS, default=list(SETTINGS))
     args = parser.parse_args()
     print(f"{args.model}: final batches of {args.final_batch}, partial batches of {args.partial_batch}, {args.seconds:g} s each setting")
     print("| setting | final rows/s | partial rows/s |\n|---|---:|---:|")
-    for name, rates in (
-        ("final lane alone", in_one_process(args, ("final",))),
-        ("partial lane alone", in_one_process(args, ("partial",))),
-        ("both, threads of one process", in_one_process(args, ("final", "partial"))),
-        ("both, a process each", in_two_processes(args)),
-    ):
+    for setting in args.settings:
+        name, measure = SETTINGS[setting]
+        rates = measure(args)
         print(f"| {name} | {rates.get('final', float('nan')):.0f} | {rates.get('partial', float('nan')):.0f} |", flush=True)
 
 

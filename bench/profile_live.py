@@ -72,11 +72,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mix", choices=["live", "partials"], default="live", help="half finals, half partials; or the partial lane's")
+    parser.add_argument("--profiles-dir", type=Path, default=Path("profiles"), help="where <model>.yaml gives the torch backend's batch buckets")
     parser.add_argument("--torch-profile", action="store_true", help="also the device's kernel time (torch.profiler)")
     args = parser.parse_args()
     manifest = [json.loads(line) for line in (args.speech / "manifest.jsonl").read_text().splitlines() if line.strip()]
     clips = [load_audio(args.speech / row["path_wav16k"])[0][0] for row in manifest if row["lang"] == "en"]
-    model = load_model(args.model, args.engines_dir, "en", backend=args.backend, live=True)
+    model = load_model(args.model, args.engines_dir, "en", backend=args.backend, live=True, profiles_dir=args.profiles_dir)
     for batch in args.batch:
         requests = live_mix(model, clips, batch) if args.mix == "live" else partial_mix(model, clips, batch, np.random.default_rng(batch))
         profile_batch(model, requests, args)

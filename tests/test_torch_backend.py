@@ -115,6 +115,24 @@ def test_sampling_draws_the_same_tokens_as_onnxruntime(cpu_fp32, onnxruntime, au
     assert samples[0] != greedy  # at temperature 1.0 sampling does differ from greedy
 
 
+def assert_ragged_prefixes_like_onnxruntime(runner: WhisperRunner, onnxruntime: WhisperRunner, clips: list[dict], audio_by_id) -> None:
+    """One batch of partials whose forced prefixes differ in length (ONNX Runtime decodes each prefix
+    length apart) gives each row the tokens it gets alone on ONNX Runtime."""
+    requests = []
+    for k, row in enumerate(clips):
+        audio = audio_by_id[row["id"]][: 4 * 16_000]
+        free = onnxruntime.transcribe_live([Utterance(audio, partial=True)], language="en")[0]
+        requests.append(Utterance(audio, partial=True, prefix=free.tokens[: max(0, len(free.tokens) - 1 - k % 4)]))
+    assert len({len(request.prefix) for request in requests}) >= 4
+    expected = [onnxruntime.transcribe_live([request], language="en")[0].tokens for request in requests]
+    assert [result.tokens for result in runner.transcribe_live(requests, language="en")] == expected
+
+
+def test_cpu_fp32_prefills_ragged_prefixes_like_onnxruntime(cpu_fp32, onnxruntime, english_clips, audio_by_id):
+    """The device stepper's ragged prefill and per-row offsets, on the CPU code path: 8 partials in one bucket."""
+    assert_ragged_prefixes_like_onnxruntime(cpu_fp32, onnxruntime, english_clips[:8], audio_by_id)
+
+
 def test_loop_guard_fallback_runs_the_same_passes(cpu_fp32, onnxruntime):
     """Silence decodes to almost nothing (the guard fires): every temperature is tried, on both backends alike."""
     silence = onnxruntime.features([np.zeros(6 * 16000, np.float32)])
@@ -237,16 +255,9 @@ def test_gpu_fp32_with_cuda_graphs_is_token_identical_to_onnxruntime(onnxruntime
 @pytest.mark.gpu
 @needs_cuda
 def test_gpu_fp32_graphs_force_ragged_prefixes_like_onnxruntime(onnxruntime, english_clips, audio_by_id):
-    """Partials with prefixes of different lengths in one batch: forced inside the step graph, token for token."""
-    runner = torch_runner("cuda", torch.float32, (1, 4, 16))
-    requests = []
-    for k, row in enumerate(english_clips[:16]):
-        audio = audio_by_id[row["id"]][: 4 * 16_000]
-        free = onnxruntime.transcribe_live([Utterance(audio, partial=True)], language="en")[0]
-        requests.append(Utterance(audio, partial=True, prefix=free.tokens[: max(0, len(free.tokens) - 1 - k % 4)]))
-    assert len({len(request.prefix) for request in requests}) >= 4
-    expected = [onnxruntime.transcribe_live([request], language="en")[0].tokens for request in requests]
-    assert [result.tokens for result in runner.transcribe_live(requests, language="en")] == expected
+    """Partials with prefixes of different lengths in one batch, prefilled together and stepped at
+    their own offsets inside the step graph: token for token."""
+    assert_ragged_prefixes_like_onnxruntime(torch_runner("cuda", torch.float32, (1, 4, 16)), onnxruntime, english_clips[:16], audio_by_id)
 
 
 @pytest.mark.gpu

@@ -69,6 +69,8 @@ DONE_CHECK_INTERVAL = 8
 # Self-attention capacities a step may attend over (ONNX Runtime's session grows its cache through the same sizes).
 CACHE_TIERS = (64, 128, 256)
 _KV_BATCH, _KV_POSITION = 2, 4
+# An output column no token has been written to yet (token ids are >= 0).
+UNWRITTEN = -1
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -147,12 +149,10 @@ class _Bucket:
     cross_kv: Tensor  # [L, 2, B, H, positions, D]
     self_kv: Tensor  # [L, 2, B, H, n_text_ctx, D]
     tokens: Tensor  # [B, 1] the token each row feeds next
-    offset: Tensor  # [B] its position (equal across rows: every row advances together)
-    step: Tensor  # [1] the output column the next token goes to
-    output: Tensor  # [B, n_text_ctx] chosen tokens
-    uniforms: Tensor  # [n_text_ctx, B] float64 draws of a sampling pass
-    forced: Tensor  # [B, n_text_ctx] tokens forced at each output column while column < forced_lengths
-    forced_lengths: Tensor  # [B] (0: nothing forced)
+    offset: Tensor  # [B] its position, and the cache slot its K/V go to (rows with longer forced prefixes are ahead)
+    column: Tensor  # [B] the output column each row's next chosen token goes to
+    output: Tensor  # [B, n_text_ctx] forced and chosen tokens; UNWRITTEN in columns not reached yet
+    uniforms: Tensor  # [n_text_ctx, B] float64 draws of a sampling pass, by output column
     graphs: dict[tuple[bool, int], torch.cuda.CUDAGraph] = field(default_factory=dict)  # (sampling?, tier) -> one step
 
     @property
@@ -181,15 +181,25 @@ class DeviceLogMel:
         self.filters = torch.from_numpy(mel_filters(n_mels)).to(device)
 
     def __call__(self, windows: Sequence[np.ndarray], n_samples: int) -> Tensor:
-        # Only the audio crosses to the device, in one copy; the padding is made there (padding on
-        # the host first cost 13 ms of a 90 ms batch of 32 windows, measured on the H200).
+        # Only the audio crosses to the device, in one copy from page-locked memory (a pageable copy
+        # of a batch of 512 partials took 15 ms of its 0.25 s, H200); the padding is made there, in
+        # one scatter (padding on the host cost 13 ms of a 90 ms batch of 32 windows, a copy per
+        # row a kernel launch each).
         pieces = [np.asarray(window, dtype=np.float32)[:n_samples] for window in windows]
-        flat = torch.from_numpy(np.concatenate(pieces) if pieces else np.zeros(0, np.float32)).to(self.device)
+        lengths = np.array([len(piece) for piece in pieces], dtype=np.int64)
+        total = int(lengths.sum())
+        staged = torch.empty(total, dtype=torch.float32, pin_memory=self.device.type == "cuda")
+        if pieces:
+            np.concatenate(pieces, out=staged.numpy())
+        flat = staged.to(self.device, non_blocking=True)
+        # Each sample's place in the [rows, n_samples] batch: row * n_samples + its index in the row.
+        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if pieces else lengths
+        shift = torch.from_numpy(np.arange(len(pieces), dtype=np.int64) * n_samples - starts).to(self.device)
+        place = torch.arange(total, device=self.device) + torch.repeat_interleave(
+            shift, torch.from_numpy(lengths).to(self.device), output_size=total
+        )
         audio = torch.zeros((len(pieces), n_samples), dtype=torch.float64, device=self.device)  # fitted: zero-padded or trimmed
-        start = 0
-        for row, piece in enumerate(pieces):
-            audio[row, : len(piece)] = flat[start : start + len(piece)]
-            start += len(piece)
+        audio.view(-1)[place] = flat.double()
         spectrum = torch.stft(audio, N_FFT, HOP_LENGTH, window=self.window, center=True, pad_mode="reflect", return_complex=True)
         power = (spectrum.real.square() + spectrum.imag.square())[..., :-1].float()  # drop the last frame
         log_spec = torch.matmul(self.filters, power).clamp_min(1e-10).log10()
@@ -334,11 +344,9 @@ class TorchWhisperCompute:
                 self_kv=self._view("_self_storage", (*head, capacity, dims.head_dim)),
                 tokens=torch.zeros(batch, 1, dtype=torch.int64, device=self.device),
                 offset=torch.zeros(batch, dtype=torch.int64, device=self.device),
-                step=torch.zeros(1, dtype=torch.int64, device=self.device),
-                output=torch.zeros(batch, capacity, dtype=torch.int64, device=self.device),
+                column=torch.zeros(batch, dtype=torch.int64, device=self.device),
+                output=torch.full((batch, capacity), UNWRITTEN, dtype=torch.int64, device=self.device),
                 uniforms=torch.zeros(capacity, batch, dtype=torch.float64, device=self.device),
-                forced=torch.zeros(batch, capacity, dtype=torch.int64, device=self.device),
-                forced_lengths=torch.zeros(batch, dtype=torch.int64, device=self.device),
             )
         return self._buckets[key]
 
@@ -359,22 +367,22 @@ class TorchWhisperCompute:
 
     # -- the step ----------------------------------------------------------------------------
     def _step(self, bucket: _Bucket, sampling: bool, tier: int) -> None:
-        """One decoder step for every row: feed tokens, store their K/V, choose the next token
-        (or take the row's forced one while it has one).
+        """One decoder step for every row: feed tokens, store their K/V in the cache at each row's
+        offset, choose the next token into each row's output column.
 
-        Attends over the first `tier` cache slots (a view: the write goes to the whole cache).
+        Attends over the first `tier` cache slots. A row past its last column (a longer forced
+        prefix reaches the pass's limit first) stays at the last slot and column, whose contents
+        are never read (`TorchStepper.tokens` ends every row at the limit).
         """
-        cache = bucket.self_kv[:, :, :, :, :tier]
-        logits, new_kv = self.model.decoder(bucket.tokens, bucket.offset, cache, bucket.cross)
-        bucket.self_kv.index_copy_(_KV_POSITION, bucket.offset[:1], new_kv)
-        first_free = (bucket.forced_lengths == bucket.step).unsqueeze(1)
-        scores = logits.float() + torch.where(first_free, self._first_mask, self._step_mask)
-        chosen = self._sample(scores, bucket.uniforms.index_select(0, bucket.step)[0]) if sampling else self._argmax(scores)
-        chosen = torch.where((bucket.step < bucket.forced_lengths).unsqueeze(1), bucket.forced.index_select(1, bucket.step), chosen)
+        logits = self.model.decoder.step_in_place(bucket.tokens, bucket.offset, bucket.self_kv, tier, bucket.cross)
+        scores = logits.float() + self._step_mask
+        column = bucket.column.unsqueeze(1)
+        chosen = self._sample(scores, bucket.uniforms.T.gather(1, column).squeeze(1)) if sampling else self._argmax(scores)
         bucket.tokens.copy_(chosen)
-        bucket.output.index_copy_(1, bucket.step, chosen)
-        bucket.offset += 1
-        bucket.step += 1
+        bucket.output.scatter_(1, column, chosen)
+        last = self.dims.n_text_ctx - 1
+        bucket.offset.add_(1).clamp_(max=last)
+        bucket.column.add_(1).clamp_(max=last)
 
     @staticmethod
     def _argmax(scores: Tensor) -> Tensor:
@@ -389,7 +397,7 @@ class TorchWhisperCompute:
     def _capture(self, bucket: _Bucket, sampling: bool) -> None:
         """Record the bucket's step graphs of every tier in one mode, unless done already (or graphs are off).
 
-        Capturing runs warm-up steps that overwrite the bucket's tokens, output and cache slots 1..2:
+        Capturing runs warm-up steps that overwrite the bucket's tokens, output and cache slots 1..3:
         done only before a pass fills them (a stepper's start, or a move into the bucket).
         """
         if self.cuda_graphs:
@@ -401,15 +409,14 @@ class TorchWhisperCompute:
         key = (sampling, tier)
         if key not in bucket.graphs:
             bucket.offset.fill_(1)
+            bucket.column.fill_(1)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(2):
-                    bucket.step.zero_()
                     self._step(bucket, sampling, tier)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            bucket.step.zero_()
             # thread_local: another lane's thread may be running (and allocating) meanwhile.
             with torch.cuda.graph(graph, pool=self._graph_pool, capture_error_mode="thread_local"):
                 self._step(bucket, sampling, tier)
@@ -418,10 +425,14 @@ class TorchWhisperCompute:
 
 
 class TorchStepper:
-    """A `DecodingPass` on the device: the prompt step eagerly, then one graph replay per token.
+    """A `DecodingPass` on the device: the prompt and each row's forced prefix in one eager call,
+    then one graph replay per token.
 
-    Rows that ended leave the batch at the done-checks when the rest fit a smaller bucket: their
-    tokens are kept on the host, the others move to the front of the smaller bucket's buffers.
+    Rows with forced prefixes of different lengths are prefilled together: each row's tokens fill
+    the cache from slot 0, and from then on each row feeds its tokens at its own offset (a row
+    with a longer prefix is ahead), so a prefix costs no decoder steps. Rows that ended leave the
+    batch at the done-checks when the rest fit a smaller bucket: their tokens are kept on the
+    host, the others move to the front of the smaller bucket's buffers.
     """
 
     def __init__(self, compute: TorchWhisperCompute, bucket: _Bucket, plan: DecodingPass) -> None:
@@ -430,18 +441,14 @@ class TorchStepper:
         self._bucket = bucket
         self._plan = plan
         self._prompt_length = plan.prompts.shape[1]
+        self._forced_width = 0 if plan.forced is None else plan.forced.shape[1]
         self._sampling = plan.temperature > 0.0
         self._rows = np.arange(plan.rows)  # the pass's row in each leading row of the bucket
         self._ended: dict[int, np.ndarray] = {}  # pass row -> its tokens, once it left the bucket
-        self._chosen = 0
+        self._columns = 0  # output columns the longest row has filled
         self._done_checks = 0
         compute._step_mask.copy_(torch.from_numpy(plan.step_mask))
         compute._first_mask.copy_(torch.from_numpy(plan.first_mask))
-        bucket.forced_lengths.zero_()
-        if plan.forced is not None:
-            assert plan.forced_lengths is not None
-            bucket.forced[: plan.rows, : plan.forced.shape[1]].copy_(torch.from_numpy(plan.forced))
-            bucket.forced_lengths[: plan.rows].copy_(torch.from_numpy(plan.forced_lengths))
         if self._sampling:
             assert plan.uniforms is not None
             compute._temperature.fill_(plan.temperature)
@@ -450,45 +457,65 @@ class TorchStepper:
 
     @_inference
     def prefill(self) -> None:
-        """The prompt step, eager: its length differs from the one-token steps the graphs hold."""
-        bucket, compute = self._bucket, self._compute
-        prompts = torch.from_numpy(self._plan.prompts).to(compute.device)
-        batch_prompts = prompts[:1].repeat(bucket.batch, 1)  # padding rows repeat the first prompt
-        batch_prompts[: len(prompts)] = prompts
+        """Every row's prompt and forced prefix in one call (its length differs from the graphs' one-token
+        steps), then each row's first free token, chosen from the logits after its own last forced token."""
+        bucket, compute, plan = self._bucket, self._compute, self._plan
+        forced_lengths = np.zeros(bucket.batch, dtype=np.int64)  # padding rows: nothing forced
+        forced = np.full((bucket.batch, self._forced_width), UNWRITTEN, dtype=np.int64)
+        if plan.forced is not None:
+            assert plan.forced_lengths is not None
+            forced_lengths[: plan.rows] = plan.forced_lengths
+            within = np.arange(self._forced_width) < plan.forced_lengths[:, None]
+            forced[: plan.rows] = np.where(within, plan.forced, UNWRITTEN)
+        fed = np.empty((bucket.batch, self._prompt_length + self._forced_width), dtype=np.int64)
+        fed[:, : self._prompt_length] = plan.prompts[0]  # padding rows repeat the first prompt
+        fed[: plan.rows, : self._prompt_length] = plan.prompts
+        # After a shorter prefix the end token is fed: it lands in cache slots the row overwrites
+        # before it attends to them, and its logits are not the ones chosen from.
+        fed[:, self._prompt_length :] = np.where(forced == UNWRITTEN, plan.eot, forced)
+        lengths = torch.from_numpy(forced_lengths).to(compute.device)
         bucket.offset.zero_()
         cache = bucket.self_kv[:, :, :, :, : compute.cache_tiers[0]]
-        logits, new_kv = compute.model.decoder(batch_prompts, bucket.offset, cache, bucket.cross)
-        bucket.self_kv[:, :, :, :, : self._prompt_length].copy_(new_kv)
+        logits, new_kv = compute.model.decoder(
+            torch.from_numpy(fed).to(compute.device), bucket.offset, cache, bucket.cross, last=lengths + (self._prompt_length - 1)
+        )
+        bucket.self_kv[:, :, :, :, : fed.shape[1]].copy_(new_kv)
         scores = logits.float() + compute._first_mask
-        first = compute._sample(scores, bucket.uniforms[0]) if self._sampling else compute._argmax(scores)
-        first = torch.where((bucket.forced_lengths > 0).unsqueeze(1), bucket.forced[:, :1], first)
-        bucket.output[:, :1].copy_(first)
+        rows = torch.arange(bucket.batch, device=compute.device)
+        first = compute._sample(scores, bucket.uniforms[lengths, rows]) if self._sampling else compute._argmax(scores)
+        bucket.output.fill_(UNWRITTEN)
+        bucket.output[:, : self._forced_width].copy_(torch.from_numpy(forced))
+        bucket.output.scatter_(1, lengths.unsqueeze(1), first)
         bucket.tokens.copy_(first)
-        bucket.offset.fill_(self._prompt_length)
-        bucket.step.fill_(1)
-        self._chosen = 1
+        bucket.offset.copy_(lengths + self._prompt_length)
+        bucket.column.copy_(lengths + 1)
+        self._columns = self._forced_width + 1
 
     @_inference
     def step(self) -> None:
         compute, bucket = self._compute, self._bucket
-        tier = compute._tier_for(self._offset)
+        tier = compute._tier_for(min(self._offset + 1, compute.dims.n_text_ctx))
         if compute.cuda_graphs:
             bucket.graphs[self._sampling, tier].replay()
         else:
             compute._step(bucket, self._sampling, tier)
-        self._chosen += 1
+        self._columns += 1
 
     @property
     def _offset(self) -> int:
-        """The position the next fed token takes: the prompt and every chosen token but the last are in the cache."""
-        return self._prompt_length + self._chosen - 1
+        """The largest offset a row feeds its next token at (the row with the longest forced prefix's)."""
+        return min(self._prompt_length + self._columns - 1, self._compute.dims.n_text_ctx - 1)
 
     @_inference
     def done(self) -> bool:
         self._done_checks += 1
         if self._done_checks % DONE_CHECK_INTERVAL:
             return False  # no sync this step: the device keeps working ahead of the host
-        ended = (self._bucket.output[: len(self._rows), : self._chosen] == self._plan.eot).any(dim=1).cpu().numpy()
+        count, bucket = len(self._rows), self._bucket
+        ended_on_device = (bucket.output[:count, : self._columns] == self._plan.eot).any(dim=1) | (
+            bucket.column[:count] >= self._plan.limit
+        )
+        ended = ended_on_device.cpu().numpy()
         if ended.all():
             return True
         self._compute.give_way()
@@ -504,34 +531,37 @@ class TorchStepper:
         written to the new one (its graph capture included).
         """
         old, compute, count, valid = self._bucket, self._compute, len(still), self._offset
-        for row, tokens in zip(self._rows[ended], old.output[torch.from_numpy(ended).to(compute.device), : self._chosen].cpu().numpy()):
+        for row, tokens in zip(self._rows[ended], old.output[torch.from_numpy(ended).to(compute.device), : self._columns].cpu().numpy()):
             self._ended[int(row)] = tokens
         index = torch.from_numpy(still).to(compute.device)
         cross_kv = old.cross_kv[:, :, : len(self._rows)].index_select(_KV_BATCH, index)
         self_kv = old.self_kv[:, :, :, :, :valid].index_select(_KV_BATCH, index)
-        tokens, output = old.tokens.index_select(0, index), old.output[:, : self._chosen].index_select(0, index)
+        tokens, output = old.tokens.index_select(0, index), old.output[:, : self._columns].index_select(0, index)
+        offset, column = old.offset.index_select(0, index), old.column.index_select(0, index)
         uniforms = old.uniforms[: self._plan.limit].index_select(1, index)
-        forced, forced_lengths = old.forced.index_select(0, index), old.forced_lengths.index_select(0, index)
         new = compute._bucket(compute._batch_for(count), old.cross_kv.shape[_KV_POSITION])
         compute._capture(new, self._sampling)
         new.cross_kv[:, :, :count].copy_(cross_kv)
         new.self_kv[:, :, :count, :, :valid].copy_(self_kv)
         new.tokens[:count].copy_(tokens)
-        new.output[:count, : self._chosen].copy_(output)
+        new.output.fill_(UNWRITTEN)
+        new.output[:count, : self._columns].copy_(output)
         new.uniforms[: self._plan.limit, :count].copy_(uniforms)
-        new.forced[:count].copy_(forced)
-        new.forced_lengths.zero_()
-        new.forced_lengths[:count].copy_(forced_lengths)
-        new.offset.fill_(valid)
-        new.step.fill_(self._chosen)
+        new.offset.fill_(valid)  # the padding rows' (never read)
+        new.offset[:count].copy_(offset)
+        new.column.fill_(1)
+        new.column[:count].copy_(column)
         self._bucket, self._rows = new, self._rows[still]
 
     @_inference
     def tokens(self) -> np.ndarray:
-        tokens = np.full((self._plan.rows, self._chosen), self._plan.eot, dtype=np.int64)
-        tokens[self._rows] = self._bucket.output[: len(self._rows), : self._chosen].cpu().numpy()
+        """Every row's columns up to the pass's limit; a row's unwritten columns read as the end token."""
+        width = min(self._columns, self._plan.limit)
+        tokens = np.full((self._plan.rows, width), UNWRITTEN, dtype=np.int64)
+        tokens[self._rows] = self._bucket.output[: len(self._rows), :width].cpu().numpy()
         for row, ended in self._ended.items():
-            tokens[row, : len(ended)] = ended
+            tokens[row, : min(len(ended), width)] = ended[:width]
+        tokens[tokens == UNWRITTEN] = self._plan.eot
         return tokens
 
 

@@ -113,9 +113,32 @@ class ResidualAttentionBlock(nn.Module):
         h = self.attn_ln(x)
         k, v = self.attn.project_kv(h)
         x = x + self.attn(h, torch.cat([cache_k, k], dim=2), torch.cat([cache_v, v], dim=2), mask)
+        return self._cross_and_mlp(x, cross_k_t, cross_v), k, v
+
+    def decode_in_place(
+        self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: tuple[Tensor, Tensor], mask: Tensor
+    ) -> Tensor:
+        """Decoder block over one new token per row: its K/V are written into the cache at `slots`
+        (rows, positions) first and attended to there, over the cache's first `mask.shape[-1]` slots.
+
+        Why besides `decode`: the ONNX graphs take the cache as an input and return the new K/V, so
+        `decode` attends over a concatenated copy of the whole cache, every layer and step; a GPU
+        step that owns its cache need not copy it (the copies were a fifth of a partial batch's
+        device time at batch 512 on the H200, docs/benchmarks.md).
+        """
+        h = self.attn_ln(x)
+        k, v = self.attn.project_kv(h)
+        rows, positions = slots
+        cache_k[rows, :, positions] = k[:, :, 0]
+        cache_v[rows, :, positions] = v[:, :, 0]
+        visible = mask.shape[-1]
+        x = x + self.attn(h, cache_k[:, :, :visible], cache_v[:, :, :visible], mask)
+        return self._cross_and_mlp(x, cross_k_t, cross_v)
+
+    def _cross_and_mlp(self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor) -> Tensor:
         assert self.cross_attn is not None and self.cross_attn_ln is not None
         x = x + self.cross_attn.attend_transposed(self.cross_attn_ln(x), cross_k_t, cross_v)
-        return x + self.mlp(self.mlp_ln(x)), k, v
+        return x + self.mlp(self.mlp_ln(x))
 
 
 class AudioEncoder(nn.Module):
@@ -166,14 +189,17 @@ class TextDecoder(nn.Module):
             layers.append(torch.stack(block.cross_attn.project_kv(audio_features)))
         return torch.stack(layers)
 
-    def forward(self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross: Sequence[tuple[Tensor, Tensor]]) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross: Sequence[tuple[Tensor, Tensor]], last: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """One decoding call over new tokens, with a fixed-capacity self-attention cache.
 
         tokens [B, N] sit at positions offset[b] .. offset[b]+N-1; self_kv [L, 2, B, H, C, D] holds
         C >= 1 slots of which the first offset[b] are valid (the rest are masked, their content is
         ignored); `cross` is each layer's (keys [B, H, D, S], values [B, H, S, D]). Returns the
-        logits of each row's last token [B, V] and the new tokens' K/V [L, 2, B, H, N, D], which
-        the caller writes into its cache at offset[b].
+        logits [B, V] of each row's last token (or of its token at index last[b], when rows of one
+        call end at different lengths) and the new tokens' K/V [L, 2, B, H, N, D], which the caller
+        writes into its cache at offset[b].
         """
         n_new, capacity = tokens.shape[1], self_kv.shape[4]
         new_positions = offset.unsqueeze(1) + torch.arange(n_new, device=tokens.device)
@@ -183,8 +209,25 @@ class TextDecoder(nn.Module):
         for layer, block in enumerate(self.blocks):
             x, k, v = block.decode(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], mask)
             new_kv.append(torch.stack([k, v]))
-        last = self.ln(x[:, -1])
-        return last @ self.token_embedding.weight.T, torch.stack(new_kv)
+        picked = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
+        return self._logits(picked), torch.stack(new_kv)
+
+    def step_in_place(
+        self, tokens: Tensor, offset: Tensor, self_kv: Tensor, visible: int, cross: Sequence[tuple[Tensor, Tensor]]
+    ) -> Tensor:
+        """One new token per row (tokens [B, 1]) at position offset[b], which may differ by row: its
+        K/V go into `self_kv` [L, 2, B, H, C, D] at slot offset[b] (`decode_in_place`), and it attends
+        over the first `visible` slots (every offset[b] < visible) up to its own. Returns logits [B, V].
+        """
+        rows = torch.arange(tokens.shape[0], device=tokens.device)
+        x = self.token_embedding(tokens) + self.positional_embedding[offset].unsqueeze(1)
+        mask = (torch.arange(visible, device=offset.device) > offset.unsqueeze(1))[:, None, None, :]
+        for layer, block in enumerate(self.blocks):
+            x = block.decode_in_place(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], (rows, offset), mask)
+        return self._logits(x[:, -1])
+
+    def _logits(self, x: Tensor) -> Tensor:
+        return self.ln(x) @ self.token_embedding.weight.T
 
     @staticmethod
     def _attention_mask(offset: Tensor, n_new: int, capacity: int) -> Tensor:
