@@ -72,7 +72,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--mix", choices=["live", "partials"], default="live", help="half finals, half partials; or the partial lane's")
-    parser.add_argument("--profiles-dir", type=Path, default=Path("profiles"), help="where <model>.yaml gives the torch backend's batch buckets")
+    parser.add_argument(
+        "--profiles-dir", type=Path, default=Path("profiles"), help="where <model>.yaml gives the torch backend's batch buckets"
+    )
     parser.add_argument("--torch-profile", action="store_true", help="also the device's kernel time (torch.profiler)")
     args = parser.parse_args()
     manifest = [json.loads(line) for line in (args.speech / "manifest.jsonl").read_text().splitlines() if line.strip()]

@@ -9,19 +9,22 @@ decoding rules, windows, language detection and loop guard are the shared ones (
 - fp16 weights and activations (fp32 for the token-identity checks against ONNX Runtime);
 - encoded batches stay on the device (`DeviceEncoded`): whisper-base's cross-attention K/V of a
   128-window batch is over 2 GB and never goes through host memory;
-- a preallocated self-attention cache per (batch, audio frames) bucket, every row advancing
-  together (the same masked-cache contract as the decoder graph); a step attends over the smallest
+- a preallocated self-attention cache per (batch, audio frames) bucket, every row advancing one
+  slot per step; a step writes each row's new K/V into it in place and attends over the smallest
   capacity tier (64, 128, 256, 448 positions, ONNX Runtime's doubling sizes) that holds the tokens
-  so far, since the masked slots past it would only cost memory traffic;
+  so far, since the masked slots past it would only cost memory traffic (the decoder graph's
+  contract, cache in and new K/V out, made every step copy the whole cache: `decode_in_place`);
 - one CUDA graph per bucket and tier for the per-token step: decoder, the write of the new K/V into
   the cache, the suppress mask and the choice of the next token (argmax, or the inverse-CDF draw
   when sampling), so a token costs one graph launch and no host sync; chosen tokens stay on the
   device and the host checks which rows ended every `DONE_CHECK_INTERVAL` steps only;
-- forced prefixes of different lengths in one pass (`ragged_prefixes`): the step graph also puts
-  each row's forced token in place of its choice while it has one, and gives its first free token
-  the first-token mask. In the daemon a batch's partials carry prefixes of many lengths; grouping
-  them by length split a GPU batch into a dozen sequential passes (measured on the H200: batches
-  of 50 windows took 0.25-0.5 s), where one pass with a few forced steps more costs ~1 ms a step;
+- forced prefixes of different lengths in one pass (`ragged_prefixes`): the first, eager call feeds
+  every row's prompt and whole prefix, each row's first free token comes from the logits after its
+  own last forced token, and from then on each row steps at its own offset. In the daemon a
+  batch's partials carry prefixes of many lengths; grouping them by length split a GPU batch into
+  a dozen sequential passes (measured on the H200: batches of 50 windows took 0.25-0.5 s), and
+  forcing them one step at a time made a partial batch as many steps long as its longest prefix
+  plus tail (docs/benchmarks.md);
 - at those checks, when the rows still decoding fit a smaller batch bucket, they move into it
   (rows of one batch end at very different lengths, and every step reads the whole batch's
   cross-attention K/V: 2.4 GB for whisper-base at batch 128);

@@ -165,10 +165,10 @@ class WhisperCompute(Protocol):
     """What a backend provides for Whisper: encoding, row selection, and steppers."""
 
     backend: str  # "onnxruntime", "tensorrt", "torch"
-    # True when the stepper honours a pass's ragged `forced` tokens: where a decoder step is cheap
-    # next to a pass (a GPU replaying CUDA graphs), rows with prefixes of different lengths share
-    # one pass, the part beyond the shortest prefix forced step by step. False where each step is
-    # dear (a CPU): rows are grouped by prefix length, each prefix prefilled in one decoder call.
+    # True when the stepper honours a pass's ragged `forced` tokens: where a pass is dear next to a
+    # decoder call (a GPU replaying CUDA graphs), rows with prefixes of different lengths share one
+    # pass (the torch stepper prefills each row's whole prefix and steps rows at their own offsets).
+    # False (a CPU): rows are grouped by prefix length, each prefix prefilled in one decoder call.
     ragged_prefixes: bool
 
     @property
@@ -286,7 +286,7 @@ class WhisperDecoder:
         whole prefix costs one decoder call, and only what follows is chosen. The live path forces
         the text earlier partials agreed on, so a partial decodes only its tail. Prefixes of one
         pass are all of one length, unless the compute takes `ragged_prefixes`: then the shortest
-        one's length joins the prompt and each row's rest is forced step by step (`DecodingPass.forced`).
+        one's length joins the prompt and each row's rest goes in `DecodingPass.forced`, for the stepper to feed.
         `max_tokens` counts the tokens chosen after the prefix.
         """
         prompts = self._prompts(languages, timestamps)
