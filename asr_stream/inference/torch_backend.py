@@ -237,6 +237,11 @@ class TorchWhisperCompute:
             torch.cuda.Stream(self.device, priority=stream_priority) if stream_priority is not None and self.device.type == "cuda" else None
         )
         if self.device.type == "cuda":
+            # cuDNN's attention builds an execution plan per input shape on the host, and the encoder
+            # and prefill see a new batch size or prefix width in most batches (py-spy on the H200 at
+            # 2,000 channels: a third of the engine threads' samples in attention calls); flash and
+            # memory-efficient attention need no plans.
+            torch.backends.cuda.enable_cudnn_sdp(False)
             torch.cuda.synchronize(self.device)  # the weights' conversion is done before another stream reads them
         self.dims = model.dims
         self.batch_buckets = tuple(sorted(batch_buckets))
