@@ -133,6 +133,18 @@ def test_cpu_fp32_prefills_ragged_prefixes_like_onnxruntime(cpu_fp32, onnxruntim
     assert_ragged_prefixes_like_onnxruntime(cpu_fp32, onnxruntime, english_clips[:8], audio_by_id)
 
 
+def test_a_forced_prefix_that_fills_the_text_context_leaves_no_free_token(cpu_fp32):
+    """A row whose prompt and prefix reach the 448-position context is past the pass's limit at once:
+    it gets no free token (and no position past the context is indexed), the other rows decode as alone."""
+    compute, decoder = cpu_fp32.compute, cpu_fp32.decoder
+    encoded = compute.encode(compute.features([np.zeros(48_000, np.float32)] * 2, 480_000, compute.dims.n_mels))
+    room = compute.dims.n_text_ctx - decoder.plan(["en"], False).prompts.shape[1]
+    alone = decoder.sample(compute.select(encoded, [1]), ["en"], False)
+    for width in (room - 2, room - 1, room, room + 3):
+        long_row, free_row = decoder.sample(encoded, ["en", "en"], False, prefix=[[262] * width, []])
+        assert len(long_row) <= max(0, room - width) and free_row == alone[0], (width, long_row)
+
+
 def test_loop_guard_fallback_runs_the_same_passes(cpu_fp32, onnxruntime):
     """Silence decodes to almost nothing (the guard fires): every temperature is tried, on both backends alike."""
     silence = onnxruntime.features([np.zeros(6 * 16000, np.float32)])

@@ -196,7 +196,7 @@ class DeviceLogMel:
             np.concatenate(pieces, out=staged.numpy())
         flat = staged.to(self.device, non_blocking=True)
         # Each sample's place in the [rows, n_samples] batch: row * n_samples + its index in the row.
-        starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) if pieces else lengths
+        starts = np.cumsum(lengths) - lengths
         shift = torch.from_numpy(np.arange(len(pieces), dtype=np.int64) * n_samples - starts).to(self.device)
         place = torch.arange(total, device=self.device) + torch.repeat_interleave(
             shift, torch.from_numpy(lengths).to(self.device), output_size=total
@@ -378,9 +378,9 @@ class TorchWhisperCompute:
         """One decoder step for every row: feed tokens, store their K/V in the cache at each row's
         offset, choose the next token into each row's output column.
 
-        Attends over the first `tier` cache slots. A row past its last column (a longer forced
-        prefix reaches the pass's limit first) stays at the last slot and column, whose contents
-        are never read (`TorchStepper.tokens` ends every row at the limit).
+        Attends over the first `tier` cache slots. A row past the pass's limit (a longer forced prefix
+        reaches it first) goes on writing until it reaches the last slot and column, where it stays;
+        nothing it writes there is returned (`TorchStepper.tokens` ends every row at the limit).
         """
         logits = self.model.decoder.step_in_place(bucket.tokens, bucket.offset, bucket.self_kv, tier, bucket.cross)
         scores = logits.float() + self._step_mask
@@ -405,7 +405,8 @@ class TorchWhisperCompute:
     def _capture(self, bucket: _Bucket, sampling: bool) -> None:
         """Record the bucket's step graphs of every tier in one mode, unless done already (or graphs are off).
 
-        Capturing runs warm-up steps that overwrite the bucket's tokens, output and cache slots 1..3:
+        Capturing runs warm-up steps that overwrite the bucket's tokens, offsets, columns, output columns
+        1..2 and cache slots 1..2:
         done only before a pass fills them (a stepper's start, or a move into the bucket).
         """
         if self.cuda_graphs:
@@ -449,7 +450,10 @@ class TorchStepper:
         self._bucket = bucket
         self._plan = plan
         self._prompt_length = plan.prompts.shape[1]
-        self._forced_width = 0 if plan.forced is None else plan.forced.shape[1]
+        # Forced tokens past the text context could never be output (the pass's limit ends there), and
+        # a prefill past it would index positions the model does not have.
+        room = compute.dims.n_text_ctx - self._prompt_length
+        self._forced_width = 0 if plan.forced is None else min(plan.forced.shape[1], room)
         self._sampling = plan.temperature > 0.0
         self._rows = np.arange(plan.rows)  # the pass's row in each leading row of the bucket
         self._ended: dict[int, np.ndarray] = {}  # pass row -> its tokens, once it left the bucket
@@ -472,9 +476,9 @@ class TorchStepper:
         forced = np.full((bucket.batch, self._forced_width), UNWRITTEN, dtype=np.int64)
         if plan.forced is not None:
             assert plan.forced_lengths is not None
-            forced_lengths[: plan.rows] = plan.forced_lengths
-            within = np.arange(self._forced_width) < plan.forced_lengths[:, None]
-            forced[: plan.rows] = np.where(within, plan.forced, UNWRITTEN)
+            forced_lengths[: plan.rows] = np.minimum(plan.forced_lengths, self._forced_width)
+            within = np.arange(self._forced_width) < forced_lengths[: plan.rows, None]
+            forced[: plan.rows] = np.where(within, plan.forced[:, : self._forced_width], UNWRITTEN)
         fed = np.empty((bucket.batch, self._prompt_length + self._forced_width), dtype=np.int64)
         fed[:, : self._prompt_length] = plan.prompts[0]  # padding rows repeat the first prompt
         fed[: plan.rows, : self._prompt_length] = plan.prompts
@@ -495,7 +499,8 @@ class TorchStepper:
         bucket.output[:, : self._forced_width].copy_(torch.from_numpy(forced))
         bucket.output.scatter_(1, lengths.unsqueeze(1), first)
         bucket.tokens.copy_(first)
-        bucket.offset.copy_(lengths + self._prompt_length)
+        # A row whose prefix fills the context is past its limit already: it stays at the last slot.
+        bucket.offset.copy_((lengths + self._prompt_length).clamp_(max=compute.dims.n_text_ctx - 1))
         bucket.column.copy_(lengths + 1)
         self._columns = self._forced_width + 1
 

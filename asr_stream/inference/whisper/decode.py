@@ -157,7 +157,8 @@ class Stepper(Protocol):
         ...
 
     def tokens(self) -> np.ndarray:
-        """[rows, n] every token chosen so far (n = 1 + steps); what follows a row's end token is undefined."""
+        """[rows, n] every row's tokens so far, forced ones first (n: the most any row has, at most the
+        pass's limit; a row with fewer reads as ended); what follows a row's end token is undefined."""
         ...
 
 
