@@ -115,15 +115,21 @@ CHILD = textwrap.dedent(
     from test_kafka_sink import call_events
     from asr_stream.sinks.journal import OpenCallJournal
 
+    def report(line):
+        # One write per line: print() writes its arguments one by one, and with PYTHONUNBUFFERED
+        # each is its own syscall, so a kill could leave "ended" without its number.
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
     journal = OpenCallJournal(Path(sys.argv[1]), compact_bytes=16 * 1024)  # compacts often: crash mid-rewrite too
     journal.open()
     number = 0
     while True:
         events = call_events(f"call-{number}@x", segments=2)
         journal.leaving(events[:1])
-        print("started", number, flush=True)
+        report(f"started {number}")
         journal.kept(events)
-        print("ended", number, flush=True)
+        report(f"ended {number}")
         number += 1
     """
 )
@@ -145,8 +151,9 @@ def test_a_process_killed_mid_write_leaves_a_journal_the_next_start_reads(tmp_pa
         if child.poll() is None:
             child.kill()
         child.stdout.close()  # type: ignore[union-attr]
-    started = {line.split()[1] for line in lines if line.startswith("started")}
-    ended = {line.split()[1] for line in lines if line.startswith("ended")}
+    reported = [line.split() for line in lines if line.endswith("\n")]  # a torn last line reports nothing
+    started = {number for what, number in reported if what == "started"}
+    ended = {number for what, number in reported if what == "ended"}
     found = {call.call_id.removeprefix("call-").removesuffix("@x") for call in OpenCallJournal(path).open()}
     # The kill comes inside one call's start or end: that call may be either way (its start written
     # but not yet reported; its end written, its events kept, but not yet reported). Every other
