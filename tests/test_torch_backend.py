@@ -9,6 +9,7 @@ on a lent GPU: `pytest -m gpu tests/test_torch_backend.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +28,7 @@ from asr_stream.inference.models import load_prepared  # noqa: E402
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine  # noqa: E402
 from asr_stream.inference.runners import load_model  # noqa: E402
 from asr_stream.inference.torch_backend import DONE_CHECK_INTERVAL, TorchStepper, TorchWhisperCompute  # noqa: E402
-from asr_stream.inference.whisper.decode import FALLBACK_TEMPERATURES  # noqa: E402
+from asr_stream.inference.whisper.decode import FALLBACK_TEMPERATURES, run_pass  # noqa: E402
 from asr_stream.inference.whisper.host_stepper import HostStepper  # noqa: E402
 from asr_stream.inference.whisper.runner import WhisperRunner, live_windows  # noqa: E402
 
@@ -143,6 +144,20 @@ def test_a_forced_prefix_that_fills_the_text_context_leaves_no_free_token(cpu_fp
     for width in (room - 2, room - 1, room, room + 3):
         long_row, free_row = decoder.sample(encoded, ["en", "en"], False, prefix=[[262] * width, []])
         assert len(long_row) <= max(0, room - width) and free_row == alone[0], (width, long_row)
+
+
+def test_a_row_with_nothing_forced_keeps_the_begin_rules_beside_rows_with_a_prefix(cpu_fp32):
+    """A ragged pass with an empty prefix: that row's first token follows Whisper's begin rules (never the
+    end token), while a row after its prefix may end at once. The pass carries both masks; to see which
+    mask each row got, the after-prefix one is narrowed to the end token alone."""
+    compute, decoder, eot = cpu_fp32.compute, cpu_fp32.decoder, cpu_fp32.tokenizer.eot
+    encoded = compute.encode(compute.features([np.zeros(48_000, np.float32)] * 2, 480_000, compute.dims.n_mels))
+    plan = decoder.plan(["en", "en"], False, max_tokens=3, prefix=[[], [262, 263]])
+    assert plan.unforced_first_mask is not None and plan.unforced_first_mask[eot] == -np.inf and plan.first_mask[eot] == 0
+    only_end = np.full_like(plan.first_mask, -np.inf)
+    only_end[eot] = 0.0
+    unforced, prefixed = run_pass(compute, encoded, dataclasses.replace(plan, first_mask=only_end))
+    assert prefixed == [] and unforced == decoder.sample(compute.select(encoded, [0]), ["en"], False, max_tokens=3)[0] != []
 
 
 def test_loop_guard_fallback_runs_the_same_passes(cpu_fp32, onnxruntime):

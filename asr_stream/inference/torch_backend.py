@@ -254,6 +254,7 @@ class TorchWhisperCompute:
             # Per-pass inputs of the captured step, at fixed addresses: a pass copies its values in.
             self._step_mask = torch.zeros(self.dims.n_vocab, dtype=torch.float32, device=self.device)
             self._first_mask = torch.zeros(self.dims.n_vocab, dtype=torch.float32, device=self.device)
+            self._unforced_first_mask = torch.zeros(self.dims.n_vocab, dtype=torch.float32, device=self.device)
             self._temperature = torch.ones((), dtype=torch.float64, device=self.device)
         self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._log_mel = DeviceLogMel(self.device, self.dims.n_mels)
@@ -461,6 +462,8 @@ class TorchStepper:
         self._done_checks = 0
         compute._step_mask.copy_(torch.from_numpy(plan.step_mask))
         compute._first_mask.copy_(torch.from_numpy(plan.first_mask))
+        if plan.unforced_first_mask is not None:
+            compute._unforced_first_mask.copy_(torch.from_numpy(plan.unforced_first_mask))
         if self._sampling:
             assert plan.uniforms is not None
             compute._temperature.fill_(plan.temperature)
@@ -493,6 +496,8 @@ class TorchStepper:
         )
         bucket.self_kv[:, :, :, :, : fed.shape[1]].copy_(new_kv)
         scores = logits.float() + compute._first_mask
+        if plan.unforced_first_mask is not None:  # rows with nothing forced: the end token may not come first
+            scores = torch.where((lengths == 0).unsqueeze(1), logits.float() + compute._unforced_first_mask, scores)
         rows = torch.arange(bucket.batch, device=compute.device)
         first = compute._sample(scores, bucket.uniforms[lengths, rows]) if self._sampling else compute._argmax(scores)
         bucket.output.fill_(UNWRITTEN)

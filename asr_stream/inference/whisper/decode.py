@@ -117,9 +117,13 @@ class DecodingPass:
     timestamp_rules: TimestampRules | None = None
     # Ragged forced prefixes (only for a compute with `ragged_prefixes`): row r's first
     # forced_lengths[r] tokens are forced[r, :forced_lengths[r]], its first free token is chosen
-    # with first_mask, every later one with step_mask. They count towards `limit`.
+    # with first_mask (or unforced_first_mask, below), every later one with step_mask. They count
+    # towards `limit`.
     forced: np.ndarray | None = None  # [B, F] int64
     forced_lengths: np.ndarray | None = None  # [B] int64
+    # A ragged pass whose shortest prefix is empty: rows with nothing forced choose their first token
+    # with this mask (Whisper's begin rules, the end token barred); rows with a prefix use first_mask.
+    unforced_first_mask: np.ndarray | None = None  # [V] float32
 
     @property
     def rows(self) -> int:
@@ -292,7 +296,7 @@ class WhisperDecoder:
         """
         prompts = self._prompts(languages, timestamps)
         first_mask = self._first_mask
-        forced = forced_lengths = None
+        forced = forced_lengths = unforced_first_mask = None
         lengths = [len(row) for row in prefix] if prefix is not None else [0]
         ragged = len(set(lengths)) > 1
         if max(lengths):
@@ -313,6 +317,8 @@ class WhisperDecoder:
                 for row, tokens in enumerate(prefix):
                     forced[row, : len(tokens) - common] = tokens[common:]
                 forced_lengths = np.array(lengths, dtype=np.int64) - common
+                if common == 0:
+                    unforced_first_mask = self._first_mask
         limit = self.n_text_ctx - prompts.shape[1]
         if max_tokens is not None:
             limit = min(limit, max_tokens + (int(forced_lengths.max()) if forced_lengths is not None else 0))
@@ -322,7 +328,17 @@ class WhisperDecoder:
             uniforms = rng.random((limit, len(prompts)))
         timestamp_rules = self._timestamp_rules if timestamps else None
         return DecodingPass(
-            prompts, first_mask, self._step_mask, limit, self.tokenizer.eot, temperature, uniforms, timestamp_rules, forced, forced_lengths
+            prompts,
+            first_mask,
+            self._step_mask,
+            limit,
+            self.tokenizer.eot,
+            temperature,
+            uniforms,
+            timestamp_rules,
+            forced,
+            forced_lengths,
+            unforced_first_mask,
         )
 
     def sample(
