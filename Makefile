@@ -33,7 +33,7 @@ models: setup
 run: setup models
 	$(BIN)/asr-stream run --config $(CONFIG)
 
-# Lint first (seconds): ruff (rules and formatting) over the repository, mypy over asr_stream.
+# Lint first (seconds): ruff (rules and formatting) over the repository, mypy over asr_stream and bench/
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

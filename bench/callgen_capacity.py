@@ -43,7 +43,7 @@ async def ingest_only(port: int, rtp_ports: tuple[int, int]) -> None:
     sip = SipServerConfig(host="127.0.0.1", port=port, max_calls=100_000)
     ingest = TelephonyIngest(IngestConfig(sip=sip, rtp_host="127.0.0.1", rtp_port_min=rtp_ports[0], rtp_port_max=rtp_ports[1]))
     await ingest.start()
-    counts = {"calls_started": 0, "calls_ended": 0, "samples_16k": 0}
+    counts: dict[str, float] = {"calls_started": 0, "calls_ended": 0, "samples_16k": 0}  # and "cpu_s" at the end
     consumers: set[asyncio.Task[None]] = set()
 
     async def consume(channel) -> None:

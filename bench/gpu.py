@@ -34,9 +34,11 @@ import re
 import statistics
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 import scipy.io.wavfile
@@ -49,6 +51,9 @@ from asr_stream.inference.runners import torch_runner
 from asr_stream.inference.scheduler import BatchScheduler, Priority, SchedulerSettings, Shed
 from asr_stream.inference.whisper.runner import WhisperRunner
 from asr_stream.inference.whisper.tokenizer import WhisperTokenizer
+
+if TYPE_CHECKING:  # imported where used: only the offline part needs transformers
+    from transformers import WhisperForConditionalGeneration
 
 FINAL_P95_LIMIT_S = 0.4
 PARTIAL_EVERY_S = 1  # the daemon's partial interval while a segment is open
@@ -161,7 +166,7 @@ def parity(model: Model, clips: list[Clip]) -> dict[str, object]:
     }
 
 
-def hf_whisper(model: Model, device: str = "cuda", dtype: torch.dtype = torch.float16) -> torch.nn.Module:
+def hf_whisper(model: Model, device: str = "cuda", dtype: torch.dtype = torch.float16) -> WhisperForConditionalGeneration:
     """HF WhisperForConditionalGeneration (fp16, CUDA) holding our CT2 weights: no hub access."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
@@ -223,7 +228,7 @@ def hf_whisper(model: Model, device: str = "cuda", dtype: torch.dtype = torch.fl
     return hf.to(device, dtype).eval()
 
 
-def hf_transcribe(hf: torch.nn.Module, mel: np.ndarray, prompts: np.ndarray, max_new_tokens: int) -> list[list[int]]:
+def hf_transcribe(hf: WhisperForConditionalGeneration, mel: np.ndarray, prompts: np.ndarray, max_new_tokens: int) -> list[list[int]]:
     """Batched greedy decoding through transformers' generic `generate` (Whisper's own wrapper adds long-form logic we don't want)."""
     from transformers import GenerationMixin
 
@@ -238,7 +243,7 @@ def hf_transcribe(hf: torch.nn.Module, mel: np.ndarray, prompts: np.ndarray, max
     return [tokens[: tokens.index(eot)] if eot in tokens else tokens for tokens in generated]
 
 
-def timed(function, repeats: int) -> list[float]:
+def timed(function: Callable[[], object], repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         torch.cuda.synchronize()
@@ -261,10 +266,7 @@ def offline(model: Model, clips: list[Clip], batches: Sequence[int], budget_s: f
         max_new_tokens = model.prepared.dims.n_text_ctx - prompts.shape[1]  # our limit too: prompt + output <= the text context
         audio_seconds = sum(clip.seconds for clip in chosen)
         row: dict[str, object] = {"model": model.name, "batch": batch, "audio_s": round(audio_seconds, 1)}
-        systems = {
-            "ours": lambda chosen=chosen, mel=mel: decode(ours, model, chosen, mel),
-            "hf": lambda mel=mel, prompts=prompts, max_new_tokens=max_new_tokens: hf_transcribe(hf, mel, prompts, max_new_tokens),
-        }
+        systems = {"ours": partial(decode, ours, model, chosen, mel), "hf": partial(hf_transcribe, hf, mel, prompts, max_new_tokens)}
         tokens = {}
         for name, run in systems.items():
             if time.monotonic() > deadline:
@@ -295,6 +297,22 @@ def percentile_ms(sorted_seconds: Sequence[float], share: float) -> float | None
     return round(1000 * sorted_seconds[int(share * (len(sorted_seconds) - 1))], 1) if sorted_seconds else None
 
 
+class ChannelLevel(TypedDict):
+    """One level of the channels search, as the report's JSON has it (latencies in ms, None without any)."""
+
+    channels: int
+    finals: int
+    p50_ms: float | None
+    p95_ms: float | None
+    max_ms: float | None
+    partials_sent: int
+    partials_served: int
+    partial_p95_ms: float | None
+    mean_batch: float
+    audio_s_per_s: float
+    gpu_reserved_mib: int
+
+
 async def simulate(
     runner: WhisperRunner,
     model: Model,
@@ -303,7 +321,7 @@ async def simulate(
     channels: int,
     seconds: float,
     max_batch: int,
-) -> dict[str, object]:
+) -> ChannelLevel:
     """N channels speak clips in real time with 0.5-2 s pauses; every second of speech submits a
     partial of the open segment (not awaited: speech goes on), each end of speech a final.
 
@@ -316,7 +334,7 @@ async def simulate(
         languages = model.languages([clips[index] for index, _ in payloads])
         return [window.tokens for window in runner.decode_features(np.stack(mels), seconds, languages)]
 
-    scheduler: BatchScheduler[int, list[int]] = BatchScheduler(
+    scheduler: BatchScheduler[tuple[int, int], list[int]] = BatchScheduler(
         run_batch, SchedulerSettings(max_batch=max_batch, max_wait_s=0.02, max_queue=100_000, final_deadline_s=FINAL_P95_LIMIT_S)
     )
     await scheduler.start()

@@ -28,15 +28,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 from asr_stream.app.logs import LogSettings
-from asr_stream.app.workers.process import ChildProcess
+from asr_stream.app.workers.process import ChildMain, ChildProcess
 from asr_stream.common.ipc import Link, Request
 from asr_stream.common.shm_arena import SharedArena
 from asr_stream.inference.live import LiveResult, Utterance
@@ -110,7 +111,7 @@ async def send_events(count: int, link: Link) -> int:
     return 0
 
 
-async def spawned(main, spec: object) -> tuple[ChildProcess, Link]:  # type: ignore[no-untyped-def]
+async def spawned(main: ChildMain, spec: object) -> tuple[ChildProcess, Link]:
     child = ChildProcess("bench-child", main, spec, LogSettings(level="WARNING"))
     link = await child.start()
     return child, link
@@ -123,7 +124,7 @@ class Measured:
     child_cpu_us: float
 
 
-async def timed(requests: int, child: Link | None, one) -> Measured:  # type: ignore[no-untyped-def]
+async def timed(requests: int, child: Link | None, one: Callable[[], Awaitable[object]]) -> Measured:
     for _ in range(20):  # warm up: first pickles, page faults of the arena
         await one()
     laps = []
@@ -145,7 +146,7 @@ async def requests_bench(requests: int) -> dict[int, dict[str, Measured]]:
     scheduler = BatchScheduler(answer_at_once, INSTANT)
     await scheduler.start()
     for seconds in SECONDS:
-        results[seconds]["in-process"] = await timed(requests, None, lambda s=seconds: scheduler.submit(("c", 0), audio[s], Priority.FINAL))
+        results[seconds]["in-process"] = await timed(requests, None, partial(scheduler.submit, ("c", 0), audio[seconds], Priority.FINAL))
     await scheduler.stop()
 
     with tempfile.TemporaryDirectory(prefix="asr-ipc-") as rundir:
@@ -158,7 +159,7 @@ async def requests_bench(requests: int) -> dict[int, dict[str, Measured]]:
         await client.wait_connected()
         for seconds in SECONDS:
             results[seconds]["shared memory"] = await timed(
-                requests, link, lambda s=seconds: client.submit(("c", 0), audio[s], Priority.FINAL)
+                requests, link, partial(client.submit, ("c", 0), audio[seconds], Priority.FINAL)
             )
         await client.stop()
         arena.destroy()
@@ -168,7 +169,7 @@ async def requests_bench(requests: int) -> dict[int, dict[str, Measured]]:
     child, link = await spawned(echo_arrays, None)
     assert await anext(link.receive()) == "ready"
     for seconds in SECONDS:
-        results[seconds]["pickled arrays"] = await timed(requests, link, lambda s=seconds: link.request(audio[s].audio))
+        results[seconds]["pickled arrays"] = await timed(requests, link, partial(link.request, audio[seconds].audio))
     link.close()
     await child.reap()
     return results

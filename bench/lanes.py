@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profile_live import partial_mix  # bench/ is not a package: found through the path above
 
 from asr_stream.audio.wavfile import load_audio
-from asr_stream.inference.live import Utterance
+from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.runners import torch_live_runners
 from asr_stream.inference.whisper.runner import WhisperRunner, live_partial_windows, live_windows
 
@@ -47,7 +47,7 @@ class _Live:
     def __init__(self, runner: WhisperRunner) -> None:
         self._runner = runner
 
-    def live(self, requests: list[Utterance]):  # type: ignore[no-untyped-def]
+    def live(self, requests: list[Utterance]) -> list[LiveResult]:
         return self._runner.transcribe_live(requests, "en")
 
 
@@ -67,7 +67,7 @@ def batches(runner: WhisperRunner, kind: str, clips: list[np.ndarray], args: arg
     return partial_mix(_Live(runner), clips, args.partial_batch, np.random.default_rng(1))
 
 
-def run_for(runner: WhisperRunner, requests: list[Utterance], seconds: float, start: Callable[[], None]) -> float:
+def run_for(runner: WhisperRunner, requests: list[Utterance], seconds: float, start: Callable[[], object]) -> float:
     """Rows per second of back-to-back batches for `seconds` (after `start()` returns)."""
     runner.transcribe_live(requests, "en")  # warm
     start()
@@ -98,7 +98,7 @@ def in_one_process(args: argparse.Namespace, kinds: tuple[str, ...]) -> dict[str
     return rates
 
 
-def _lane_process(args: argparse.Namespace, kind: str, barrier, results) -> None:  # type: ignore[no-untyped-def]
+def _lane_process(args: argparse.Namespace, kind: str, barrier, results) -> None:
     runner, _ = runners(args, two_lanes=False)
     requests = batches(runner, kind, clips_of(args.speech), args)
     results[kind] = run_for(runner, requests, args.seconds, barrier.wait)

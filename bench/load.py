@@ -300,7 +300,9 @@ def analyse(
     partial_latencies: list[float] = []
     utterances = partials = finals_count = long_segments = long_without = 0
     churned = [0, 0, 0, 0]  # changed, shown; stable changed, stable shown
-    for call in (c for c in placed if c.call_id):
+    for call in placed:
+        if call.call_id is None or call.ack_sent is None:  # not placed: among the problems above
+            continue
         mine = [(t, e) for t, e in recorded if e["call_id"] == call.call_id]
         problems += [f"{call.call_id}: {p}" for p in check_order([e for _, e in mine])]
         finals = [(t, e) for t, e in mine if e["event"] == "segment.final"]
@@ -322,7 +324,7 @@ def analyse(
                 long_segments += 1
                 long_without += not seen
             if seen:
-                onset = call.ack_sent + (e["start_ms"] + PRE_PAD_MS) / 1000  # type: ignore[operator]
+                onset = call.ack_sent + (e["start_ms"] + PRE_PAD_MS) / 1000
                 first_partial.append(stamps[e["segment_id"]][0] - onset)
                 for k, key in ((0, "text"), (2, "stable_text")):
                     changed, count = churn([*(p.get(key) or "" for p in seen), e["text"]])
@@ -337,7 +339,7 @@ def analyse(
             ]
             distance, arrived, latency_ms = min(candidates, default=(float("inf"), 0.0, 0))
             if distance <= MATCH_TOLERANCE_S:
-                outside.append(1000 * (arrived - call.ack_sent - utterance.speech_end_s))  # type: ignore[operator]
+                outside.append(1000 * (arrived - call.ack_sent - utterance.speech_end_s))
                 outside_minus_own.append(outside[-1] - latency_ms)
     return StepResult(
         calls=n,

@@ -49,11 +49,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from timed_engine import TimedEngine
+
 from asr_stream.app.blas_threads import limit_blas_threads
 from asr_stream.audio.segmenter import SegmenterConfig
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.scoring import churn, corpus_wer, normalize
-from asr_stream.inference.engine import Engine
 from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import load_prepared
 from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
@@ -62,7 +63,7 @@ from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.graphs import DECODER, DECODER_CPU, ENCODER, ENCODER_CPU
 from asr_stream.inference.whisper.runner import WhisperRunner, live_windows
 from asr_stream.transcript.channel import ChannelTranscriber
-from asr_stream.transcript.events import SegmentFinal
+from asr_stream.transcript.events import SegmentFinal, SegmentPartial
 from asr_stream.transcript.partials import PartialPolicy
 from asr_stream.transcript.state import Labels, SegmentTranscript
 
@@ -97,23 +98,6 @@ SCHEMES = {
 }
 
 
-class CountingEngine:
-    """An Engine that counts its calls (decoder calls = prefill + steps)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self._engine = engine
-        self.calls = 0
-        self.backend = engine.backend
-        self.max_batch = engine.max_batch
-
-    def run(self, feeds):  # type: ignore[no-untyped-def]
-        self.calls += 1
-        return self._engine.run(feeds)
-
-    def describe(self) -> dict[str, object]:
-        return self._engine.describe()
-
-
 def int8_graph(graph: Path, cache: Path) -> Path:
     """ONNX Runtime dynamic quantization (int8 weights of MatMul/Gemm), cached next to the bench's temp dir."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -125,7 +109,7 @@ def int8_graph(graph: Path, cache: Path) -> Path:
     return target
 
 
-def make_runner(model: str, scheme: Scheme, threads: int, cache: Path) -> tuple[WhisperRunner, CountingEngine]:
+def make_runner(model: str, scheme: Scheme, threads: int, cache: Path) -> tuple[WhisperRunner, TimedEngine]:
     prepared = load_prepared(model, REPO / "engines")
     graphs = {
         ENCODER: Path("/tmp/enc-int8-mm.onnx") if scheme.encoder != ENCODER else prepared.graph_path(ENCODER),
@@ -133,7 +117,7 @@ def make_runner(model: str, scheme: Scheme, threads: int, cache: Path) -> tuple[
     }
     if scheme.int8:
         graphs = {name: int8_graph(path, cache) for name, path in graphs.items()}
-    decoder = CountingEngine(OnnxRuntimeEngine.load(graphs[DECODER], threads=threads))
+    decoder = TimedEngine.load(graphs[DECODER], threads=threads)
     compute = EngineCompute(OnnxRuntimeEngine.load(graphs[ENCODER], threads=threads), decoder, prepared.dims.n_text_ctx)
     windows_s, margin_s = live_windows(model)
     return WhisperRunner.for_spec(prepared, compute, windows_s, margin_s, partial_windows_s=scheme.partial_windows_s), decoder
@@ -161,7 +145,7 @@ class Tally:
     first_partial_words: list[int] = field(default_factory=list)
 
 
-def run_segment(runner: WhisperRunner, decoder: CountingEngine, scheme: Scheme, audio: np.ndarray, tally: Tally) -> None:
+def run_segment(runner: WhisperRunner, decoder: TimedEngine, scheme: Scheme, audio: np.ndarray, tally: Tally) -> None:
     pad = np.zeros(round(PAD_S * RATE), np.float32)
     segment = np.concatenate([pad, audio, pad])
     speech_end = len(pad) + len(audio)
@@ -213,7 +197,8 @@ class _MediaClock:
 
 
 async def _call_finals(model: LoadedModel, audio: np.ndarray, policy: PartialPolicy, segmenter: SegmenterConfig) -> str:
-    clock, emitted = _MediaClock(), []
+    clock = _MediaClock()
+    emitted: list[SegmentPartial | SegmentFinal] = []
     channel = ChannelTranscriber(
         labels=Labels("bench", model.name, model.backend),
         channel="caller",
@@ -278,9 +263,10 @@ def whole_calls(
 
 
 def segmenter_config(overrides: list[str]) -> SegmenterConfig:
-    """`KEY=VALUE` overrides (integers or floats) of the daemon's segmenter defaults."""
-    fields = {key: float(value) if "." in value else int(value) for key, _, value in (o.partition("=") for o in overrides)}
-    return dataclasses.replace(SegmenterConfig(), **fields)
+    """`KEY=VALUE` overrides of the daemon's segmenter defaults, each VALUE read as its default's type (int or float)."""
+    defaults = SegmenterConfig()
+    fields = {key: type(getattr(defaults, key))(value) for key, _, value in (o.partition("=") for o in overrides)}
+    return dataclasses.replace(defaults, **fields)
 
 
 def main() -> None:
@@ -307,7 +293,7 @@ def main() -> None:
     if args.calls:
         try:
             segmenter = segmenter_config(args.segmenter)
-        except (TypeError, ValueError) as error:  # an unknown key, a value that is no number, or settings it refuses
+        except (AttributeError, TypeError, ValueError) as error:  # an unknown key, a value not of its type, or settings it refuses
             parser.error(f"--segmenter {' '.join(args.segmenter)}: {error}")
         whole_calls(args.model, args.calls, args.schemes, args.offsets_ms, segmenter, args.noise_db)
         return

@@ -20,13 +20,13 @@ from asr_stream.devtools.local_broker import LocalBroker
 from asr_stream.sinks.kafka import KafkaSettings, KafkaSink
 from asr_stream.transcript.events import SegmentFinal
 
-ENVELOPE = {"model": "whisper-base", "engine": "onnxruntime", "language": "en"}
-
 
 def final(number: int) -> SegmentFinal:
     return SegmentFinal(
         call_id=f"call-{number % 3}@bench",
-        **ENVELOPE,
+        model="whisper-base",
+        engine="onnxruntime",
+        language="en",
         channel="caller",
         index=number,
         revision=1,

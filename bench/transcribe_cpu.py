@@ -30,47 +30,28 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import date
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from timed_engine import TimedEngine  # bench/ is not a package: found as the script's own directory
+
 from asr_stream.audio.features import log_mel_spectrogram
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.devtools.scoring import corpus_wer
-from asr_stream.inference.engine import Engine
-from asr_stream.inference.models import MODELS, load_prepared
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
-from asr_stream.inference.whisper.runner import LIVE_MARGIN_S, LIVE_WINDOWS_S, WhisperRunner
+from asr_stream.inference.models import MODELS, PreparedModel, load_prepared
+from asr_stream.inference.whisper.engine_compute import EngineCompute
+from asr_stream.inference.whisper.graphs import DECODER, ENCODER
+from asr_stream.inference.whisper.runner import FULL_WINDOW_S, LIVE_MARGIN_S, LIVE_WINDOWS_S, WhisperRunner
 
 REPO = Path(__file__).resolve().parents[1]
 SPEECH = REPO.parent / "shared" / "speech"
 Transcribe = Callable[[np.ndarray], str]
-
-
-class TimedEngine:
-    """An Engine that counts its runs and adds their wall time to `seconds` (for --breakdown)."""
-
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
-        self.seconds = 0.0
-        self.calls = 0
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self.engine, name)
-
-    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        start = time.perf_counter()
-        self.calls += 1
-        try:
-            return self.engine.run(feeds)
-        finally:
-            self.seconds += time.perf_counter() - start
 
 
 def english_clips() -> list[tuple[dict, np.ndarray]]:
@@ -97,10 +78,14 @@ def ct2_directory(model: str) -> Iterator[Path]:
         yield directory
 
 
-def ours(model: str, threads: int) -> tuple[WhisperRunner, Transcribe]:
-    runner = WhisperRunner.from_prepared(load_prepared(model, REPO / "engines"), partial(OnnxRuntimeEngine.load, threads=threads))
-    runner.encoder, runner.decoder.engine = TimedEngine(runner.encoder), TimedEngine(runner.decoder.engine)
-    return runner, lambda audio: runner.transcribe_batch([audio], language="en")[0].text
+def timed_runner(
+    prepared: PreparedModel, threads: int, windows_s: Sequence[int] = (FULL_WINDOW_S,), margin_s: float = 0.0
+) -> tuple[WhisperRunner, TimedEngine, TimedEngine]:
+    """A runner on the prepared graphs `WhisperRunner.from_prepared` loads by default, and its timed encoder and decoder."""
+    encoder = TimedEngine.load(prepared.graph_path(ENCODER), threads=threads)
+    decoder = TimedEngine.load(prepared.graph_path(DECODER), threads=threads)
+    compute = EngineCompute(encoder, decoder, prepared.dims.n_text_ctx)
+    return WhisperRunner.for_spec(prepared, compute, windows_s, margin_s), encoder, decoder
 
 
 def ctranslate2_system(directory: Path, runner: WhisperRunner, compute_type: str, threads: int) -> Transcribe:
@@ -141,8 +126,12 @@ def bench_model(model: str, clips: list[tuple[dict, np.ndarray]], threads: int, 
     audio_seconds = sum(len(audio) for _, audio in clips) / 16_000
     references = [row["text"] for row, _ in clips]
     with ct2_directory(model) as directory:
-        runner, ours_transcribe = ours(model, threads)
-        live = WhisperRunner(runner.encoder.engine, runner.decoder, runner.dims, LIVE_WINDOWS_S, LIVE_MARGIN_S)
+        runner, encoder, decoder = timed_runner(load_prepared(model, REPO / "engines"), threads)
+        live = WhisperRunner(runner.decoder, LIVE_WINDOWS_S, LIVE_MARGIN_S)  # the same engines, in the live windows
+
+        def ours_transcribe(audio: np.ndarray) -> str:
+            return runner.transcribe_batch([audio], language="en")[0].text
+
         systems: dict[str, Transcribe] = {
             "ours (onnxruntime fp32)": ours_transcribe,
             "ours, live windows 10/20/30 s": lambda audio: live.transcribe_batch([audio], language="en")[0].text,
@@ -163,14 +152,15 @@ def bench_model(model: str, clips: list[tuple[dict, np.ndarray]], threads: int, 
                 totals[name].append(time.perf_counter() - start)
             loads.append(load_average())
         if breakdown:
-            runner.encoder.seconds = runner.decoder.engine.seconds = 0.0
+            encoder.runs.clear()
+            decoder.runs.clear()
             start = time.perf_counter()
             for _, audio in clips:
                 ours_transcribe(audio)
             total = time.perf_counter() - start
-            encoder, decoder = runner.encoder.seconds, runner.decoder.engine.seconds
+            encoder_s, decoder_s = encoder.seconds, decoder.seconds
             print(
-                f"\nours breakdown ({model}, one pass, s): total {total:.2f}, encoder {encoder:.2f}, decoder steps {decoder:.2f}, rest {total - encoder - decoder:.2f}"
+                f"\nours breakdown ({model}, one pass, s): total {total:.2f}, encoder {encoder_s:.2f}, decoder steps {decoder_s:.2f}, rest {total - encoder_s - decoder_s:.2f}"
             )
     oracle = texts["ctranslate2 float32"]
     print(f"\n### {model}: {len(clips)} English clips, {audio_seconds:.1f} s of audio, {threads} threads, median of {repeats}")

@@ -49,6 +49,7 @@ import itertools
 from asr_stream.audio.vad import WINDOW_SAMPLES, SileroOnnxModel
 from asr_stream.audio.vad_batch import TICK_S, BatchedVad, Deliver
 from asr_stream.audio.wavfile import load_audio
+from asr_stream.inference.live import Utterance
 from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import ulaw_decode, ulaw_encode
 from asr_stream.transcript.channel import ChannelTranscriber
@@ -209,10 +210,11 @@ class _Silence:
 
     text: str = ""
     language: str | None = None
+    tokens: tuple[int, ...] = ()
 
 
 class _InstantQueue:
-    async def submit(self, key: object, payload: np.ndarray, priority: object) -> _Silence:
+    async def submit(self, key: object, payload: Utterance, priority: object) -> _Silence:
         return _Silence()
 
 
@@ -354,7 +356,7 @@ def main() -> None:
     if args.live:
         live(args.live, args.seconds, telephone_channel(clean).astype(np.float32))
         return
-    n = clean.shape[0]
+    n = len(clean)
     noises = {"pink": pink_noise(n, rng), "babble": babble_noise(n, talkers, rng)}
 
     conditions: dict[str, tuple[np.ndarray, np.ndarray]] = {"clean": (telephone_channel(clean), labels)}

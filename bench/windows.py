@@ -18,17 +18,14 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from transcribe_cpu import REPO, TimedEngine, english_clips, load_average, machine_name
+from transcribe_cpu import REPO, english_clips, load_average, machine_name, timed_runner
 
 from asr_stream.devtools.scoring import corpus_wer
 from asr_stream.inference.models import load_prepared
-from asr_stream.inference.onnxruntime_backend import OnnxRuntimeEngine
-from asr_stream.inference.whisper.runner import WhisperRunner
 
 # (windows_s, margin_s); the first is the reference every other scheme is compared with.
 SCHEMES: tuple[tuple[tuple[int, ...], float], ...] = (
@@ -51,10 +48,8 @@ def main() -> None:
     clips = english_clips()
     references = [row["text"] for row, _ in clips]
     prepared = load_prepared(args.model, REPO / "engines")
-    load_engine = partial(OnnxRuntimeEngine.load, threads=args.threads)
-    runners = {scheme: WhisperRunner.from_prepared(prepared, load_engine, *scheme) for scheme in SCHEMES}
-    for runner in runners.values():
-        runner.encoder = TimedEngine(runner.encoder)
+    runners = {scheme: timed_runner(prepared, args.threads, *scheme) for scheme in SCHEMES}  # (runner, encoder, decoder)
+    for runner, _, _ in runners.values():
         runner.transcribe_batch([clips[0][1]], language="en")  # warm-up
     cpu: dict[tuple, list[float]] = defaultdict(list)
     wall: dict[tuple, list[float]] = defaultdict(list)
@@ -62,13 +57,13 @@ def main() -> None:
     retries: dict[tuple, int] = {}
     loads = [load_average()]
     for _ in range(args.repeats):
-        for scheme, runner in runners.items():
-            calls_before = runner.encoder.calls
+        for scheme, (runner, encoder, _) in runners.items():
+            calls_before = encoder.calls
             cpu_start, wall_start = time.process_time(), time.perf_counter()
             texts[scheme] = [runner.transcribe_batch([audio], language="en")[0].text for _, audio in clips]
             cpu[scheme].append(time.process_time() - cpu_start)
             wall[scheme].append(time.perf_counter() - wall_start)
-            retries[scheme] = runner.encoder.calls - calls_before - len(clips)  # every clip fits one window
+            retries[scheme] = encoder.calls - calls_before - len(clips)  # every clip fits one window
         loads.append(load_average())
     categories = sorted({row["category"] for row, _ in clips})
     print(f"\n{args.model}: {len(clips)} English clips, {args.threads} threads, median of {args.repeats}")

@@ -28,6 +28,7 @@ from asr_stream.transcript.events import (
     CallStarted,
     ChannelInfo,
     EndReason,
+    EnvelopeFields,
     Party,
     SegmentFinal,
     SegmentPartial,
@@ -48,7 +49,7 @@ TEXTS = [
 
 def call_events(number: int, finals: int, partials: int) -> list[TranscriptEvent]:
     call_id = f"bench-{number}@gw.example"
-    common = {"call_id": call_id, "model": "whisper-base", "engine": "onnxruntime-cpu", "language": "zh"}
+    common: EnvelopeFields = {"call_id": call_id, "model": "whisper-base", "engine": "onnxruntime-cpu", "language": "zh"}
     start = T0 + timedelta(seconds=number)
     events: list[TranscriptEvent] = [
         CallStarted(
@@ -64,12 +65,14 @@ def call_events(number: int, finals: int, partials: int) -> list[TranscriptEvent
     for index in range(finals):
         channel, begin = ("agent", "caller")[index % 2], index * 4000
         text = TEXTS[index % len(TEXTS)]
-        segment = {"channel": channel, "index": index // 2, "start_ms": begin, "latency_ms": 300}
         for revision in range(partials):
             events.append(
                 SegmentPartial(
                     **common,
-                    **segment,
+                    channel=channel,
+                    index=index // 2,
+                    start_ms=begin,
+                    latency_ms=300,
                     emitted_at=start + timedelta(milliseconds=begin + 1000 * (revision + 1)),
                     revision=revision,
                     text=text[: 4 * (revision + 1)],
@@ -79,7 +82,10 @@ def call_events(number: int, finals: int, partials: int) -> list[TranscriptEvent
         events.append(
             SegmentFinal(
                 **common,
-                **segment,
+                channel=channel,
+                index=index // 2,
+                start_ms=begin,
+                latency_ms=300,
                 emitted_at=start + timedelta(milliseconds=begin + 3800),
                 revision=partials,
                 text=text,

@@ -19,12 +19,13 @@ import time
 import traceback
 from pathlib import Path
 
+from asr_stream.inference.engine import Precision
 from asr_stream.inference.models import prepare_model
 from asr_stream.inference.profiles import ProfileError, load_profile, variants
 from asr_stream.inference.tensorrt.build import build_engines
 from asr_stream.inference.tensorrt.cache import EngineCacheError, list_builds, load_trt
 
-PRECISIONS = ("fp32", "fp16", "int8")  # int8 too: where it cannot be built, the row says why
+PRECISIONS: tuple[Precision, ...] = ("fp32", "fp16", "int8")  # int8 too: where it cannot be built, the row says why
 
 
 def install_conformer(engines_dir: Path) -> str:
