@@ -225,6 +225,7 @@ async def test_broker_outage_mid_call_loses_and_duplicates_nothing(tmp_path, dur
     delivered = await asyncio.to_thread(consume_calls, durable_kafka_broker.bootstrap_servers, topic_name, 1, 40)
     events, redelivered = without_redeliveries(delivered)
     assert daemon.kafka is not None and redelivered <= daemon.kafka.failed, "more redeliveries than failed sends"
+    assert daemon.kafka.dropped == 0 and daemon.kafka.spool_size == 0, "the sink dropped events or left them spooled"
     finals = assert_call_lifecycle(events, events[0]["call_id"])
     assert corpus_wer([reference], [joined_text(finals)]) <= 0.3
 
