@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 from kafka import KafkaConsumer, TopicPartition
@@ -36,9 +37,19 @@ def kafka_broker() -> Iterator[LocalBroker]:
 
 @pytest.fixture
 def durable_kafka_broker() -> Iterator[LocalBroker]:
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    s3 = moto_server.ThreadedMotoServer(ip_address=LOCALHOST, port=free_tcp_port(), verbose=False)
+    pytest.importorskip("moto.server")
+    with s3_backed_broker() as broker:
+        yield broker
+
+
+@contextmanager
+def s3_backed_broker() -> Iterator[LocalBroker]:
+    """A started Tansu storing into a bucket of its own on a moto S3 server, both on 127.0.0.1
+    (also for bench/broker_crash.py)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    s3 = ThreadedMotoServer(ip_address=LOCALHOST, port=free_tcp_port(), verbose=False)
     s3.start()
     # moto keeps its S3 state per process, not per server: each broker gets a bucket of its own.
     bucket = f"tansu-{uuid.uuid4().hex[:8]}"
