@@ -17,7 +17,6 @@ import argparse
 import collections
 import logging
 import random
-import signal
 import sys
 import time
 import uuid
@@ -32,27 +31,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from kafka_fixtures import consume_all, s3_backed_broker  # tests/ is not a package: found through the path above
 
 from asr_stream.devtools.local_broker import LocalBroker
-from asr_stream.sinks.kafka import KafkaSettings
-
-
-def sink_like_producer(bootstrap_servers: str) -> KafkaProducer:
-    """The options the sink's idempotent producer runs with (sinks/kafka.py, `_new_producer`), at their defaults."""
-    settings = KafkaSettings(bootstrap_servers=bootstrap_servers)
-    return KafkaProducer(
-        bootstrap_servers=bootstrap_servers,
-        acks="all",
-        enable_idempotence=True,
-        max_in_flight_requests_per_connection=5,
-        request_timeout_ms=settings.request_timeout_ms,
-        delivery_timeout_ms=settings.in_doubt_retry_ms,
-        max_block_ms=settings.request_timeout_ms,
-        reconnect_backoff_max_ms=2_000,
-    )
+from asr_stream.sinks.kafka import KafkaSettings, producer_options
 
 
 def crash_round(broker: LocalBroker, topic: str, first: int, rng: random.Random) -> dict[bytes, FutureRecordMetadata]:
     """Sends in bursts until a random moment, SIGKILL, a pause, restart; returns each value's future once the producer is done."""
-    producer = sink_like_producer(broker.bootstrap_servers)
+    producer = KafkaProducer(**producer_options(KafkaSettings(bootstrap_servers=broker.bootstrap_servers), idempotent=True))
     sent: dict[bytes, FutureRecordMetadata] = {}
     kill_at = time.monotonic() + rng.uniform(0.3, 1.5)
     number = first
@@ -62,11 +46,7 @@ def crash_round(broker: LocalBroker, topic: str, first: int, rng: random.Random)
             sent[value] = producer.send(topic, key=f"call-{number % 7}".encode(), value=value)
             number += 1
         time.sleep(0.01)
-    process = broker._process  # the broker's own stop() would try SIGTERM first: this is a crash
-    assert process is not None
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    broker._process = None
+    broker.kill()
     time.sleep(rng.uniform(0.5, 3.0))
     broker.start()
     producer.flush(timeout=90)

@@ -103,7 +103,7 @@ class LocalBroker:
             self.storage_url,
         ]
         log.info("starting Tansu on %s (storage %s)", url, self.storage_url.split("://")[0])
-        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")  # noqa: SIM115  (the broker's log, open while it runs; closed in stop())
+        self._log = tempfile.NamedTemporaryFile(prefix="tansu-", suffix=".log")  # noqa: SIM115  (the broker's log, open while it runs; closed when it is stopped or killed)
         self._process = subprocess.Popen(
             command,
             env={**os.environ, **self._env},
@@ -140,10 +140,16 @@ class LocalBroker:
         assert self._process is not None, "start() first"
         self._process.send_signal(signal.SIGCONT)
 
+    def kill(self) -> None:
+        """SIGKILL: a crash, with no chance to finish what it was writing (start() brings it back)."""
+        process = self._detach()
+        if process is not None:
+            process.kill()
+            process.wait()
+
     def stop(self, timeout_s: float = 5.0) -> None:
         """SIGTERM (Tansu shuts down in about 2 s), then SIGKILL once the deadline passes."""
-        process, self._process = self._process, None
-        log_file, self._log = self._log, None
+        process = self._detach()
         if process is not None and process.poll() is None:
             process.send_signal(signal.SIGCONT)  # a frozen broker could not act on SIGTERM
             process.send_signal(signal.SIGTERM)
@@ -153,8 +159,15 @@ class LocalBroker:
                 log.warning("Tansu ignored SIGTERM for %.1f s; killing it", timeout_s)
                 process.kill()
                 process.wait()
+
+    def _detach(self) -> subprocess.Popen[bytes] | None:
+        """The broker's process, no longer this object's; its log file is closed (the process keeps
+        writing to its own descriptor of the unlinked file until it exits)."""
+        process, self._process = self._process, None
+        log_file, self._log = self._log, None
         if log_file is not None:
             log_file.close()
+        return process
 
     def __enter__(self) -> LocalBroker:
         self.start()

@@ -495,9 +495,10 @@ class TorchStepper:
             torch.from_numpy(fed).to(compute.device), bucket.offset, cache, bucket.cross, last=lengths + (self._prompt_length - 1)
         )
         bucket.self_kv[:, :, :, :, : fed.shape[1]].copy_(new_kv)
-        scores = logits.float() + compute._first_mask
+        logits = logits.float()
+        scores = logits + compute._first_mask
         if plan.unforced_first_mask is not None:  # rows with nothing forced: the end token may not come first
-            scores = torch.where((lengths == 0).unsqueeze(1), logits.float() + compute._unforced_first_mask, scores)
+            scores = torch.where((lengths == 0).unsqueeze(1), logits + compute._unforced_first_mask, scores)
         rows = torch.arange(bucket.batch, device=compute.device)
         first = compute._sample(scores, bucket.uniforms[lengths, rows]) if self._sampling else compute._argmax(scores)
         bucket.output.fill_(UNWRITTEN)

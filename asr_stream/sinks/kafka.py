@@ -113,6 +113,39 @@ class KafkaSettings:
             raise ValueError("in_doubt_retry_ms must be at least delivery_timeout_ms")
 
 
+def client_options(settings: KafkaSettings) -> dict[str, Any]:
+    """What each of the sink's clients (producer, topic admin, read-back consumer) connects with."""
+    return {
+        "bootstrap_servers": settings.bootstrap_servers,
+        "client_id": settings.client_id,
+        "request_timeout_ms": settings.request_timeout_ms,
+        "bootstrap_timeout_ms": settings.request_timeout_ms,
+        # kafka-python's default grows to 30 s between reconnects; a broker back from an
+        # outage should be noticed within a couple of seconds.
+        "reconnect_backoff_max_ms": 2_000,
+        **settings.security,
+    }
+
+
+def producer_options(settings: KafkaSettings, idempotent: bool) -> dict[str, Any]:
+    """The sink's producer: idempotent with 5 requests in flight, or without and one in flight (order)."""
+    options = client_options(settings) | {
+        "acks": "all",
+        "delivery_timeout_ms": settings.delivery_timeout_ms,
+        "max_block_ms": settings.request_timeout_ms,
+        "compression_type": settings.compression_type,
+    }
+    if not idempotent:
+        return options | {"enable_idempotence": False, "max_in_flight_requests_per_connection": 1}
+    # The producer retries a batch for in_doubt_retry_ms; the sink stops waiting after
+    # delivery_timeout_ms and spools it, leaving the producer to finish (module docstring).
+    return options | {
+        "delivery_timeout_ms": settings.in_doubt_retry_ms,
+        "enable_idempotence": True,
+        "max_in_flight_requests_per_connection": 5,
+    }
+
+
 class DeliveryLedger(Protocol):
     """Hears, on the sink's thread, when events leave the process's memory (sinks/journal.py)."""
 
@@ -412,37 +445,19 @@ class KafkaSink:
         self._backoff_s = min(self._backoff_s * 2, 10.0)
 
     def _client_options(self) -> dict[str, Any]:
-        return {
-            "bootstrap_servers": self.settings.bootstrap_servers,
-            "client_id": self.settings.client_id,
-            "request_timeout_ms": self.settings.request_timeout_ms,
-            "bootstrap_timeout_ms": self.settings.request_timeout_ms,
-            # kafka-python's default grows to 30 s between reconnects; a broker back from an
-            # outage should be noticed within a couple of seconds.
-            "reconnect_backoff_max_ms": 2_000,
-            **self.settings.security,
-        }
+        return client_options(self.settings)
 
     def _new_producer(self) -> KafkaProducer:
         """Idempotent where the broker supports it; otherwise one request in flight keeps order."""
-        options = self._client_options() | {
-            "acks": "all",
-            "delivery_timeout_ms": self.settings.delivery_timeout_ms,
-            "max_block_ms": self.settings.request_timeout_ms,
-            "compression_type": self.settings.compression_type,
-        }
         if self.idempotent is not False:
             try:
-                # The producer retries a batch for in_doubt_retry_ms; the sink stops waiting after
-                # delivery_timeout_ms and spools it, leaving the producer to finish (module docstring).
-                idempotent = options | {"delivery_timeout_ms": self.settings.in_doubt_retry_ms}
-                producer = KafkaProducer(**idempotent, enable_idempotence=True, max_in_flight_requests_per_connection=5)
+                producer = KafkaProducer(**producer_options(self.settings, idempotent=True))
                 self.idempotent = True
                 return producer
             except KafkaConfigurationError as error:
                 log.warning("idempotent producer not possible (%s); using one request in flight", error)
                 self.idempotent = False
-        return KafkaProducer(**options, enable_idempotence=False, max_in_flight_requests_per_connection=1)
+        return KafkaProducer(**producer_options(self.settings, idempotent=False))
 
     def _ensure_topic(self) -> None:
         admin = KafkaAdminClient(**self._client_options())
