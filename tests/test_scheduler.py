@@ -162,6 +162,27 @@ async def test_a_final_does_not_wait_for_a_running_partial_batch():
         await scheduler.stop()
 
 
+async def test_finals_wait_for_company_as_long_as_their_lane_is_told_and_partials_do_not():
+    """`final_max_wait_s` holds the finals' lane only: two finals 0.1 s apart share one batch, while
+    two partials as far apart run as two (their lane keeps `max_wait_s`, here 0)."""
+    calls: list[list[str]] = []
+    settings = SchedulerSettings(max_batch=8, max_wait_s=0.0, final_max_wait_s=0.5)
+    scheduler = BatchScheduler(_recording_engine(calls), settings)
+    await scheduler.start()
+    try:
+        first = [asyncio.create_task(scheduler.submit(f"{kind}0", f"{kind}0", priority)) for kind, priority in PAIRS]
+        await asyncio.sleep(0.1)
+        second = [asyncio.create_task(scheduler.submit(f"{kind}1", f"{kind}1", priority)) for kind, priority in PAIRS]
+        await asyncio.gather(*first, *second)
+    finally:
+        await scheduler.stop()
+    assert ["final0", "final1"] in calls
+    assert ["partial0"] in calls and ["partial1"] in calls
+
+
+PAIRS = (("final", Priority.FINAL), ("partial", Priority.PARTIAL))
+
+
 async def test_in_their_own_lane_partials_are_not_shed_for_slow_finals():
     """A slow final lane saturates admission, but partials (which cannot delay it) still run."""
     calls: list[list[str]] = []

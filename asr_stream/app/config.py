@@ -304,6 +304,9 @@ class VadSection(_Section):
 class SchedulerSection(_Section):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = SchedulerSettings.max_batch
     max_wait_ms: Annotated[float, Field(ge=0)] = SchedulerSettings.max_wait_s * 1000
+    final_max_wait_ms: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="with final_lane: how long the oldest final waits for company; null: max_wait_ms"
+    )
     max_queue: Annotated[int, Field(ge=1)] = SchedulerSettings.max_queue
     partial_interval_s: Positive = Field(default=PartialPolicy.interval_s, description="least time between two partials of a segment")
     partial_min_new_speech_s: Annotated[float, Field(ge=0)] = Field(
@@ -333,6 +336,7 @@ class SchedulerSection(_Section):
         return SchedulerSettings(
             max_batch=min(self.max_batch, engine_max_batch),
             max_wait_s=self.max_wait_ms / 1000,
+            final_max_wait_s=self.final_max_wait_ms / 1000 if self.final_max_wait_ms is not None else None,
             max_queue=self.max_queue,
             final_deadline_s=self.final_deadline_s,
             threads=self.engine_threads,

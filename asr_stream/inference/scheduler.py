@@ -71,6 +71,10 @@ class SchedulerSettings:
     threads: engine calls in flight at once (CPU: one engine call already uses every core given);
         with `final_lane`, the partial workers
     final_lane: one more worker only for finals, so a final never waits for a running partial batch
+    final_max_wait_s: with `final_lane`, how long the oldest final waits for company (None: `max_wait_s`).
+        Longer on a GPU: there a final batch costs nearly the same for 10 rows as for 60, and an early
+        final (transcript/partials.py) is asked for ~300 ms before its segment closes, so a final
+        batch that waits for more finals frees GPU time for partials at little cost to finals
     partial_nice: with `final_lane`, the partial workers' threads run this much nicer (Linux), so
         that on a busy CPU the kernel gives a final's thread the cores first (0: same priority, the
         default since finals were requested during the closing silence and the CPU encoder went
@@ -84,6 +88,7 @@ class SchedulerSettings:
     final_deadline_s: float = 1.5
     threads: int = 1
     final_lane: bool = True
+    final_max_wait_s: float | None = None
     partial_nice: int = 0
 
 
@@ -132,12 +137,14 @@ class BatchScheduler(Generic[P, R]):
         self._bucket = bucket
         self._threads = settings.threads
         self.final_lane = settings.final_lane
+        final_wait_s = settings.final_max_wait_s if settings.final_max_wait_s is not None else self.max_wait_s
         self._queues: dict[Priority, list[_Job[P, R]]] = {Priority.FINAL: [], Priority.PARTIAL: []}
         self._partial_by_key: dict[Hashable, _Job[P, R]] = {}
         # Which priorities each kind of worker takes, and the event that wakes it.
         both = (Priority.FINAL, Priority.PARTIAL)
         self._lanes: list[tuple[Priority, ...]] = [(Priority.FINAL,), (Priority.PARTIAL,)] if self.final_lane else [both]
         self._wakeups = {lane: asyncio.Event() for lane in self._lanes}
+        self._max_wait_s = {lane: final_wait_s if lane == (Priority.FINAL,) else self.max_wait_s for lane in self._lanes}
         self._idle = asyncio.Event()  # set while nothing is queued or running
         self._idle.set()
         self._in_flight = 0
@@ -293,7 +300,7 @@ class BatchScheduler(Generic[P, R]):
             if oldest is None:
                 wakeup.clear()
                 continue
-            remaining = self.max_wait_s - (time.monotonic() - oldest)
+            remaining = self._max_wait_s[lane] - (time.monotonic() - oldest)
             if sum(self.queued(priority) for priority in lane) < self.max_batch and remaining > 0:
                 await asyncio.sleep(remaining)
             batch = self._take_batch(lane)
