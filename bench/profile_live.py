@@ -14,13 +14,8 @@ differ in length across rows).
 
 `--mix partials` is what the daemon's partial lane runs under load: partials only, all in the 5 s
 window (open segments of 1.5-4.5 s), each with the prefix its previous partial (1 s shorter) agreed
-on. `--mix windows`: the same for open segments of 1.5 s up to the whole clip, so every partial
-window (5, 10, 20 s) is in the batch; it also times the same rows as one batch per window, the way
-the scheduler queued partials before a compute could join windows (torch: one joined pass).
-`--torch-profile` adds the device's view (torch.profiler): the kernels' total time against the
+on. `--torch-profile` adds the device's view (torch.profiler): the kernels' total time against the
 batch's wall time says how much of a batch the GPU is actually busy.
-
-    python bench/profile_live.py --mix windows --batch 128 256   # joined vs one batch per window
 """
 
 from __future__ import annotations
@@ -38,7 +33,6 @@ import numpy as np
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.inference.live import Utterance
 from asr_stream.inference.runners import load_model
-from asr_stream.inference.whisper.runner import live_partial_windows, live_windows
 
 RATE = 16_000
 
@@ -57,14 +51,12 @@ def live_mix(model, clips: list[np.ndarray], batch: int) -> list[Utterance]:
     return requests
 
 
-def partial_mix(model, clips: list[np.ndarray], batch: int, rng: np.random.Generator, longest_s: float | None = 4.5) -> list[Utterance]:
-    """The partial lane's batch: open segments of 1.5 s to `longest_s` (None: the whole clip), each
-    forcing what its partial 1 s earlier agreed on."""
+def partial_mix(model, clips: list[np.ndarray], batch: int, rng: np.random.Generator) -> list[Utterance]:
+    """The partial lane's batch: open segments of 1.5-4.5 s, each forcing what its partial 1 s earlier agreed on."""
     requests = []
     for k in range(batch):
         audio = clips[k % len(clips)]
-        clip_s = len(audio) / RATE
-        seconds = min(rng.uniform(1.5, longest_s or max(1.5, clip_s)), clip_s)
+        seconds = min(rng.uniform(1.5, 4.5), len(audio) / RATE)
         early = model.live([Utterance(audio[: int((seconds - 1) * RATE)], partial=True)])[0]
         prefix = early.tokens[: max(0, len(early.tokens) - 2)]
         requests.append(Utterance(audio[: int(seconds * RATE)], partial=True, prefix=tuple(prefix)))
@@ -79,12 +71,7 @@ def main() -> None:
     parser.add_argument("--speech", type=Path, default=Path("../shared/speech"))
     parser.add_argument("--batch", type=int, nargs="+", default=[32])
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--mix",
-        choices=["live", "partials", "windows"],
-        default="live",
-        help="half finals, half partials; the partial lane's; in every window",
-    )
+    parser.add_argument("--mix", choices=["live", "partials"], default="live", help="half finals, half partials; or the partial lane's")
     parser.add_argument(
         "--profiles-dir", type=Path, default=Path("profiles"), help="where <model>.yaml gives the torch backend's batch buckets"
     )
@@ -94,14 +81,8 @@ def main() -> None:
     clips = [load_audio(args.speech / row["path_wav16k"])[0][0] for row in manifest if row["lang"] == "en"]
     model = load_model(args.model, args.engines_dir, "en", backend=args.backend, live=True, profiles_dir=args.profiles_dir)
     for batch in args.batch:
-        rng = np.random.default_rng(batch)
-        if args.mix == "live":
-            requests = live_mix(model, clips, batch)
-        else:
-            requests = partial_mix(model, clips, batch, rng, 4.5 if args.mix == "partials" else None)
+        requests = live_mix(model, clips, batch) if args.mix == "live" else partial_mix(model, clips, batch, np.random.default_rng(batch))
         profile_batch(model, requests, args)
-        if args.mix == "windows":
-            time_by_window(model, requests, args)
 
 
 def profile_batch(model, requests: list[Utterance], args: argparse.Namespace) -> None:
@@ -127,29 +108,6 @@ def profile_batch(model, requests: list[Utterance], args: argparse.Namespace) ->
     print(out.getvalue())
     if args.torch_profile:
         device_profile(model, requests, sync)
-
-
-def time_by_window(model, requests: list[Utterance], args: argparse.Namespace) -> None:
-    """The same rows as one batch per partial window, back to back (the scheduler's batches before windows were joined)."""
-    windows, (_, margin_s) = live_partial_windows(args.model), live_windows(args.model)
-    groups: dict[int, list[Utterance]] = {}
-    for request in requests:
-        groups.setdefault(next((w for w in windows if w >= request.seconds + margin_s), windows[-1]), []).append(request)
-    sync = _device_sync(args.backend)
-
-    def run() -> None:
-        for group in groups.values():
-            model.live(group)
-        sync()
-
-    run()  # warm
-    times = []
-    for _ in range(args.repeats):
-        started = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - started)
-    sizes = ", ".join(f"{window} s: {len(groups[window])}" for window in sorted(groups))
-    print(f"one batch per window ({sizes}): median {np.median(times):.3f} s ({len(requests) / np.median(times):.0f} rows/s)")
 
 
 def device_profile(model, requests: list[Utterance], sync) -> None:

@@ -134,35 +134,6 @@ def test_cpu_fp32_prefills_ragged_prefixes_like_onnxruntime(cpu_fp32, onnxruntim
     assert_ragged_prefixes_like_onnxruntime(cpu_fp32, onnxruntime, english_clips[:8], audio_by_id)
 
 
-def test_partials_in_different_windows_share_one_pass_and_decode_as_alone(english_clips, audio_by_id):
-    """The partial lane's batch mixes open segments of every length: each row is encoded in its own
-    window (5, 10, 20 s), the batch joined at the longest and decoded in one pass (cross-attention
-    masked per row), token for token what each row gives alone."""
-    base = torch_runner("cpu", torch.float32, (1, 4, 8))  # a fresh compute: its buckets show the passes
-    live = WhisperRunner(base.decoder, (10, 20, 30), 1.0, (5, 10, 20, 30))
-    menu, info = audio_by_id["en8k_asterisk_conf-usermenu"], audio_by_id["en8k_asterisk_demo-moreinfo"]  # 14.0 and 14.7 s
-    cuts = [(menu, 2.5), (info, 6.0), (info, 12.0), (menu, 3.0)]
-    requests = [Utterance(audio[: int(seconds * 16000)], partial=True) for audio, seconds in cuts]
-    assert [live.live_window_for(request) for request in requests] == [5, 10, 20, 5]
-    assert len({live.live_bucket(request) for request in requests}) == 1, "one scheduler bucket for every partial"
-    alone = [live.transcribe_live([request], language="en")[0] for request in requests]
-    requests[3] = dataclasses.replace(requests[3], prefix=alone[3].tokens[:3])  # and a forced prefix beside rows without
-    together = live.transcribe_live(requests, language="en")
-    assert all(len(result.tokens) > 3 for result in alone)
-    assert [result.tokens for result in together] == [result.tokens for result in alone]
-    assert [result.text for result in together] == [result.text for result in alone]
-    assert (4, 1000) in live.compute.describe()["buckets"], "the four rows decoded in one pass at the 20 s window's positions"
-    finals = [Utterance(request.audio) for request in requests]
-    assert len({live.live_bucket(final) for final in finals}) == 2, "finals keep a bucket per window (10 and 20 s)"
-
-
-def test_onnxruntime_partials_keep_a_scheduler_bucket_per_window(onnxruntime):
-    """The ONNX decoder graphs take no cross-attention mask: a batch is one window, so partials queue by window."""
-    live = WhisperRunner(onnxruntime.decoder, (10, 20, 30), 1.0, (5, 10, 20, 30))
-    partials = [Utterance(np.zeros(int(seconds * 16000), np.float32), partial=True) for seconds in (2.5, 6.0, 12.0)]
-    assert [live.live_bucket(partial) for partial in partials] == [5, 10, 20]
-
-
 def test_a_forced_prefix_that_fills_the_text_context_leaves_no_free_token(cpu_fp32):
     """A row whose prompt and prefix reach the 448-position context is past the pass's limit at once:
     it gets no free token (and no position past the context is indexed), the other rows decode as alone."""

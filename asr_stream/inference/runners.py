@@ -252,7 +252,7 @@ def whisper_model(
         window,
         frozenset(hotwords.named),
         transcribe_live,
-        runner.live_bucket,
+        runner.live_window_for,
     )
 
 

@@ -136,11 +136,9 @@ class Precedence:
 
 @dataclass(frozen=True)
 class DeviceEncoded:
-    """Encoded windows on the device: cross_kv [L, 2, B, H, frames/2, D]; `positions` [B]: where a
-    row's own window ends when windows of different lengths were joined (`join`), None: every row fills it."""
+    """Encoded windows on the device: cross_kv [L, 2, B, H, frames/2, D]."""
 
     cross_kv: Tensor
-    positions: Tensor | None = None
 
     @property
     def rows(self) -> int:
@@ -152,7 +150,6 @@ class _Bucket:
     """Static tensors of one (batch, audio positions) bucket, captured by its CUDA graphs."""
 
     cross_kv: Tensor  # [L, 2, B, H, positions, D]
-    cross_bias: Tensor  # [B, 1, 1, positions] added to cross-attention scores: -inf past a row's own window
     self_kv: Tensor  # [L, 2, B, H, n_text_ctx, D]
     tokens: Tensor  # [B, 1] the token each row feeds next
     offset: Tensor  # [B] its position, and the cache slot its K/V go to (rows with longer forced prefixes are ahead)
@@ -169,14 +166,6 @@ class _Bucket:
     def cross(self) -> list[tuple[Tensor, Tensor]]:
         """`cross_kv` as the decoder takes it: per layer, keys transposed (views of the static buffer)."""
         return cross_views(self.cross_kv)
-
-    def load(self, encoded: DeviceEncoded) -> None:
-        """Place `encoded`'s rows first, each attending to its own window's positions only."""
-        self.cross_kv[:, :, : encoded.rows].copy_(encoded.cross_kv)
-        self.cross_bias.zero_()
-        if encoded.positions is not None:
-            past = torch.arange(self.cross_kv.shape[_KV_POSITION], device=encoded.positions.device) >= encoded.positions.unsqueeze(1)
-            self.cross_bias[: encoded.rows, 0, 0].masked_fill_(past, float("-inf"))
 
 
 class DeviceLogMel:
@@ -314,36 +303,13 @@ class TorchWhisperCompute:
     @_inference
     def select(self, encoded: DeviceEncoded, rows: Sequence[int]) -> DeviceEncoded:
         index = torch.tensor(list(rows), dtype=torch.int64, device=self.device)
-        positions = None if encoded.positions is None else encoded.positions.index_select(0, index)
-        return DeviceEncoded(encoded.cross_kv.index_select(_KV_BATCH, index), positions)
-
-    @_inference
-    def join(self, parts: Sequence[tuple[DeviceEncoded, Sequence[int]]], rows: int) -> DeviceEncoded:
-        """Batches encoded in windows of different lengths as one batch of `rows` rows (each part's rows
-        at the given places), padded to the longest window; a row's decoder steps attend only to its
-        own window's positions, so it decodes as it would alone.
-
-        Why: the partial lane's batch took the oldest request's window only (5, 10, 20 or 30 s), so on
-        the GPU, whose batch costs about the same for 56 rows as for 128, partials waited in four
-        queues for a batch of their own (docs/benchmarks.md, "cross-window partial batches").
-        """
-        positions = max(part.cross_kv.shape[_KV_POSITION] for part, _ in parts)
-        shape = list(parts[0][0].cross_kv.shape)
-        shape[_KV_BATCH], shape[_KV_POSITION] = rows, positions
-        cross_kv = torch.zeros(shape, dtype=self.dtype, device=self.device)  # padding: zeros, never attended to
-        valid = torch.full((rows,), positions, dtype=torch.int64, device=self.device)
-        for part, places in parts:
-            assert part.positions is None, "a part is one window's batch"
-            index = torch.tensor(list(places), dtype=torch.int64, device=self.device)
-            cross_kv[:, :, index, :, : part.cross_kv.shape[_KV_POSITION]] = part.cross_kv
-            valid[index] = part.cross_kv.shape[_KV_POSITION]
-        return DeviceEncoded(cross_kv, valid)
+        return DeviceEncoded(encoded.cross_kv.index_select(_KV_BATCH, index))
 
     @_inference
     def stepper(self, encoded: DeviceEncoded, plan: DecodingPass) -> TorchStepper | HostStepper:
         """Timestamp decoding steps through the host (its rules need each row's history); the rest on the device."""
         bucket = self._bucket(self._batch_for(encoded.rows), encoded.cross_kv.shape[_KV_POSITION])
-        bucket.load(encoded)
+        bucket.cross_kv[:, :, : encoded.rows].copy_(encoded.cross_kv)
         if plan.timestamp_rules is not None:
             return HostStepper(_TorchSession(self, bucket, plan.eot), plan)
         return TorchStepper(self, bucket, plan)
@@ -384,7 +350,6 @@ class TorchWhisperCompute:
             head = (dims.n_text_layer, 2, batch, dims.n_text_head)
             self._buckets[key] = _Bucket(
                 cross_kv=self._view("_cross_storage", (*head, positions, dims.head_dim)),
-                cross_bias=torch.zeros(batch, 1, 1, positions, dtype=self.dtype, device=self.device),
                 self_kv=self._view("_self_storage", (*head, capacity, dims.head_dim)),
                 tokens=torch.zeros(batch, 1, dtype=torch.int64, device=self.device),
                 offset=torch.zeros(batch, dtype=torch.int64, device=self.device),
@@ -418,7 +383,7 @@ class TorchWhisperCompute:
         reaches it first) goes on writing until it reaches the last slot and column, where it stays;
         nothing it writes there is returned (`TorchStepper.tokens` ends every row at the limit).
         """
-        logits = self.model.decoder.step_in_place(bucket.tokens, bucket.offset, bucket.self_kv, tier, bucket.cross, bucket.cross_bias)
+        logits = self.model.decoder.step_in_place(bucket.tokens, bucket.offset, bucket.self_kv, tier, bucket.cross)
         scores = logits.float() + self._step_mask
         column = bucket.column.unsqueeze(1)
         chosen = self._sample(scores, bucket.uniforms.T.gather(1, column).squeeze(1)) if sampling else self._argmax(scores)
@@ -527,12 +492,7 @@ class TorchStepper:
         bucket.offset.zero_()
         cache = bucket.self_kv[:, :, :, :, : compute.cache_tiers[0]]
         logits, new_kv = compute.model.decoder(
-            torch.from_numpy(fed).to(compute.device),
-            bucket.offset,
-            cache,
-            bucket.cross,
-            last=lengths + (self._prompt_length - 1),
-            cross_bias=bucket.cross_bias,
+            torch.from_numpy(fed).to(compute.device), bucket.offset, cache, bucket.cross, last=lengths + (self._prompt_length - 1)
         )
         bucket.self_kv[:, :, :, :, : fed.shape[1]].copy_(new_kv)
         logits = logits.float()
@@ -594,7 +554,6 @@ class TorchStepper:
             self._ended[int(row)] = tokens
         index = torch.from_numpy(still).to(compute.device)
         cross_kv = old.cross_kv[:, :, : len(self._rows)].index_select(_KV_BATCH, index)
-        cross_bias = old.cross_bias.index_select(0, index)
         self_kv = old.self_kv[:, :, :, :, :valid].index_select(_KV_BATCH, index)
         tokens, output = old.tokens.index_select(0, index), old.output[:, : self._columns].index_select(0, index)
         offset, column = old.offset.index_select(0, index), old.column.index_select(0, index)
@@ -602,7 +561,6 @@ class TorchStepper:
         new = compute._bucket(compute._batch_for(count), old.cross_kv.shape[_KV_POSITION])
         compute._capture(new, self._sampling)
         new.cross_kv[:, :, :count].copy_(cross_kv)
-        new.cross_bias[:count].copy_(cross_bias)
         new.self_kv[:, :, :count, :, :valid].copy_(self_kv)
         new.tokens[:count].copy_(tokens)
         new.output.fill_(UNWRITTEN)
@@ -644,7 +602,7 @@ class _TorchSession:
         index = torch.from_numpy(rows).to(compute.device)
         fed[index] = torch.from_numpy(tokens).to(compute.device)
         bucket.offset.fill_(self._offset)
-        logits, new_kv = compute.model.decoder(fed, bucket.offset, bucket.self_kv, bucket.cross, cross_bias=bucket.cross_bias)
+        logits, new_kv = compute.model.decoder(fed, bucket.offset, bucket.self_kv, bucket.cross)
         bucket.self_kv[:, :, :, :, self._offset : self._offset + tokens.shape[1]].copy_(new_kv)
         self._offset += tokens.shape[1]
         return logits[index].float().cpu().numpy()

@@ -31,7 +31,7 @@ import zlib
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -202,17 +202,6 @@ class WhisperCompute(Protocol):
         ...
 
     def describe(self) -> dict[str, object]: ...
-
-
-@runtime_checkable
-class JoinsWindows(Protocol):
-    """A compute that decodes windows of different lengths in one batch (the torch backend's
-    cross-attention takes a per-row mask; the ONNX decoder graphs take none)."""
-
-    def join(self, parts: Sequence[tuple[Any, Sequence[int]]], rows: int) -> Any:
-        """Encoded batches, each of one window length, as one `Encoded` of `rows` rows: part k's rows at
-        the places it names; every row attends only to its own window's positions."""
-        ...
 
 
 def run_pass(compute: WhisperCompute, encoded: Encoded, plan: DecodingPass) -> list[list[int]]:

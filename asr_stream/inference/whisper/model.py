@@ -78,17 +78,15 @@ class MultiHeadAttention(nn.Module):
     def forward(self, x: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None) -> Tensor:
         return self.out(attend(split_heads(self.query(x), self.n_head), k, v, mask))
 
-    def attend_transposed(self, x: Tensor, keys_t: Tensor, values: Tensor, bias: Tensor | None = None) -> Tensor:
+    def attend_transposed(self, x: Tensor, keys_t: Tensor, values: Tensor) -> Tensor:
         """Attention over keys given as [B, H, D, S] (cross-attention): q @ keys_t needs no transpose.
 
         Written out rather than through SDPA, which wants keys as [B, H, S, D]: for a decoder step
         (a query or a few) the score matrix is small, and the ONNX graph keeps no Transpose. The
-        query alone is scaled, as CTranslate2 does. `bias` [B, 1, 1, S] (0, or -inf past a row's own
-        audio) lets windows of different lengths share a batch (`cross_bias`).
+        query alone is scaled, as CTranslate2 does.
         """
         q = split_heads(self.query(x), self.n_head)
-        scores = (q * q.shape[-1] ** -0.5) @ keys_t
-        weights = torch.softmax(scores if bias is None else scores + bias, dim=-1)
+        weights = torch.softmax((q * q.shape[-1] ** -0.5) @ keys_t, dim=-1)
         return self.out(merge_heads(weights @ values))
 
 
@@ -109,31 +107,16 @@ class ResidualAttentionBlock(nn.Module):
         return x + self.mlp(self.mlp_ln(x))
 
     def decode(
-        self,
-        x: Tensor,
-        cross_k_t: Tensor,
-        cross_v: Tensor,
-        cache_k: Tensor,
-        cache_v: Tensor,
-        mask: Tensor,
-        cross_bias: Tensor | None = None,
+        self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, mask: Tensor
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Decoder block over new tokens `x`, attending to the cache and themselves; returns x and the new tokens' K/V."""
         h = self.attn_ln(x)
         k, v = self.attn.project_kv(h)
         x = x + self.attn(h, torch.cat([cache_k, k], dim=2), torch.cat([cache_v, v], dim=2), mask)
-        return self._cross_and_mlp(x, cross_k_t, cross_v, cross_bias), k, v
+        return self._cross_and_mlp(x, cross_k_t, cross_v), k, v
 
     def decode_in_place(
-        self,
-        x: Tensor,
-        cross_k_t: Tensor,
-        cross_v: Tensor,
-        cache_k: Tensor,
-        cache_v: Tensor,
-        slots: tuple[Tensor, Tensor],
-        mask: Tensor,
-        cross_bias: Tensor | None = None,
+        self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor, cache_k: Tensor, cache_v: Tensor, slots: tuple[Tensor, Tensor], mask: Tensor
     ) -> Tensor:
         """Decoder block over one new token per row: its K/V are written into the cache at `slots`
         (rows, positions) first and attended to there, over the cache's first `mask.shape[-1]` slots.
@@ -150,11 +133,11 @@ class ResidualAttentionBlock(nn.Module):
         cache_v[rows, :, positions] = v[:, :, 0]
         visible = mask.shape[-1]
         x = x + self.attn(h, cache_k[:, :, :visible], cache_v[:, :, :visible], mask)
-        return self._cross_and_mlp(x, cross_k_t, cross_v, cross_bias)
+        return self._cross_and_mlp(x, cross_k_t, cross_v)
 
-    def _cross_and_mlp(self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor, cross_bias: Tensor | None) -> Tensor:
+    def _cross_and_mlp(self, x: Tensor, cross_k_t: Tensor, cross_v: Tensor) -> Tensor:
         assert self.cross_attn is not None and self.cross_attn_ln is not None
-        x = x + self.cross_attn.attend_transposed(self.cross_attn_ln(x), cross_k_t, cross_v, cross_bias)
+        x = x + self.cross_attn.attend_transposed(self.cross_attn_ln(x), cross_k_t, cross_v)
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -207,13 +190,7 @@ class TextDecoder(nn.Module):
         return torch.stack(layers)
 
     def forward(
-        self,
-        tokens: Tensor,
-        offset: Tensor,
-        self_kv: Tensor,
-        cross: Sequence[tuple[Tensor, Tensor]],
-        last: Tensor | None = None,
-        cross_bias: Tensor | None = None,
+        self, tokens: Tensor, offset: Tensor, self_kv: Tensor, cross: Sequence[tuple[Tensor, Tensor]], last: Tensor | None = None
     ) -> tuple[Tensor, Tensor]:
         """One decoding call over new tokens, with a fixed-capacity self-attention cache.
 
@@ -222,8 +199,7 @@ class TextDecoder(nn.Module):
         ignored); `cross` is each layer's (keys [B, H, D, S], values [B, H, S, D]). Returns the
         logits [B, V] of each row's last token (or of its token at index last[b], when rows of one
         call end at different lengths) and the new tokens' K/V [L, 2, B, H, N, D], which the caller
-        writes into its cache at offset[b]. `cross_bias` [B, 1, 1, S]: added to the cross-attention
-        scores, -inf past a row's own audio positions when windows of different lengths share a batch.
+        writes into its cache at offset[b].
         """
         n_new, capacity = tokens.shape[1], self_kv.shape[4]
         new_positions = offset.unsqueeze(1) + torch.arange(n_new, device=tokens.device)
@@ -231,30 +207,23 @@ class TextDecoder(nn.Module):
         mask = self._attention_mask(offset, n_new, capacity)
         new_kv = []
         for layer, block in enumerate(self.blocks):
-            x, k, v = block.decode(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], mask, cross_bias)
+            x, k, v = block.decode(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], mask)
             new_kv.append(torch.stack([k, v]))
         picked = x[:, -1] if last is None else x[torch.arange(x.shape[0], device=x.device), last]
         return self._logits(picked), torch.stack(new_kv)
 
     def step_in_place(
-        self,
-        tokens: Tensor,
-        offset: Tensor,
-        self_kv: Tensor,
-        visible: int,
-        cross: Sequence[tuple[Tensor, Tensor]],
-        cross_bias: Tensor | None = None,
+        self, tokens: Tensor, offset: Tensor, self_kv: Tensor, visible: int, cross: Sequence[tuple[Tensor, Tensor]]
     ) -> Tensor:
         """One new token per row (tokens [B, 1]) at position offset[b], which may differ by row: its
         K/V go into `self_kv` [L, 2, B, H, C, D] at slot offset[b] (`decode_in_place`), and it attends
         over the first `visible` slots (every offset[b] < visible) up to its own. Returns logits [B, V].
-        `cross_bias` as in `forward`.
         """
         rows = torch.arange(tokens.shape[0], device=tokens.device)
         x = self.token_embedding(tokens) + self.positional_embedding[offset].unsqueeze(1)
         mask = (torch.arange(visible, device=offset.device) > offset.unsqueeze(1))[:, None, None, :]
         for layer, block in enumerate(self.blocks):
-            x = block.decode_in_place(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], (rows, offset), mask, cross_bias)
+            x = block.decode_in_place(x, *cross[layer], self_kv[layer, 0], self_kv[layer, 1], (rows, offset), mask)
         return self._logits(x[:, -1])
 
     def _logits(self, x: Tensor) -> Tensor:

@@ -27,7 +27,7 @@ from asr_stream.audio.features import N_SAMPLES, SAMPLE_RATE
 from asr_stream.inference.engine import Engine
 from asr_stream.inference.live import LiveResult, Utterance
 from asr_stream.inference.models import PreparedModel, WhisperSpec
-from asr_stream.inference.whisper.decode import DecodedWindow, Encoded, JoinsWindows, WhisperCompute, WhisperDecoder
+from asr_stream.inference.whisper.decode import DecodedWindow, Encoded, WhisperCompute, WhisperDecoder
 from asr_stream.inference.whisper.engine_compute import EngineCompute
 from asr_stream.inference.whisper.graphs import DECODER, ENCODER
 from asr_stream.inference.whisper.segments import Segment, split_segments
@@ -97,7 +97,6 @@ class WhisperRunner:
         self.dims = decoder.dims
         self.tokenizer = decoder.tokenizer
         self.margin_s = margin_s
-        self.joins_windows = isinstance(self.compute, JoinsWindows)
 
     @classmethod
     def for_spec(
@@ -148,11 +147,6 @@ class WhisperRunner:
     def live_window_for(self, request: Utterance) -> int:
         return self.partial_window_for(request.seconds) if request.partial else self.window_for(request.seconds)
 
-    def live_bucket(self, request: Utterance) -> int | None:
-        """The scheduler's bucket of a live request: its window, except that partials share one bucket
-        (None) on a compute that joins windows, each row still encoded and attended in its own."""
-        return None if request.partial and self.joins_windows else self.live_window_for(request)
-
     def transcribe_live(self, requests: Sequence[Utterance], language: str | None = None) -> list[LiveResult]:
         """Partials and finals of live segments (inference/live.py): windows by kind, forced prefixes honoured.
 
@@ -177,9 +171,8 @@ class WhisperRunner:
     def _live_round(self, requests: list[Utterance], language: str | None) -> list[LiveResult]:
         audios = [np.asarray(request.audio, dtype=np.float32) for request in requests]
         seconds = [request.seconds for request in requests]
-        windows = [self.live_window_for(request) for request in requests]
-        window_s = max(windows)
-        encoded = self._encode_live(audios, windows, all(request.partial for request in requests))
+        window_s = max(self.live_window_for(request) for request in requests)
+        encoded = self.encode(audios, window_s)
         languages = self._languages(encoded, [language] * len(requests))
         groups: dict[tuple[bool, int], list[int]] = {}
         for row, request in enumerate(requests):
@@ -205,18 +198,6 @@ class WhisperRunner:
                 agreeable = () if window is None or window.looped else tokens
                 results[row] = LiveResult(self.tokenizer.decode(list(tokens)).strip(), languages[row], agreeable)
         return [result for result in results if result is not None]
-
-    def _encode_live(self, audios: list[np.ndarray], windows: list[int], partials: bool) -> Encoded:
-        """A live batch encoded in its longest window; a batch of partials, where the compute joins
-        windows, each row in its own (`live_bucket`)."""
-        if not (partials and self.joins_windows) or len(set(windows)) == 1:
-            return self.encode(audios, max(windows))
-        parts = []
-        for window_s in sorted(set(windows)):
-            rows = [row for row, window in enumerate(windows) if window == window_s]
-            parts.append((self.encode([audios[row] for row in rows], window_s), rows))
-        assert isinstance(self.compute, JoinsWindows)
-        return self.compute.join(parts, len(audios))
 
     def features(self, windows: Sequence[np.ndarray], window_s: int = FULL_WINDOW_S) -> Any:
         """Log-mel [B, n_mels, 100 x window_s] of pieces of audio, each zero-padded to `window_s` seconds,
