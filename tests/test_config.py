@@ -32,6 +32,19 @@ def test_environment_overrides_any_key_with_yaml_typed_values(tmp_path):
     assert config.settings.scheduler.max_batch == 16 and config.settings.kafka.topic == "hotline.asr"
 
 
+@pytest.mark.parametrize(
+    ("backend", "final_max_wait_ms", "expected_s"),
+    [("torch", None, 0.15), ("onnxruntime", None, None), ("torch", 0, 0.0), ("onnxruntime", 100, 0.1)],
+)
+def test_finals_wait_longer_for_company_on_the_gpu_backend_unless_told(tmp_path, backend, final_max_wait_ms, expected_s):
+    """The finals' lane waits 150 ms on backend torch by default (a GPU batch costs little per row),
+    the partials' max_wait elsewhere (None), and whatever the operator sets anywhere."""
+    wait = "" if final_max_wait_ms is None else f"scheduler: {{final_max_wait_ms: {final_max_wait_ms}}}\n"
+    config = load_config(write(tmp_path, f"model: whisper-base\nbackend: {backend}\n{wait}"), environ={})
+    settings = config.settings.scheduler.build(128, config.settings.backend)
+    assert settings.final_max_wait_s == expected_s and settings.max_wait_s == 0.03
+
+
 def test_every_problem_is_reported_with_its_path(tmp_path):
     path = write(
         tmp_path,

@@ -301,11 +301,19 @@ class VadSection(_Section):
         return SegmenterConfig(**self.model_dump(exclude={"batch_tick_ms"}))
 
 
+# On a GPU a final batch costs about as much for 30 finals as for 10, and an early final is asked for
+# ~300 ms before its segment closes: waiting up to 150 ms for company halved the finals' GPU time and
+# gave partials 1.75x as many turns at the same end of speech -> final p95 (H200, 2,000 channels,
+# docs/benchmarks.md, "2026-12-04, fifth and sixth sessions"). On a CPU a batch costs its rows, so waiting buys nothing there.
+GPU_FINAL_MAX_WAIT_MS = 150.0
+
+
 class SchedulerSection(_Section):
     max_batch: Annotated[int, Field(ge=1, le=1024)] = SchedulerSettings.max_batch
     max_wait_ms: Annotated[float, Field(ge=0)] = SchedulerSettings.max_wait_s * 1000
     final_max_wait_ms: Annotated[float, Field(ge=0)] | None = Field(
-        default=None, description="with final_lane: how long the oldest final waits for company; null: max_wait_ms"
+        default=None,
+        description="with final_lane: how long the oldest final waits for company; null: 150 on backend torch, else max_wait_ms",
     )
     max_queue: Annotated[int, Field(ge=1)] = SchedulerSettings.max_queue
     partial_interval_s: Positive = Field(default=PartialPolicy.interval_s, description="least time between two partials of a segment")
@@ -332,11 +340,14 @@ class SchedulerSection(_Section):
     final_deadline_s: Positive = SchedulerSettings.final_deadline_s
     engine_threads: Annotated[int, Field(ge=1)] = Field(default=SchedulerSettings.threads, description="threads calling the engine")
 
-    def build(self, engine_max_batch: int = 1024) -> SchedulerSettings:
+    def build(self, engine_max_batch: int = 1024, backend: str = "onnxruntime") -> SchedulerSettings:
+        final_max_wait_ms = self.final_max_wait_ms
+        if final_max_wait_ms is None and backend == "torch":
+            final_max_wait_ms = GPU_FINAL_MAX_WAIT_MS
         return SchedulerSettings(
             max_batch=min(self.max_batch, engine_max_batch),
             max_wait_s=self.max_wait_ms / 1000,
-            final_max_wait_s=self.final_max_wait_ms / 1000 if self.final_max_wait_ms is not None else None,
+            final_max_wait_s=final_max_wait_ms / 1000 if final_max_wait_ms is not None else None,
             max_queue=self.max_queue,
             final_deadline_s=self.final_deadline_s,
             threads=self.engine_threads,
