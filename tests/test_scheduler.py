@@ -162,6 +162,9 @@ async def test_a_final_does_not_wait_for_a_running_partial_batch():
         await scheduler.stop()
 
 
+PAIRS = (("final", Priority.FINAL), ("partial", Priority.PARTIAL))
+
+
 async def test_finals_wait_for_company_as_long_as_their_lane_is_told_and_partials_do_not():
     """`final_max_wait_s` holds the finals' lane only: two finals 0.1 s apart share one batch, while
     two partials as far apart run as two (their lane keeps `max_wait_s`, here 0)."""
@@ -178,9 +181,6 @@ async def test_finals_wait_for_company_as_long_as_their_lane_is_told_and_partial
         await scheduler.stop()
     assert ["final0", "final1"] in calls
     assert ["partial0"] in calls and ["partial1"] in calls
-
-
-PAIRS = (("final", Priority.FINAL), ("partial", Priority.PARTIAL))
 
 
 async def test_in_their_own_lane_partials_are_not_shed_for_slow_finals():

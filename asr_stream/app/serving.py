@@ -34,7 +34,7 @@ def live_scheduler(model: LoadedModel, settings: Settings, metrics: DaemonMetric
     """The scheduler over `model`, its batches and queue waits measured into `metrics`; start() it in the serving loop."""
     return BatchScheduler(
         metrics.timed_batch(model.live, lambda batch: any(not utterance.partial for utterance in batch)),
-        settings.scheduler.build(model.max_batch, settings.backend),
+        settings.scheduler.build(model.max_batch, model.backend),
         bucket=model.utterance_bucket,
         on_wait=metrics.observe_queue_wait,
     )
