@@ -110,7 +110,10 @@ class ChildProcess:
             log.warning("%s (pid %s) did not exit within %.1f s: killed", self.name, self.pid, timeout_s)
             process.kill()
             await _exited(process, EXIT_GRACE_S)
-        process.join(0)  # it has exited: this only collects its status
+        # The sentinel reads as closed when the child's files close, a moment before the kernel lets
+        # its status be collected; join(0) could then find no status yet (seen on a loaded 2-core CI
+        # host), so a thread waits that moment out.
+        await asyncio.to_thread(process.join, EXIT_GRACE_S)
         if self.link is not None:
             await self.link.aclose()
         return process.exitcode
