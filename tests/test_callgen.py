@@ -55,5 +55,7 @@ def test_two_calls_produce_every_final_with_a_sane_wer(tmp_path: Path, engines_d
     assert step["generator_lateness_ms"]["n"] > 100 and step["packets"] > 2 * 8 * 50, "two calls of two clips stream for > 8 s"
     assert step["packets_dropped"] == 0
     counters = step["daemon_counters"]  # the daemon's own histograms over the step
-    assert 0 < counters["endpoint_s_p50"] <= counters["endpoint_s_p99"] < step["latency_ms"]["p99"] / 1000
+    # Histogram quantiles are interpolated inside buckets (up to 1 s wide from 2 s on), so the close
+    # decision -> final is held below the whole latency at the median, where 0.6 s of closing silence separates them.
+    assert 0 < counters["endpoint_s_p50"] <= counters["endpoint_s_p99"] and counters["endpoint_s_p50"] < step["latency_ms"]["p50"] / 1000
     assert 0 <= counters["final_wait_s_p50"] <= counters["final_wait_s_p99"]

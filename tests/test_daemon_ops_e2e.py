@@ -50,8 +50,12 @@ async def test_metrics_live_feed_and_page_during_a_real_call(tmp_path, kafka_bro
                 first = await feed.receive_json(timeout=20)
                 assert first["event"] == "call.started"
                 await asyncio.sleep(3)  # mid-call
-                async with http.get(f"{base}/metrics") as response:
-                    during = samples(await response.text())
+                for _ in range(20):  # a worker's series reach the main process about once a second
+                    async with http.get(f"{base}/metrics") as response:
+                        during = samples(await response.text())
+                    if during.get("asr_rtp_packets_total", 0) > 50:
+                        break
+                    await asyncio.sleep(0.5)
                 assert during["asr_calls_active"] == 1 and during["asr_channels_active"] == 1
                 assert during["asr_rtp_packets_total"] > 50
                 finals = []

@@ -220,7 +220,9 @@ async def test_a_stalled_reader_is_dropped_without_slowing_publish() -> None:
                 if hub.dropped_subscribers:
                     break
             assert hub.dropped_subscribers == 1 and hub.subscriber_count == 0
-            assert worst_publish_s < 0.05
+            # publish() never waits for a socket (a client that never reads would hang it for good);
+            # the bound only catches work that grows with the backlog, not a loaded machine's pauses.
+            assert worst_publish_s < settings.send_timeout_s
             async with aiohttp.ClientSession() as http:  # the handler let go of its connection slot
                 for _ in range(100):
                     try:

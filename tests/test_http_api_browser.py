@@ -84,9 +84,16 @@ async def chromium_page(url: str, profile: Path) -> AsyncIterator[Page]:
             pytest.fail("Chromium did not open its DevTools port within 15 s")
         port = int(port_file.read_text().split()[0])
         async with aiohttp.ClientSession() as http:
-            async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
-                targets = await response.json()
-            page_target = next(target for target in targets if target["type"] == "page")
+            # The DevTools server can be up before the first tab exists (seen under load): ask again.
+            for _ in range(300):
+                async with http.get(f"http://127.0.0.1:{port}/json/list") as response:
+                    pages = [target for target in await response.json() if target["type"] == "page"]
+                if pages:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                pytest.fail("Chromium opened no page within 15 s")
+            page_target = pages[0]
             async with http.ws_connect(page_target["webSocketDebuggerUrl"], max_msg_size=0) as ws:
                 yield Page(ws)
     finally:

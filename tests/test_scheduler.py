@@ -37,11 +37,11 @@ async def test_batches_requests_and_returns_each_result():
 
 
 async def test_each_request_reports_its_queue_wait_as_its_batch_starts():
-    """The second batch's requests waited for the first (0.2 s): `on_wait` tells which, and how long."""
+    """The second batch's requests waited for the first (0.6 s): `on_wait` tells which, and how long."""
     calls: list[list[str]] = []
     waits: list[tuple[Priority, float]] = []
     settings = SchedulerSettings(max_batch=2, max_wait_s=0.0, final_lane=False)
-    scheduler = BatchScheduler(_recording_engine(calls, 0.2), settings, on_wait=lambda priority, s: waits.append((priority, s)))
+    scheduler = BatchScheduler(_recording_engine(calls, 0.6), settings, on_wait=lambda priority, s: waits.append((priority, s)))
     await scheduler.start()
     try:
         first = [asyncio.create_task(scheduler.submit(f"f{i}", f"final{i}", Priority.FINAL)) for i in range(2)]
@@ -201,7 +201,7 @@ async def test_in_their_own_lane_partials_are_not_shed_for_slow_finals():
 async def test_a_request_whose_caller_stopped_waiting_never_runs():
     """A cancelled submit leaves the queue unrun, and a later partial of the same key is served as usual."""
     calls: list[list[str]] = []
-    scheduler = BatchScheduler(_recording_engine(calls, 0.2), SchedulerSettings(max_batch=1, max_wait_s=0.0))
+    scheduler = BatchScheduler(_recording_engine(calls, 1.0), SchedulerSettings(max_batch=1, max_wait_s=0.0))
     await scheduler.start()
     try:
         running = asyncio.create_task(scheduler.submit("p0", "busy", Priority.PARTIAL))

@@ -24,11 +24,11 @@ def test_port_slices_are_disjoint_whole_pairs_covering_the_range(low: int, high:
 
 
 def test_backoff_restarts_at_once_then_slower_and_forgives_a_healthy_run() -> None:
-    backoff = Backoff(healthy_after_s=0.05)
+    backoff = Backoff(healthy_after_s=0.5)  # long enough that no pause of a loaded runner makes a run healthy
     assert [backoff.delay() for _ in range(5)] == [0.0, 1.0, 2.0, 4.0, 8.0]  # it never came up
     assert max(backoff.delay() for _ in range(10)) == 30.0
     backoff.started()
-    time.sleep(0.06)
+    time.sleep(0.6)
     assert backoff.delay() == 0.0, "after a healthy run, the next death restarts at once"
     backoff.started()
     assert backoff.delay() == 1.0, "dying right after a start counts"
