@@ -1,16 +1,19 @@
 """The Whisper graphs ONNX Runtime serves on the CPU: the exported ones with int8 weights where that pays.
 
 Decoder (`write_cpu_decoder`): at the batch sizes of live calls a decoder step is memory-bound on
-one MatMul, the projection of the last hidden state onto the vocabulary, whose fp32 weights
-([n_text_state, n_vocab]: 80 MB for tiny.en, 106 MB for base) are read whole at every step: 43 %
-of a CPU step by ONNX Runtime's profiler. Stored in int8 (one scale per vocabulary entry) they are
-a quarter of that: a step takes a third less. Only this MatMul: quantizing every MatMul of both
-graphs was measured no faster and cost WER (docs/benchmarks.md); the decoder's other MatMuls work on
-one token at a time, where a step is bound by per-node overhead rather than arithmetic.
+its weights, above all the projection of the last hidden state onto the vocabulary ([n_text_state,
+n_vocab]: 80 MB for tiny.en, 106 MB for base in fp32), read whole at every step. Every MatMul with
+a constant weight becomes weight-only int8 (`MatMulNBits`, 8 bits, a scale per block of 32 inputs,
+activations quantized per row and block inside the kernel): a tiny.en step at one or two rows takes
+2.0-2.1 ms against 2.7-3.1 ms with the earlier dynamically quantized projection and the same at
+four to eight rows, and, unlike dynamic quantization, whose one activation scale per call spans
+every row, a row's logits never depend on the other rows of its batch (a caller's final must not
+depend on who else is talking; docs/benchmarks.md, "Finals that do not depend on their batch").
 
 Encoder (`write_cpu_encoder`): every MatMul in int8 (per-channel weights, activations quantized
-at run time). The encoder is compute-bound (hundreds of positions per window), which is what int8
-kernels speed up: on the AMD EPYC (AVX-512 VNNI) CI-class machine a 5 s window of tiny.en took
+at run time, one scale per call: so ONNX Runtime encodes one window per call, `EngineCompute`). The
+encoder is compute-bound (hundreds of positions per window), which is what int8 kernels speed up
+(weight-only int8 was no faster than fp32 here): on the AMD EPYC (AVX-512 VNNI) CI-class machine a 5 s window of tiny.en took
 59 -> 27 ms on one thread and a 10 s window 123 -> 60 ms (bench/encoder_windows.py); the corpus
 WER of the 39 shared English clips' finals did not move (docs/benchmarks.md, "Partials that
 scale"). CPUs without VNNI may gain less (that earlier all-MatMul quantization ran on an Intel
@@ -25,25 +28,33 @@ TensorRT and PyTorch keep the fp32 exports (they run them in fp16 on a GPU). Exp
 from __future__ import annotations
 
 import logging
-import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 _PROJECTION_WEIGHT = "vocabulary_projection"
 
 
+#: Weight-only int8 for the CPU decoder: blocks of 32 inputs per scale; accuracy level 4 computes in
+#: int8 with activations quantized per row and block (a row's result is its own: measured bit-identical
+#: alone and in batches of 2-16, where blocks of 128 were not).
+NBITS, NBITS_BLOCK, NBITS_ACCURACY_LEVEL = 8, 32, 4
+
+
 def write_cpu_decoder(decoder: Path, target: Path) -> Path:
-    """Write `decoder` (an exported fp32 Whisper decoder graph) with an int8 vocabulary projection to `target`."""
+    """Write `decoder` (an exported fp32 Whisper decoder graph) with weight-only int8 MatMuls to `target`."""
     model = onnx.load(str(decoder))
-    projection = _untie_projection(model)
-    with tempfile.TemporaryDirectory() as scratch:
-        untied = Path(scratch) / "decoder.onnx"
-        onnx.save(model, str(untied))
-        _quantize(untied, target, nodes_to_quantize=[projection])
+    _untie_projection(model)
+    quantizer = MatMulNBitsQuantizer(model, bits=NBITS, block_size=NBITS_BLOCK, is_symmetric=True, accuracy_level=NBITS_ACCURACY_LEVEL)
+    with _quiet_root_logger():
+        quantizer.process()
+    quantizer.model.save_model_to_file(str(target))
     return target
 
 
@@ -55,17 +66,24 @@ def write_cpu_encoder(encoder: Path, target: Path) -> Path:
 
 def _quantize(graph: Path, target: Path, **which: list[str]) -> None:
     """Dynamic int8 quantization, per-channel weights, of the nodes `which` selects."""
+    with _quiet_root_logger():
+        quantize_dynamic(graph, target, per_channel=True, weight_type=QuantType.QInt8, **which)
+
+
+@contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizers log advice and every skipped node on the root logger: errors only meanwhile."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(logging.ERROR)  # the quantizer advises its pre-processing pass (shape inference) on the root logger
+    root.setLevel(logging.ERROR)
     try:
-        quantize_dynamic(graph, target, per_channel=True, weight_type=QuantType.QInt8, **which)
+        yield
     finally:
         root.setLevel(level)
 
 
-def _untie_projection(model: onnx.ModelProto) -> str:
-    """Give the logits MatMul a weight initializer of its own; returns the MatMul's name.
+def _untie_projection(model: onnx.ModelProto) -> None:
+    """Give the logits MatMul a weight initializer of its own.
 
     The export ties the projection to the token embedding (logits = x @ embedding^T, as Whisper
     does), which ONNX writes as a Transpose of the embedding's initializer; the quantizer needs a
@@ -81,4 +99,3 @@ def _untie_projection(model: onnx.ModelProto) -> str:
     projection.input[1] = _PROJECTION_WEIGHT
     if not any(transpose.output[0] in node.input for node in graph.node):
         graph.node.remove(transpose)
-    return projection.name

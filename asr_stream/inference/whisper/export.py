@@ -26,8 +26,8 @@ ONNX_OPSET = 18
 # 3: no stack traces (absolute source paths) in node metadata, so graphs are byte-identical
 # whichever checkout exported them. 4: cross-attention K/V one tensor per layer, keys transposed
 # (graphs.py), and the CPU's decoder with an int8 vocabulary projection (cpu_graphs.py). 5: the
-# CPU's encoder with int8 MatMuls.
-EXPORT_VERSION = 5
+# CPU's encoder with int8 MatMuls. 6: the CPU's decoder with weight-only int8 MatMuls (MatMulNBits).
+EXPORT_VERSION = 6
 
 
 class EncoderGraph(nn.Module):
