@@ -125,6 +125,27 @@ async def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
         await asyncio.sleep(0.01)
 
 
+async def test_a_sipp_run_whose_port_was_taken_meanwhile_starts_again_on_another(
+    server: SipServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A port chosen free can be taken before SIPp binds it (SIPp then exits -2 having sent nothing):
+    the helper runs it again on other ports rather than failing a test on the machine's luck."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken_port = taken.getsockname()[1]
+        chosen: list[int] = []
+        free_port = sipp._free_port
+
+        def first_one_taken(host: str) -> int:
+            chosen.append(free_port(host) if chosen else taken_port)
+            return chosen[-1]
+
+        monkeypatch.setattr(sipp, "_free_port", first_one_taken)
+        run = await run_sipp(server, tmp_path, scenario="options.xml")
+    assert run.returncode == 0, run.explain()
+    assert len(chosen) == 4 and chosen[0] == taken_port  # -p and -mp, twice
+
+
 @pytest.mark.parametrize("transport", ["u1", "t1"])
 async def test_options_ping_is_answered_200_with_allow(server: SipServer, tmp_path: Path, transport: str) -> None:
     run = await run_sipp(server, tmp_path, scenario="options.xml", transport=transport)

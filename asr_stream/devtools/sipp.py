@@ -161,6 +161,12 @@ def write_call(
     return scenario
 
 
+#: SIPp's exit status when it cannot bind a socket (-2): a port that was free when chosen was taken
+#: before SIPp bound it, or the media port's neighbours (SIPp binds -mp and the ports after it) were
+#: in use. Nothing was sent yet, so the run is started again on other ports, at most BIND_ATTEMPTS times.
+EXIT_BIND_FAILED, BIND_ATTEMPTS = 254, 3
+
+
 def _free_port(host: str) -> int:
     """A port free for both UDP and TCP right now (SIPp binds both with `-t t1`)."""
     for _ in range(50):
@@ -195,21 +201,26 @@ async def run_sipp(
     sipp = shutil.which("sipp")
     if sipp is None:
         raise SippError("sipp not found: install Debian's sip-tester package")
-    trace = workdir / f"sipp-{time.monotonic_ns()}.msg"
-    command = [
-        sipp, target, *scenario_args, "-t", transport, "-i", local_ip, "-p", str(_free_port(local_ip)),
-        "-mi", local_ip, "-mp", str(_free_port(local_ip)), "-m", str(calls), "-l", str(calls),
-        "-r", str(rate or calls), "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
-        "-trace_msg", "-message_file", str(trace),
-    ]  # fmt: skip
-    process = await asyncio.create_subprocess_exec(*command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=workdir)
-    try:
-        output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s + 10)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    messages = trace.read_text(errors="replace") if trace.exists() else ""
+    for _ in range(BIND_ATTEMPTS):
+        trace = workdir / f"sipp-{time.monotonic_ns()}.msg"
+        command = [
+            sipp, target, *scenario_args, "-t", transport, "-i", local_ip, "-p", str(_free_port(local_ip)),
+            "-mi", local_ip, "-mp", str(_free_port(local_ip)), "-m", str(calls), "-l", str(calls),
+            "-r", str(rate or calls), "-nostdin", "-timeout", f"{int(timeout_s)}s", "-timeout_error",
+            "-trace_msg", "-message_file", str(trace),
+        ]  # fmt: skip
+        process = await asyncio.create_subprocess_exec(
+            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, cwd=workdir
+        )
+        try:
+            output, _ = await asyncio.wait_for(process.communicate(), timeout=timeout_s + 10)
+        finally:
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+        messages = trace.read_text(errors="replace") if trace.exists() else ""
+        if process.returncode != EXIT_BIND_FAILED:
+            break
     return SippRun(process.returncode or 0, output.decode(errors="replace"), messages)
 
 
