@@ -112,7 +112,9 @@ async def test_impaired_stream_keeps_the_senders_timeline(allocator, sender):
     lost = {3, 20, 21, 95}
     duplicated = {5, 40, 80}
     assert not lost & {0, len(first) - 1, len(first), len(packets) - 1}  # the edges define the length
-    receiver = await RtpReceiver.open(allocator, ReceiverConfig(PCMU_ONLY))
+    # A playout delay of 1 s: holes are then resolved by the stream's own later packets, never by a
+    # wall-clock deadline that a stalled runner could let pass before a reordered packet is read.
+    receiver = await RtpReceiver.open(allocator, ReceiverConfig(PCMU_ONLY, playout_delay_s=1.0))
     frames = await asyncio.wait_for(
         collect_after(receiver, send(sender, receiver.port, impaired_schedule(packets, lost, duplicated, seed=7))), 15
     )
