@@ -191,7 +191,7 @@ def test_whisper_calibration_feeds_what_the_runner_feeds(engines_dir: Path, tmp_
     mels = [encoder.next_batch()["mel"], encoder.next_batch()["mel"]]
     assert encoder.next_batch() is None
     assert [mel.shape for mel in mels] == [(3, 80, 3000), (1, 80, 3000)]
-    for mel, fed in zip(mels, encoder_inputs):
+    for mel, fed in zip(mels, encoder_inputs, strict=True):
         np.testing.assert_array_equal(mel, fed)
     decoder = batches["decoder.onnx"]
     for mel in mels:

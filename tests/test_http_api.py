@@ -18,6 +18,8 @@ from asr_stream.app.http_api import CLOSE_TOO_SLOW, HttpSettings, ReadinessCheck
 from asr_stream.sinks.livefeed import LiveFeedHub
 
 TOKEN = "s3cret-feed-token"
+#: The longest one publish() may take: generous, since a loaded runner pauses a process for tens of ms.
+PUBLISH_BOUND_S = 0.5
 
 
 @asynccontextmanager
@@ -222,7 +224,7 @@ async def test_a_stalled_reader_is_dropped_without_slowing_publish() -> None:
             assert hub.dropped_subscribers == 1 and hub.subscriber_count == 0
             # publish() never waits for a socket (a client that never reads would hang it for good);
             # the bound only catches work that grows with the backlog, not a loaded machine's pauses.
-            assert worst_publish_s < settings.send_timeout_s
+            assert worst_publish_s < PUBLISH_BOUND_S
             async with aiohttp.ClientSession() as http:  # the handler let go of its connection slot
                 for _ in range(100):
                     try:

@@ -335,8 +335,9 @@ async def test_a_stop_while_a_batch_is_in_doubt_keeps_it_and_may_repeat_only_tha
     kafka_broker: LocalBroker, topic_name: str, tmp_path: Path
 ) -> None:
     """What remains duplicable (docs/events.md, case 2): the sink stops while the frozen broker still
-    holds a batch unanswered. The stop is prompt, nothing is lost, and when the broker thaws and a
-    new sink replays the spool, only that batch can appear twice (a new producer id)."""
+    holds a batch unanswered. The stop does not wait for the broker (its thread ends while the broker
+    is still frozen), nothing is lost, and when the broker thaws and a new sink replays the spool,
+    only that batch can appear twice (a new producer id)."""
     published = interleaved(calls=3, segments=6)
     first, in_flight, later = published[:20], published[20:40], published[40:]
     sink = KafkaSink(settings_for(kafka_broker.bootstrap_servers, topic_name, tmp_path))

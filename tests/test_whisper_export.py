@@ -91,7 +91,8 @@ def test_the_cpu_decoder_is_the_decoder_with_weight_only_int8_matmuls(engines_di
     assert [value.name for value in cpu.output] == [value.name for value in exported.output]
     weight_only = [node for node in cpu.node if node.op_type == "MatMulNBits"]
     assert any("logits" in node.output for node in weight_only)
-    assert len(weight_only) >= 8 * prepared.dims.n_text_layer  # q, k, v, out of both attentions of every block at least
+    # per block: self-attention q, k, v, out; cross-attention q, out (its K/V come from the encoder graph); the MLP's two
+    assert len(weight_only) == 8 * prepared.dims.n_text_layer + 1
     assert all(next(a.i for a in node.attribute if a.name == "bits") == 8 for node in weight_only)
     assert len(weight_only) + sum(node.op_type == "MatMul" for node in cpu.node) == sum(node.op_type == "MatMul" for node in exported.node)
     assert not any(node.op_type == "DynamicQuantizeLinear" for node in cpu.node)

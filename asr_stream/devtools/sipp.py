@@ -12,6 +12,7 @@ a SIP proxy such as Kamailio in front of several (deploy/kamailio).
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import shutil
 import socket
@@ -26,6 +27,8 @@ import numpy as np
 from asr_stream.audio.wavfile import load_audio
 from asr_stream.ingest.resample import resample
 from asr_stream.rtp.g711 import alaw_encode, ulaw_encode
+
+log = logging.getLogger(__name__)
 
 CODECS = {"PCMU": (0, ulaw_encode), "PCMA": (8, alaw_encode)}
 _CALL_ID = re.compile(r"^Call-ID: *(\S+)", re.MULTILINE)
@@ -163,8 +166,10 @@ def write_call(
 
 #: SIPp's exit status when it cannot bind a socket (-2): a port that was free when chosen was taken
 #: before SIPp bound it, or the media port's neighbours (SIPp binds -mp and the ports after it) were
-#: in use. Nothing was sent yet, so the run is started again on other ports, at most BIND_ATTEMPTS times.
-EXIT_BIND_FAILED, BIND_ATTEMPTS = 254, 3
+#: in use. Nothing was sent yet, so the run is started again on other ports.
+EXIT_BIND_FAILED = 254
+#: How many times a run that could not bind is started in all.
+BIND_ATTEMPTS = 3
 
 
 def _free_port(host: str) -> int:
@@ -221,6 +226,8 @@ async def run_sipp(
         messages = trace.read_text(errors="replace") if trace.exists() else ""
         if process.returncode != EXIT_BIND_FAILED:
             break
+        log.info("sipp could not bind its ports: starting it again on others")
+        trace.unlink(missing_ok=True)
     return SippRun(process.returncode or 0, output.decode(errors="replace"), messages)
 
 

@@ -4,11 +4,12 @@ Decoder (`write_cpu_decoder`): at the batch sizes of live calls a decoder step i
 its weights, above all the projection of the last hidden state onto the vocabulary ([n_text_state,
 n_vocab]: 80 MB for tiny.en, 106 MB for base in fp32), read whole at every step. Every MatMul with
 a constant weight becomes weight-only int8 (`MatMulNBits`, 8 bits, a scale per block of 32 inputs,
-activations quantized per row and block inside the kernel): a tiny.en step at one or two rows takes
-2.0-2.1 ms against 2.7-3.1 ms with the earlier dynamically quantized projection and the same at
-four to eight rows, and, unlike dynamic quantization, whose one activation scale per call spans
-every row, a row's logits never depend on the other rows of its batch (a caller's final must not
-depend on who else is talking; docs/benchmarks.md, "Finals that do not depend on their batch").
+activations quantized per row and block inside the kernel): a tiny.en step on one thread at one /
+two rows takes 1.96-1.99 / 2.50-2.57 ms against 2.77 / 3.23-3.25 ms with the earlier dynamically
+quantized projection, the same at four rows and 5-10 % more at eight (live CPU batches average
+1.1-1.2 rows); and, unlike dynamic quantization, whose one activation scale per call spans every
+row, a row's logits never depend on the other rows of its batch (a caller's final must not depend
+on who else is talking; docs/benchmarks.md, "finals that do not depend on their batch").
 
 Encoder (`write_cpu_encoder`): every MatMul in int8 (per-channel weights, activations quantized
 at run time, one scale per call: so ONNX Runtime encodes one window per call, `EngineCompute`). The
@@ -36,7 +37,6 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 from onnxruntime.quantization import QuantType, quantize_dynamic
-from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
 _PROJECTION_WEIGHT = "vocabulary_projection"
 
@@ -51,8 +51,12 @@ def write_cpu_decoder(decoder: Path, target: Path) -> Path:
     """Write `decoder` (an exported fp32 Whisper decoder graph) with weight-only int8 MatMuls to `target`."""
     model = onnx.load(str(decoder))
     _untie_projection(model)
-    quantizer = MatMulNBitsQuantizer(model, bits=NBITS, block_size=NBITS_BLOCK, is_symmetric=True, accuracy_level=NBITS_ACCURACY_LEVEL)
     with _quiet_root_logger():
+        # Imported here: importing it configures the root logger (logging.basicConfig), which every
+        # reader of EXPORT_VERSION would otherwise get; _quiet_root_logger puts the handlers back.
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        quantizer = MatMulNBitsQuantizer(model, bits=NBITS, block_size=NBITS_BLOCK, is_symmetric=True, accuracy_level=NBITS_ACCURACY_LEVEL)
         quantizer.process()
     quantizer.model.save_model_to_file(str(target))
     return target
@@ -72,14 +76,16 @@ def _quantize(graph: Path, target: Path, **which: list[str]) -> None:
 
 @contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizers log advice and every skipped node on the root logger: errors only meanwhile."""
+    """ONNX Runtime's quantizers log advice and every skipped node at the root logger's level, and one
+    of them adds a handler to it on import: errors only meanwhile, and the root's handlers as they were."""
     root = logging.getLogger()
-    level = root.level
+    level, handlers = root.level, root.handlers[:]
     root.setLevel(logging.ERROR)
     try:
         yield
     finally:
         root.setLevel(level)
+        root.handlers[:] = handlers
 
 
 def _untie_projection(model: onnx.ModelProto) -> None:

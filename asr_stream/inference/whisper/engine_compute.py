@@ -103,24 +103,24 @@ class EngineCompute:
         return np.stack([log_mel_spectrogram(window, n_mels=n_mels, n_samples=n_samples) for window in windows])
 
     def encode(self, mel: np.ndarray) -> HostEncoded:
-        if self.backend != "onnxruntime":  # a GPU engine wants the whole batch in one call
+        if self.backend != "onnxruntime" or len(mel) <= 1:  # a GPU engine wants the whole batch in one call
             return HostEncoded(self.encoder.run({"mel": mel}))
-        # On the CPU one window per call: no slower than a batch (tiny.en, one thread: 21 vs 21 ms
-        # per 5 s window, 46 vs 54 ms per 10 s one), and the int8 encoder quantizes its activations
-        # with one scale per call, which in a batch would make a caller's words depend on the others'
-        # audio (docs/benchmarks.md, "Finals that do not depend on their batch").
-        rows = [self.encoder.run({"mel": mel[row : row + 1]}) for row in range(len(mel))]
-        return HostEncoded({name: np.concatenate([row[name] for row in rows], axis=CROSS_BATCH_AXIS) for name in rows[0]})
+        # On the CPU one window per call, for every model: the int8 encoder quantizes its activations
+        # with one scale per call, which in a batch made a caller's words depend on the others' audio,
+        # and one window per call was no slower (tiny.en, one thread, against batches of 8: 18.6-20.9
+        # vs 22.7-25.4 ms per 5 s window; docs/benchmarks.md, "finals that do not depend on their batch").
+        per_window = [self.encoder.run({"mel": mel[row : row + 1]}) for row in range(len(mel))]
+        return HostEncoded({name: np.concatenate([out[name] for out in per_window], axis=CROSS_BATCH_AXIS) for name in per_window[0]})
 
     def select(self, encoded: HostEncoded, rows: Sequence[int]) -> HostEncoded:
         return encoded.take(list(rows))
 
     def stepper(self, encoded: HostEncoded, plan: DecodingPass) -> HostStepper:
         prompt_length = plan.prompts.shape[1]
-        # Room for a typical utterance (a one-step pass, a language detection, needs only its prompt). Not
-        # sized to the pass's limit: that is the batch's longest row's, and attention over a cache of
-        # another length rounds differently, enough to flip a near tie in a row's words.
-        capacity = prompt_length if plan.limit == 1 else min(self.n_text_ctx, max(_FIRST_CACHE_CAPACITY, prompt_length))
+        # Room for a typical utterance, whatever the pass: not sized to its limit, which is the batch's
+        # longest row's, since attention over a cache of another length rounds differently, enough
+        # to flip a near tie in a row's words.
+        capacity = min(self.n_text_ctx, max(_FIRST_CACHE_CAPACITY, prompt_length))
         return HostStepper(EngineSession(self.decoder, encoded, self.n_text_ctx, capacity), plan)
 
     def describe(self) -> dict[str, object]:

@@ -53,7 +53,7 @@ class DecoderGraph(nn.Module):
 
 
 def export_whisper(model: Whisper, out_dir: Path) -> dict[str, Path]:
-    """Write encoder.onnx, decoder.onnx and decoder.cpu.onnx into `out_dir`; returns graph name -> path."""
+    """Write encoder.onnx, decoder.onnx and their CPU copies (encoder.cpu.onnx, decoder.cpu.onnx) into `out_dir`; returns graph name -> path."""
     dims = model.dims
     batch = Dim("batch", min=1, max=1024)
     # conv2 has stride 2, so an even frame count keeps T/2 exact; the window is the maximum.

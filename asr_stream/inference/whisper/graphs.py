@@ -14,7 +14,7 @@ from __future__ import annotations
 ENCODER = "encoder"
 DECODER = "decoder"
 # The same graphs with int8 weights, for ONNX Runtime on the CPU (cpu_graphs.py): the encoder's
-# MatMuls, the decoder's vocabulary projection.
+# MatMuls (activations quantized at run time), every weight MatMul of the decoder (weight-only).
 ENCODER_CPU = "encoder_cpu"
 DECODER_CPU = "decoder_cpu"
 GRAPH_FILES = {ENCODER: "encoder.onnx", DECODER: "decoder.onnx", ENCODER_CPU: "encoder.cpu.onnx", DECODER_CPU: "decoder.cpu.onnx"}
