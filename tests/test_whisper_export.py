@@ -149,17 +149,17 @@ def test_the_cpu_encoder_is_the_encoder_with_int8_matmuls(engines_dir: Path):
     assert sum(a == b for a, b in zip(*texts)) >= len(clips) - 1  # a word moves here and there, not whole clips
 
 
-def test_a_final_is_the_same_alone_or_in_a_batch_on_the_cpu(engines_dir: Path):
+def test_a_final_is_the_same_alone_or_in_a_batch_on_the_cpu(engines_dir: Path, english_clips: list[dict]):
     """A caller's words must not depend on who else is talking: the CPU graphs' tokens for a window are
     the same decoded alone or with other calls' windows (the int8 encoder's activation scale once spanned
     the batch, and 9 of the 39 shared clips' finals changed with it)."""
-    from asr_stream.audio.wavfile import load_audio
+    from conftest import load_mono
+
     from asr_stream.inference.live import Utterance
     from asr_stream.inference.runners import load_model
 
     model = load_model("whisper-tiny.en", engines_dir, live=True)
-    rows = [json.loads(line) for line in (SPEECH / "manifest.jsonl").read_text().splitlines() if '"lang": "en"' in line]
-    clips = [load_audio(SPEECH / row["path_wav16k"])[0][0] for row in rows if 4 < row["duration_s"] < 8][:6]
+    clips = [load_mono(row["wav"]) for row in english_clips if 4 < row["duration_s"] < 8][:6]
     requests = [Utterance(clip) for clip in clips]
     assert len({model.utterance_bucket(request) for request in requests}) == 1, "one window, as the scheduler batches them"
     together = model.live(requests)
